@@ -1,0 +1,182 @@
+"""Backend objects and the rule that picks one.
+
+A backend is a small object with the same methods on every device (Thinc's `NumpyOps` /
+`CupyOps` pattern):
+
+    name                      "numpy" | "cuda"
+    xp                        the array module (numpy / cupy)
+    owns(x) -> bool           x already lives on this backend (no copy needed)
+    take(x) -> (array, back)  x as this backend's array (no copy when it already lives
+                              here) and a function turning a result back into x's kind
+    asarray(a, dtype=None)    weights onto this backend
+    to_numpy(a)               a host copy
+    separable_conv(x, depthwise, pointwise, bias, geometry, activation) -> y
+
+Selection, strongest first: an explicit `backend=` argument, `use_backend(...)`,
+`set_backend(...)`, the `SEPCONV_GPU_BACKEND` environment variable, then "auto"
+(CUDA when CuPy imports and a device answers, else NumPy, said once).
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import logging
+import os
+import threading
+import warnings
+
+BACKEND_NAMES = ("auto", "numpy", "cuda")
+ENV_VAR = "SEPCONV_GPU_BACKEND"
+
+logger = logging.getLogger("sepconv_gpu")
+
+
+class BackendUnavailableError(RuntimeError):
+    """The CUDA backend was asked for where it cannot run."""
+
+
+class NumpyFallbackWarning(UserWarning):
+    """Backend "auto" found no usable CUDA device and runs on NumPy."""
+
+
+_global_choice = None
+_context_choice = contextvars.ContextVar("sepconv_gpu_backend", default=None)
+_lock = threading.Lock()
+_fallback_said = False
+
+
+def _check_name(name, where):
+    if not isinstance(name, str) or name.lower() not in BACKEND_NAMES:
+        raise ValueError(f"{where} must be one of {BACKEND_NAMES}; received {name!r}")
+    return name.lower()
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_status():
+    """(available, reason): CuPy imports and at least one CUDA device answers."""
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or a broken CUDA install raising anything
+        return False, f"CuPy is not importable ({type(exc).__name__}: {exc})"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+        if count < 1:
+            return False, "CuPy found no CUDA device"
+        cupy.cuda.Device(0).compute_capability  # touches the driver
+    except Exception as exc:
+        return False, f"no CUDA device answers ({type(exc).__name__}: {exc})"
+    return True, ""
+
+
+def cuda_available():
+    return cuda_status()[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _numpy_ops():
+    from .numpy_backend import NumpyOps
+
+    return NumpyOps()
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_ops():
+    ok, reason = cuda_status()
+    if not ok:
+        raise BackendUnavailableError(f"The 'cuda' backend was requested but cannot run here: {reason}.")
+    from .cuda_backend import CupyOps
+
+    return CupyOps()
+
+
+def get_ops(name):
+    """The backend object for "numpy", "cuda" or "auto" (resolved now)."""
+    name = _check_name(name, "backend")
+    if name == "numpy":
+        return _numpy_ops()
+    if name == "cuda":
+        return _cuda_ops()
+    if cuda_available():
+        return _cuda_ops()
+    _say_fallback_once()
+    return _numpy_ops()
+
+
+def _say_fallback_once():
+    global _fallback_said
+    with _lock:
+        if _fallback_said:
+            return
+        _fallback_said = True
+    reason = cuda_status()[1]
+    message = f"sepconv_gpu: backend 'auto' runs on NumPy: {reason}."
+    logger.info(message)
+    warnings.warn(message, NumpyFallbackWarning, stacklevel=3)
+
+
+def requested_backend(explicit=None):
+    """The backend name the rule selects, before "auto" is resolved."""
+    if explicit is not None:
+        return explicit.name if hasattr(explicit, "separable_conv") else _check_name(explicit, "backend")
+    for choice in (_context_choice.get(), _global_choice):
+        if choice is not None:
+            return choice
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return _check_name(env, f"environment variable {ENV_VAR}")
+    return "auto"
+
+
+def resolve(explicit=None):
+    """The backend object for this call, by the selection rule."""
+    if explicit is not None and hasattr(explicit, "separable_conv"):
+        return explicit
+    return get_ops(requested_backend(explicit))
+
+
+def get_backend():
+    """Name of the backend a new layer would use now: "numpy" or "cuda"."""
+    return resolve().name
+
+
+def set_backend(name):
+    """Set the process-wide default ("auto", "numpy" or "cuda"); None clears it."""
+    global _global_choice
+    _global_choice = None if name is None else _check_name(name, "backend")
+    if _global_choice == "cuda":
+        _cuda_ops()  # fail now, clearly, rather than at the first call
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Within the block (and this thread / task), layers default to `name`."""
+    name = _check_name(name, "backend")
+    if name == "cuda":
+        _cuda_ops()
+    token = _context_choice.set(name)
+    try:
+        yield resolve()
+    finally:
+        _context_choice.reset(token)
+
+
+def _dlpack_device_type(x):
+    try:
+        return int(x.__dlpack_device__()[0])
+    except Exception:
+        return None
+
+
+def lives_on_device(x):
+    """True for CuPy arrays, torch CUDA tensors and other CUDA array-likes."""
+    if hasattr(x, "__cuda_array_interface__"):
+        return True
+    return _dlpack_device_type(x) in (2, 3, 13)  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
+
+
+def ops_for_array(x, explicit=None):
+    """Ops compute where x lives, unless a backend is named explicitly."""
+    if explicit is not None:
+        return resolve(explicit)
+    return get_ops("cuda") if lives_on_device(x) else get_ops("numpy")

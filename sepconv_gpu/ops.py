@@ -1,0 +1,105 @@
+"""Functional separable convolution: normalize, validate, compute geometry once, dispatch.
+
+    y = act(bias + pointwise(depthwise(x)))
+
+Ops compute where `x` lives (NumPy arrays on the NumPy backend, CuPy arrays / torch CUDA
+tensors on the CUDA backend) unless `backend=` names one; the result is the same kind of
+array as `x`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import activations as _activations
+from . import backends as _backends
+from . import geometry as _geometry
+from ._nvtx import annotate
+
+FLOAT_DTYPES = ("float16", "float32", "float64")
+
+
+def _check_float(a, name):
+    dtype = getattr(a, "dtype", None)
+    dtype_name = str(dtype)
+    if dtype is None or dtype_name not in FLOAT_DTYPES:
+        raise TypeError(
+            f"`{name}` must be a floating-point array ({', '.join(FLOAT_DTYPES)}); "
+            f"received dtype {dtype_name if dtype is not None else type(a).__name__}."
+        )
+
+
+def _as_backend_array(ops, a, name):
+    if a is None:
+        return None
+    if not ops.owns(a):
+        a = ops.take(a)[0]
+    _check_float(a, name)
+    return a
+
+
+def separable_conv(rank, x, depthwise_kernel, pointwise_kernel, bias=None, strides=1,
+                   padding="valid", data_format="channels_last", dilation_rate=1,
+                   activation=None, backend=None):
+    """Rank-generic separable convolution (rank 1 or 2); see the public wrappers."""
+    strides, padding, data_format, dilation_rate = _geometry.normalize_call_args(
+        rank, strides, padding, data_format, dilation_rate)
+    act = _activations.get(activation)
+    if x is None or not hasattr(x, "shape"):
+        if isinstance(x, (list, tuple)):
+            x = np.asarray(x)
+        else:
+            raise TypeError(f"`x` must be an array; received {type(x).__name__}.")
+    ops = _backends.ops_for_array(x, backend)
+    with annotate(f"separable_conv{rank}d"):
+        xb, give_back = ops.take(x)
+        _check_float(xb, "x")
+        dk = _as_backend_array(ops, depthwise_kernel, "depthwise_kernel")
+        pk = _as_backend_array(ops, pointwise_kernel, "pointwise_kernel")
+        b = _as_backend_array(ops, bias, "bias")
+        geom = _geometry.make_geometry(
+            rank, xb.shape, dk.shape, pk.shape, None if b is None else b.shape,
+            strides, padding, data_format, dilation_rate)
+        if geom.output_positions == 0:
+            return give_back(ops.xp.zeros(geom.output_shape, dtype=xb.dtype))
+        return give_back(ops.separable_conv(xb, dk, pk, b, geom, act))
+
+
+def separable_conv2d(x, depthwise_kernel, pointwise_kernel, bias=None, strides=1,
+                     padding="valid", data_format="channels_last", dilation_rate=1,
+                     activation=None, backend=None):
+    """2D depthwise separable convolution.
+
+    x: (N, H, W, C) for channels_last, (N, C, H, W) for channels_first.
+    depthwise_kernel: (KH, KW, C, M); pointwise_kernel: (1, 1, C·M, F); bias: (F,) or None.
+    """
+    return separable_conv(2, x, depthwise_kernel, pointwise_kernel, bias, strides, padding,
+                          data_format, dilation_rate, activation, backend)
+
+
+def separable_conv1d(x, depthwise_kernel, pointwise_kernel, bias=None, strides=1,
+                     padding="valid", data_format="channels_last", dilation_rate=1,
+                     activation=None, backend=None):
+    """1D depthwise separable convolution (`causal` padding allowed).
+
+    x: (N, W, C) for channels_last, (N, C, W) for channels_first.
+    depthwise_kernel: (K, C, M); pointwise_kernel: (1, C·M, F); bias: (F,) or None.
+    """
+    return separable_conv(1, x, depthwise_kernel, pointwise_kernel, bias, strides, padding,
+                          data_format, dilation_rate, activation, backend)
+
+
+def reference_separable_conv(rank, x, depthwise_kernel, pointwise_kernel, bias=None, strides=1,
+                             padding="valid", data_format="channels_last", dilation_rate=1,
+                             activation=None):
+    """The float64 NumPy oracle with the same argument handling; returns float64 NumPy."""
+    from .backends.numpy_backend import reference_separable_conv as oracle
+
+    host = _backends.get_ops("numpy")
+    x, dk, pk = (host.take(a)[0] for a in (x, depthwise_kernel, pointwise_kernel))
+    b = None if bias is None else host.take(bias)[0]
+    strides, padding, data_format, dilation_rate = _geometry.normalize_call_args(
+        rank, strides, padding, data_format, dilation_rate)
+    geom = _geometry.make_geometry(rank, x.shape, dk.shape, pk.shape,
+                                   None if b is None else b.shape,
+                                   strides, padding, data_format, dilation_rate)
+    return oracle(x, dk, pk, b, geom, _activations.get(activation))
