@@ -1,6 +1,13 @@
-"""sepconv_gpu: Keras-compatible depthwise separable convolution, fused on NVIDIA GPUs."""
-from . import activations, ops
+"""sepconv_gpu: Keras-compatible depthwise separable convolution, fused on NVIDIA GPUs.
+
+    import sepconv_gpu as sg
+    layer = sg.SeparableConv2D(64, 3, padding="same", activation="relu")
+    y = layer(x)            # NumPy in -> NumPy out; CuPy / torch CUDA in -> same kind out
+"""
+from . import activations, backends, constraints, initializers, ops, regularizers
 from .backends import (BackendUnavailableError, NumpyFallbackWarning, cuda_available,
                        get_backend, set_backend, use_backend)
+from .layers import (BaseSeparableConv, SeparableConv1D, SeparableConv2D,
+                     SeparableConvolution1D, SeparableConvolution2D)
 
 __version__ = "0.1.0"

@@ -53,8 +53,8 @@ def normalize_padding(padding, rank):
     p = padding.lower()
     if p == "causal" and rank != 1:
         raise ValueError(
-            "Causal padding is only supported for `SeparableConv1D` (and `Conv1D`). "
-            f"Received: padding={padding!r} for a {rank}D convolution"
+            "The `padding` argument 'causal' is only supported for 1D convolutions "
+            f"(`SeparableConv1D`, `Conv1D`). Received: padding={padding!r} for a {rank}D convolution"
         )
     if p not in PADDINGS[rank]:
         raise ValueError(

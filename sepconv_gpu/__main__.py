@@ -1,0 +1,124 @@
+"""The main job: an Xception-style stack of separable layers on the default backend.
+
+Every layer's output is checked against the float64 NumPy reference on the same input;
+the run fails (exit 1) if any layer is off by more than the dtype's tolerance.
+
+    python -m sepconv_gpu [--backend auto|numpy|cuda] [--batch N] [--size S] [--dtype ...]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import sepconv_gpu as sg
+from sepconv_gpu._progress import Progress
+
+# (filters, strides, activation, use_bias): Xception entry/middle flow at reduced width,
+# plus a MobileNet-style stride-2 layer; each layer feeds the next.
+STACK_2D = [
+    (64, 1, "relu", True),
+    (128, 1, "relu", False),
+    (128, 2, "relu6", True),
+    (256, 1, "relu", False),
+    (256, 1, "relu", False),
+    (256, 1, "swish", True),
+]
+TOLERANCE = {"float32": 1e-4, "float16": 2e-2, "float64": 1e-10}
+
+
+def _sync(backend):
+    if backend == "cuda":
+        import cupy
+
+        cupy.cuda.get_current_stream().synchronize()
+
+
+def _time_call(layer, x, repeats):
+    layer(x)  # build, and compile kernels on the GPU
+    _sync(layer.backend)
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        y = layer(x)
+        _sync(layer.backend)
+        samples.append(time.perf_counter() - t0)
+    return y, statistics.median(samples)
+
+
+def _rel_error(y, reference):
+    y = np.asarray(sg.backends.get_ops("numpy").take(y)[0], dtype=np.float64)
+    return float(np.abs(y - reference).max() / max(1.0, np.abs(reference).max()))
+
+
+def build_stack(args):
+    layers, channels = [], args.channels
+    for i, (filters, stride, act, bias) in enumerate(STACK_2D):
+        layers.append((sg.SeparableConv2D(filters, 3, strides=stride, padding="same", activation=act,
+                                          use_bias=bias, name=f"block{i + 1}_sepconv", dtype=args.dtype,
+                                          backend=args.backend, bias_initializer="random_normal"),
+                       channels))
+        channels = filters
+    conformer = sg.SeparableConv1D(channels, 31, padding="same", activation="swish", dtype=args.dtype,
+                                   name="conformer_sepconv1d", backend=args.backend)
+    return layers, conformer
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m sepconv_gpu", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", default=None, choices=sg.backends.BACKEND_NAMES,
+                        help="backend to run on (default: the backend rule, 'auto' = CUDA if a GPU answers)")
+    parser.add_argument("--batch", type=int, default=4, help="batch size (default 4)")
+    parser.add_argument("--size", type=int, default=56, help="input height = width (default 56)")
+    parser.add_argument("--channels", type=int, default=32, help="input channels (default 32)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "float64"))
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per layer (median)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    for name in ("batch", "size", "channels", "repeats"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive; received {getattr(args, name)}")
+
+    rng = np.random.default_rng(args.seed)
+    layers, conformer = build_stack(args)
+    backend = layers[0][0].backend
+    x = rng.standard_normal((args.batch, args.size, args.size, args.channels)).astype(args.dtype)
+    x = sg.backends.get_ops(backend).asarray(x)  # time the layers, not host transfers
+    rows, worst = [], 0.0
+    with Progress(len(layers) + 1, label="layers") as bar:
+        for layer, _ in layers:
+            in_shape = tuple(x.shape)
+            y, seconds = _time_call(layer, x, args.repeats)
+            ref = sg.ops.reference_separable_conv(
+                2, x, *layer.get_weights()[:2], layer.get_weights()[2] if layer.use_bias else None,
+                layer.strides, layer.padding, layer.data_format, layer.dilation_rate, layer.activation)
+            err = _rel_error(y, ref)
+            rows.append((layer.name, in_shape, tuple(y.shape), seconds, err, layer.backend))
+            worst = max(worst, err)
+            x = y
+            bar.update(note=layer.name)
+        seq = x.reshape(x.shape[0], -1, x.shape[-1])  # flatten space into a 1D sequence
+        y, seconds = _time_call(conformer, seq, args.repeats)
+        w = conformer.get_weights()
+        err = _rel_error(y, sg.ops.reference_separable_conv(1, seq, *w, padding="same", activation="swish"))
+        rows.append((conformer.name, tuple(seq.shape), tuple(y.shape), seconds, err, conformer.backend))
+        worst = max(worst, err)
+        bar.update(note=conformer.name)
+
+    header = f"{'layer':<22}{'input':<22}{'output':<22}{'time ms':>10}{'max rel err':>14}  backend"
+    print(header)
+    print("-" * len(header))
+    for name, shp_in, shp_out, seconds, err, be in rows:
+        print(f"{name:<22}{str(shp_in):<22}{str(shp_out):<22}{seconds * 1e3:>10.2f}{err:>14.2e}  {be}")
+    tol = TOLERANCE[args.dtype]
+    verdict = "OK" if worst <= tol else "FAILED"
+    print(f"\n{verdict}: worst error {worst:.2e} vs the float64 reference (tolerance {tol:g}), "
+          f"dtype {args.dtype}, backend {backend}")
+    return 0 if worst <= tol else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,354 @@
+"""Keras-like layers: `BaseSeparableConv(rank)` holds everything; 1D / 2D are thin.
+
+A layer keeps its weights on its backend (chosen by the backend rule when the layer is
+made) and returns the same kind of array it was given. Every call goes through
+`ops.separable_conv`, which validates and computes the geometry once.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+
+import numpy as np
+
+from . import activations as _activations
+from . import backends as _backends
+from . import constraints as _constraints
+from . import geometry as _geometry
+from . import initializers as _initializers
+from . import ops as _ops
+from . import regularizers as _regularizers
+from ._nvtx import annotate
+
+# Keras 2.x configs carry the keys of the Conv base class; they mean nothing here.
+_KERAS2_IGNORED_KEYS = frozenset({
+    "groups", "kernel_initializer", "kernel_regularizer", "kernel_constraint",
+    "batch_input_shape", "input_shape", "input_dim",
+})
+_MIXED_POLICIES = {"mixed_float16": ("float32", "float16")}
+_FLOAT_NAMES = ("float16", "float32", "float64")
+
+_name_lock = threading.Lock()
+_name_counters = {}
+
+
+def _unique_name(base):
+    with _name_lock:
+        count = _name_counters.setdefault(base, itertools.count())
+        n = next(count)
+    return base if n == 0 else f"{base}_{n}"
+
+
+def _dtype_policy(dtype):
+    """(policy name, variable dtype, compute dtype) from a string or DTypePolicy config."""
+    if dtype is None:
+        dtype = "float32"
+    if isinstance(dtype, dict):
+        dtype = dtype.get("config", {}).get("name", dtype.get("name"))
+    if isinstance(dtype, np.dtype) or (isinstance(dtype, type) and issubclass(dtype, np.generic)):
+        dtype = np.dtype(dtype).name
+    if not isinstance(dtype, str):
+        raise TypeError(f"`dtype` must be a dtype name or a DTypePolicy config; received {dtype!r}.")
+    if dtype in _MIXED_POLICIES:
+        return (dtype,) + _MIXED_POLICIES[dtype]
+    if dtype not in _FLOAT_NAMES:
+        raise ValueError(
+            f"`dtype` must be one of {_FLOAT_NAMES + tuple(_MIXED_POLICIES)}; received {dtype!r}.")
+    return dtype, dtype, dtype
+
+
+class Variable:
+    """A named layer weight living on the layer's backend (a NumPy or CuPy array)."""
+
+    def __init__(self, layer, name, value, constraint=None, regularizer=None):
+        self._layer = layer
+        self.name = name
+        self.value = value
+        self.constraint = constraint
+        self.regularizer = regularizer
+
+    @property
+    def path(self):
+        return f"{self._layer.name}/{self.name}"
+
+    @property
+    def trainable(self):
+        return self._layer.trainable
+
+    shape = property(lambda self: tuple(self.value.shape))
+    dtype = property(lambda self: str(self.value.dtype))
+
+    def numpy(self):
+        """A host copy (never a view the caller could write into)."""
+        return np.array(self._layer._ops.to_numpy(self.value), copy=True)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.numpy() if dtype is None else self.numpy().astype(dtype)
+
+    def assign(self, value):
+        host = np.asarray(value)
+        if host.shape != self.shape:
+            raise ValueError(
+                f"Cannot assign a value of shape {host.shape} to variable '{self.path}' of shape {self.shape}.")
+        if host.dtype.kind not in "fiu":
+            raise TypeError(f"Cannot assign a value of dtype {host.dtype} to variable '{self.path}'.")
+        self.value = self._layer._ops.asarray(host, dtype=self.dtype)
+
+    def __repr__(self):
+        return f"<Variable path={self.path}, shape={self.shape}, dtype={self.dtype}>"
+
+
+class BaseSeparableConv:
+    """Depthwise separable convolution of spatial rank 1 or 2 (Keras 3's design)."""
+
+    _auto_name = "separable_conv"  # unnamed layers get this, then _1, _2, ...
+
+    def __init__(self, rank, filters, kernel_size, strides=1, padding="valid", data_format=None,
+                 dilation_rate=1, depth_multiplier=1, activation=None, use_bias=True,
+                 depthwise_initializer="glorot_uniform", pointwise_initializer="glorot_uniform",
+                 bias_initializer="zeros", depthwise_regularizer=None, pointwise_regularizer=None,
+                 bias_regularizer=None, activity_regularizer=None, depthwise_constraint=None,
+                 pointwise_constraint=None, bias_constraint=None, trainable=True, name=None,
+                 dtype=None, backend=None, **kwargs):
+        unknown = set(kwargs) - _KERAS2_IGNORED_KEYS
+        if unknown:
+            raise TypeError(f"Unrecognized keyword arguments passed to {type(self).__name__}: {sorted(unknown)}")
+        self.rank = rank
+        self.filters = _geometry.normalize_positive_int(filters, "filters")
+        self.kernel_size = _geometry.normalize_tuple(kernel_size, rank, "kernel_size")
+        self.strides, self.padding, self.data_format, self.dilation_rate = \
+            _geometry.normalize_call_args(rank, strides, padding, data_format, dilation_rate)
+        self.depth_multiplier = _geometry.normalize_positive_int(depth_multiplier, "depth_multiplier")
+        self.activation = _activations.get(activation)
+        if not isinstance(use_bias, (bool, np.bool_)):
+            raise TypeError(f"`use_bias` must be a bool; received {use_bias!r}.")
+        self.use_bias = bool(use_bias)
+        self.depthwise_initializer = _initializers.get(depthwise_initializer)
+        self.pointwise_initializer = _initializers.get(pointwise_initializer)
+        self.bias_initializer = _initializers.get(bias_initializer)
+        self.depthwise_regularizer = _regularizers.get(depthwise_regularizer)
+        self.pointwise_regularizer = _regularizers.get(pointwise_regularizer)
+        self.bias_regularizer = _regularizers.get(bias_regularizer)
+        self.activity_regularizer = _regularizers.get(activity_regularizer)
+        self.depthwise_constraint = _constraints.get(depthwise_constraint)
+        self.pointwise_constraint = _constraints.get(pointwise_constraint)
+        self.bias_constraint = _constraints.get(bias_constraint)
+        self.trainable = bool(trainable)
+        self.name = name if name is not None else _unique_name(self._auto_name)
+        self.dtype_policy, self.dtype, self.compute_dtype = _dtype_policy(dtype)
+        self._ops = _backends.resolve(backend)
+        self.built = False
+        self._input_channels = None
+        self._activity_losses = []
+        self.depthwise_kernel = self.pointwise_kernel = self.bias = None
+
+    # -- weights -------------------------------------------------------------------------
+
+    @property
+    def backend(self):
+        return self._ops.name
+
+    @property
+    def _channel_axis(self):
+        return 1 if self.data_format == "channels_first" else -1
+
+    def build(self, input_shape):
+        if self.built:
+            return
+        input_shape = tuple(input_shape)
+        self._check_rank(input_shape)
+        channels = input_shape[self._channel_axis]
+        if channels is None:
+            raise ValueError(
+                f"The channel dimension of the inputs to layer '{self.name}' should be defined. "
+                f"Received input_shape={input_shape}.")
+        channels = int(channels)
+        shapes = {
+            "depthwise_kernel": self.kernel_size + (channels, self.depth_multiplier),
+            "pointwise_kernel": (1,) * self.rank + (channels * self.depth_multiplier, self.filters),
+            "bias": (self.filters,),
+        }
+        for weight_name in self._weight_names():
+            init = getattr(self, f"{_role(weight_name)}_initializer")
+            value = np.asarray(init(shapes[weight_name], dtype=self.dtype), dtype=self.dtype)
+            setattr(self, weight_name, Variable(
+                self, weight_name, self._ops.asarray(value, dtype=self.dtype),
+                constraint=getattr(self, f"{_role(weight_name)}_constraint"),
+                regularizer=getattr(self, f"{_role(weight_name)}_regularizer")))
+        self._input_channels = channels
+        self.built = True
+
+    def _weight_names(self):
+        return ("depthwise_kernel", "pointwise_kernel") + (("bias",) if self.use_bias else ())
+
+    @property
+    def weights(self):
+        return [getattr(self, n) for n in self._weight_names()] if self.built else []
+
+    @property
+    def trainable_weights(self):
+        return self.weights if self.trainable else []
+
+    @property
+    def non_trainable_weights(self):
+        return [] if self.trainable else self.weights
+
+    def get_weights(self):
+        return [w.numpy() for w in self.weights]
+
+    def set_weights(self, weights):
+        """Replace every weight at once; checks count and each shape before touching any."""
+        current = self.weights
+        weights = list(weights)
+        if len(weights) != len(current):
+            raise ValueError(
+                f"Layer '{self.name}' expects {len(current)} weights "
+                f"({', '.join(w.name for w in current) or 'none: the layer is not built'}), "
+                f"but received {len(weights)}.")
+        values = []
+        for var, value in zip(current, weights):
+            host = np.asarray(self._ops.to_numpy(value) if self._ops.owns(value) else value)
+            if host.shape != var.shape:
+                raise ValueError(
+                    f"Layer '{self.name}' weight '{var.name}' has shape {var.shape}, "
+                    f"but the value given has shape {host.shape}.")
+            if host.dtype.kind not in "fiu":
+                raise TypeError(
+                    f"Layer '{self.name}' weight '{var.name}' must be numeric; received dtype {host.dtype}.")
+            values.append(host)
+        for var, host in zip(current, values):
+            var.assign(host)
+
+    def count_params(self):
+        if not self.built:
+            raise ValueError(
+                f"You tried to call `count_params` on layer '{self.name}', but the layer isn't built. "
+                "You can build it manually via: `layer.build(input_shape)`.")
+        return int(sum(np.prod(w.shape) for w in self.weights))
+
+    def apply_constraints(self):
+        """Project each weight with its constraint (what an optimizer step does in Keras)."""
+        for var in self.weights:
+            if var.constraint is not None:
+                var.value = self._ops.asarray(var.constraint(var.value), dtype=var.dtype)
+
+    @property
+    def losses(self):
+        """Activity loss of the last call, then depthwise, pointwise and bias penalties."""
+        weight_losses = [float(v.regularizer(v.value)) for v in self.weights if v.regularizer is not None]
+        return list(self._activity_losses) + weight_losses
+
+    # -- calling -------------------------------------------------------------------------
+
+    def _check_rank(self, shape):
+        if len(shape) != self.rank + 2:
+            raise ValueError(
+                f"Input 0 of layer '{self.name}' is incompatible with the layer: expected "
+                f"ndim={self.rank + 2}, found ndim={len(shape)}. Full shape received: {tuple(shape)}")
+
+    def compute_output_shape(self, input_shape):
+        return _geometry.compute_output_shape(
+            self.rank, input_shape, self.filters, self.kernel_size, self.strides, self.padding,
+            self.data_format, self.dilation_rate)
+
+    def __call__(self, inputs):
+        with annotate(f"{type(self).__name__}:{self.name}"):
+            return self.call(inputs)
+
+    def call(self, inputs):
+        x, give_back = self._ops.take(inputs)
+        if getattr(x, "dtype", None) is None or x.dtype.kind != "f":
+            raise TypeError(
+                f"Layer '{self.name}' expects a floating-point input; received dtype "
+                f"{getattr(x, 'dtype', type(inputs).__name__)}.")
+        self._check_rank(x.shape)
+        if not self.built:
+            self.build(x.shape)
+        channels = x.shape[self._channel_axis]
+        if channels != self._input_channels:
+            raise ValueError(
+                f"Input 0 of layer '{self.name}' is incompatible with the layer: expected axis "
+                f"{self._channel_axis} of input shape to have value {self._input_channels}, but received "
+                f"input with shape {tuple(x.shape)}")
+        if x.dtype != self.compute_dtype:
+            x = x.astype(self.compute_dtype)  # Keras autocasts floating inputs
+        y = _ops.separable_conv(
+            self.rank, x, self.depthwise_kernel.value, self.pointwise_kernel.value,
+            self.bias.value if self.use_bias else None, self.strides, self.padding,
+            self.data_format, self.dilation_rate, self.activation, backend=self._ops)
+        self._activity_losses = [] if self.activity_regularizer is None else [
+            float(self.activity_regularizer(y)) / max(int(y.shape[0]), 1)]
+        return give_back(y)
+
+    # -- config --------------------------------------------------------------------------
+
+    def get_config(self):
+        """Keras 3 form: a real `keras.layers.SeparableConv{1,2}D.from_config` accepts it."""
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": {"module": "keras", "class_name": "DTypePolicy",
+                      "config": {"name": self.dtype_policy}, "registered_name": None},
+            "depth_multiplier": self.depth_multiplier,
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "padding": self.padding,
+            "data_format": self.data_format,
+            "dilation_rate": self.dilation_rate,
+            "activation": _activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "depthwise_initializer": _initializers.serialize(self.depthwise_initializer),
+            "pointwise_initializer": _initializers.serialize(self.pointwise_initializer),
+            "bias_initializer": _initializers.serialize(self.bias_initializer),
+            "depthwise_regularizer": _regularizers.serialize(self.depthwise_regularizer),
+            "pointwise_regularizer": _regularizers.serialize(self.pointwise_regularizer),
+            "bias_regularizer": _regularizers.serialize(self.bias_regularizer),
+            "activity_regularizer": _regularizers.serialize(self.activity_regularizer),
+            "depthwise_constraint": _constraints.serialize(self.depthwise_constraint),
+            "pointwise_constraint": _constraints.serialize(self.pointwise_constraint),
+            "bias_constraint": _constraints.serialize(self.bias_constraint),
+        }
+
+    @classmethod
+    def from_config(cls, config, backend=None):
+        """Accepts Keras 3 and tf.keras 2.x configs (Keras-2-only keys are ignored)."""
+        if not isinstance(config, dict):
+            raise TypeError(f"`config` must be a dict; received {type(config).__name__}.")
+        kwargs = {k: v for k, v in config.items() if k not in _KERAS2_IGNORED_KEYS}
+        return cls(**kwargs, backend=backend)
+
+    def __repr__(self):
+        built = f", built on {self.backend}" if self.built else ""
+        return (f"<{type(self).__name__} name={self.name}, filters={self.filters}, "
+                f"kernel_size={self.kernel_size}{built}>")
+
+
+def _role(weight_name):
+    return weight_name.split("_")[0]
+
+
+class SeparableConv1D(BaseSeparableConv):
+    _auto_name = "separable_conv1d"
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", data_format=None,
+                 dilation_rate=1, depth_multiplier=1, activation=None, use_bias=True, **kwargs):
+        super().__init__(1, filters, kernel_size, strides=strides, padding=padding,
+                         data_format=data_format, dilation_rate=dilation_rate,
+                         depth_multiplier=depth_multiplier, activation=activation,
+                         use_bias=use_bias, **kwargs)
+
+
+class SeparableConv2D(BaseSeparableConv):
+    _auto_name = "separable_conv2d"
+
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None,
+                 dilation_rate=(1, 1), depth_multiplier=1, activation=None, use_bias=True, **kwargs):
+        super().__init__(2, filters, kernel_size, strides=strides, padding=padding,
+                         data_format=data_format, dilation_rate=dilation_rate,
+                         depth_multiplier=depth_multiplier, activation=activation,
+                         use_bias=use_bias, **kwargs)
+
+
+SeparableConvolution1D = SeparableConv1D
+SeparableConvolution2D = SeparableConv2D
