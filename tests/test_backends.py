@@ -1,0 +1,102 @@
+"""The backend rule: explicit > use_backend > set_backend > env var > auto."""
+import threading
+import warnings
+
+import numpy as np
+import pytest
+
+import sepconv_gpu as sg
+from sepconv_gpu import backends
+
+
+@pytest.fixture(autouse=True)
+def clean_rule(monkeypatch):
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    monkeypatch.setattr(backends, "_global_choice", None)
+    yield
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    """Pretend there is no GPU, whatever this machine has."""
+    monkeypatch.setattr(backends, "cuda_status", lambda: (False, "test: no device"))
+    backends._cuda_ops.cache_clear()
+    yield
+    backends._cuda_ops.cache_clear()
+
+
+def test_auto_without_cuda_falls_back_to_numpy_and_says_so_once(no_cuda, monkeypatch):
+    monkeypatch.setattr(backends, "_fallback_said", False)
+    with pytest.warns(sg.NumpyFallbackWarning, match="test: no device"):
+        assert sg.get_backend() == "numpy"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sg.get_backend() == "numpy"  # said once only
+
+
+def test_cuda_without_device_is_a_clear_error(no_cuda):
+    with pytest.raises(sg.BackendUnavailableError, match="cuda.*test: no device"):
+        sg.SeparableConv2D(2, 3, backend="cuda")
+    with pytest.raises(sg.BackendUnavailableError):
+        sg.set_backend("cuda")
+    with pytest.raises(sg.BackendUnavailableError):
+        with sg.use_backend("cuda"):
+            pass
+
+
+def test_precedence(no_cuda, monkeypatch):
+    monkeypatch.setenv(backends.ENV_VAR, "cuda")
+    assert backends.requested_backend() == "cuda"  # env var
+    sg.set_backend("numpy")
+    assert backends.requested_backend() == "numpy"  # set_backend beats env
+    sg.set_backend("auto")
+    with sg.use_backend("numpy") as ops:
+        assert ops.name == "numpy" and backends.requested_backend() == "numpy"  # context beats global
+        assert backends.requested_backend("auto") == "auto"  # explicit beats context
+    assert backends.requested_backend() == "auto"
+
+
+def test_bad_names_are_refused(monkeypatch):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        sg.set_backend("gpu")
+    monkeypatch.setenv(backends.ENV_VAR, "opencl")
+    with pytest.raises(ValueError, match="SEPCONV_GPU_BACKEND"):
+        backends.requested_backend()
+
+
+def test_context_is_per_thread():
+    seen = {}
+
+    def worker():
+        seen["thread"] = backends.requested_backend()
+
+    with sg.use_backend("numpy"):
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+        assert backends.requested_backend() == "numpy"
+    assert seen["thread"] == "auto"
+
+
+def test_layer_keeps_the_backend_it_was_made_with():
+    with sg.use_backend("numpy"):
+        layer = sg.SeparableConv2D(2, 3)
+    assert layer.backend == "numpy"
+    layer.build((1, 5, 5, 3))
+    assert all(isinstance(w.value, np.ndarray) for w in layer.weights)
+
+
+def test_ops_compute_where_x_lives():
+    x = np.ones((1, 5, 5, 2), "float32")
+    assert backends.ops_for_array(x).name == "numpy"
+    assert not backends.lives_on_device(x)
+
+    class FakeCudaArray:
+        __cuda_array_interface__ = {}
+
+    assert backends.lives_on_device(FakeCudaArray())
+
+
+def test_cuda_status_is_honest_here():
+    ok, reason = backends.cuda_status()
+    assert isinstance(ok, bool) and (ok or reason)

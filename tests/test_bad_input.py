@@ -1,0 +1,163 @@
+"""Bad input gets a clear exception or the right answer; caller arrays are never written."""
+import numpy as np
+import pytest
+
+import sepconv_gpu as sg
+from sepconv_gpu import ops
+
+
+def _layer(**kw):
+    kw = {"filters": 4, "kernel_size": 3, "padding": "same", "backend": "numpy", **kw}
+    return sg.SeparableConv2D(**kw)
+
+
+def _x(shape=(2, 6, 7, 3), dtype="float32", seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def test_wrong_rank():
+    with pytest.raises(ValueError, match="expected ndim=4, found ndim=3"):
+        _layer()(_x((6, 7, 3)))
+    with pytest.raises(ValueError, match="must have rank 3"):
+        ops.separable_conv1d(_x((1, 5, 5, 3)), np.ones((3, 3, 1)), np.ones((1, 3, 2)))
+
+
+def test_channel_mismatch_after_build():
+    layer = _layer()
+    layer(_x())
+    with pytest.raises(ValueError, match="expected axis -1 of input shape to have value 3"):
+        layer(_x((2, 6, 7, 5)))
+
+
+def test_weight_shape_mismatch_in_ops():
+    x = _x()
+    with pytest.raises(ValueError, match="expects 4 input channels"):
+        ops.separable_conv2d(x, np.ones((3, 3, 4, 1), "f4"), np.ones((1, 1, 4, 2), "f4"))
+    with pytest.raises(ValueError, match="depthwise stage produces 3 \\* 1 = 3"):
+        ops.separable_conv2d(x, np.ones((3, 3, 3, 1), "f4"), np.ones((1, 1, 4, 2), "f4"))
+    with pytest.raises(ValueError, match="`bias` must have shape \\(2,\\)"):
+        ops.separable_conv2d(x, np.ones((3, 3, 3, 1), "f4"), np.ones((1, 1, 3, 2), "f4"), np.ones(3, "f4"))
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_empty_batch(data_format):
+    layer = _layer(data_format=data_format, strides=2)
+    shape = (0, 6, 7, 3) if data_format == "channels_last" else (0, 3, 6, 7)
+    y = layer(np.zeros(shape, "float32"))
+    assert y.shape == layer.compute_output_shape(shape) and y.dtype == np.float32
+    assert y.shape == ((0, 3, 4, 4) if data_format == "channels_last" else (0, 4, 3, 4))
+
+
+def test_nan_and_inf_propagate_like_numpy():
+    x = _x()
+    x[0, 2, 3, 1] = np.nan
+    x[1, 0, 0, 0] = np.inf
+    layer = _layer()
+    y = layer(x)
+    ref = ops.reference_separable_conv(2, x, *layer.get_weights(), padding="same")
+    assert np.array_equal(np.isnan(y), np.isnan(ref))
+    assert np.array_equal(np.isinf(y), np.isinf(ref))
+    finite = np.isfinite(ref)
+    np.testing.assert_allclose(y[finite], ref[finite], atol=1e-5)
+    assert np.isnan(y[0]).any() and np.isfinite(y[0, 5]).all()  # only the receptive field
+
+
+def test_non_contiguous_and_negative_strides():
+    base = _x((2, 12, 14, 6))
+    views = [base[:, ::2, ::-2, ::2], base[::-1, 3:9, 1:8, 1:4], np.asfortranarray(base[:, :6, :7, :3])]
+    layer = _layer()
+    for v in views:
+        assert not v.flags.c_contiguous
+        y = layer(v)
+        np.testing.assert_allclose(y, layer(np.ascontiguousarray(v)), rtol=0, atol=0)
+        ref = ops.reference_separable_conv(2, v, *layer.get_weights(), padding="same")
+        np.testing.assert_allclose(y, ref, atol=1e-5)
+
+
+def test_read_only_input_is_never_written():
+    x = _x()
+    x.setflags(write=False)
+    before = x.copy()
+    for act in ("relu", "softmax", None):
+        _layer(activation=act)(x)
+    assert np.array_equal(x, before)
+    # ops on a writable input: still untouched
+    w = x.copy()
+    ops.separable_conv2d(w, np.ones((3, 3, 3, 1), "f4"), np.ones((1, 1, 3, 2), "f4"), activation="relu")
+    assert np.array_equal(w, before)
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64", "uint8", "bool", "object", "complex64"])
+def test_non_float_dtypes_refused(dtype):
+    x = np.zeros((1, 5, 5, 3), dtype=dtype)
+    with pytest.raises(TypeError, match="floating-point"):
+        _layer()(x)
+    with pytest.raises(TypeError, match="`x` must be a floating-point array"):
+        ops.separable_conv2d(x, np.ones((3, 3, 3, 1), "f4"), np.ones((1, 1, 3, 2), "f4"))
+    with pytest.raises(TypeError, match="`depthwise_kernel` must be a floating-point array"):
+        ops.separable_conv2d(np.zeros((1, 5, 5, 3), "f4"), np.ones((3, 3, 3, 1), dtype=dtype),
+                             np.ones((1, 1, 3, 2), "f4"))
+
+
+def test_non_array_input_refused():
+    with pytest.raises(TypeError, match="`x` must be an array"):
+        ops.separable_conv2d("not an array", np.ones((3, 3, 3, 1)), np.ones((1, 1, 3, 2)))
+
+
+def test_set_weights_checks_count_and_shapes_without_partial_writes():
+    layer = _layer()
+    layer.build((None, 6, 7, 3))
+    before = layer.get_weights()
+    with pytest.raises(ValueError, match="expects 3 weights .* received 2"):
+        layer.set_weights(before[:2])
+    bad = [before[0], np.zeros((1, 1, 3, 5)), before[2]]
+    with pytest.raises(ValueError, match="weight 'pointwise_kernel' has shape \\(1, 1, 3, 4\\)"):
+        layer.set_weights([np.zeros_like(before[0])] + bad[1:])
+    for old, now in zip(before, layer.get_weights()):  # nothing was assigned
+        assert np.array_equal(old, now)
+    with pytest.raises(TypeError, match="must be numeric"):
+        layer.set_weights([before[0].astype(object), before[1], before[2]])
+
+
+def test_set_weights_copies_the_callers_arrays():
+    layer = _layer()
+    layer.build((None, 6, 7, 3))
+    ws = [np.ones(w.shape, "float32") for w in layer.get_weights()]
+    layer.set_weights(ws)
+    ws[0][...] = 5
+    assert np.all(layer.get_weights()[0] == 1)
+    got = layer.get_weights()
+    got[1][...] = 7
+    assert np.all(layer.get_weights()[1] == 1)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"filters": 2.5}, "filters"),
+    ({"kernel_size": (3, "a")}, "kernel_size"),
+    ({"strides": (1, 2, 3)}, "strides"),
+    ({"padding": 3}, "padding"),
+    ({"data_format": "NCHW"}, "data_format"),
+    ({"dilation_rate": -1}, "dilation_rate"),
+    ({"use_bias": "yes"}, "use_bias"),
+    ({"dtype": "int32"}, "dtype"),
+    ({"backend": "tpu"}, "backend"),
+    ({"bogus_argument": 1}, "bogus_argument"),
+])
+def test_constructor_arguments_named_in_errors(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        _layer(**kwargs)
+
+
+def test_count_params_before_build():
+    with pytest.raises(ValueError, match="isn't built"):
+        _layer().count_params()
+
+
+def test_large_tensor_geometry_uses_python_ints():
+    """Shapes past 2^31 elements are described exactly (the CUDA kernels use 64-bit offsets)."""
+    from sepconv_gpu.geometry import fits_int32, make_geometry
+
+    g = make_geometry(2, (64, 1024, 1024, 64), (3, 3, 64, 1), (1, 1, 64, 64), None,
+                      (1, 1), "same", "channels_last", (1, 1))
+    assert g.batch * g.in_size[0] * g.in_size[1] * g.channels == 2**32
+    assert not fits_int32(g.input_shape) and fits_int32((2**31 - 1,))
