@@ -1,0 +1,1 @@
+"""Benchmarks of sepconv_gpu against its peers: `python -m benchmarks --help`."""

@@ -1,0 +1,287 @@
+"""Run suites of layers through ours and the peers, in one process on the same inputs,
+and build the result record (see README.md for its fields)."""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib.metadata
+import math
+import os
+import platform
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+from . import peers, timing
+
+ROOT = Path(__file__).resolve().parents[1]
+# Agreement with our output, as a fraction of its largest magnitude (at least 1).
+TOLERANCE = {"float32": 1e-4, "tf32": 2e-2, "float16": 2e-2}
+DISTRIBUTIONS = {
+    "numpy": ["numpy"], "sepconv_gpu": ["sepconv_gpu"], "cupy": ["cupy-cuda13x", "cupy-cuda12x", "cupy"],
+    "torch": ["torch"], "tensorflow": ["tensorflow", "tensorflow-cpu"], "keras": ["keras"],
+    "jax": ["jax"], "jaxlib": ["jaxlib"], "nvtx": ["nvtx"], "matplotlib": ["matplotlib"],
+}
+# Per device: defaults for the samples per timing, warm-up calls and least sample length.
+DEFAULTS = {"gpu": {"batch": 32, "dtypes": "float32,tf32,float16", "repeats": 100, "warmup": 10,
+                    "min_sample_s": 2e-3},
+            "cpu": {"batch": 8, "dtypes": "float32", "repeats": 7, "warmup": 1,
+                    "min_sample_s": 0.05}}
+QUICK = {"repeats": 3, "warmup": 1, "min_sample_s": 0.0}
+
+
+def versions():
+    found = {"python": platform.python_version()}
+    for name, dists in DISTRIBUTIONS.items():
+        for dist in dists:
+            try:
+                found[name] = importlib.metadata.version(dist)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return found
+
+
+def git_commit():
+    try:
+        run = lambda *args: subprocess.run(["git", *args], cwd=ROOT, capture_output=True,
+                                           text=True, check=True).stdout.strip()
+        return {"commit": run("rev-parse", "HEAD"), "dirty": bool(run("status", "--porcelain"))}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
+def kernels_hash(root=ROOT):
+    """sha256 of `find kernels -type f | sort | xargs cat` (None without kernels/)."""
+    files = sorted(p.relative_to(root).as_posix() for p in (root / "kernels").rglob("*") if p.is_file())
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update((root / name).read_bytes())
+    return digest.hexdigest()
+
+
+class Device:
+    """The array module, cache size, ceilings and description of the machine timed on."""
+
+    def __init__(self, kind):
+        self.kind, self.gpu = kind, kind == "gpu"
+        if self.gpu:
+            self._init_gpu()
+        else:
+            self._init_cpu()
+
+    def _init_cpu(self):
+        self.xp = np
+        self.cache_bytes = timing.cpu_cache_bytes()
+        model = next((line.split(":", 1)[1].strip() for line in _lines("/proc/cpuinfo")
+                      if line.startswith("model name")), platform.processor())
+        blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+        self.info = {"kind": "cpu", "name": model, "cores": os.cpu_count(),
+                     "last_level_cache_bytes": self.cache_bytes,
+                     "blas": f"{blas.get('name')} {blas.get('version')}", "driver": None}
+        self.ceilings = timing.ceilings(np, timing.WallClock(), {"float32": (np.float32, np.matmul)},
+                                        copy_bytes=256 << 20, gemm_n=2048)
+
+    def _init_gpu(self):
+        from sepconv_gpu import backends
+
+        ok, reason = backends.cuda_status()
+        if not ok:
+            raise SystemExit(f"--device gpu needs a CUDA device: {reason}")
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        self.xp = cupy
+        self.cache_bytes = int(cupy.cuda.Device().attributes["L2CacheSize"])
+        self.info = {"kind": "gpu", "name": props["name"].decode(),
+                     "compute_capability": cupy.cuda.Device().compute_capability,
+                     "memory_bytes": int(props["totalGlobalMem"]), "l2_bytes": self.cache_bytes,
+                     "driver": _nvidia_smi_driver(),
+                     "cuda_driver_api": cupy.cuda.runtime.driverGetVersion(),
+                     "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion()}
+        gemms = {"float32": (cupy.float32, cupy.matmul), "float16": (cupy.float16, cupy.matmul)}
+        tf32 = _torch_tf32_matmul()
+        if tf32:
+            gemms["tf32"] = (cupy.float32, tf32)
+        self.ceilings = timing.ceilings(cupy, timing.cupy_clock(), gemms)
+
+    def floor_s(self, flops, nbytes, mode):
+        """The roofline floor: the slower of moving the bytes and doing the FLOPs."""
+        rates = self.ceilings["gemm_flops"]
+        return max(nbytes / self.ceilings["copy_bandwidth_Bps"], flops / rates.get(mode, rates["float32"]))
+
+    def inputs(self, layer, batch, dtype, seed):
+        """Rotating channels_last inputs together larger than twice the last-level cache."""
+        shape = layer.input_shape(batch)
+        count = timing.buffer_count(math.prod(shape) * np.dtype(dtype).itemsize, self.cache_bytes)
+        rng = self.xp.random.default_rng(seed)
+        return [rng.standard_normal(shape, dtype=self.xp.float32).astype(dtype) for _ in range(count)]
+
+    def free(self):
+        if self.gpu:
+            import cupy
+
+            cupy.get_default_memory_pool().free_all_blocks()
+            if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+                sys.modules["torch"].cuda.empty_cache()
+
+
+def _lines(path):
+    try:
+        return open(path).read().splitlines()
+    except OSError:
+        return []
+
+
+def _nvidia_smi_driver():
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, check=True).stdout.split()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return None
+
+
+def _torch_tf32_matmul():
+    """A TF32 GEMM on CuPy arrays through PyTorch (CuPy has no public TF32 switch)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+
+    def matmul(a, b):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            return torch.matmul(torch.as_tensor(a, device="cuda"), torch.as_tensor(b, device="cuda"))
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = False
+    return matmul
+
+
+def peak_extra_bytes(fn):
+    """Peak memory a call allocates beyond its output (NumPy reports to tracemalloc)."""
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        y = fn()
+        return tracemalloc.get_traced_memory()[1] - base - y.nbytes
+    finally:
+        tracemalloc.stop()
+
+
+def _time(builder, case, mode, settings):
+    """Build, time and run once more for the output; (entry, impl, output) or
+    ({"skipped": why}, None, None)."""
+    try:
+        impl = builder(case, mode)
+        entry = timing.measure(impl.call, len(case.xs), impl.clock, settings["repeats"],
+                               settings["warmup"], settings["min_sample_s"])
+        out = impl.to_numpy(impl.call(0)).astype(np.float32)
+    except peers.Skip as why:
+        return {"skipped": str(why)}, None, None
+    except ImportError as why:
+        return {"skipped": f"not installed ({why.name or why})"}, None, None
+    except Exception as why:  # a peer failing must not end the run: record why
+        return {"skipped": f"failed: {type(why).__name__}: {why}"[:300]}, None, None
+    entry["note"] = impl.note
+    return entry, impl, out
+
+
+def run_case(layer, batch, mode, device, settings, peer_names, seed=0, progress=None):
+    """Ours, then every peer, on one layer in one mode: the layer's entry for that mode."""
+    dtype = "float16" if mode == "float16" else "float32"
+    case = peers.Case(layer, batch, device.gpu, dtype, device.inputs(layer, batch, dtype, seed),
+                      layer.weights(seed))
+    floor = device.floor_s(layer.flops(batch), layer.bytes(batch, np.dtype(dtype).itemsize), mode)
+    entry = {"floor_s": floor, "impls": {}}
+    builders = {peers.OURS: peers.sepconv_gpu} | {n: peers.PEERS[device.kind][n] for n in peer_names}
+    reference = ours = None
+    for name, builder in builders.items():
+        if progress:
+            progress.update(0, note=f"{layer.key} {mode} {name}")
+        result, impl, out = _time(builder, case, mode, settings)
+        if impl is not None:
+            result["pct_of_floor"] = 100 * result["median_s"] / floor
+            if name == peers.OURS:
+                reference, ours = out, result["median_s"]
+                if not device.gpu:
+                    result["peak_extra_bytes"] = peak_extra_bytes(lambda: impl.call(0))
+                    result["io_bytes"] = case.xs[0].nbytes + out.size * np.dtype(dtype).itemsize
+            elif reference is not None:
+                err = float(np.max(np.abs(out - reference))) if out.shape == reference.shape else math.inf
+                result["max_abs_err"] = err
+                result["agrees"] = err <= TOLERANCE[mode] * max(1.0, float(np.max(np.abs(reference))))
+                result["speedup"] = result["median_s"] / ours
+        entry["impls"][name] = result
+        del impl, out
+        device.free()
+        if progress:
+            progress.update(1, note=f"{layer.key} {mode} {name}")
+    return entry
+
+
+def summarize(layers, modes, peer_names):
+    """Per "<mode>/<peer>": geomean, min and network-total speedup over the layers where
+    the peer ran and agreed; per "<mode>/sepconv_gpu": the median % of the floor."""
+    summary = {}
+    for mode in modes:
+        entries = [layer["modes"][mode] for layer in layers]
+        ours = [e["impls"].get(peers.OURS, {}) for e in entries]
+        pct = [o["pct_of_floor"] for o in ours if "pct_of_floor" in o]
+        if pct:
+            summary[f"{mode}/{peers.OURS}"] = {"median_pct_of_floor": float(np.median(pct)),
+                                               "layers": len(pct)}
+        for peer in peer_names:
+            pairs = [(layer["repeat"], e["impls"][peers.OURS]["median_s"], e["impls"][peer])
+                     for layer, e in zip(layers, entries)
+                     if e["impls"].get(peer, {}).get("agrees")]
+            if not pairs:
+                continue
+            speedups = [r["speedup"] for _, _, r in pairs]
+            summary[f"{mode}/{peer}"] = {
+                "geomean_speedup": float(np.exp(np.mean(np.log(speedups)))),
+                "min_speedup": float(min(speedups)),
+                "max_speedup": float(max(speedups)),
+                "total_speedup": sum(n * r["median_s"] for n, _, r in pairs)
+                                 / sum(n * t for n, t, _ in pairs),
+                "median_pct_of_floor": float(np.median([r["pct_of_floor"] for _, _, r in pairs])),
+                "layers": len(pairs),
+            }
+    return summary
+
+
+def run(device_kind, layers, modes, batch, peer_names, settings, progress=None):
+    """The whole record: environment, ceilings, every layer in every mode, the summary."""
+    device = Device(device_kind)
+    record = {
+        "schema": 1,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device.info,
+        "git": git_commit(),
+        "kernels_sha256": kernels_hash(),
+        "versions": versions(),
+        "settings": {"batch": batch, "modes": list(modes), **settings,
+                     "tolerance": {m: TOLERANCE[m] for m in modes}},
+        "ceilings": device.ceilings,
+        "peers": list(peer_names),
+        "layers": [],
+    }
+    for layer in layers:
+        geom = layer.geometry(batch)
+        record["layers"].append({
+            "suite": layer.suite, "name": layer.name, "key": layer.key, "repeat": layer.repeat,
+            "input_shape": list(geom.input_shape), "output_shape": list(geom.output_shape),
+            "kernel": layer.kernel, "stride": layer.stride, "activation": layer.activation,
+            "use_bias": layer.use_bias, "flops": layer.flops(batch),
+            "bytes": {m: layer.bytes(batch, 2 if m == "float16" else 4) for m in modes},
+            "modes": {m: run_case(layer, batch, m, device, settings, peer_names, progress=progress)
+                      for m in modes},
+        })
+    record["summary"] = summarize(record["layers"], modes, peer_names)
+    return record

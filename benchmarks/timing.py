@@ -1,0 +1,114 @@
+"""Clocks, the sampling loop and the measured ceilings (copy bandwidth, GEMM rate).
+
+A sample times `inner` back-to-back calls and divides, so that per-call launch and
+event overheads are amortized the same way for every implementation; each call reads
+the next of several rotating input buffers, together larger than the last-level cache,
+so no implementation is timed on warm-cache inputs.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+
+class WallClock:
+    """perf_counter around a body; `sync(result)` waits for asynchronous work (JAX)."""
+
+    def __init__(self, sync=None):
+        self.sync = sync or (lambda result: None)
+
+    def __call__(self, body):
+        self.sync(None)
+        t0 = time.perf_counter()
+        self.sync(body())
+        return time.perf_counter() - t0
+
+
+class EventClock:
+    """CUDA events recorded on the framework's current stream around a body."""
+
+    def __init__(self, new_event, elapsed_ms):
+        self.new_event, self.elapsed_ms = new_event, elapsed_ms
+
+    def __call__(self, body):
+        start, end = self.new_event(), self.new_event()
+        start.record()
+        body()
+        end.record()
+        end.synchronize()
+        return self.elapsed_ms(start, end) / 1e3
+
+
+def cupy_clock():
+    import cupy
+
+    return EventClock(cupy.cuda.Event, cupy.cuda.get_elapsed_time)
+
+
+def torch_cuda_clock():
+    import torch
+
+    return EventClock(lambda: torch.cuda.Event(enable_timing=True), lambda s, e: s.elapsed_time(e))
+
+
+def buffer_count(input_bytes, cache_bytes, most=16):
+    """Enough rotating input buffers that together they exceed twice the cache."""
+    return int(min(most, max(2, math.ceil(2 * cache_bytes / max(input_bytes, 1)))))
+
+
+def measure(call, buffers, clock, repeats, warmup, min_sample_s):
+    """Time `call(i)` over rotating buffer indices; returns per-call statistics in seconds."""
+    counter = iter(range(1 << 62))
+
+    def run(n):
+        def body():
+            out = None
+            for _ in range(n):
+                out = call(next(counter) % buffers)
+            return out
+        return clock(body)
+
+    for _ in range(warmup):
+        run(1)
+    one = max(run(1), 1e-7)
+    inner = int(min(1000, max(1, math.ceil(min_sample_s / one))))
+    samples = [run(inner) / inner for _ in range(repeats)]
+    return stats(samples) | {"inner": inner, "buffers": buffers}
+
+
+def stats(samples):
+    p10, median, p90 = np.percentile(samples, [10, 50, 90])
+    return {"median_s": float(median), "p10_s": float(p10), "p90_s": float(p90),
+            "samples_s": [float(s) for s in samples]}
+
+
+def _median_time(fn, clock, repeats=5):
+    fn()  # warm-up: allocation, library handles, GEMM heuristics
+    return float(np.median([clock(fn) for _ in range(repeats)]))
+
+
+def ceilings(xp, clock, gemm_dtypes, copy_bytes=1 << 30, gemm_n=8192):
+    """Measured device-to-device copy bandwidth (bytes/s, read + write counted) and GEMM
+    rates (FLOP/s) per dtype name, with the array module `xp` (NumPy or CuPy)."""
+    src = xp.ones(copy_bytes // 4, dtype=xp.float32)
+    dst = xp.empty_like(src)
+    copy_s = _median_time(lambda: xp.copyto(dst, src), clock)
+    rates = {}
+    for name, (dtype, matmul) in gemm_dtypes.items():
+        a = xp.ones((gemm_n, gemm_n), dtype=dtype)
+        rates[name] = 2 * gemm_n ** 3 / _median_time(lambda: matmul(a, a), clock)
+    return {"copy_bandwidth_Bps": 2 * src.nbytes / copy_s, "gemm_flops": rates}
+
+
+def cpu_cache_bytes(default=32 << 20):
+    """The last-level cache size the kernel reports, else a typical server L3."""
+    import glob
+
+    sizes = []
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        text = open(path).read().strip()
+        scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+        sizes.append(int(text.rstrip("KM")) * scale)
+    return max(sizes, default=default)
