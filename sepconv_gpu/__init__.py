@@ -9,5 +9,6 @@ from .backends import (BackendUnavailableError, NumpyFallbackWarning, cuda_avail
                        get_backend, set_backend, use_backend)
 from .layers import (BaseSeparableConv, SeparableConv1D, SeparableConv2D,
                      SeparableConvolution1D, SeparableConvolution2D)
+from . import compat  # noqa: E402  (needs the layers above)
 
 __version__ = "0.1.0"

@@ -21,8 +21,8 @@ def normalize_tuple(value, rank, name, allow_zero=False):
     else:
         try:
             values = tuple(value)
-        except TypeError:
-            raise TypeError(
+        except TypeError:  # None, a float...: Keras says ValueError here
+            raise ValueError(
                 f"The `{name}` argument must be a tuple of {rank} integers. Received {name}={value!r}"
             ) from None
         if len(values) != rank:

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import sepconv_gpu as sg
-import sepconv_gpu.compat  # noqa: F401  (sg.compat until the package imports it itself)
 from sepconv_gpu import backends, ops
 from sepconv_gpu.compat import v1
 from sepconv_gpu.compat.v1 import layers as v1_layers
@@ -19,9 +18,6 @@ from sepconv_gpu.compat.v1 import layers as v1_layers
 BACKENDS = [pytest.param("numpy"),
             pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
                 not backends.cuda_available(), reason="no CUDA device")])]
-NONE_IS_VALUE_ERROR = pytest.mark.xfail(
-    raises=TypeError, strict=False,
-    reason="geometry.normalize_tuple raises TypeError for None; Keras and TF1 raise ValueError")
 
 
 @pytest.fixture(autouse=True)
@@ -53,9 +49,9 @@ def names(variables):
 @pytest.mark.parametrize("kwargs, word", [
     (dict(data_format="invalid"), "data_format"),
     (dict(strides=(1, 2, 3)), "strides"),
-    pytest.param(dict(strides=None), "strides", marks=NONE_IS_VALUE_ERROR),
+    pytest.param(dict(strides=None), "strides"),
     (dict(kernel_size=(1, 2, 3)), "kernel_size"),
-    pytest.param(dict(kernel_size=None), "kernel_size", marks=NONE_IS_VALUE_ERROR),
+    pytest.param(dict(kernel_size=None), "kernel_size"),
 ])
 def test_invalid_arguments(images, kwargs, word):
     kwargs = {"kernel_size": 3, **kwargs}
