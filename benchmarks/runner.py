@@ -50,8 +50,8 @@ def git_commit():
         run = lambda *args: subprocess.run(["git", *args], cwd=ROOT, capture_output=True,
                                            text=True, check=True).stdout.strip()
         return {"commit": run("rev-parse", "HEAD"), "dirty": bool(run("status", "--porcelain"))}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
+    except (OSError, subprocess.CalledProcessError):  # no git, e.g. in the Docker image
+        return {"commit": os.environ.get("SEPCONV_GPU_GIT_COMMIT") or None, "dirty": None}
 
 
 def kernels_hash(root=ROOT):
@@ -266,6 +266,9 @@ def run(device_kind, layers, modes, batch, peer_names, settings, progress=None):
         "git": git_commit(),
         "kernels_sha256": kernels_hash(),
         "versions": versions(),
+        "load_average_before": list(os.getloadavg()),
+        "thread_env": {k: v for k, v in os.environ.items()
+                       if k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
         "settings": {"batch": batch, "modes": list(modes), **settings,
                      "tolerance": {m: TOLERANCE[m] for m in modes}},
         "ceilings": device.ceilings,
@@ -283,5 +286,6 @@ def run(device_kind, layers, modes, batch, peer_names, settings, progress=None):
             "modes": {m: run_case(layer, batch, m, device, settings, peer_names, progress=progress)
                       for m in modes},
         })
+    record["load_average_after"] = list(os.getloadavg())  # other work on the machine skews times
     record["summary"] = summarize(record["layers"], modes, peer_names)
     return record
