@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -78,6 +79,10 @@ def main(argv=None):
     except ValueError as why:
         sys.exit(str(why))
     batch = args.batch or defaults["batch"]
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cores / 2:
+        print(f"warning: load average {load:.1f} on {cores} cores: other work will skew the times",
+              file=sys.stderr)
 
     with Progress(len(layers) * len(modes) * (1 + len(chosen)), label="benchmark") as progress:
         record = runner.run(args.device, layers, modes, batch, chosen, settings, progress)

@@ -68,7 +68,7 @@ def plot(record, stem):
 
     # Per-layer speedup bars: how many times longer each peer takes than ours.
     fig, axes = plt.subplots(len(modes), 1, squeeze=False,
-                             figsize=(max(8, 0.42 * len(layers) + 3), 4.5 * len(modes)))
+                             figsize=(max(8, 0.42 * len(layers) + 3), 6 * len(modes)))
     for ax, mode in zip(axes[:, 0], modes):
         peers = [p for p in _impls(record, mode) if p != OURS]
         width = 0.8 / max(len(peers), 1)
@@ -84,7 +84,7 @@ def plot(record, stem):
             ax.bar(xs, ys, width, label=label, color=colors[peer])
         ax.axhline(1, color="black", linewidth=0.8)
         ax.set_yscale("log", base=2)
-        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.3g}x"))
         ax.set_ylabel("speedup of sepconv_gpu\n(peer time / ours)")
         ax.set_title(f"{mode}: per-layer speedup (>1: sepconv_gpu faster)")
         ax.set_xticks(range(len(layers)), [l["key"] + (f" (x{l['repeat']})" if l["repeat"] > 1 else "")

@@ -175,54 +175,74 @@ def peak_extra_bytes(fn):
         tracemalloc.stop()
 
 
-def _time(builder, case, mode, settings):
-    """Build, time and run once more for the output; (entry, impl, output) or
-    ({"skipped": why}, None, None)."""
+def _attempt(fn):
+    """(value, None), or (None, why) when an implementation cannot run: a peer failing
+    must not end the run, and the record says why."""
     try:
-        impl = builder(case, mode)
-        entry = timing.measure(impl.call, len(case.xs), impl.clock, settings["repeats"],
-                               settings["warmup"], settings["min_sample_s"])
-        out = impl.to_numpy(impl.call(0)).astype(np.float32)
+        return fn(), None
     except peers.Skip as why:
-        return {"skipped": str(why)}, None, None
+        return None, str(why)
     except ImportError as why:
-        return {"skipped": f"not installed ({why.name or why})"}, None, None
-    except Exception as why:  # a peer failing must not end the run: record why
-        return {"skipped": f"failed: {type(why).__name__}: {why}"[:300]}, None, None
-    entry["note"] = impl.note
-    return entry, impl, out
+        return None, f"not installed ({why.name or why})"
+    except Exception as why:
+        return None, f"failed: {type(why).__name__}: {why}"[:300]
 
 
 def run_case(layer, batch, mode, device, settings, peer_names, seed=0, progress=None):
-    """Ours, then every peer, on one layer in one mode: the layer's entry for that mode."""
+    """Ours and every peer on one layer in one mode: the layer's entry for that mode.
+
+    Samples are taken in rounds, one per implementation back to back, so that anything
+    else loading the machine meanwhile weighs on all of them alike; `speedup` is the
+    median over rounds of peer sample / our sample."""
     dtype = "float16" if mode == "float16" else "float32"
     case = peers.Case(layer, batch, device.gpu, dtype, device.inputs(layer, batch, dtype, seed),
                       layer.weights(seed))
     floor = device.floor_s(layer.flops(batch), layer.bytes(batch, np.dtype(dtype).itemsize), mode)
-    entry = {"floor_s": floor, "impls": {}}
     builders = {peers.OURS: peers.sepconv_gpu} | {n: peers.PEERS[device.kind][n] for n in peer_names}
-    reference = ours = None
+    impls, timers, skipped = {}, {}, {}
     for name, builder in builders.items():
         if progress:
-            progress.update(0, note=f"{layer.key} {mode} {name}")
-        result, impl, out = _time(builder, case, mode, settings)
-        if impl is not None:
-            result["pct_of_floor"] = 100 * result["median_s"] / floor
-            if name == peers.OURS:
-                reference, ours = out, result["median_s"]
-                if not device.gpu:
-                    result["peak_extra_bytes"] = peak_extra_bytes(lambda: impl.call(0))
-                    result["io_bytes"] = case.xs[0].nbytes + out.size * np.dtype(dtype).itemsize
-            elif reference is not None:
-                err = float(np.max(np.abs(out - reference))) if out.shape == reference.shape else math.inf
-                result["max_abs_err"] = err
-                result["agrees"] = err <= TOLERANCE[mode] * max(1.0, float(np.max(np.abs(reference))))
-                result["speedup"] = result["median_s"] / ours
+            progress.update(0, note=f"{layer.key} {mode} {name} (warm-up)")
+        impls[name], skipped[name] = _attempt(lambda: builder(case, mode))
+        if impls[name] is not None:
+            timers[name], skipped[name] = _attempt(lambda: timing.Timer(
+                impls[name].call, len(case.xs), impls[name].clock, settings["warmup"],
+                settings["min_sample_s"]))
+    if progress:
+        progress.update(0, note=f"{layer.key} {mode} timing")
+    for _ in range(settings["repeats"]):
+        for name in list(timers):
+            why = _attempt(timers[name].sample)[1]
+            if why:
+                skipped[name] = why
+                del timers[name]
+    entry = {"floor_s": floor, "impls": {}}
+    reference = None
+    for name in builders:
+        if name not in timers:
+            entry["impls"][name] = {"skipped": skipped[name] or "failed"}
+            continue
+        impl, result = impls[name], timers[name].result()
+        out, why = _attempt(lambda: impl.to_numpy(impl.call(0)).astype(np.float32))
+        if why:
+            entry["impls"][name] = {"skipped": why}
+            continue
+        result |= {"note": impl.note, "pct_of_floor": 100 * result["median_s"] / floor}
+        if name == peers.OURS:
+            reference, ours = out, timers[name].samples
+            if not device.gpu:
+                result["peak_extra_bytes"] = peak_extra_bytes(lambda: impl.call(0))
+                result["io_bytes"] = case.xs[0].nbytes + out.size * np.dtype(dtype).itemsize
+        elif reference is not None:
+            err = float(np.max(np.abs(out - reference))) if out.shape == reference.shape else math.inf
+            result["max_abs_err"] = err
+            result["agrees"] = err <= TOLERANCE[mode] * max(1.0, float(np.max(np.abs(reference))))
+            result["speedup"] = float(np.median(np.divide(timers[name].samples, ours)))
         entry["impls"][name] = result
-        del impl, out
-        device.free()
-        if progress:
-            progress.update(1, note=f"{layer.key} {mode} {name}")
+    del impls, timers, case
+    device.free()
+    if progress:
+        progress.update(len(builders), note=layer.key)
     return entry
 
 

