@@ -1,0 +1,151 @@
+// Shared device helpers for the sepconv kernels: accumulation types, conversions, math
+// overloads, vector shared/global accesses and the fused activation epilogue.
+//
+// Compiles under NVRTC (no host standard headers; cuda_fp16.h comes with NVRTC / CuPy's
+// include path) and under nvcc. The loader inlines this file into sepconv_fused.cu, so
+// CuPy's on-disk cache sees its text too.
+#ifndef SEPCONV_COMMON_CUH
+#define SEPCONV_COMMON_CUH
+
+#include <cuda_fp16.h>
+
+namespace sepconv {
+
+// Accumulation type: fp32 for float and __half inputs, fp64 for double.
+template <typename T> struct Acc { typedef float type; };
+template <> struct Acc<double> { typedef double type; };
+
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+
+template <typename T> __device__ __forceinline__ T from_acc(typename Acc<T>::type v) { return v; }
+template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
+
+// Overloads so templated code calls the right-precision libdevice function.
+__device__ __forceinline__ float m_exp(float v) { return expf(v); }
+__device__ __forceinline__ double m_exp(double v) { return exp(v); }
+__device__ __forceinline__ float m_expm1(float v) { return expm1f(v); }
+__device__ __forceinline__ double m_expm1(double v) { return expm1(v); }
+__device__ __forceinline__ float m_log(float v) { return logf(v); }
+__device__ __forceinline__ double m_log(double v) { return log(v); }
+__device__ __forceinline__ float m_log1p(float v) { return log1pf(v); }
+__device__ __forceinline__ double m_log1p(double v) { return log1p(v); }
+__device__ __forceinline__ float m_tanh(float v) { return tanhf(v); }
+__device__ __forceinline__ double m_tanh(double v) { return tanh(v); }
+__device__ __forceinline__ float m_erf(float v) { return erff(v); }
+__device__ __forceinline__ double m_erf(double v) { return erf(v); }
+__device__ __forceinline__ float m_abs(float v) { return fabsf(v); }
+__device__ __forceinline__ double m_abs(double v) { return fabs(v); }
+__device__ __forceinline__ float m_fma(float a, float b, float c) { return fmaf(a, b, c); }
+__device__ __forceinline__ double m_fma(double a, double b, double c) { return fma(a, b, c); }
+__device__ __forceinline__ float m_neg_inf(float) { return __int_as_float(0xff800000); }
+__device__ __forceinline__ double m_neg_inf(double) { return __longlong_as_double(0xfff0000000000000ULL); }
+
+// 4 consecutive accumulators from 16-byte aligned shared memory (one or two LDS.128).
+__device__ __forceinline__ void load4(const float* p, float (&v)[4]) {
+    const float4 t = *reinterpret_cast<const float4*>(p);
+    v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
+}
+__device__ __forceinline__ void load4(const double* p, double (&v)[4]) {
+    const double2 a = reinterpret_cast<const double2*>(p)[0];
+    const double2 b = reinterpret_cast<const double2*>(p)[1];
+    v[0] = a.x; v[1] = a.y; v[2] = b.x; v[3] = b.y;
+}
+
+// 4 consecutive outputs to global memory aligned to 4 elements, as one vector store.
+__device__ __forceinline__ void store4(float* p, const float (&v)[4]) {
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ __forceinline__ void store4(double* p, const double (&v)[4]) {
+    reinterpret_cast<double2*>(p)[0] = make_double2(v[0], v[1]);
+    reinterpret_cast<double2*>(p)[1] = make_double2(v[2], v[3]);
+}
+__device__ __forceinline__ void store4(__half* p, const float (&v)[4]) {
+    const __half2 lo = __floats2half2_rn(v[0], v[1]);
+    const __half2 hi = __floats2half2_rn(v[2], v[3]);
+    uint2 u;
+    u.x = *reinterpret_cast<const unsigned int*>(&lo);
+    u.y = *reinterpret_cast<const unsigned int*>(&hi);
+    *reinterpret_cast<uint2*>(p) = u;
+}
+
+}  // namespace sepconv
+
+// Fused epilogue variants; names match `Activation.kernel_id` (upper-cased, ACT_ prefix).
+// softmax / log_softmax are not here: they normalize over an axis and run as a second
+// kernel (sepconv_softmax_lastaxis).
+enum SepconvActivation {
+    ACT_LINEAR = 0,
+    ACT_RELU,
+    ACT_RELU6,
+    ACT_LEAKY_RELU,
+    ACT_ELU,
+    ACT_SELU,
+    ACT_CELU,
+    ACT_GELU,
+    ACT_GELU_TANH,
+    ACT_SIGMOID,
+    ACT_HARD_SIGMOID,
+    ACT_HARD_SILU,
+    ACT_SILU,
+    ACT_MISH,
+    ACT_SOFTPLUS,
+    ACT_SOFTSIGN,
+    ACT_TANH,
+    ACT_EXPONENTIAL
+};
+
+namespace sepconv {
+
+template <typename A> __device__ __forceinline__ A sigmoid(A v) {
+    // exp of a non-positive number only: no overflow for large |v|
+    const A e = m_exp(-m_abs(v));
+    return v >= A(0) ? A(1) / (A(1) + e) : e / (A(1) + e);
+}
+
+template <typename A> __device__ __forceinline__ A softplus(A v) {
+    // logaddexp(0, v), stable for both signs
+    return (v > A(0) ? v : A(0)) + m_log1p(m_exp(-m_abs(v)));
+}
+
+template <typename A> __device__ __forceinline__ A relu6(A v) {
+    // comparisons (not fmin/fmax) so that NaN propagates as in NumPy
+    return v < A(0) ? A(0) : (v > A(6) ? A(6) : v);
+}
+
+// Keras 3 definitions; `p` is Activation.kernel_param (negative_slope / alpha).
+template <int ACT, typename A> __device__ __forceinline__ A activate(A v, A p) {
+    switch (ACT) {
+    case ACT_RELU: return v < A(0) ? A(0) : v;
+    case ACT_RELU6: return relu6(v);
+    case ACT_LEAKY_RELU: return v >= A(0) ? v : v * p;
+    case ACT_ELU: return v > A(0) ? v : p * m_expm1(v);
+    case ACT_SELU:
+        return A(1.0507009873554804934193349852946) *
+               (v > A(0) ? v : A(1.6732632423543772848170429916717) * m_expm1(v));
+    case ACT_CELU: {
+        const A neg = p * m_expm1((v < A(0) ? v : A(0)) / p);
+        return (v > A(0) ? v : A(0)) + (neg < A(0) ? neg : A(0));
+    }
+    case ACT_GELU: return A(0.5) * v * (A(1) + m_erf(v / A(1.4142135623730950488016887242097)));
+    case ACT_GELU_TANH: {
+        const A inner = A(0.79788456080286535587989211986876) * (v + A(0.044715) * v * v * v);
+        return A(0.5) * v * (A(1) + m_tanh(inner));
+    }
+    case ACT_SIGMOID: return sigmoid(v);
+    case ACT_HARD_SIGMOID: return relu6(v + A(3)) / A(6);
+    case ACT_HARD_SILU: return v * (relu6(v + A(3)) / A(6));
+    case ACT_SILU: return v * sigmoid(v);
+    case ACT_MISH: return v * m_tanh(softplus(v));
+    case ACT_SOFTPLUS: return softplus(v);
+    case ACT_SOFTSIGN: return v / (A(1) + m_abs(v));
+    case ACT_TANH: return m_tanh(v);
+    case ACT_EXPONENTIAL: return m_exp(v);
+    default: return v;  // ACT_LINEAR
+    }
+}
+
+}  // namespace sepconv
+
+#endif  // SEPCONV_COMMON_CUH

@@ -1,0 +1,286 @@
+// Fused depthwise-separable convolution: depthwise + pointwise + bias + activation in one
+// launch, the depthwise intermediate kept in shared memory (never in global memory).
+//
+//   y[n, p, f] = act(b[f] + sum_k P[k, f] * sum_t x[n, p*s + t*d - pad, k / M] * D[t, k])
+//
+// with k = c*M + m the depthwise output channel. 1D is 2D with height 1.
+//
+// Work decomposition (SIMT; a tensor-core pointwise stage is a later step):
+//   * A block of SC_THREADS threads owns a tile of BP output positions (a TH x TW patch of
+//     one image) x BF filters, BP * BF = SC_TILE_ELEMS, so every thread holds a 4 x 4
+//     register micro-tile of accumulators. BF in {16, 32, 64} is chosen by the host
+//     planner at run time (no extra instantiations) so small filter counts are not wasted.
+//   * It loops over the K = C*M depthwise channels in chunks of SC_BK:
+//       1. stage the pointwise chunk P[k0:k0+BK, f0:f0+BF], the depthwise weights of the
+//          chunk, and the input halo of the tile for the chunk's input channels in
+//          shared memory (coalesced along the contiguous axis of the input layout);
+//       2. compute the chunk's depthwise outputs Ds[BK][BP] into shared memory
+//          (a warp per channel, lanes along positions: conflict-free);
+//       3. multiply-accumulate Ds against the pointwise chunk into the registers.
+//   * Epilogue: bias, activation (template), store in the output layout (vectorized when
+//     aligned). channels_first / channels_last only change indexing, never a transpose.
+//   * When the halo of a tile would not fit the shared-memory budget (very large dilated
+//     extents), the planner sets use_halo = 0 and step 1 reads the input directly from
+//     global memory (L1/L2 cached); results are identical.
+// The input is read through element strides, so any strided view (negative strides
+// included) works without a copy. Offsets into x and y are 64-bit.
+//
+// Every parameter below that the host planner computes is mirrored in
+// sepconv_gpu/backends/cuda_kernels.py (KernelPlan); keep the two in step.
+#include "sepconv_common.cuh"
+
+#define SC_THREADS 256
+#define SC_WARPS (SC_THREADS / 32)
+#define SC_BK 16              // depthwise channels per chunk
+#define SC_TILE_ELEMS 4096    // BP * BF = SC_THREADS * (4 positions x 4 filters)
+#define SC_DW_SMEM_TAPS 64    // depthwise weights go to shared memory up to this many taps
+// Two resident blocks per SM caps registers at 128. Without a minimum ptxas (CUDA 13)
+// aims for higher occupancy and spills the accumulators.
+#define SC_MIN_BLOCKS 2
+
+// Shared memory (dynamic), in this order:
+//   Ds [SC_BK][BP]        accumulator type   depthwise outputs of the chunk
+//   Ws [SC_BK][BF]        accumulator type   pointwise weights of the chunk
+//   Wd [taps][SC_BK]      accumulator type   depthwise weights (only if taps <= SC_DW_SMEM_TAPS)
+//   Xs [nch][plane]       input type         halo, plane = HH*HWd rounded up to odd (no bank
+//                                            conflicts when staging channels_last data)
+template <typename T, int ACT, bool CF, int KH_, int KW_>
+__global__ void __launch_bounds__(SC_THREADS, SC_MIN_BLOCKS)
+sepconv_fused(const T* __restrict__ x,
+              const typename sepconv::Acc<T>::type* __restrict__ dwk,   // [taps][K]
+              const typename sepconv::Acc<T>::type* __restrict__ pwk,   // [K][F]
+              const typename sepconv::Acc<T>::type* __restrict__ bias,  // [F] if has_bias
+              T* __restrict__ y,
+              long long xs_n, long long xs_c, long long xs_h, long long xs_w,
+              int C, int H, int W, int M, int F, int OH, int OW,
+              int kh_rt, int kw_rt, int str_h, int str_w, int dil_h, int dil_w,
+              int pad_h, int pad_w,
+              int BF, int tw_shift, int tiles_w, int tiles_img, int FB,
+              int HH, int HWd, int plane, int use_halo, int has_bias, double act_param) {
+    using namespace sepconv;
+    typedef typename Acc<T>::type A;
+
+    const int KH = KH_ > 0 ? KH_ : kh_rt;   // compile-time for the specialized extents
+    const int KW = KW_ > 0 ? KW_ : kw_rt;
+    const int taps = KH * KW;
+    const bool dw_smem = taps <= SC_DW_SMEM_TAPS;
+    const int K = C * M;
+    const int BP = SC_TILE_ELEMS / BF;
+    const int TW = 1 << tw_shift, TH = BP >> tw_shift;
+    const int npos = BP / 32;
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    A* Ds = reinterpret_cast<A*>(smem_raw);
+    A* Ws = Ds + SC_BK * BP;
+    A* Wd = Ws + SC_BK * BF;
+    T* Xs = reinterpret_cast<T*>(Wd + (dw_smem ? taps * SC_BK : 0));
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int bid = blockIdx.x;
+    // Filter blocks of one spatial tile are adjacent in launch order: they share the
+    // tile's input in L2.
+    const int fb = bid % FB;
+    const int tile = bid / FB;
+    const int n = tile / tiles_img;
+    const int t = tile - n * tiles_img;
+    const int oh0 = (t / tiles_w) * TH, ow0 = (t % tiles_w) * TW;
+    const int f0 = fb * BF;
+    const int ih0 = oh0 * str_h - pad_h, iw0 = ow0 * str_w - pad_w;
+    const T* __restrict__ xn = x + (long long)n * xs_n;
+
+    // Pointwise micro-tile: positions tp*4..+3, filters tf*4..+3. Consecutive lanes walk
+    // the axis that is contiguous in the output layout, so the stores coalesce.
+    int tp, tf;
+    if (CF) { tp = tid % (BP / 4); tf = tid / (BP / 4); }
+    else    { tf = tid % (BF / 4); tp = tid / (BF / 4); }
+
+    A acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = A(0);
+
+    for (int k0 = 0; k0 < K; k0 += SC_BK) {
+        const int kend = min(K, k0 + SC_BK);
+        const int c_lo = k0 / M;
+        const int nch = (kend - 1) / M - c_lo + 1;   // input channels this chunk reads
+
+        // ---- 1. stage weights and the input halo ----
+        for (int i = tid; i < SC_BK * BF; i += SC_THREADS) {
+            const int kk = i / BF, j = i - kk * BF;
+            const int k = k0 + kk, f = f0 + j;
+            Ws[i] = (k < K && f < F) ? pwk[(long long)k * F + f] : A(0);
+        }
+        if (dw_smem) {
+            for (int i = tid; i < taps * SC_BK; i += SC_THREADS) {
+                const int tap = i / SC_BK, k = k0 + (i - tap * SC_BK);
+                Wd[i] = k < K ? dwk[(long long)tap * K + k] : A(0);
+            }
+        }
+        if (use_halo) {
+            const int total = nch * HH * HWd;
+            for (int i = tid; i < total; i += SC_THREADS) {
+                int cc, hh, ww;
+                if (CF) { ww = i % HWd; const int r = i / HWd; hh = r % HH; cc = r / HH; }
+                else    { cc = i % nch; const int r = i / nch; ww = r % HWd; hh = r / HWd; }
+                const int ih = ih0 + hh, iw = iw0 + ww;
+                T v = from_acc<T>(A(0));
+                if ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
+                    v = xn[(long long)(c_lo + cc) * xs_c + (long long)ih * xs_h + (long long)iw * xs_w];
+                Xs[cc * plane + hh * HWd + ww] = v;
+            }
+        }
+        __syncthreads();
+
+        // ---- 2. depthwise outputs of the chunk -> Ds (one warp per channel) ----
+        for (int kk = warp; kk < SC_BK; kk += SC_WARPS) {
+            const int k = k0 + kk;
+            const int c = min(k, K - 1) / M;
+            const T* xs = Xs + (c - c_lo) * plane;
+            const T* __restrict__ xc = xn + (long long)c * xs_c;
+            for (int r = 0; r < npos; ++r) {
+                const int p = lane + 32 * r;
+                const int pth = p >> tw_shift, ptw = p & (TW - 1);
+                A d = A(0);
+                if (k < K && (KH_ > 0 || use_halo)) {
+                    // specialized extents always run with a halo (the planner ensures it)
+                    const T* src = xs + pth * str_h * HWd + ptw * str_w;
+#pragma unroll
+                    for (int i = 0; i < KH; ++i) {
+                        const T* row = src + i * dil_h * HWd;
+#pragma unroll
+                        for (int j = 0; j < KW; ++j) {
+                            const int tap = i * KW + j;
+                            const A w = dw_smem ? Wd[tap * SC_BK + kk] : dwk[(long long)tap * K + k];
+                            d = m_fma(to_acc(row[j * dil_w]), w, d);
+                        }
+                    }
+                } else if (k < K) {
+                    // Fallback for halos too large for shared memory: gather from global.
+                    const int oh = oh0 + pth, ow = ow0 + ptw;
+                    if (oh < OH && ow < OW) {
+                        for (int i = 0; i < KH; ++i) {
+                            const int ih = oh * str_h - pad_h + i * dil_h;
+                            if ((unsigned)ih >= (unsigned)H) continue;
+                            for (int j = 0; j < KW; ++j) {
+                                const int iw = ow * str_w - pad_w + j * dil_w;
+                                if ((unsigned)iw >= (unsigned)W) continue;
+                                const int tap = i * KW + j;
+                                const A w = dw_smem ? Wd[tap * SC_BK + kk] : dwk[(long long)tap * K + k];
+                                d = m_fma(to_acc(xc[(long long)ih * xs_h + (long long)iw * xs_w]), w, d);
+                            }
+                        }
+                    }
+                }
+                Ds[kk * BP + p] = d;
+            }
+        }
+        __syncthreads();
+
+        // ---- 3. pointwise: acc[4x4] += Ds[:, positions]^T x Ws[:, filters] ----
+#pragma unroll
+        for (int kk = 0; kk < SC_BK; ++kk) {
+            A a[4], b[4];
+            load4(Ds + kk * BP + tp * 4, a);
+            load4(Ws + kk * BF + tf * 4, b);
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][j] = m_fma(a[i], b[j], acc[i][j]);
+        }
+        __syncthreads();   // the next chunk overwrites the shared buffers
+    }
+
+    // ---- epilogue: bias, activation, store ----
+    const A prm = A(act_param);
+    const int fbase = f0 + tf * 4;
+    A bv[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) bv[j] = (has_bias && fbase + j < F) ? bias[fbase + j] : A(0);
+
+    if (!CF) {
+        // channels_last: y[n, oh, ow, f]; this thread's 4 filters are contiguous.
+        const bool vec = (F & 3) == 0 && fbase + 3 < F;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int p = tp * 4 + i;
+            const int oh = oh0 + (p >> tw_shift), ow = ow0 + (p & (TW - 1));
+            if (oh >= OH || ow >= OW) continue;
+            A v[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) v[j] = activate<ACT>(acc[i][j] + bv[j], prm);
+            T* dst = y + (((long long)n * OH + oh) * OW + ow) * F + fbase;
+            if (vec) {
+                store4(dst, v);
+            } else {
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+                    if (fbase + j < F) dst[j] = from_acc<T>(v[j]);
+            }
+        }
+    } else {
+        // channels_first: y[n, f, oh, ow]; this thread's 4 positions are contiguous in a
+        // row when TW is a multiple of 4 (the planner's tiles always are, except 1-wide).
+        const int p0 = tp * 4;
+        const int oh = oh0 + (p0 >> tw_shift), ow = ow0 + (p0 & (TW - 1));
+        const bool vec = (TW & 3) == 0 && (OW & 3) == 0 && oh < OH && ow + 3 < OW;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int f = fbase + j;
+            if (f >= F) continue;
+            A v[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) v[i] = activate<ACT>(acc[i][j] + bv[j], prm);
+            T* plane_f = y + ((long long)n * F + f) * OH * OW;
+            if (vec) {
+                store4(plane_f + (long long)oh * OW + ow, v);
+            } else {
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const int p = p0 + i;
+                    const int ohi = oh0 + (p >> tw_shift), owi = ow0 + (p & (TW - 1));
+                    if (ohi < OH && owi < OW) plane_f[(long long)ohi * OW + owi] = from_acc<T>(v[i]);
+                }
+            }
+        }
+    }
+}
+
+// softmax / log_softmax over the last axis of a contiguous (rows, L) array, in place:
+// one warp per row, an online max/sum pass then a write pass. Keras applies these to the
+// output as laid out, so for channels_first the axis is the output width.
+template <typename T, bool LOG>
+__global__ void __launch_bounds__(256)
+sepconv_softmax_lastaxis(T* __restrict__ y, long long rows, int L) {
+    using namespace sepconv;
+    typedef typename Acc<T>::type A;
+    const int lane = threadIdx.x & 31;
+    const long long warps_per_block = blockDim.x / 32;
+    const long long step = (long long)gridDim.x * warps_per_block;
+    for (long long row = blockIdx.x * warps_per_block + threadIdx.x / 32; row < rows; row += step) {
+        T* r = y + row * L;
+        A m = m_neg_inf(A(0)), s = A(0);
+        for (int i = lane; i < L; i += 32) {
+            const A v = to_acc(r[i]);
+            if (v > m) { s = s * m_exp(m - v) + A(1); m = v; }
+            else if (v == v && m != m_neg_inf(A(0))) { s += m_exp(v - m); }
+            else if (v != v) { s = v; }   // NaN propagates, as in NumPy
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const A mo = __shfl_xor_sync(0xffffffffu, m, o);
+            const A so = __shfl_xor_sync(0xffffffffu, s, o);
+            const A mx = mo > m ? mo : m;
+            // scale by exp(m_i - mx); lanes at the max (or both empty: -inf) keep theirs
+            const A a = (m == mx) ? s : s * m_exp(m - mx);
+            const A b = (mo == mx) ? so : so * m_exp(mo - mx);
+            m = mx;
+            s = a + b;
+        }
+        const A logs = m_log(s);
+        for (int i = lane; i < L; i += 32) {
+            const A v = to_acc(r[i]);
+            r[i] = from_acc<T>(LOG ? (v - m) - logs : m_exp(v - m) / s);
+        }
+    }
+}

@@ -1,0 +1,166 @@
+"""CUDA backend: CuPy arrays, one fused kernel launch per separable convolution.
+
+The kernels live in kernels/*.cu (see sepconv_fused.cu for the design). They are read
+once, compiled lazily through NVRTC (`cupy.RawModule`) one instantiation at a time on
+first use, and memoized per device on the name expression (dtype, activation, layout,
+kernel extent: exactly what changes the code). CuPy's on-disk cache keeps the binaries
+across runs. Launches go to CuPy's current stream; nothing here synchronizes.
+
+What is launched is decided by `cuda_kernels.launch_sequence`, which is CuPy-free and
+shared with the host-emulation tests.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+
+import cupy
+import numpy as np
+
+from .._nvtx import annotate
+from . import cuda_kernels as _kernels
+
+_compile_lock = threading.Lock()
+_functions = {}  # (device id, name expression) -> cupy.RawKernel
+
+
+def get_function(name):
+    """The compiled kernel `name` (a name expression) for the current device."""
+    key = (cupy.cuda.runtime.getDevice(), name)
+    fn = _functions.get(key)
+    if fn is None:
+        with _compile_lock:  # one compilation per key, even with many calling threads
+            fn = _functions.get(key)
+            if fn is None:
+                module = cupy.RawModule(code=_kernels.source(), options=_kernels.NVRTC_OPTIONS,
+                                        name_expressions=(name,))
+                fn = module.get_function(name)
+                _functions[key] = fn
+    return fn
+
+
+def _identity(a):
+    return a
+
+
+def _dlpack_on_cuda(x):
+    try:
+        return int(x.__dlpack_device__()[0]) in (2, 3, 13)  # CUDA, CUDA host, managed
+    except Exception:
+        return False
+
+
+def _device_view(x):
+    """A zero-copy CuPy view of a CUDA array-like (torch CUDA tensor, Numba array, any
+    __cuda_array_interface__ / CUDA __dlpack__ object), or None for host data."""
+    if isinstance(x, cupy.ndarray):
+        return x
+    if type(x).__module__.split(".")[0] == "torch" and getattr(x, "requires_grad", False):
+        x = x.detach()  # DLPack refuses tensors that require grad; we read values only
+    if hasattr(x, "__dlpack__") and _dlpack_on_cuda(x):
+        # DLPack first: it orders the producer's stream before ours.
+        return cupy.from_dlpack(x)
+    if hasattr(x, "__cuda_array_interface__"):
+        return cupy.asarray(x)
+    return None
+
+
+def _give_back_like(x):
+    """Turns a CuPy result into the kind of the device input `x`, without a copy."""
+    library = type(x).__module__.split(".")[0]
+    if library == "torch":
+        import torch
+
+        return torch.from_dlpack
+    if library == "numba":
+        from numba import cuda
+
+        return cuda.as_cuda_array
+    from_dlpack = getattr(sys.modules.get(library), "from_dlpack", None)
+    return from_dlpack if callable(from_dlpack) else _identity
+
+
+def _give_back_host(x):
+    if type(x).__module__.split(".")[0] == "torch":  # a CPU tensor: a CPU tensor back
+        import torch
+
+        return lambda a: torch.from_numpy(cupy.asnumpy(a))
+    return cupy.asnumpy
+
+
+class CupyOps:
+    name = "cuda"
+    xp = cupy
+
+    def owns(self, x):
+        return isinstance(x, cupy.ndarray)
+
+    def take(self, x):
+        """x as a CuPy array and a function giving a result back in x's kind: NumPy in ->
+        copy to the device, NumPy out; CuPy in -> as is; CUDA array-likes -> zero-copy."""
+        if isinstance(x, cupy.ndarray):
+            return x, _identity
+        if isinstance(x, np.ndarray):
+            return cupy.asarray(x), cupy.asnumpy
+        view = _device_view(x)
+        if view is not None:
+            return view, _give_back_like(x)
+        return cupy.asarray(np.asarray(x)), _give_back_host(x)
+
+    def asarray(self, a, dtype=None):
+        """Weights onto the device, always a copy (as NumpyOps does)."""
+        view = _device_view(a)
+        return cupy.array(view if view is not None else np.asarray(a), dtype=dtype, copy=True)
+
+    def to_numpy(self, a):
+        view = _device_view(a)
+        return cupy.asnumpy(view) if view is not None else np.asarray(a)
+
+    def separable_conv(self, x, depthwise, pointwise, bias, geom, activation):
+        """y = act(bias + pointwise(depthwise(x))) as a CuPy array of x's dtype."""
+        with annotate("sepconv_gpu.cuda.separable_conv"):
+            x = self.take(x)[0]
+            with x.device:
+                return self._separable_conv(x, depthwise, pointwise, bias, geom, activation)
+
+    def _separable_conv(self, x, depthwise, pointwise, bias, geom, activation):
+        dtype = x.dtype.name
+        if dtype not in _kernels.DTYPES:
+            raise TypeError(f"sepconv_gpu CUDA backend: unsupported input dtype {dtype}; "
+                            f"expected one of {tuple(_kernels.DTYPES)}.")
+        y = cupy.empty(geom.output_shape, dtype=x.dtype)
+        if y.size == 0:
+            return y
+        x_strides = _kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
+        if x_strides is None:  # byte strides that are not whole elements: copy once
+            x = cupy.ascontiguousarray(x)
+            x_strides = _kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
+        # Weights in the accumulation type (fp32 for fp16 inputs), contiguous, on x's device.
+        acc = np.float64 if dtype == "float64" else np.float32
+        dk = _weight(depthwise, acc, x.device)
+        pk = _weight(pointwise, acc, x.device)
+        b = None if bias is None else _weight(bias, acc, x.device)
+        launches, apply_after = _kernels.launch_sequence(dtype, geom, activation, x_strides,
+                                                         b is not None)
+        for launch in launches:
+            if launch.kind == "fused":
+                # bias=None still needs a valid pointer: pass pk, has_bias=0 ignores it
+                arrays = (x, dk, pk, pk if b is None else b, y)
+            else:
+                arrays = (y,)
+            get_function(launch.name)((launch.grid,), (launch.block,), arrays + launch.scalars,
+                                      shared_mem=launch.shared_bytes)
+        if apply_after:  # an activation without a kernel variant (any callable)
+            y = activation(y)
+            if not isinstance(y, cupy.ndarray) or y.dtype != x.dtype:
+                y = cupy.asarray(y, dtype=x.dtype)
+        return y
+
+
+def _weight(a, dtype, device):
+    view = _device_view(a)
+    if view is None:
+        return cupy.asarray(np.ascontiguousarray(a, dtype=dtype))
+    if view.device != device:
+        view = cupy.array(view, copy=True)  # made on the current (x's) device
+    return cupy.ascontiguousarray(view, dtype=dtype)

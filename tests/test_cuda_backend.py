@@ -1,0 +1,328 @@
+"""The CUDA backend on a real device: Keras goldens, properties against the float64
+reference, layouts, strided views, torch interop, threads, > 2^31 elements.
+
+Every test is marked `gpu` and skipped where no CUDA device answers (or CuPy is missing).
+Run them with `pytest -m gpu` on a GPU machine (benchmarks/gpu_check.sh does, with the
+compute-sanitizer pass).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import json
+import math
+import pathlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sepconv_gpu import activations, geometry, ops
+from sepconv_gpu.backends import cuda_available, cuda_kernels
+from sepconv_gpu.backends.numpy_backend import reference_separable_conv
+
+GPU = cuda_available()
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not GPU, reason="no CUDA device answers (or CuPy is missing)")]
+if GPU:
+    import cupy
+
+    from sepconv_gpu.backends import cuda_backend
+
+GOLDEN = pathlib.Path(__file__).parent / "data" / "keras_golden"
+TOLERANCE = {"float16": 4e-3, "float32": 2e-5, "float64": 1e-12}
+
+
+def _golden_cases():
+    manifest = GOLDEN / "manifest.json"
+    if not manifest.exists():
+        return []
+    return json.loads(manifest.read_text())["cases"]
+
+
+def _run_golden(case, to_device):
+    data = np.load(GOLDEN / case["file"])
+    kw = case["kwargs"]
+    rank = 1 if "1D" in case["layer"] else 2
+    bias = data["bias"] if kw.get("use_bias", True) and "bias" in data else None
+    args = [data["x"], data["depthwise_kernel"], data["pointwise_kernel"], bias]
+    if to_device:
+        args = [None if a is None else cupy.asarray(a) for a in args]
+    y = ops.separable_conv(rank, *args, strides=kw.get("strides", 1),
+                           padding=kw.get("padding", "valid"),
+                           data_format=kw.get("data_format") or "channels_last",
+                           dilation_rate=kw.get("dilation_rate", 1),
+                           activation=kw.get("activation"), backend="cuda")
+    return y, data["y"]
+
+
+@pytest.mark.parametrize("case", _golden_cases(), ids=lambda c: c["id"])
+def test_keras_golden(case):
+    y, expected = _run_golden(case, to_device=False)
+    assert isinstance(y, np.ndarray)  # NumPy in -> NumPy out, computed on the GPU
+    assert y.shape == expected.shape and y.dtype == expected.dtype
+    tol = 1e-4 * max(1.0, float(np.max(np.abs(expected))))
+    np.testing.assert_allclose(y, expected, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("case", _golden_cases()[::7], ids=lambda c: c["id"])
+def test_keras_golden_cupy_in_cupy_out(case):
+    y, expected = _run_golden(case, to_device=True)
+    assert isinstance(y, cupy.ndarray)
+    tol = 1e-4 * max(1.0, float(np.max(np.abs(expected))))
+    np.testing.assert_allclose(cupy.asnumpy(y), expected, rtol=0, atol=tol)
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+def make_case(rng, rank, x_shape, kernel, multiplier, filters, dtype="float32", bias=True):
+    channels = x_shape[-1]
+    kernel = (kernel,) * rank if isinstance(kernel, int) else tuple(kernel)
+    x = rng.uniform(-1, 1, x_shape).astype(dtype)
+    dk = (rng.uniform(-1, 1, kernel + (channels, multiplier)) / math.sqrt(math.prod(kernel))).astype(dtype)
+    pk = (rng.uniform(-1, 1, (1,) * rank + (channels * multiplier, filters))
+          / math.sqrt(channels * multiplier)).astype(dtype)
+    b = rng.uniform(-1, 1, filters).astype(dtype) if bias else None
+    return x, dk, pk, b
+
+
+def to_layout(x, data_format):
+    """A channels_last-shaped host array in the requested layout (contiguous)."""
+    if data_format == "channels_first":
+        return np.ascontiguousarray(np.moveaxis(x, -1, 1))
+    return x
+
+
+def compare(rank, x, dk, pk, b, tol=None, **kw):
+    """Run on the GPU (x may be a CuPy view) and compare with the float64 reference."""
+    host_x = cupy.asnumpy(x) if isinstance(x, cupy.ndarray) else x
+    before = host_x.copy()
+    y = ops.separable_conv(rank, x, dk, pk, b, backend="cuda", **kw)
+    if isinstance(x, cupy.ndarray):
+        assert isinstance(y, cupy.ndarray)
+        np.testing.assert_array_equal(cupy.asnumpy(x), before)  # never written
+        y = cupy.asnumpy(y)
+    ref = ops.reference_separable_conv(rank, host_x, dk, pk, b, **kw)
+    assert y.shape == ref.shape and y.dtype == host_x.dtype
+    scale = max(1.0, float(np.nanmax(np.abs(ref))) if ref.size else 1.0)
+    tol = TOLERANCE[host_x.dtype.name] if tol is None else tol
+    np.testing.assert_allclose(y.astype(np.float64), ref, rtol=0, atol=tol * scale)
+    return y
+
+
+# --- properties against the float64 reference ------------------------------------------
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_random_configurations_match_reference(data):
+    rank = data.draw(st.sampled_from([1, 2]), "rank")
+    dtype = data.draw(st.sampled_from(["float32", "float16", "float64"]), "dtype")
+    data_format = data.draw(st.sampled_from(["channels_last", "channels_first"]), "data_format")
+    kernel = tuple(data.draw(st.sampled_from([1, 2, 3, 3, 5, 7])) for _ in range(rank))
+    if data.draw(st.booleans()):
+        strides, dilation = tuple(data.draw(st.integers(1, 3)) for _ in range(rank)), 1
+    else:
+        strides, dilation = 1, tuple(data.draw(st.integers(1, 3)) for _ in range(rank))
+    padding = data.draw(st.sampled_from(["valid", "same"] + (["causal"] if rank == 1 else [])))
+    spatial = tuple(data.draw(st.integers(1, 40 if rank == 2 else 300)) for _ in range(rank))
+    channels = data.draw(st.integers(1, 48))
+    multiplier = data.draw(st.integers(1, 4))
+    filters = data.draw(st.integers(1, 150))
+    batch = data.draw(st.integers(1, 4))
+    act = data.draw(st.sampled_from((None,) + activations.NAMES), "activation")
+    use_bias = data.draw(st.booleans())
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    x, dk, pk, b = make_case(rng, rank, (batch,) + spatial + (channels,), kernel, multiplier,
+                             filters, dtype, use_bias)
+    kw = dict(strides=strides, padding=padding, data_format=data_format,
+              dilation_rate=dilation, activation=act)
+    try:
+        geometry.make_geometry(rank, to_layout(x, data_format).shape, dk.shape, pk.shape, None,
+                               *geometry.normalize_call_args(rank, strides, padding, data_format, dilation))
+    except ValueError:
+        return  # empty output: rejected by the ops layer on every backend
+    device_x = data.draw(st.booleans(), "cupy input")
+    x = to_layout(x, data_format)
+    compare(rank, cupy.asarray(x) if device_x else x, dk, pk, b, **kw)
+
+
+@pytest.mark.parametrize("name", (None,) + activations.NAMES)
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("rank", [1, 2])
+def test_every_activation(name, data_format, rank):
+    rng = np.random.default_rng(11)
+    shape = (2, 9, 10, 6) if rank == 2 else (2, 37, 6)
+    x, dk, pk, b = make_case(rng, rank, shape, 3, 2, 20)
+    compare(rank, to_layout(x, data_format), dk, pk, b, padding="same",
+            data_format=data_format, activation=name)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+@pytest.mark.parametrize("kernel", [(3, 3), (5, 5), (1, 3), (2, 7)])
+def test_specialized_and_generic_extents(dtype, kernel):
+    rng = np.random.default_rng(12)
+    x, dk, pk, b = make_case(rng, 2, (2, 13, 17, 24), kernel, 1, 40, dtype)
+    for data_format in ("channels_last", "channels_first"):
+        compare(2, to_layout(x, data_format), dk, pk, b, padding="same", data_format=data_format,
+                activation="relu")
+
+
+def test_large_batch_many_blocks():
+    rng = np.random.default_rng(13)
+    x, dk, pk, b = make_case(rng, 2, (64, 32, 32, 16), 3, 1, 96)
+    y = compare(2, cupy.asarray(x), dk, pk, b, padding="same", activation="swish")
+    assert y.shape == (64, 32, 32, 96)
+
+
+@pytest.mark.parametrize("shape,kernel,m,f", [
+    ((1, 1, 1, 1), 1, 1, 1),           # everything 1
+    ((3, 7, 5, 3), (7, 5), 1, 1),      # kernel = input
+    ((2, 11, 13, 37), 3, 17, 65),      # M > chunk, C*M not a multiple of 16, 2 filter blocks
+    ((1, 67, 3, 5), (1, 3), 3, 129),   # odd everything
+])
+def test_odd_sizes(shape, kernel, m, f):
+    rng = np.random.default_rng(14)
+    x, dk, pk, b = make_case(rng, 2, shape, kernel, m, f)
+    for data_format in ("channels_last", "channels_first"):
+        compare(2, to_layout(x, data_format), dk, pk, b, padding="valid", data_format=data_format)
+
+
+def test_large_dilation_without_halo():
+    rng = np.random.default_rng(15)
+    x, dk, pk, b = make_case(rng, 2, (1, 90, 85, 20), 3, 1, 10)
+    p = cuda_kernels.plan("float32", 1, 20, 1, 10, (90, 85), (90, 85), (3, 3), (1, 1), (40, 40))
+    assert not p.use_halo
+    compare(2, x, dk, pk, b, padding="same", dilation_rate=40)
+
+
+def test_conformer_like_1d():
+    rng = np.random.default_rng(16)
+    x, dk, pk, b = make_case(rng, 1, (4, 1024, 64), 31, 1, 64)
+    compare(1, cupy.asarray(x), dk, pk, b, padding="same", activation="swish")
+
+
+# --- strided views, never writing into x ------------------------------------------------
+
+@pytest.mark.parametrize("view", ["negative", "every_other_channel", "transposed", "cropped"])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_non_contiguous_and_negative_stride_inputs(view, data_format):
+    rng = np.random.default_rng(17)
+    x, dk, pk, b = make_case(rng, 2, (2, 12, 14, 6), 3, 2, 9)
+    d = cupy.asarray(to_layout(x, data_format))
+    if view == "negative":
+        d = d[:, ::-1, :, ::-1]
+    elif view == "every_other_channel":
+        ax = 1 if data_format == "channels_first" else 3
+        shape = list(d.shape)
+        shape[ax] *= 2
+        wide = cupy.zeros(shape, d.dtype)
+        index = [slice(None)] * 4
+        index[ax] = slice(None, None, 2)
+        wide[tuple(index)] = d
+        d = wide[tuple(index)]
+    elif view == "transposed":
+        d = cupy.ascontiguousarray(d.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+    else:
+        d = d[:, 1:-1, 2:]
+    assert not d.flags.c_contiguous
+    compare(2, d, dk, pk, b, padding="same", data_format=data_format, activation="tanh")
+
+
+def test_custom_callable_activation_is_applied_after_the_kernel():
+    rng = np.random.default_rng(18)
+    x, dk, pk, b = make_case(rng, 2, (2, 8, 8, 4), 3, 1, 5)
+    compare(2, cupy.asarray(x), dk, pk, b, activation=lambda t: t * 2 - 1)
+    slope = functools.partial(activations.leaky_relu, negative_slope=0.37)
+    compare(2, x, dk, pk, b, activation=slope)
+
+
+def test_kernels_are_memoized_per_device():
+    rng = np.random.default_rng(19)
+    x, dk, pk, b = make_case(rng, 2, (1, 6, 6, 3), 3, 1, 4)
+    ops.separable_conv2d(cupy.asarray(x), dk, pk, b, backend="cuda")
+    count = len(cuda_backend._functions)
+    ops.separable_conv2d(cupy.asarray(x), dk, pk, b, backend="cuda")
+    assert len(cuda_backend._functions) == count
+
+
+# --- interop and concurrency -----------------------------------------------------------
+
+def test_torch_cuda_tensor_round_trip_without_copies():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA")
+    rng = np.random.default_rng(20)
+    x, dk, pk, b = make_case(rng, 2, (2, 9, 9, 5), 3, 2, 7)
+    tx = torch.from_numpy(x).cuda()
+    ops_ = cuda_backend.CupyOps()
+    view, give_back = ops_.take(tx)
+    assert view.data.ptr == tx.data_ptr()  # zero-copy view
+    y = ops.separable_conv2d(tx, dk, pk, b, padding="same", activation="relu")
+    assert isinstance(y, torch.Tensor) and y.is_cuda
+    back = give_back(cupy.asarray(view))
+    assert back.data_ptr() == tx.data_ptr()
+    ref = ops.reference_separable_conv(2, x, dk, pk, b, padding="same", activation="relu")
+    np.testing.assert_allclose(y.cpu().numpy(), ref, rtol=0, atol=2e-5 * max(1, np.abs(ref).max()))
+
+
+def test_many_threads_calling_one_op():
+    rng = np.random.default_rng(21)
+    cases = [make_case(rng, 2, (2, 10, 11, 8), 3, 1, 12) for _ in range(16)]
+    cuda_backend._functions.clear()  # the threads race to compile the same kernel
+
+    def run(case):
+        x, dk, pk, b = case
+        with cupy.cuda.Stream(non_blocking=True):
+            y = ops.separable_conv2d(cupy.asarray(x), dk, pk, b, padding="same", activation="gelu")
+            return cupy.asnumpy(y)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(run, cases))
+    for (x, dk, pk, b), y in zip(cases, results):
+        ref = ops.reference_separable_conv(2, x, dk, pk, b, padding="same", activation="gelu")
+        np.testing.assert_allclose(y, ref, rtol=0, atol=2e-5 * max(1, np.abs(ref).max()))
+
+
+# --- beyond 2^31 elements --------------------------------------------------------------
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_more_than_2_to_31_elements(data_format):
+    channels = filters = 8
+    length = 2**28 + 1024                      # x and y each hold > 2^31 elements
+    need = 2 * length * channels * 2 + (1 << 30)
+    if cupy.cuda.runtime.memGetInfo()[0] < need:
+        pytest.skip(f"needs {need / 2**30:.1f} GiB of free GPU memory")
+    rng = np.random.default_rng(22)
+    _, dk, pk, b = make_case(rng, 1, (1, 8, channels), 3, 1, filters, "float16")
+    shape = (1, length, channels) if data_format == "channels_last" else (1, channels, length)
+    x = cupy.zeros(shape, cupy.float16)
+    axis = 1 if data_format == "channels_last" else 2
+    windows = [(0, 4096), (2**28 - 2048, 2**28 + 1024), (length - 4096, length)]
+    for lo, hi in windows:  # random data where we check; zeros elsewhere
+        patch = rng.uniform(-1, 1, (1, hi - lo, channels)).astype(np.float16)
+        index = [slice(None)] * 3
+        index[axis] = slice(lo, hi)
+        x[tuple(index)] = cupy.asarray(to_layout(patch, data_format))
+    try:
+        y = ops.separable_conv1d(x, dk, pk, b, padding="valid", data_format=data_format)
+        assert y.size > 2**31
+        for lo, hi in windows:
+            index = [slice(None)] * 3
+            index[axis] = slice(lo, hi)
+            ref = ops.reference_separable_conv(1, cupy.asnumpy(x[tuple(index)]), dk, pk, b,
+                                               padding="valid", data_format=data_format)
+            out = [slice(None)] * 3
+            out[axis] = slice(lo, hi - 2)
+            got = cupy.asnumpy(y[tuple(out)]).astype(np.float64)
+            np.testing.assert_allclose(got, ref, rtol=0, atol=4e-3 * max(1, np.abs(ref).max()))
+        # a zero region: bias only
+        mid = [slice(None)] * 3
+        mid[axis] = slice(2**27, 2**27 + 16)
+        expect = np.broadcast_to(b.astype(np.float16).reshape((1, 1, -1) if axis == 1 else (1, -1, 1)),
+                                 cupy.asnumpy(y[tuple(mid)]).shape)
+        np.testing.assert_allclose(cupy.asnumpy(y[tuple(mid)]), expect, rtol=0, atol=1e-3)
+    finally:
+        del x
+        cupy.get_default_memory_pool().free_all_blocks()

@@ -1,0 +1,146 @@
+"""Every kernel instantiation the library can request compiles, without a GPU.
+
+One translation unit holds the kernel source exactly as NVRTC receives it plus a table of
+pointers to every instantiation (`cuda_kernels.all_name_expressions()`); nvcc builds it
+once per architecture (sm_80, sm_90, in parallel) with the ptxas report on. Any error,
+any warning, a missing instantiation or a register spill fails the test. Needs nvcc only
+(no CuPy, no GPU); skipped where nvcc is absent.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from sepconv_gpu import activations
+from sepconv_gpu.backends import cuda_kernels
+
+ARCHS = ("sm_80", "sm_90")
+
+
+def _find_nvcc():
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        candidate = os.path.join(root or "", "bin", "nvcc")
+        if root and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+NVCC = _find_nvcc()
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found")
+
+
+def translation_unit(names):
+    table = ",\n".join(f"    (void*)&{name}" for name in names)
+    return (cuda_kernels.source()
+            + "\n// every instantiation the library can request\n"
+            + f"void* const sepconv_gpu_instances[] = {{\n{table}\n}};\n")
+
+
+def parse_ptxas(report):
+    """{mangled entry name: (registers, spill store bytes, spill load bytes)}."""
+    entries, current = {}, None
+    for line in report.splitlines():
+        m = re.search(r"Compiling entry function '(\w+)'", line)
+        if m:
+            current = m.group(1)
+            entries[current] = [None, 0, 0]
+            continue
+        if current is None:
+            continue
+        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            entries[current][1:] = [int(m.group(1)), int(m.group(2))]
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            entries[current][0] = int(m.group(1))
+    return {k: tuple(v) for k, v in entries.items()}
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    names = cuda_kernels.all_name_expressions()
+    workdir = tmp_path_factory.mktemp("nvcc")
+    source = workdir / "sepconv_all_instances.cu"
+    source.write_text(translation_unit(names))
+
+    def build(arch):
+        cmd = [NVCC, "-cubin", f"-arch={arch}", "-std=c++17", "-Xptxas", "-v",
+               "-Xptxas", "-warn-spills", "-Xptxas", "-warn-lmem-usage",
+               str(source), "-o", str(workdir / f"{arch}.cubin")]
+        start = time.monotonic()
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+        return result, time.monotonic() - start
+
+    with concurrent.futures.ThreadPoolExecutor(len(ARCHS)) as pool:
+        results = dict(zip(ARCHS, pool.map(build, ARCHS)))
+    return names, results
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ARCHS)
+def test_compiles_without_errors_or_warnings(builds, arch):
+    _, results = builds
+    result, seconds = results[arch]
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"nvcc failed for {arch}:\n{output[-8000:]}"
+    warnings = [line for line in output.splitlines() if re.search(r"warning|error", line, re.I)]
+    assert not warnings, f"nvcc/ptxas complained for {arch}:\n" + "\n".join(warnings[:40])
+    print(f"{arch}: {len(builds[0])} instantiations in {seconds:.1f} s")
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_instantiation_built_without_spills(builds, arch):
+    names, results = builds
+    entries = parse_ptxas(results[arch][0].stdout + results[arch][0].stderr)
+    ours = {k: v for k, v in entries.items() if "sepconv" in k}
+    assert len(ours) == len(names), f"{len(ours)} kernels built for {len(names)} name expressions"
+    spills = {k: v for k, v in ours.items() if v[1] or v[2]}
+    assert not spills, f"register spills on {arch}: {spills}"
+    assert all(v[0] is not None for v in ours.values())
+    # __launch_bounds__(256, 2) caps the fused kernels at 128 registers
+    assert max(v[0] for v in ours.values()) <= 128
+    print(f"{arch}: max {max(v[0] for v in ours.values())} registers, no spills")
+
+
+def test_name_expressions_are_unique_and_cover_every_requestable_variant():
+    names = cuda_kernels.all_name_expressions()
+    assert len(names) == len(set(names))
+    # every activation the library knows has a kernel variant (fused or last-axis)
+    for name in activations.NAMES:
+        kernel_id = activations.get(name).kernel_id
+        assert kernel_id in cuda_kernels.FUSED_ACTIVATIONS + cuda_kernels.LAST_AXIS_ACTIVATIONS, name
+    for dtype in cuda_kernels.DTYPES:
+        for channels_first in (False, True):
+            for kernel in ((3, 3), (1, 3), (7, 7), (1, 31), (2, 5)):
+                extent = cuda_kernels.kernel_extent(dtype, kernel)
+                for kernel_id in cuda_kernels.FUSED_ACTIVATIONS:
+                    assert cuda_kernels.fused_name(dtype, kernel_id, channels_first, extent) in names
+        for log in (False, True):
+            assert cuda_kernels.softmax_name(dtype, log) in names
+
+
+def test_activation_enum_matches_the_source():
+    source = cuda_kernels.source()
+    body = re.search(r"enum SepconvActivation \{(.*?)\};", source, re.S).group(1)
+    enum = [item.split("=")[0].strip() for item in re.sub(r"//[^\n]*", "", body).split(",")]
+    assert [e for e in enum if e] == [cuda_kernels.activation_enum(a)
+                                      for a in cuda_kernels.FUSED_ACTIVATIONS]
+
+
+def test_source_lines_point_at_real_files():
+    source = cuda_kernels.source()
+    assert source.startswith('#line 1 "kernels/sepconv_fused.cu"')
+    assert '#line 1 "kernels/sepconv_common.cuh"' in source
+    assert "#include \"" not in source  # local headers are inlined
+    for banned in ("<cstdio>", "<cmath>", "<vector>", "<iostream>", "<cstdint>"):
+        assert banned not in source, f"host standard header {banned} breaks NVRTC"

@@ -1,0 +1,200 @@
+"""The CUDA kernels' logic, checked on the CPU against the float64 reference.
+
+The kernel source is compiled for the host with a shim of the CUDA execution model
+(tests/_cuda_host_emulator.py) and run through the same launch sequence and argument
+marshalling as the CUDA backend (`cuda_kernels.launch_sequence`). No GPU, no CuPy: needs a
+C++20 compiler and the CUDA headers (cuda_fp16.h). Timing, races and GPU math-library
+accuracy are left to the GPU tests (tests/test_cuda_backend.py).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sepconv_gpu import activations, geometry
+from sepconv_gpu.backends import cuda_kernels
+from sepconv_gpu.backends.numpy_backend import reference_separable_conv
+
+import _cuda_host_emulator as emu
+
+pytestmark = pytest.mark.skipif(
+    emu.compiler() is None or emu.cuda_include_dir() is None,
+    reason="needs a host C++ compiler and the CUDA headers")
+
+TOLERANCE = {"float16": 4e-3, "float32": 2e-5, "float64": 1e-12}
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    # every instantiation the library can request (about 15 s of host compilation)
+    return emu.HostEmulator(cuda_kernels.all_name_expressions())
+
+
+def make_case(rng, rank, x_shape, kernel, multiplier, filters, strides=1, padding="valid",
+              data_format="channels_last", dilation=1, activation=None, dtype="float32",
+              bias=True):
+    strides, padding, data_format, dilation = geometry.normalize_call_args(
+        rank, strides, padding, data_format, dilation)
+    channels = x_shape[1] if data_format == "channels_first" else x_shape[-1]
+    kernel = (kernel,) * rank if isinstance(kernel, int) else tuple(kernel)
+    x = rng.uniform(-1, 1, x_shape).astype(dtype)
+    dk = (rng.uniform(-1, 1, kernel + (channels, multiplier)) / math.sqrt(math.prod(kernel))).astype(dtype)
+    pk = (rng.uniform(-1, 1, (1,) * rank + (channels * multiplier, filters))
+          / math.sqrt(channels * multiplier)).astype(dtype)
+    b = rng.uniform(-1, 1, filters).astype(dtype) if bias else None
+    geom = geometry.make_geometry(rank, x.shape, dk.shape, pk.shape, None if b is None else b.shape,
+                                  strides, padding, data_format, dilation)
+    return x, dk, pk, b, geom, activations.get(activation)
+
+
+def check(emulator, x, dk, pk, b, geom, act):
+    before = x.copy()
+    y, launches = emu.separable_conv(emulator, x, dk, pk, b, geom, act)
+    ref = reference_separable_conv(x, dk, pk, b, geom, act)
+    assert y.shape == ref.shape and y.dtype == x.dtype
+    np.testing.assert_array_equal(x, before)  # the input is never written
+    scale = max(1.0, float(np.max(np.abs(ref))))
+    err = float(np.max(np.abs(y.astype(np.float64) - ref)))
+    assert err <= TOLERANCE[x.dtype.name] * scale, (err, scale, launches[0].name)
+    return launches
+
+
+CASES = [
+    # rank, x_shape, kernel, M, F, strides, padding, data_format, dilation
+    (2, (2, 9, 11, 5), 3, 1, 7, 1, "same", "channels_last", 1),
+    (2, (2, 5, 9, 11), 3, 2, 7, 2, "same", "channels_first", 1),
+    (2, (1, 12, 10, 3), (3, 5), 3, 9, (2, 1), "valid", "channels_last", 1),
+    (2, (1, 3, 12, 10), (2, 4), 1, 70, 1, "same", "channels_first", (2, 3)),
+    (2, (3, 7, 7, 20), 5, 1, 33, 1, "same", "channels_last", 1),
+    (2, (1, 1, 1, 4), 1, 2, 3, 1, "valid", "channels_last", 1),
+    (2, (2, 6, 17, 17), 3, 1, 130, 3, "same", "channels_first", 1),
+    (1, (2, 40, 5), 4, 3, 9, 1, "causal", "channels_last", 2),
+    (1, (2, 5, 40), 3, 1, 9, 2, "same", "channels_first", 1),
+    (1, (1, 700, 8), 31, 1, 16, 1, "same", "channels_last", 1),
+    (1, (2, 3, 33), 3, 17, 5, 1, "valid", "channels_first", 1),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}d-{c[1]}-k{c[2]}-{c[7]}")
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+def test_layouts_ranks_paddings(emulator, case, dtype):
+    rank, shape, kernel, m, f, s, padding, df, d = case
+    rng = np.random.default_rng(hash((case, dtype)) % 2**32)
+    check(emulator, *make_case(rng, rank, shape, kernel, m, f, s, padding, df, d, "relu", dtype))
+
+
+@pytest.mark.parametrize("name", activations.NAMES)
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_every_activation(emulator, name, data_format):
+    rng = np.random.default_rng(7)
+    shape = (2, 6, 7, 5) if data_format == "channels_last" else (2, 5, 6, 7)
+    check(emulator, *make_case(rng, 2, shape, 3, 2, 6, 1, "same", data_format, 1, name))
+
+
+def test_unfusable_activation_is_applied_after(emulator):
+    rng = np.random.default_rng(3)
+    launches = check(emulator, *make_case(rng, 2, (1, 5, 5, 3), 3, 1, 4, activation=lambda t: t * 3 - 1))
+    assert "ACT_LINEAR" in launches[0].name and len(launches) == 1
+
+
+def test_activation_parameter_is_passed(emulator):
+    rng = np.random.default_rng(4)
+    import functools
+
+    act = functools.partial(activations.leaky_relu, negative_slope=0.37)
+    x, dk, pk, b, geom, resolved = make_case(rng, 1, (2, 30, 4), 3, 1, 5, activation=act, dtype="float64")
+    assert resolved.kernel_param == 0.37
+    check(emulator, x, dk, pk, b, geom, resolved)
+
+
+def test_without_halo_fallback(emulator):
+    # a 3x3 kernel dilated by 40: no tile's halo fits shared memory -> global gather path
+    rng = np.random.default_rng(5)
+    case = make_case(rng, 2, (1, 90, 85, 20), 3, 1, 10, 1, "same", "channels_last", 40)
+    launches = check(emulator, *case)
+    plan = cuda_kernels.plan("float32", 1, 20, 1, 10, (90, 85), (90, 85), (3, 3), (1, 1), (40, 40))
+    assert not plan.use_halo and launches[0].name.endswith("0, 0>")
+
+
+def test_many_blocks_and_filter_blocks(emulator):
+    rng = np.random.default_rng(6)
+    launches = check(emulator, *make_case(rng, 2, (4, 19, 21, 18), 3, 1, 150, 1, "same"))
+    assert launches[0].grid >= 4 * 9 * 3
+
+
+@pytest.mark.parametrize("view", ["negative", "every_other_channel", "transposed"])
+def test_strided_inputs(emulator, view):
+    rng = np.random.default_rng(8)
+    x, dk, pk, b, geom, act = make_case(rng, 2, (2, 8, 9, 6), 3, 2, 5, 1, "same", "channels_last")
+    if view == "negative":
+        x = np.ascontiguousarray(x[:, ::-1, ::-1])[:, ::-1, ::-1]
+    elif view == "every_other_channel":
+        wide = np.zeros(x.shape[:-1] + (12,), x.dtype)
+        wide[..., ::2] = x
+        x = wide[..., ::2]
+    else:  # channels_last view of channels_first storage
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+    assert not x.flags.c_contiguous
+    check(emulator, x, dk, pk, b, geom, act)
+
+
+def test_softmax_over_the_last_axis_as_laid_out(emulator):
+    rng = np.random.default_rng(9)
+    for data_format, shape in (("channels_last", (2, 5, 6, 3)), ("channels_first", (2, 3, 5, 6))):
+        for name in ("softmax", "log_softmax"):
+            launches = check(emulator, *make_case(rng, 2, shape, 3, 1, 40, 1, "same", data_format, 1, name))
+            assert launches[1].kind == "softmax"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_configurations(emulator, data):
+    rank = data.draw(st.sampled_from([1, 2]))
+    dtype = data.draw(st.sampled_from(["float32", "float16", "float64"]))
+    data_format = data.draw(st.sampled_from(["channels_last", "channels_first"]))
+    kernel = tuple(data.draw(st.integers(1, 5)) for _ in range(rank))
+    if data.draw(st.booleans()):
+        strides, dilation = tuple(data.draw(st.integers(1, 3)) for _ in range(rank)), 1
+    else:
+        strides, dilation = 1, tuple(data.draw(st.integers(1, 3)) for _ in range(rank))
+    padding = data.draw(st.sampled_from(["valid", "same"] + (["causal"] if rank == 1 else [])))
+    spatial = tuple(data.draw(st.integers(1, 24 if rank == 2 else 90)) for _ in range(rank))
+    channels, multiplier = data.draw(st.integers(1, 20)), data.draw(st.integers(1, 4))
+    filters, batch = data.draw(st.integers(1, 80)), data.draw(st.integers(1, 3))
+    act = data.draw(st.sampled_from(activations.NAMES))
+    shape = (batch,) + ((channels,) + spatial if data_format == "channels_first" else spatial + (channels,))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    try:
+        case = make_case(rng, rank, shape, kernel, multiplier, filters, strides, padding,
+                         data_format, dilation, act, dtype, data.draw(st.booleans()))
+    except ValueError:
+        return  # output would be empty: the ops layer rejects it before any backend
+    check(emulator, *case)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    dtype=st.sampled_from(sorted(cuda_kernels.DTYPES)),
+    channels=st.integers(1, 3000), multiplier=st.integers(1, 50), filters=st.integers(1, 5000),
+    out=st.tuples(st.integers(1, 300), st.integers(1, 300)),
+    kernel=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    strides=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    dilation=st.tuples(st.integers(1, 30), st.integers(1, 30)),
+)
+def test_plan_fits_shared_memory_and_covers_the_output(dtype, channels, multiplier, filters, out,
+                                                        kernel, strides, dilation):
+    p = cuda_kernels.plan(dtype, 2, channels, multiplier, filters, (500, 500), out, kernel,
+                          strides, dilation)
+    assert p.bf in cuda_kernels.FILTER_BLOCKS and p.bp * p.bf == cuda_kernels.TILE_ELEMS
+    assert p.tw & (p.tw - 1) == 0 and p.bp % p.tw == 0
+    assert p.shared_bytes <= cuda_kernels.SMEM_BUDGET
+    assert p.tiles_w * p.tw >= out[1] and (p.tiles_img // p.tiles_w) * p.th >= out[0]
+    assert p.filter_blocks * p.bf >= filters
+    if p.use_halo:  # the halo holds every input a tile position reads
+        assert p.halo_h == (p.th - 1) * strides[0] + (kernel[0] - 1) * dilation[0] + 1
+        assert p.halo_w == (p.tw - 1) * strides[1] + (kernel[1] - 1) * dilation[1] + 1
+        assert p.plane % 2 == 1 and p.plane >= p.halo_h * p.halo_w
