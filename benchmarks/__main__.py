@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -61,7 +60,7 @@ def main(argv=None):
 
         args.device = "gpu" if cuda_available() else "cpu"
     defaults = runner.DEFAULTS[args.device]
-    settings = {k: defaults[k] for k in ("repeats", "warmup", "min_sample_s")}
+    settings = {k: v for k, v in defaults.items() if k not in ("batch", "dtypes")}
     if args.quick:
         settings.update(runner.QUICK)
     if args.repeats:
@@ -79,14 +78,14 @@ def main(argv=None):
     except ValueError as why:
         sys.exit(str(why))
     batch = args.batch or defaults["batch"]
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if load > cores / 2:
-        print(f"warning: load average {load:.1f} on {cores} cores: other work will skew the times",
-              file=sys.stderr)
 
     with Progress(len(layers) * len(modes) * (1 + len(chosen)), label="benchmark") as progress:
         record = runner.run(args.device, layers, modes, batch, chosen, settings, progress)
     print(report.table(record))
+    disturbed = [l["key"] for l in record["layers"] if not l["undisturbed"]]
+    if disturbed:
+        print(f"\nwarning: other processes ran while timing {len(disturbed)} layer(s), "
+              f"skewing their times: {', '.join(disturbed)}")
 
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"{args.device}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"

@@ -1,8 +1,6 @@
 """The printed table and the PNG plots of a result record."""
 from __future__ import annotations
 
-import math
-
 from .peers import OURS
 
 

@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -25,12 +26,15 @@ DISTRIBUTIONS = {
     "torch": ["torch"], "tensorflow": ["tensorflow", "tensorflow-cpu"], "keras": ["keras"],
     "jax": ["jax"], "jaxlib": ["jaxlib"], "nvtx": ["nvtx"], "matplotlib": ["matplotlib"],
 }
-# Per device: defaults for the samples per timing, warm-up calls and least sample length.
+# Per device: samples per timing, warm-up calls, least sample length, pause between
+# implementations, and (CPU) retries of a layer other processes disturbed, with the
+# longest wait for a quiet machine before each.
 DEFAULTS = {"gpu": {"batch": 32, "dtypes": "float32,tf32,float16", "repeats": 100, "warmup": 10,
-                    "min_sample_s": 2e-3},
+                    "min_sample_s": 2e-3, "settle_s": 0.0, "retries": 0, "quiet_wait_s": 0},
             "cpu": {"batch": 8, "dtypes": "float32", "repeats": 7, "warmup": 1,
-                    "min_sample_s": 0.05}}
-QUICK = {"repeats": 3, "warmup": 1, "min_sample_s": 0.0}
+                    "min_sample_s": 0.05, "settle_s": 0.1, "retries": 3, "quiet_wait_s": 120}}
+QUICK = {"repeats": 3, "warmup": 1, "min_sample_s": 0.0, "settle_s": 0.0, "retries": 0,
+         "quiet_wait_s": 0}
 
 
 def versions():
@@ -164,6 +168,39 @@ def _torch_tf32_matmul():
     return matmul
 
 
+def machine_busy_s():
+    """CPU seconds every process on the machine has used (Linux), else None."""
+    fields = next((line.split()[1:] for line in _lines("/proc/stat") if line.startswith("cpu ")), None)
+    if not fields:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_busy_s():
+    t = os.times()
+    return t.user + t.system
+
+
+def others_cpu_s(fn):
+    """fn(), and the CPU seconds other processes used meanwhile (None off Linux)."""
+    busy, own = machine_busy_s(), own_busy_s()
+    value = fn()
+    return value, None if busy is None else machine_busy_s() - busy - (own_busy_s() - own)
+
+
+def quiet(others_s, wall_s, share=0.05):
+    return others_s is None or others_s <= share * wall_s * (os.cpu_count() or 1)
+
+
+def wait_until_quiet(max_s, window_s=2.0):
+    """Wait, up to max_s, for a window in which other processes leave the machine alone."""
+    deadline = time.perf_counter() + max_s
+    while time.perf_counter() < deadline:
+        if quiet(others_cpu_s(lambda: time.sleep(window_s))[1], window_s):
+            return
+
+
 def peak_extra_bytes(fn):
     """Peak memory a call allocates beyond its output (NumPy reports to tracemalloc)."""
     tracemalloc.start()
@@ -212,6 +249,7 @@ def run_case(layer, batch, mode, device, settings, peer_names, seed=0, progress=
         progress.update(0, note=f"{layer.key} {mode} timing")
     for _ in range(settings["repeats"]):
         for name in list(timers):
+            time.sleep(settings["settle_s"])  # let the last library's spinning threads sleep
             why = _attempt(timers[name].sample)[1]
             if why:
                 skipped[name] = why
@@ -239,7 +277,7 @@ def run_case(layer, batch, mode, device, settings, peer_names, seed=0, progress=
             result["agrees"] = err <= TOLERANCE[mode] * max(1.0, float(np.max(np.abs(reference))))
             result["speedup"] = float(np.median(np.divide(timers[name].samples, ours)))
         entry["impls"][name] = result
-    del impls, timers, case
+    impls.clear(), timers.clear(), case.xs.clear()  # free device memory before the next case
     device.free()
     if progress:
         progress.update(len(builders), note=layer.key)
@@ -286,7 +324,7 @@ def run(device_kind, layers, modes, batch, peer_names, settings, progress=None):
         "git": git_commit(),
         "kernels_sha256": kernels_hash(),
         "versions": versions(),
-        "load_average_before": list(os.getloadavg()),
+        "load_average_before": list(os.getloadavg()),  # other work on the machine skews times
         "thread_env": {k: v for k, v in os.environ.items()
                        if k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
         "settings": {"batch": batch, "modes": list(modes), **settings,
@@ -295,17 +333,31 @@ def run(device_kind, layers, modes, batch, peer_names, settings, progress=None):
         "peers": list(peer_names),
         "layers": [],
     }
+    start = time.perf_counter()
     for layer in layers:
         geom = layer.geometry(batch)
+        # On a shared machine, time a layer while nothing else runs; retry one that was disturbed.
+        for attempt in range(1 + settings["retries"]):
+            wait_until_quiet(settings["quiet_wait_s"])
+            t0 = time.perf_counter()
+            entries, others = others_cpu_s(lambda: {
+                m: run_case(layer, batch, m, device, settings, peer_names, progress=progress)
+                for m in modes})
+            undisturbed = quiet(others, time.perf_counter() - t0)
+            if undisturbed:
+                break
         record["layers"].append({
             "suite": layer.suite, "name": layer.name, "key": layer.key, "repeat": layer.repeat,
             "input_shape": list(geom.input_shape), "output_shape": list(geom.output_shape),
             "kernel": layer.kernel, "stride": layer.stride, "activation": layer.activation,
             "use_bias": layer.use_bias, "flops": layer.flops(batch),
             "bytes": {m: layer.bytes(batch, 2 if m == "float16" else 4) for m in modes},
-            "modes": {m: run_case(layer, batch, m, device, settings, peer_names, progress=progress)
-                      for m in modes},
+            "modes": entries, "attempts": attempt + 1, "other_processes_cpu_s": others,
+            "undisturbed": undisturbed,
         })
-    record["load_average_after"] = list(os.getloadavg())  # other work on the machine skews times
+    record["load_average_after"] = list(os.getloadavg())
+    record["wall_s"] = time.perf_counter() - start
+    disturbed = [l["other_processes_cpu_s"] for l in record["layers"]]
+    record["other_processes_cpu_s"] = None if None in disturbed else sum(disturbed)
     record["summary"] = summarize(record["layers"], modes, peer_names)
     return record
