@@ -70,6 +70,26 @@ __device__ __forceinline__ void store4(__half* p, const float (&v)[4]) {
     *reinterpret_cast<uint2*>(p) = u;
 }
 
+// Walks the flat indices start, start + step, ... of a 3-digit mixed-radix index
+// (a slowest, c fastest; digit b < nb, c < nc) with divisions only at setup: the staging
+// loops would otherwise pay three integer divisions per element.
+struct Walk3 {
+    int a, b, c, sa, sb, sc, nb, nc;
+    __device__ __forceinline__ Walk3(int start, int step, int nb_, int nc_) : nb(nb_), nc(nc_) {
+        c = start % nc; b = (start / nc) % nb; a = start / (nc * nb);
+        sc = step % nc; sb = (step / nc) % nb; sa = step / (nc * nb);
+    }
+    __device__ __forceinline__ void next() {
+        c += sc;
+        int carry = c >= nc;
+        if (carry) c -= nc;
+        b += sb + carry;
+        carry = b >= nb;
+        if (carry) b -= nb;
+        a += sa + carry;
+    }
+};
+
 }  // namespace sepconv
 
 // Fused epilogue variants; names match `Activation.kernel_id` (upper-cased, ACT_ prefix).

@@ -66,6 +66,7 @@ sepconv_fused(const T* __restrict__ x,
     const bool dw_smem = taps <= SC_DW_SMEM_TAPS;
     const int K = C * M;
     const int BP = SC_TILE_ELEMS / BF;
+    const int bf_shift = BF == 16 ? 4 : (BF == 32 ? 5 : 6);   // BF is 16, 32 or 64
     const int TW = 1 << tw_shift, TH = BP >> tw_shift;
     const int npos = BP / 32;
 
@@ -107,7 +108,7 @@ sepconv_fused(const T* __restrict__ x,
 
         // ---- 1. stage weights and the input halo ----
         for (int i = tid; i < SC_BK * BF; i += SC_THREADS) {
-            const int kk = i / BF, j = i - kk * BF;
+            const int kk = i >> bf_shift, j = i & (BF - 1);
             const int k = k0 + kk, f = f0 + j;
             Ws[i] = (k < K && f < F) ? pwk[(long long)k * F + f] : A(0);
         }
@@ -118,11 +119,12 @@ sepconv_fused(const T* __restrict__ x,
             }
         }
         if (use_halo) {
+            // Consecutive threads walk the axis contiguous in global memory: channels for
+            // channels_last, width for channels_first (odd `plane`: no smem bank conflicts).
             const int total = nch * HH * HWd;
-            for (int i = tid; i < total; i += SC_THREADS) {
-                int cc, hh, ww;
-                if (CF) { ww = i % HWd; const int r = i / HWd; hh = r % HH; cc = r / HH; }
-                else    { cc = i % nch; const int r = i / nch; ww = r % HWd; hh = r / HWd; }
+            Walk3 w = CF ? Walk3(tid, SC_THREADS, HH, HWd) : Walk3(tid, SC_THREADS, HWd, nch);
+            for (int i = tid; i < total; i += SC_THREADS, w.next()) {
+                const int cc = CF ? w.a : w.c, hh = CF ? w.b : w.a, ww = CF ? w.c : w.b;
                 const int ih = ih0 + hh, iw = iw0 + ww;
                 T v = from_acc<T>(A(0));
                 if ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)

@@ -144,3 +144,68 @@ def test_source_lines_point_at_real_files():
     assert "#include \"" not in source  # local headers are inlined
     for banned in ("<cstdio>", "<cmath>", "<vector>", "<iostream>", "<cstdint>"):
         assert banned not in source, f"host standard header {banned} breaks NVRTC"
+
+
+# --- NVRTC (what CuPy uses at run time), where libnvrtc can be found -------------------
+
+def _find_nvrtc():
+    import ctypes.util
+    import glob
+
+    candidates = [os.environ.get("SEPCONV_NVRTC_LIBRARY"), ctypes.util.find_library("nvrtc")]
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root:
+            candidates += sorted(glob.glob(os.path.join(root, "lib*", "libnvrtc.so*")))
+    try:  # pip wheels (nvidia-cuda-nvrtc), as CuPy finds them
+        from cuda.pathfinder import load_nvidia_dynamic_lib
+
+        candidates.append(load_nvidia_dynamic_lib("nvrtc").abs_path)
+    except Exception:
+        pass
+    for path in filter(None, candidates):
+        try:
+            return ctypes.CDLL(path)
+        except OSError:
+            continue
+    return None
+
+
+def _nvrtc_compile(lib, names, options):
+    import ctypes
+
+    prog = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), cuda_kernels.source().encode(),
+                                  b"sepconv_fused.cu", 0, None, None) == 0
+    try:
+        for name in names:
+            assert lib.nvrtcAddNameExpression(prog, name.encode()) == 0
+        opts = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
+        status = lib.nvrtcCompileProgram(prog, len(options), opts)
+        size = ctypes.c_size_t()
+        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+        log = ctypes.create_string_buffer(max(size.value, 1))
+        lib.nvrtcGetProgramLog(prog, log)
+        return status, log.value.decode(errors="replace")
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))
+
+
+def test_nvrtc_compiles_with_cupy_like_options():
+    lib = _find_nvrtc()
+    if lib is None:
+        pytest.skip("libnvrtc not found (set SEPCONV_NVRTC_LIBRARY to its path)")
+    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    if NVCC:
+        roots.append(os.path.dirname(os.path.dirname(os.path.realpath(NVCC))))
+    include = next((os.path.join(r, "include") for r in roots
+                    if r and os.path.isfile(os.path.join(r, "include", "cuda_fp16.h"))), None)
+    names = [n for n in cuda_kernels.all_name_expressions()
+             if "ACT_GELU," in n or "ACT_MISH" in n or "softmax" in n]
+    # what CuPy's RawModule adds to ours (CuPy 13/14): default device space, -ftz, the arch
+    options = list(cuda_kernels.NVRTC_OPTIONS) + [
+        "--device-as-default-execution-space", "-ftz=true", "-arch=compute_80"]
+    if include:  # CuPy passes its CUDA include directory the same way
+        options.append(f"-I{include}")
+    status, log = _nvrtc_compile(lib, names, options)
+    assert status == 0, log
+    assert "warning" not in log.lower(), log

@@ -19,7 +19,10 @@ from sepconv_gpu import activations, geometry
 from sepconv_gpu.backends import cuda_kernels
 from sepconv_gpu.backends.numpy_backend import reference_separable_conv
 
-import _cuda_host_emulator as emu
+try:
+    import _cuda_host_emulator as emu  # tests/ on sys.path (pytest's default rootdir import)
+except ImportError:  # tests/ as a package
+    from . import _cuda_host_emulator as emu
 
 pytestmark = pytest.mark.skipif(
     emu.compiler() is None or emu.cuda_include_dir() is None,

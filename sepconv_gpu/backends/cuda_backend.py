@@ -11,6 +11,7 @@ shared with the host-emulation tests.
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 
@@ -20,6 +21,9 @@ import numpy as np
 from .._nvtx import annotate
 from . import cuda_kernels as _kernels
 
+# SEPCONV_GPU_DEBUG_SYNC=1: synchronize after every launch (debugging, sanitizer runs);
+# off by default: the hot path never synchronizes.
+_DEBUG_SYNC = os.environ.get("SEPCONV_GPU_DEBUG_SYNC", "") not in ("", "0")
 _compile_lock = threading.Lock()
 _functions = {}  # (device id, name expression) -> cupy.RawKernel
 
@@ -148,13 +152,25 @@ class CupyOps:
                 arrays = (x, dk, pk, pk if b is None else b, y)
             else:
                 arrays = (y,)
-            get_function(launch.name)((launch.grid,), (launch.block,), arrays + launch.scalars,
-                                      shared_mem=launch.shared_bytes)
+            _launch(launch, arrays)
         if apply_after:  # an activation without a kernel variant (any callable)
             y = activation(y)
             if not isinstance(y, cupy.ndarray) or y.dtype != x.dtype:
                 y = cupy.asarray(y, dtype=x.dtype)
         return y
+
+
+def _launch(launch, arrays):
+    fn = get_function(launch.name)
+    try:
+        fn((launch.grid,), (launch.block,), arrays + launch.scalars,
+           shared_mem=launch.shared_bytes)
+        if _DEBUG_SYNC:  # surface asynchronous faults at the launch that caused them
+            cupy.cuda.get_current_stream().synchronize()
+    except cupy.cuda.driver.CUDADriverError as exc:
+        raise RuntimeError(
+            f"sepconv_gpu: kernel {launch.name} (grid {launch.grid}, block {launch.block}, "
+            f"{launch.shared_bytes} B shared memory) failed: {exc}") from exc
 
 
 def _weight(a, dtype, device):

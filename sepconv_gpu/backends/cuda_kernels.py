@@ -23,7 +23,8 @@ MAX_POSITIONS = 256      # SC_PMAX * 32: largest BP
 DW_SMEM_TAPS = 64        # SC_DW_SMEM_TAPS
 FILTER_BLOCKS = (16, 32, 64)   # BF choices (BP = TILE_ELEMS // BF = 256, 128, 64)
 SMEM_BUDGET = 48 * 1024  # dynamic shared memory without an opt-in attribute
-HALO_LOAD_COST = 8       # planner: one staged halo element ~ this many FMAs
+SECTOR_COST = 64         # planner: one 32-byte global sector ~ this many FMAs (L2 bandwidth)
+STAGE_COST = 8           # planner: staging one halo element (index math, smem store)
 SOFTMAX_THREADS = 256   # sepconv_softmax_lastaxis block size (8 warps, a row each)
 NVRTC_OPTIONS = ("--std=c++17",)
 INT32_MAX = 2**31 - 1
@@ -187,15 +188,16 @@ def _tile_widths(bp, out_w, out_h):
 
 @functools.lru_cache(maxsize=4096)
 def plan(dtype, batch, channels, multiplier, filters, in_size, out_size, kernel, strides,
-         dilation):
+         dilation, channels_first=False):
     """Pick the filter block, tile shape and halo mode for one convolution.
 
-    Cost of a candidate (BF, tile width) in FMA-equivalents: every block computes BP
-    depthwise outputs (taps each) and BP x BF pointwise outputs per channel, and stages a
-    halo (a global load counted as HALO_LOAD_COST FMAs); ragged tiles and filter blocks
-    waste work. Only candidates whose shared memory fits SMEM_BUDGET qualify; if none
-    does (huge dilated extents) the kernel gathers the depthwise input from global memory
-    (use_halo=False) with the least wasteful tile.
+    Cost of a candidate (BF, tile width), per block and channel chunk, in FMA-equivalents:
+    BP depthwise outputs (taps FMAs each) and BP x BF pointwise outputs, plus the halo:
+    SECTOR_COST per 32-byte sector loaded (runs are contiguous along the channels for
+    channels_last, along the width for channels_first) and STAGE_COST per element staged.
+    Ragged tiles and filter blocks waste work. Only candidates whose shared memory fits
+    SMEM_BUDGET qualify; if none does (huge dilated extents) the kernel gathers the
+    depthwise input from global memory (use_halo=False) with the least wasteful tile.
     """
     _, in_isz, acc_isz = DTYPES[dtype]
     (oh, ow), (kh, kw), (sh, sw), (dh, dw) = out_size, kernel, strides, dilation
@@ -214,10 +216,15 @@ def plan(dtype, batch, channels, multiplier, filters, in_size, out_size, kernel,
             hh, hw = _halo_extent(bp // tw, sh, dh, kh), _halo_extent(tw, sw, dw, kw)
             plane = hh * hw | 1  # odd: conflict-free channel-strided smem stores
             shared = fixed + halo_channels * plane * in_isz
-            compute = blocks * bp * (taps + bf)
+            compute = blocks * bp * CHUNK * (taps + bf)
             key = (bf, bp, tw, tiles_w, tiles_h, blocks_f)
             if shared <= SMEM_BUDGET:
-                cost = compute + blocks * hh * hw * HALO_LOAD_COST
+                if channels_first:
+                    sectors = halo_channels * hh * (-(-hw * in_isz // 32) + 1)
+                else:
+                    sectors = hh * hw * -(-halo_channels * in_isz // 32)
+                halo = SECTOR_COST * sectors + STAGE_COST * halo_channels * hh * hw
+                cost = compute + blocks * halo
                 if best is None or cost < best[0]:
                     best = (cost, key, (hh, hw, plane, shared, True))
             if fallback is None or compute < fallback[0]:
@@ -326,7 +333,8 @@ def launch_sequence(dtype, geom, activation, x_strides, has_bias):
     fused = kernel_id in FUSED_ACTIVATIONS
     normalize = kernel_id in LAST_AXIS_ACTIVATIONS
     kp = plan(dtype, geom.batch, geom.channels, geom.depth_multiplier, geom.filters,
-              geom.in_size, geom.out_size, geom.kernel, geom.strides, geom.dilation)
+              geom.in_size, geom.out_size, geom.kernel, geom.strides, geom.dilation,
+              geom.channels_first)
     check_launchable(geom, kp)
     # The specialized extents assume a shared-memory halo; without one, use the generic path.
     extent = kernel_extent(dtype, geom.kernel) if kp.use_halo else GENERIC_EXTENT
