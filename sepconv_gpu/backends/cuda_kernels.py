@@ -325,11 +325,17 @@ def launch_sequence(dtype, geom, activation, x_strides, has_bias):
     still be applied afterwards (activations without a kernel variant).
 
     Array-agnostic: the CUDA backend runs it with CuPy arrays; the host-emulation test runs
-    the very same sequence with NumPy arrays.
+    the very same sequence with NumPy arrays. Memoized: a layer called again with the same
+    geometry pays a dictionary lookup, not the planning.
     """
+    return _launch_sequence(dtype, geom, activation.kernel_id, activation.kernel_param,
+                            tuple(int(s) for s in x_strides), bool(has_bias))
+
+
+@functools.lru_cache(maxsize=1024)
+def _launch_sequence(dtype, geom, kernel_id, kernel_param, x_strides, has_bias):
     if dtype not in DTYPES:
         raise TypeError(f"sepconv_gpu CUDA backend: unsupported dtype {dtype}; expected one of {tuple(DTYPES)}.")
-    kernel_id = activation.kernel_id
     fused = kernel_id in FUSED_ACTIVATIONS
     normalize = kernel_id in LAST_AXIS_ACTIVATIONS
     kp = plan(dtype, geom.batch, geom.channels, geom.depth_multiplier, geom.filters,
@@ -339,8 +345,7 @@ def launch_sequence(dtype, geom, activation, x_strides, has_bias):
     # The specialized extents assume a shared-memory halo; without one, use the generic path.
     extent = kernel_extent(dtype, geom.kernel) if kp.use_halo else GENERIC_EXTENT
     name = fused_name(dtype, kernel_id if fused else "linear", geom.channels_first, extent)
-    scalars = fused_scalar_args(geom, kp, x_strides, has_bias,
-                                activation.kernel_param if fused else 0.0)
+    scalars = fused_scalar_args(geom, kp, x_strides, has_bias, kernel_param if fused else 0.0)
     launches = [Launch("fused", name, kp.grid, THREADS, kp.shared_bytes, scalars)]
     if normalize:
         shape = geom.output_shape
