@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import json
-import math
 import pathlib
 
 import numpy as np
@@ -20,6 +19,8 @@ from hypothesis import strategies as st
 
 from sepconv_gpu import activations, geometry, ops
 from sepconv_gpu.backends import cuda_available, cuda_kernels
+
+from _cases import random_case
 
 GPU = cuda_available()
 pytestmark = [pytest.mark.gpu,
@@ -76,14 +77,7 @@ def test_keras_golden_cupy_in_cupy_out(case):
 # --- helpers ---------------------------------------------------------------------------
 
 def make_case(rng, rank, x_shape, kernel, multiplier, filters, dtype="float32", bias=True):
-    channels = x_shape[-1]
-    kernel = (kernel,) * rank if isinstance(kernel, int) else tuple(kernel)
-    x = rng.uniform(-1, 1, x_shape).astype(dtype)
-    dk = (rng.uniform(-1, 1, kernel + (channels, multiplier)) / math.sqrt(math.prod(kernel))).astype(dtype)
-    pk = (rng.uniform(-1, 1, (1,) * rank + (channels * multiplier, filters))
-          / math.sqrt(channels * multiplier)).astype(dtype)
-    b = rng.uniform(-1, 1, filters).astype(dtype) if bias else None
-    return x, dk, pk, b
+    return random_case(rng, rank, x_shape, kernel, multiplier, filters, dtype, bias)
 
 
 def to_layout(x, data_format):

@@ -8,7 +8,6 @@ accuracy are left to the GPU tests (tests/test_cuda_backend.py).
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -18,6 +17,8 @@ from hypothesis import strategies as st
 from sepconv_gpu import activations, geometry
 from sepconv_gpu.backends import cuda_kernels
 from sepconv_gpu.backends.numpy_backend import reference_separable_conv
+
+from _cases import random_case
 
 try:
     import _cuda_host_emulator as emu  # tests/ on sys.path (pytest's default rootdir import)
@@ -42,13 +43,8 @@ def make_case(rng, rank, x_shape, kernel, multiplier, filters, strides=1, paddin
               bias=True):
     strides, padding, data_format, dilation = geometry.normalize_call_args(
         rank, strides, padding, data_format, dilation)
-    channels = x_shape[1] if data_format == "channels_first" else x_shape[-1]
-    kernel = (kernel,) * rank if isinstance(kernel, int) else tuple(kernel)
-    x = rng.uniform(-1, 1, x_shape).astype(dtype)
-    dk = (rng.uniform(-1, 1, kernel + (channels, multiplier)) / math.sqrt(math.prod(kernel))).astype(dtype)
-    pk = (rng.uniform(-1, 1, (1,) * rank + (channels * multiplier, filters))
-          / math.sqrt(channels * multiplier)).astype(dtype)
-    b = rng.uniform(-1, 1, filters).astype(dtype) if bias else None
+    x, dk, pk, b = random_case(rng, rank, x_shape, kernel, multiplier, filters, dtype, bias,
+                               channels_first=data_format == "channels_first")
     geom = geometry.make_geometry(rank, x.shape, dk.shape, pk.shape, None if b is None else b.shape,
                                   strides, padding, data_format, dilation)
     return x, dk, pk, b, geom, activations.get(activation)
