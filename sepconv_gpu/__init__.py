@@ -12,3 +12,10 @@ from .layers import (BaseSeparableConv, SeparableConv1D, SeparableConv2D,
 from . import compat  # noqa: E402  (needs the layers above)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "activations", "backends", "compat", "constraints", "initializers", "ops", "regularizers",
+    "BackendUnavailableError", "NumpyFallbackWarning", "cuda_available", "get_backend",
+    "set_backend", "use_backend", "BaseSeparableConv", "SeparableConv1D", "SeparableConv2D",
+    "SeparableConvolution1D", "SeparableConvolution2D",
+]
