@@ -29,7 +29,7 @@ def parse_args(argv=None):
                         "TF32 on, ours TF32 where offered, else exact (default: gpu all, cpu float32)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: gpu 32, cpu 8)")
     p.add_argument("--repeats", type=int, default=None,
-                   help="timed samples per implementation (default: gpu 100, cpu 7, --quick 3)")
+                   help="timed samples per implementation (default: gpu 100, cpu 9, --quick 3)")
     p.add_argument("--peers", default=None,
                    help="comma-separated peers, or 'none' (default: every peer of the device: "
                         + "; ".join(f"{d}: {', '.join(p)}" for d, p in peers.PEERS.items()) + ")")

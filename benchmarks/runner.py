@@ -3,6 +3,7 @@ and build the result record (see README.md for its fields)."""
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import importlib.metadata
 import math
@@ -31,7 +32,7 @@ DISTRIBUTIONS = {
 # longest wait for a quiet machine before each.
 DEFAULTS = {"gpu": {"batch": 32, "dtypes": "float32,tf32,float16", "repeats": 100, "warmup": 10,
                     "min_sample_s": 2e-3, "settle_s": 0.0, "retries": 0, "quiet_wait_s": 0},
-            "cpu": {"batch": 8, "dtypes": "float32", "repeats": 7, "warmup": 1,
+            "cpu": {"batch": 8, "dtypes": "float32", "repeats": 9, "warmup": 1,
                     "min_sample_s": 0.05, "settle_s": 0.1, "retries": 3, "quiet_wait_s": 120}}
 QUICK = {"repeats": 3, "warmup": 1, "min_sample_s": 0.0, "settle_s": 0.0, "retries": 0,
          "quiet_wait_s": 0}
@@ -88,8 +89,7 @@ class Device:
         self.info = {"kind": "cpu", "name": model, "cores": os.cpu_count(),
                      "last_level_cache_bytes": self.cache_bytes,
                      "blas": f"{blas.get('name')} {blas.get('version')}", "driver": None}
-        self.ceilings = timing.ceilings(np, timing.WallClock(), {"float32": (np.float32, np.matmul)},
-                                        copy_bytes=256 << 20, gemm_n=2048)
+        self._measure_ceilings(np, timing.WallClock(), 256 << 20, 2048, ["float32"])
 
     def _init_gpu(self):
         from sepconv_gpu import backends
@@ -108,11 +108,15 @@ class Device:
                      "driver": _nvidia_smi_driver(),
                      "cuda_driver_api": cupy.cuda.runtime.driverGetVersion(),
                      "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion()}
-        gemms = {"float32": (cupy.float32, cupy.matmul), "float16": (cupy.float16, cupy.matmul)}
-        tf32 = _torch_tf32_matmul()
-        if tf32:
-            gemms["tf32"] = (cupy.float32, tf32)
-        self.ceilings = timing.ceilings(cupy, timing.cupy_clock(), gemms)
+        self._measure_ceilings(cupy, timing.cupy_clock(), 1 << 30, 8192, ["float32", "tf32", "float16"])
+
+    def _measure_ceilings(self, xp, clock, copy_bytes, n, modes):
+        """Copy bandwidth, and per mode the fastest GEMM of the libraries present: the
+        ceiling must bound the peers too (PyTorch's oneDNN can beat NumPy's BLAS)."""
+        by_library = timing.gemm_rates(_gemms(xp, n, modes), clock)
+        self.ceilings = {"copy_bandwidth_Bps": timing.copy_bandwidth(xp, clock, copy_bytes),
+                         "gemm_flops": {m: max(rates.values()) for m, rates in by_library.items()},
+                         "gemm_flops_by_library": by_library, "gemm_n": n}
 
     def floor_s(self, flops, nbytes, mode):
         """The roofline floor: the slower of moving the bytes and doing the FLOPs."""
@@ -150,22 +154,40 @@ def _nvidia_smi_driver():
         return None
 
 
-def _torch_tf32_matmul():
-    """A TF32 GEMM on CuPy arrays through PyTorch (CuPy has no public TF32 switch)."""
+def _gemms(xp, n, modes):
+    """{mode: {library: (n, fn)}}: one n x n GEMM per mode with xp, and with PyTorch on
+    the same device where it is installed (the only way to TF32 on CuPy arrays)."""
+    gemms = {m: {} for m in modes}
+    for mode in modes:
+        if mode != "tf32":  # CuPy's matmul is exact float32 unless CUPY_TF32 is set
+            a = xp.ones((n, n), dtype=_compute_dtype(mode))
+            gemms[mode][xp.__name__] = (n, functools.partial(xp.matmul, a, a))
     try:
         import torch
     except ImportError:
-        return None
-    if not torch.cuda.is_available():
-        return None
+        return gemms
+    device = "cuda" if xp is not np else "cpu"
+    if device == "cpu" or torch.cuda.is_available():
+        for mode in modes:
+            t = torch.ones(n, n, device=device, dtype=getattr(torch, _compute_dtype(mode)))
+            gemms[mode]["torch"] = (n, functools.partial(_torch_gemm, t, mode == "tf32", False))
+            gemms[mode]["torch_conv1x1"] = (n, functools.partial(_torch_gemm, t, mode == "tf32", True))
+    return {m: libs for m, libs in gemms.items() if libs}
 
-    def matmul(a, b):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        try:
-            return torch.matmul(torch.as_tensor(a, device="cuda"), torch.as_tensor(b, device="cuda"))
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = False
-    return matmul
+
+def _compute_dtype(mode):
+    return "float16" if mode == "float16" else "float32"
+
+
+def _torch_gemm(t, tf32, conv):
+    """t @ t, or the same GEMM as a 1x1 convolution (n channels -> n filters at n
+    positions), which oneDNN / cuDNN may run faster than the BLAS matmul."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    if conv:
+        return torch.nn.functional.conv2d(t[None, :, :, None], t[:, :, None, None])
+    return torch.matmul(t, t)
 
 
 def machine_busy_s():
@@ -231,7 +253,7 @@ def run_case(layer, batch, mode, device, settings, peer_names, seed=0, progress=
     Samples are taken in rounds, one per implementation back to back, so that anything
     else loading the machine meanwhile weighs on all of them alike; `speedup` is the
     median over rounds of peer sample / our sample."""
-    dtype = "float16" if mode == "float16" else "float32"
+    dtype = _compute_dtype(mode)
     case = peers.Case(layer, batch, device.gpu, dtype, device.inputs(layer, batch, dtype, seed),
                       layer.weights(seed))
     floor = device.floor_s(layer.flops(batch), layer.bytes(batch, np.dtype(dtype).itemsize), mode)

@@ -100,17 +100,17 @@ def _best_time(fn, clock, repeats=5):
     return min(clock(fn) for _ in range(repeats))
 
 
-def ceilings(xp, clock, gemm_dtypes, copy_bytes=1 << 30, gemm_n=8192):
-    """Measured device-to-device copy bandwidth (bytes/s, read + write counted) and GEMM
-    rates (FLOP/s) per dtype name, with the array module `xp` (NumPy or CuPy)."""
-    src = xp.ones(copy_bytes // 4, dtype=xp.float32)
+def copy_bandwidth(xp, clock, nbytes):
+    """Measured copy bandwidth (bytes/s, read + write counted) with NumPy or CuPy."""
+    src = xp.ones(nbytes // 4, dtype=xp.float32)
     dst = xp.empty_like(src)
-    copy_s = _best_time(lambda: xp.copyto(dst, src), clock)
-    rates = {}
-    for name, (dtype, matmul) in gemm_dtypes.items():
-        a = xp.ones((gemm_n, gemm_n), dtype=dtype)
-        rates[name] = 2 * gemm_n ** 3 / _best_time(lambda: matmul(a, a), clock)
-    return {"copy_bandwidth_Bps": 2 * src.nbytes / copy_s, "gemm_flops": rates}
+    return 2 * src.nbytes / _best_time(lambda: xp.copyto(dst, src), clock)
+
+
+def gemm_rates(gemms, clock):
+    """FLOP/s of each library's square GEMM: {mode: {library: (n, fn)}} -> same keys."""
+    return {mode: {lib: 2 * n ** 3 / _best_time(fn, clock) for lib, (n, fn) in libs.items()}
+            for mode, libs in gemms.items()}
 
 
 def cpu_cache_bytes(default=32 << 20):
