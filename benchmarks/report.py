@@ -9,13 +9,15 @@ def _ms(seconds):
 
 
 def table(record):
-    """Per mode: each layer's time, % of the roofline floor and the speedup vs each peer
-    (peer time / ours; '!' marks a peer whose output disagreed, '-' one that did not run)."""
+    """Per mode: each layer's time, % of the roofline floor, on the CPU our peak extra
+    memory over input + output size, and the speedup vs each peer (peer time / ours; '!'
+    marks a peer whose output disagreed, '-' one that did not run)."""
     peers, lines = record["peers"], []
     device = record["device"]
+    memory = device["kind"] == "cpu"
     for mode in record["settings"]["modes"]:
         lines.append(f"\n{mode} | batch {record['settings']['batch']} | {device['kind']}: {device['name']}")
-        head = f"{'layer':38} {'x':>3} {'ours ms':>9} {'%floor':>7}"
+        head = f"{'layer':38} {'x':>3} {'ours ms':>9} {'%floor':>7}" + f" {'mem/io':>6}" * memory
         head += "".join(f" {peer + ' ms':>18} {'speedup':>8}" for peer in peers)
         lines += [head, "-" * len(head)]
         for layer in record["layers"]:
@@ -23,6 +25,8 @@ def table(record):
             ours = impls.get(OURS, {})
             row = f"{layer['key']:38.38} {layer['repeat']:>3} "
             row += f"{_ms(ours['median_s'])} {ours['pct_of_floor']:6.0f}%" if "median_s" in ours else f"{'-':>9} {'-':>7}"
+            if memory:
+                row += f" {ours['peak_extra_bytes'] / ours['io_bytes']:6.2f}" if "io_bytes" in ours else f" {'-':>6}"
             for peer in peers:
                 r = impls.get(peer, {})
                 if "median_s" not in r:
@@ -33,7 +37,7 @@ def table(record):
             lines.append(row)
         for label, key in (("geomean speedup", "geomean_speedup"), ("min speedup", "min_speedup"),
                            ("network total (x repeat)", "total_speedup")):
-            row = f"{label:38} {'':>3} {'':>9} {'':>7}"
+            row = f"{label:38} {'':>3} {'':>9} {'':>7}" + f" {'':>6}" * memory
             for peer in peers:
                 s = record["summary"].get(f"{mode}/{peer}", {})
                 row += f" {'':>18} {(f'{s[key]:.2f}x' if key in s else '-'):>8}"
