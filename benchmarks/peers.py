@@ -78,7 +78,8 @@ def host(a):
     return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
-def _compute_dtype(mode):
+def compute_dtype(mode):
+    """The array dtype of a mode: TF32 computes on float32 arrays."""
     return "float16" if mode == "float16" else "float32"
 
 
@@ -154,7 +155,7 @@ def _torch_impl(case, mode, channels_last, compile_=False):
     elif mode != "float32":
         raise Skip(f"{mode} is a GPU mode")
     device = "cuda" if case.gpu else "cpu"
-    dtype = getattr(torch, _compute_dtype(mode))
+    dtype = getattr(torch, compute_dtype(mode))
     kernel, stride, pads = case.as_2d()
     dk, pk, b = case.weights_2d()
     c, f = pk.shape
@@ -227,7 +228,7 @@ def jax_jit(case, mode):
     kernel, stride, pads = case.as_2d()
     dk, pk, b = case.weights_2d()
     c = pk.shape[0]
-    dtype = _compute_dtype(mode)
+    dtype = compute_dtype(mode)
     # float32 exact means HIGHEST: XLA may otherwise use TF32 for float32 on the GPU.
     precision = lax.Precision.HIGHEST if mode == "float32" else lax.Precision.DEFAULT
     activation = {None: lambda y: y, "relu6": jax.nn.relu6, "swish": jax.nn.silu}[

@@ -160,7 +160,7 @@ def _gemms(xp, n, modes):
     gemms = {m: {} for m in modes}
     for mode in modes:
         if mode != "tf32":  # CuPy's matmul is exact float32 unless CUPY_TF32 is set
-            a = xp.ones((n, n), dtype=_compute_dtype(mode))
+            a = xp.ones((n, n), dtype=peers.compute_dtype(mode))
             gemms[mode][xp.__name__] = (n, functools.partial(xp.matmul, a, a))
     try:
         import torch
@@ -169,14 +169,10 @@ def _gemms(xp, n, modes):
     device = "cuda" if xp is not np else "cpu"
     if device == "cpu" or torch.cuda.is_available():
         for mode in modes:
-            t = torch.ones(n, n, device=device, dtype=getattr(torch, _compute_dtype(mode)))
+            t = torch.ones(n, n, device=device, dtype=getattr(torch, peers.compute_dtype(mode)))
             gemms[mode]["torch"] = (n, functools.partial(_torch_gemm, t, mode == "tf32", False))
             gemms[mode]["torch_conv1x1"] = (n, functools.partial(_torch_gemm, t, mode == "tf32", True))
     return {m: libs for m, libs in gemms.items() if libs}
-
-
-def _compute_dtype(mode):
-    return "float16" if mode == "float16" else "float32"
 
 
 def _torch_gemm(t, tf32, conv):
@@ -253,7 +249,7 @@ def run_case(layer, batch, mode, device, settings, peer_names, seed=0, progress=
     Samples are taken in rounds, one per implementation back to back, so that anything
     else loading the machine meanwhile weighs on all of them alike; `speedup` is the
     median over rounds of peer sample / our sample."""
-    dtype = _compute_dtype(mode)
+    dtype = peers.compute_dtype(mode)
     case = peers.Case(layer, batch, device.gpu, dtype, device.inputs(layer, batch, dtype, seed),
                       layer.weights(seed))
     floor = device.floor_s(layer.flops(batch), layer.bytes(batch, np.dtype(dtype).itemsize), mode)
