@@ -133,13 +133,11 @@ def _fast_separable_conv(x, depthwise, pointwise, bias, geom, activation, dtype)
                 tile[:, src0 - top:src1 - top, pl:pl + w] = x4[n0:n0 + nb, src0:src1]
             out = acc[:nb, :nr]
             tmp = prod[:nb, :nr]
-            for i in range(geom.kernel[0]):
-                for j in range(geom.kernel[1]):
-                    np.multiply(_tap(tile, geom, i, j, nr)[..., None], dk[i, j], out=tmp)
-                    if i == 0 and j == 0:
-                        out[...] = tmp
-                    else:
-                        out += tmp
+            for t, (i, j) in enumerate(np.ndindex(*geom.kernel)):
+                # the first tap initializes the accumulator; the others add to it
+                np.multiply(_tap(tile, geom, i, j, nr)[..., None], dk[i, j], out=tmp if t else out)
+                if t:
+                    out += tmp
             _pointwise_into(y, y4, out, pk, b, geom, n0, nb, r0, nr)
             _activate(y, activation, geom, n0, nb, r0, nr)
     return y
