@@ -4,17 +4,15 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # benchmarks/ is a top-level folder, not part of the wheel
+from benchmarks import __main__ as cli  # importable through pytest's pythonpath (pyproject)
+from benchmarks import peers, runner, suites
 
-from benchmarks import __main__ as cli  # noqa: E402
-from benchmarks import peers, runner, suites  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SUMMARY_KEY = re.compile(r"^(float32|tf32|float16)/(sepconv_gpu|torch_eager_nhwc|torch_eager_nchw|"
                          r"torch_compile|jax_jit|keras_tf_cpu|torch_cpu)$")
