@@ -20,7 +20,3 @@ def annotate(message):
     if _nvtx is None:
         return contextlib.nullcontext()
     return _nvtx.annotate(message, domain=DOMAIN)
-
-
-def enabled():
-    return _nvtx is not None

@@ -19,17 +19,6 @@ class Progress:
         self._last_log = self.start
         self._shown = False
 
-    @classmethod
-    def wrap(cls, iterable, total=None, **kwargs):
-        items = list(iterable) if total is None else iterable
-        bar = cls(len(items) if total is None else total, **kwargs)
-        try:
-            for item in items:
-                yield item
-                bar.update(note="")
-        finally:
-            bar.close()
-
     def update(self, n=1, note=""):
         self.done = min(self.done + n, self.total)
         now = time.perf_counter()

@@ -5,7 +5,6 @@ never re-derive it. A 1D convolution is described as a 2D one with height 1.
 """
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass
 
@@ -275,7 +274,3 @@ def compute_output_shape(rank, input_shape, filters, kernel_size, strides, paddi
         return (input_shape[0], filters) + tuple(out)
     return (input_shape[0],) + tuple(out) + (filters,)
 
-
-def fits_int32(*sizes):
-    """True when every flat element count fits 32-bit indexing."""
-    return all(math.prod(s) <= INT32_MAX if isinstance(s, tuple) else s <= INT32_MAX for s in sizes)

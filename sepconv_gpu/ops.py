@@ -51,17 +51,26 @@ def separable_conv(rank, x, depthwise_kernel, pointwise_kernel, bias=None, strid
             raise TypeError(f"`x` must be an array; received {type(x).__name__}.")
     ops = _backends.ops_for_array(x, backend)
     with annotate(f"separable_conv{rank}d"):
-        xb, give_back = ops.take(x)
-        _check_float(xb, "x")
-        dk = _as_backend_array(ops, depthwise_kernel, "depthwise_kernel")
-        pk = _as_backend_array(ops, pointwise_kernel, "pointwise_kernel")
-        b = _as_backend_array(ops, bias, "bias")
-        geom = _geometry.make_geometry(
-            rank, xb.shape, dk.shape, pk.shape, None if b is None else b.shape,
-            strides, padding, data_format, dilation_rate)
+        xb, give_back, dk, pk, b, geom = _prepare(
+            ops, rank, x, depthwise_kernel, pointwise_kernel, bias, strides, padding, data_format,
+            dilation_rate)
         if geom.output_positions == 0:
             return give_back(ops.xp.zeros(geom.output_shape, dtype=xb.dtype))
         return give_back(ops.separable_conv(xb, dk, pk, b, geom, act))
+
+
+def _prepare(ops, rank, x, depthwise_kernel, pointwise_kernel, bias, strides, padding,
+             data_format, dilation_rate):
+    """Arrays on `ops`' device, checked, and the call's geometry: the one validation step."""
+    xb, give_back = ops.take(x)
+    _check_float(xb, "x")
+    dk = _as_backend_array(ops, depthwise_kernel, "depthwise_kernel")
+    pk = _as_backend_array(ops, pointwise_kernel, "pointwise_kernel")
+    b = _as_backend_array(ops, bias, "bias")
+    geom = _geometry.make_geometry(
+        rank, xb.shape, dk.shape, pk.shape, None if b is None else b.shape,
+        strides, padding, data_format, dilation_rate)
+    return xb, give_back, dk, pk, b, geom
 
 
 def separable_conv2d(x, depthwise_kernel, pointwise_kernel, bias=None, strides=1,
@@ -94,12 +103,9 @@ def reference_separable_conv(rank, x, depthwise_kernel, pointwise_kernel, bias=N
     """The float64 NumPy oracle with the same argument handling; returns float64 NumPy."""
     from .backends.numpy_backend import reference_separable_conv as oracle
 
-    host = _backends.get_ops("numpy")
-    x, dk, pk = (host.take(a)[0] for a in (x, depthwise_kernel, pointwise_kernel))
-    b = None if bias is None else host.take(bias)[0]
     strides, padding, data_format, dilation_rate = _geometry.normalize_call_args(
         rank, strides, padding, data_format, dilation_rate)
-    geom = _geometry.make_geometry(rank, x.shape, dk.shape, pk.shape,
-                                   None if b is None else b.shape,
-                                   strides, padding, data_format, dilation_rate)
+    x, _, dk, pk, b, geom = _prepare(_backends.get_ops("numpy"), rank, x, depthwise_kernel,
+                                     pointwise_kernel, bias, strides, padding, data_format,
+                                     dilation_rate)
     return oracle(x, dk, pk, b, geom, _activations.get(activation))

@@ -102,6 +102,8 @@ def test_non_float_dtypes_refused(dtype):
 def test_non_array_input_refused():
     with pytest.raises(TypeError, match="`x` must be an array"):
         ops.separable_conv2d("not an array", np.ones((3, 3, 3, 1)), np.ones((1, 1, 3, 2)))
+    with pytest.raises(TypeError, match="floating-point input"):
+        _layer()({"not": "an array"})  # a mapping is not mistaken for a device array
 
 
 def test_set_weights_checks_count_and_shapes_without_partial_writes():
@@ -155,9 +157,9 @@ def test_count_params_before_build():
 
 def test_large_tensor_geometry_uses_python_ints():
     """Shapes past 2^31 elements are described exactly (the CUDA kernels use 64-bit offsets)."""
-    from sepconv_gpu.geometry import fits_int32, make_geometry
+    from sepconv_gpu.geometry import INT32_MAX, make_geometry
 
     g = make_geometry(2, (64, 1024, 1024, 64), (3, 3, 64, 1), (1, 1, 64, 64), None,
                       (1, 1), "same", "channels_last", (1, 1))
     assert g.batch * g.in_size[0] * g.in_size[1] * g.channels == 2**32
-    assert not fits_int32(g.input_shape) and fits_int32((2**31 - 1,))
+    assert g.batch * g.out_size[0] * g.out_size[1] * g.filters == 2**32 > INT32_MAX

@@ -15,6 +15,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from ..geometry import INT32_MAX
+
 # --- constants mirrored from kernels/sepconv_fused.cu ---------------------------------
 THREADS = 256            # SC_THREADS
 CHUNK = 16               # SC_BK: depthwise channels per chunk
@@ -27,7 +29,6 @@ SECTOR_COST = 64         # planner: one 32-byte global sector ~ this many FMAs (
 STAGE_COST = 8           # planner: staging one halo element (index math, smem store)
 SOFTMAX_THREADS = 256   # sepconv_softmax_lastaxis block size (8 warps, a row each)
 NVRTC_OPTIONS = ("--std=c++17",)
-INT32_MAX = 2**31 - 1
 
 MAIN_SOURCE = "sepconv_fused.cu"
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import lives_on_device
+
 # Bytes of depthwise intermediate per tile: large enough for an efficient BLAS call,
 # small enough to stay in a typical L2/L3 slice.
 TILE_BYTES = 1 << 21
@@ -73,18 +75,15 @@ class NumpyOps:
     def take(self, x):
         if isinstance(x, np.ndarray):
             return x, _identity
-        if hasattr(x, "__cuda_array_interface__") or hasattr(x, "get"):
+        if lives_on_device(x):
             import cupy
 
-            return cupy.asnumpy(cupy.asarray(x)), cupy.asarray
+            return _device_to_host(x), cupy.asarray
         return np.asarray(x), _identity
 
     def asarray(self, a, dtype=None):
-        if hasattr(a, "__cuda_array_interface__"):
-            import cupy
-
-            a = cupy.asnumpy(cupy.asarray(a))
-        return np.array(a, dtype=dtype, copy=True)
+        host = _device_to_host(a) if lives_on_device(a) else a
+        return np.array(host, dtype=dtype, copy=True)
 
     def to_numpy(self, a):
         return np.asarray(a)
@@ -98,6 +97,14 @@ class NumpyOps:
 
 def _identity(a):
     return a
+
+
+def _device_to_host(a):
+    """A host copy of a CuPy array, torch CUDA tensor or other CUDA array-like."""
+    import cupy
+
+    view = cupy.asarray(a) if hasattr(a, "__cuda_array_interface__") else cupy.from_dlpack(a)
+    return cupy.asnumpy(view)
 
 
 def _fast_separable_conv(x, depthwise, pointwise, bias, geom, activation, dtype):
