@@ -10,6 +10,7 @@ from .backends import (BackendUnavailableError, NumpyFallbackWarning, cuda_avail
 from .layers import (BaseSeparableConv, SeparableConv1D, SeparableConv2D,
                      SeparableConvolution1D, SeparableConvolution2D)
 from . import compat  # noqa: E402  (needs the layers above)
+from .fold import fold_batch_norm
 
 __version__ = "0.1.0"
 
@@ -17,5 +18,5 @@ __all__ = [
     "activations", "backends", "compat", "constraints", "initializers", "ops", "regularizers",
     "BackendUnavailableError", "NumpyFallbackWarning", "cuda_available", "get_backend",
     "set_backend", "use_backend", "BaseSeparableConv", "SeparableConv1D", "SeparableConv2D",
-    "SeparableConvolution1D", "SeparableConvolution2D",
+    "SeparableConvolution1D", "SeparableConvolution2D", "fold_batch_norm",
 ]
