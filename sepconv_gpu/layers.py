@@ -99,7 +99,14 @@ class Variable:
 
 
 class BaseSeparableConv:
-    """Depthwise separable convolution of spatial rank 1 or 2 (Keras 3's design)."""
+    """Depthwise separable convolution of spatial rank 1 or 2 (Keras 3's design).
+
+    Takes Keras's arguments, plus `backend` ("numpy", "cuda", "auto"; default: the
+    selection rule) and `allow_tf32` (default False: exact float32; True lets float32 on
+    the CUDA backend use TF32 tensor cores, 10-bit mantissa products with fp32
+    accumulation, as PyTorch / TensorFlow allow by default; the NumPy backend is always
+    exact).
+    """
 
     _auto_name = "separable_conv"  # unnamed layers get this, then _1, _2, ...
 
@@ -109,7 +116,7 @@ class BaseSeparableConv:
                  bias_initializer="zeros", depthwise_regularizer=None, pointwise_regularizer=None,
                  bias_regularizer=None, activity_regularizer=None, depthwise_constraint=None,
                  pointwise_constraint=None, bias_constraint=None, trainable=True, name=None,
-                 dtype=None, backend=None, **kwargs):
+                 dtype=None, backend=None, allow_tf32=False, **kwargs):
         unknown = set(kwargs) - _KERAS2_IGNORED_KEYS
         if unknown:
             raise TypeError(f"Unrecognized keyword arguments passed to {type(self).__name__}: {sorted(unknown)}")
@@ -137,6 +144,7 @@ class BaseSeparableConv:
         self.name = name if name is not None else _unique_name(self._auto_name)
         self.dtype_policy, self.dtype, self.compute_dtype = _dtype_policy(dtype)
         self._ops = _backends.resolve(backend)
+        self.allow_tf32 = _ops.check_allow_tf32(allow_tf32)
         self.built = False
         self._input_channels = None
         self._activity_losses = []
@@ -275,7 +283,8 @@ class BaseSeparableConv:
         y = _ops.separable_conv(
             self.rank, x, self.depthwise_kernel.value, self.pointwise_kernel.value,
             self.bias.value if self.use_bias else None, self.strides, self.padding,
-            self.data_format, self.dilation_rate, self.activation, backend=self._ops)
+            self.data_format, self.dilation_rate, self.activation, backend=self._ops,
+            allow_tf32=self.allow_tf32)
         self._activity_losses = [] if self.activity_regularizer is None else [
             float(self.activity_regularizer(y)) / max(int(y.shape[0]), 1)]
         return give_back(y)
@@ -283,8 +292,9 @@ class BaseSeparableConv:
     # -- config --------------------------------------------------------------------------
 
     def get_config(self):
-        """Keras 3 form: a real `keras.layers.SeparableConv{1,2}D.from_config` accepts it."""
-        return {
+        """Keras 3 form: a real `keras.layers.SeparableConv{1,2}D.from_config` accepts it
+        (`allow_tf32`, ours alone, appears only when True)."""
+        config = {
             "name": self.name,
             "trainable": self.trainable,
             "dtype": {"module": "keras", "class_name": "DTypePolicy",
@@ -309,6 +319,9 @@ class BaseSeparableConv:
             "pointwise_constraint": _constraints.serialize(self.pointwise_constraint),
             "bias_constraint": _constraints.serialize(self.bias_constraint),
         }
+        if self.allow_tf32:
+            config["allow_tf32"] = True
+        return config
 
     @classmethod
     def from_config(cls, config, backend=None):

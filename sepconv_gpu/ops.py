@@ -5,6 +5,10 @@
 Ops compute where `x` lives (NumPy arrays on the NumPy backend, CuPy arrays / torch CUDA
 tensors on the CUDA backend) unless `backend=` names one; the result is the same kind of
 array as `x`.
+
+`allow_tf32=True` lets float32 inputs on the CUDA backend use TF32 tensor cores (10-bit
+mantissa products, fp32 accumulation), as PyTorch / TensorFlow allow by default; the
+default False computes exact float32. The NumPy backend is always exact.
 """
 from __future__ import annotations
 
@@ -37,13 +41,25 @@ def _as_backend_array(ops, a, name):
     return a
 
 
+def check_allow_tf32(allow_tf32):
+    """`allow_tf32` as a bool; TypeError for anything else."""
+    if not isinstance(allow_tf32, (bool, np.bool_)):
+        raise TypeError(f"`allow_tf32` must be a bool; received {allow_tf32!r}.")
+    return bool(allow_tf32)
+
+
 def separable_conv(rank, x, depthwise_kernel, pointwise_kernel, bias=None, strides=1,
                    padding="valid", data_format="channels_last", dilation_rate=1,
-                   activation=None, backend=None):
-    """Rank-generic separable convolution (rank 1 or 2); see the public wrappers."""
+                   activation=None, backend=None, allow_tf32=False, *, weights_cache=None):
+    """Rank-generic separable convolution (rank 1 or 2); see the public wrappers.
+
+    weights_cache: a dict the backend may keep forms derived from these weights in (a
+    layer passes the one of its current weights snapshot); None caches nothing.
+    """
     strides, padding, data_format, dilation_rate = _geometry.normalize_call_args(
         rank, strides, padding, data_format, dilation_rate)
     act = _activations.get(activation)
+    allow_tf32 = check_allow_tf32(allow_tf32)
     if x is None or not hasattr(x, "shape"):
         if isinstance(x, (list, tuple)):
             x = np.asarray(x)
@@ -56,7 +72,8 @@ def separable_conv(rank, x, depthwise_kernel, pointwise_kernel, bias=None, strid
             dilation_rate)
         if geom.output_positions == 0:
             return give_back(ops.xp.zeros(geom.output_shape, dtype=xb.dtype))
-        return give_back(ops.separable_conv(xb, dk, pk, b, geom, act))
+        return give_back(ops.separable_conv(xb, dk, pk, b, geom, act, allow_tf32=allow_tf32,
+                                            weights_cache=weights_cache))
 
 
 def _prepare(ops, rank, x, depthwise_kernel, pointwise_kernel, bias, strides, padding,
@@ -75,26 +92,28 @@ def _prepare(ops, rank, x, depthwise_kernel, pointwise_kernel, bias, strides, pa
 
 def separable_conv2d(x, depthwise_kernel, pointwise_kernel, bias=None, strides=1,
                      padding="valid", data_format="channels_last", dilation_rate=1,
-                     activation=None, backend=None):
+                     activation=None, backend=None, allow_tf32=False):
     """2D depthwise separable convolution.
 
     x: (N, H, W, C) for channels_last, (N, C, H, W) for channels_first.
     depthwise_kernel: (KH, KW, C, M); pointwise_kernel: (1, 1, C·M, F); bias: (F,) or None.
+    allow_tf32: float32 on the CUDA backend may use TF32 tensor cores (module docstring).
     """
     return separable_conv(2, x, depthwise_kernel, pointwise_kernel, bias, strides, padding,
-                          data_format, dilation_rate, activation, backend)
+                          data_format, dilation_rate, activation, backend, allow_tf32)
 
 
 def separable_conv1d(x, depthwise_kernel, pointwise_kernel, bias=None, strides=1,
                      padding="valid", data_format="channels_last", dilation_rate=1,
-                     activation=None, backend=None):
+                     activation=None, backend=None, allow_tf32=False):
     """1D depthwise separable convolution (`causal` padding allowed).
 
     x: (N, W, C) for channels_last, (N, C, W) for channels_first.
     depthwise_kernel: (K, C, M); pointwise_kernel: (1, C·M, F); bias: (F,) or None.
+    allow_tf32: float32 on the CUDA backend may use TF32 tensor cores (module docstring).
     """
     return separable_conv(1, x, depthwise_kernel, pointwise_kernel, bias, strides, padding,
-                          data_format, dilation_rate, activation, backend)
+                          data_format, dilation_rate, activation, backend, allow_tf32)
 
 
 def reference_separable_conv(rank, x, depthwise_kernel, pointwise_kernel, bias=None, strides=1,

@@ -10,7 +10,11 @@ A backend is a small object with the same methods on every device (Thinc's `Nump
                               here) and a function turning a result back into x's kind
     asarray(a, dtype=None)    weights onto this backend
     to_numpy(a)               a host copy
-    separable_conv(x, depthwise, pointwise, bias, geometry, activation) -> y
+    separable_conv(x, depthwise, pointwise, bias, geometry, activation,
+                   allow_tf32=False, weights_cache=None) -> y
+                              allow_tf32: float32 may use TF32 tensor cores (CUDA only);
+                              weights_cache: None, or a dict to keep forms derived from
+                              these weights in (a layer's weights snapshot owns it)
 
 Selection, strongest first: an explicit `backend=` argument, `use_backend(...)`,
 `set_backend(...)`, the `SEPCONV_GPU_BACKEND` environment variable, then "auto"

@@ -120,14 +120,17 @@ class CupyOps:
         view = _device_view(a)
         return cupy.asnumpy(view) if view is not None else np.asarray(a)
 
-    def separable_conv(self, x, depthwise, pointwise, bias, geom, activation):
+    def separable_conv(self, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False,
+                       weights_cache=None):
         """y = act(bias + pointwise(depthwise(x))) as a CuPy array of x's dtype."""
         with annotate("sepconv_gpu.cuda.separable_conv"):
             x = self.take(x)[0]
             with x.device:
-                return self._separable_conv(x, depthwise, pointwise, bias, geom, activation)
+                return self._separable_conv(x, depthwise, pointwise, bias, geom, activation,
+                                            allow_tf32, weights_cache)
 
-    def _separable_conv(self, x, depthwise, pointwise, bias, geom, activation):
+    def _separable_conv(self, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False,
+                        weights_cache=None):
         dtype = x.dtype.name
         if dtype not in _kernels.DTYPES:
             raise TypeError(f"sepconv_gpu CUDA backend: unsupported input dtype {dtype}; "

@@ -88,7 +88,9 @@ class NumpyOps:
     def to_numpy(self, a):
         return np.asarray(a)
 
-    def separable_conv(self, x, depthwise, pointwise, bias, geom, activation):
+    def separable_conv(self, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False,
+                       weights_cache=None):
+        """Always exact (`allow_tf32` is a CUDA option); nothing is cached (`weights_cache`)."""
         compute = np.float64 if x.dtype == np.float64 else np.float32
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             y = _fast_separable_conv(x, depthwise, pointwise, bias, geom, activation, compute)

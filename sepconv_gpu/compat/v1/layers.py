@@ -3,6 +3,7 @@ functional `separable_conv{1,2}d` (`tf.layers.separable_conv2d`).
 
 They compute exactly what the Keras-like layers compute (they are those classes, with the
 TF1 surface mixed in): `apply(inputs)`, `scope_name`, `variables`, `get_losses_for`, ...
+They also take `backend=` and `allow_tf32=` as those classes do.
 What TF1 adds is naming and sharing weights by variable scope:
 
 - a layer's weights are created in its variable scope at its first call and are called
@@ -125,7 +126,8 @@ class _TF1Layer:
                                 for k in (depthwise, pointwise))
         return _ops.separable_conv(
             self.rank, inputs, depthwise, pointwise, None, self.strides, self.padding,
-            self.data_format, self.dilation_rate, None, backend=self._ops)
+            self.data_format, self.dilation_rate, None, backend=self._ops,
+            allow_tf32=self.allow_tf32)
 
     # -- losses and updates --------------------------------------------------------------
 
