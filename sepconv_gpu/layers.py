@@ -3,9 +3,13 @@
 A layer keeps its weights on its backend (chosen by the backend rule when the layer is
 made) and returns the same kind of array it was given. Every call goes through
 `ops.separable_conv`, which validates and computes the geometry once.
+
+A layer may be shared by threads: it is built once, and each call computes with one
+`WeightsSnapshot`, so a concurrent `set_weights` is seen whole or not at all.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 
@@ -57,8 +61,36 @@ def _dtype_policy(dtype):
     return dtype, dtype, dtype
 
 
+# Held by every weight write (build, set_weights, Variable.assign, apply_constraints) and
+# while a call reads its weights. One lock for all layers, because compat.v1 layers share
+# Variables: a write through one layer must reach every layer using them whole.
+_WEIGHTS_LOCK = threading.RLock()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class WeightsSnapshot:
+    """The weights one call computes with. Never changed: a weight write replaces the
+    arrays (Variables are reassigned, never written in place), and the next call takes a
+    new snapshot. `cache` holds what a backend derives from these arrays (e.g. device
+    copies in the accumulation dtype); it lives and dies with the snapshot."""
+
+    depthwise: object
+    pointwise: object
+    bias: object = None
+    cache: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def holds(self, arrays):
+        """True when `arrays` (depthwise, pointwise[, bias]) are this snapshot's, by identity."""
+        mine = (self.depthwise, self.pointwise, self.bias)
+        return all(a is b for a, b in zip(arrays, mine))
+
+
 class Variable:
-    """A named layer weight living on the layer's backend (a NumPy or CuPy array)."""
+    """A named layer weight living on the layer's backend (a NumPy or CuPy array).
+
+    Its `value` is replaced, never written in place, by every write here; code writing
+    into `value` in place must not expect layers to notice (their snapshot cache).
+    """
 
     def __init__(self, layer, name, value, constraint=None, regularizer=None):
         self._layer = layer
@@ -92,7 +124,9 @@ class Variable:
                 f"Cannot assign a value of shape {host.shape} to variable '{self.path}' of shape {self.shape}.")
         if host.dtype.kind not in "fiu":
             raise TypeError(f"Cannot assign a value of dtype {host.dtype} to variable '{self.path}'.")
-        self.value = self._layer._ops.asarray(host, dtype=self.dtype)
+        value = self._layer._ops.asarray(host, dtype=self.dtype)
+        with _WEIGHTS_LOCK:
+            self.value = value
 
     def __repr__(self):
         return f"<Variable path={self.path}, shape={self.shape}, dtype={self.dtype}>"
@@ -146,6 +180,8 @@ class BaseSeparableConv:
         self._ops = _backends.resolve(backend)
         self.allow_tf32 = _ops.check_allow_tf32(allow_tf32)
         self.built = False
+        self._build_lock = threading.Lock()
+        self._snapshot = None
         self._input_channels = None
         self._activity_losses = []
         self.depthwise_kernel = self.pointwise_kernel = self.bias = None
@@ -161,16 +197,27 @@ class BaseSeparableConv:
         return 1 if self.data_format == "channels_first" else -1
 
     def build(self, input_shape):
+        """Create the weights, once: concurrent first calls wait for one build."""
         if self.built:
             return
-        input_shape = tuple(input_shape)
-        self._check_rank(input_shape)
-        channels = input_shape[self._channel_axis]
-        if channels is None:
-            raise ValueError(
-                f"The channel dimension of the inputs to layer '{self.name}' should be defined. "
-                f"Received input_shape={input_shape}.")
-        channels = int(channels)
+        with self._build_lock:
+            if self.built:
+                return
+            input_shape = tuple(input_shape)
+            self._check_rank(input_shape)
+            channels = input_shape[self._channel_axis]
+            if channels is None:
+                raise ValueError(
+                    f"The channel dimension of the inputs to layer '{self.name}' should be defined. "
+                    f"Received input_shape={input_shape}.")
+            channels = int(channels)
+            with _WEIGHTS_LOCK:
+                self._create_weights(channels)
+            self._input_channels = channels
+            self.built = True  # last: a call that sees it sees every weight
+
+    def _create_weights(self, channels):
+        """The weights' Variables as attributes (compat.v1 layers look them up by scope)."""
         shapes = {
             "depthwise_kernel": self.kernel_size + (channels, self.depth_multiplier),
             "pointwise_kernel": (1,) * self.rank + (channels * self.depth_multiplier, self.filters),
@@ -183,8 +230,6 @@ class BaseSeparableConv:
                 self, weight_name, self._ops.asarray(value, dtype=self.dtype),
                 constraint=getattr(self, f"{_role(weight_name)}_constraint"),
                 regularizer=getattr(self, f"{_role(weight_name)}_regularizer")))
-        self._input_channels = channels
-        self.built = True
 
     def _weight_names(self):
         return ("depthwise_kernel", "pointwise_kernel") + (("bias",) if self.use_bias else ())
@@ -202,7 +247,18 @@ class BaseSeparableConv:
         return [] if self.trainable else self.weights
 
     def get_weights(self):
-        return [w.numpy() for w in self.weights]
+        with _WEIGHTS_LOCK:
+            values = [w.value for w in self.weights]
+        return [np.array(self._ops.to_numpy(v), copy=True) for v in values]
+
+    def _weights_snapshot(self):
+        """The current weights as one snapshot: the last one while no weight was replaced."""
+        with _WEIGHTS_LOCK:
+            arrays = tuple(w.value for w in self.weights)
+        snapshot = self._snapshot
+        if snapshot is None or not snapshot.holds(arrays):
+            snapshot = self._snapshot = WeightsSnapshot(*arrays)
+        return snapshot
 
     def set_weights(self, weights):
         """Replace every weight at once; checks count and each shape before touching any."""
@@ -223,9 +279,10 @@ class BaseSeparableConv:
             if host.dtype.kind not in "fiu":
                 raise TypeError(
                     f"Layer '{self.name}' weight '{var.name}' must be numeric; received dtype {host.dtype}.")
-            values.append(host)
-        for var, host in zip(current, values):
-            var.assign(host)
+            values.append(self._ops.asarray(host, dtype=var.dtype))
+        with _WEIGHTS_LOCK:
+            for var, value in zip(current, values):
+                var.value = value
 
     def count_params(self):
         if not self.built:
@@ -236,9 +293,10 @@ class BaseSeparableConv:
 
     def apply_constraints(self):
         """Project each weight with its constraint (what an optimizer step does in Keras)."""
-        for var in self.weights:
-            if var.constraint is not None:
-                var.value = self._ops.asarray(var.constraint(var.value), dtype=var.dtype)
+        with _WEIGHTS_LOCK:
+            for var in self.weights:
+                if var.constraint is not None:
+                    var.value = self._ops.asarray(var.constraint(var.value), dtype=var.dtype)
 
     @property
     def losses(self):
@@ -280,11 +338,11 @@ class BaseSeparableConv:
                 f"input with shape {tuple(x.shape)}")
         if x.dtype != self.compute_dtype:
             x = x.astype(self.compute_dtype)  # Keras autocasts floating inputs
+        weights = self._weights_snapshot()
         y = _ops.separable_conv(
-            self.rank, x, self.depthwise_kernel.value, self.pointwise_kernel.value,
-            self.bias.value if self.use_bias else None, self.strides, self.padding,
-            self.data_format, self.dilation_rate, self.activation, backend=self._ops,
-            allow_tf32=self.allow_tf32)
+            self.rank, x, weights.depthwise, weights.pointwise, weights.bias, self.strides,
+            self.padding, self.data_format, self.dilation_rate, self.activation,
+            backend=self._ops, allow_tf32=self.allow_tf32, weights_cache=weights.cache)
         self._activity_losses = [] if self.activity_regularizer is None else [
             float(self.activity_regularizer(y)) / max(int(y.shape[0]), 1)]
         return give_back(y)

@@ -66,23 +66,22 @@ class _TF1Layer:
             return variable_scope(self._scope_arg or self._base_name, reuse=self._reuse)
         return variable_scope(None, default_name=self._base_name)
 
-    def build(self, input_shape):
-        """Create (or, when the scope reuses, look up) the weights in the layer's scope."""
-        if self.built:
-            return
+    def _create_weights(self, channels):
+        """Create (or, when the scope reuses, look up) the weights in the layer's scope.
+
+        Runs inside the base class's `build`, which marks the layer built only after this
+        returns: a refusal (ValueError) leaves it unbuilt, so a later call may try again.
+        """
         with self._open_scope() as scope:
             if not self._named:
                 self.name = scope.name.rsplit("/", 1)[-1]
             if scope.initializer is not None:
                 for role in self._initializers_from_scope:
                     setattr(self, f"{role}_initializer", _initializers.get(scope.initializer))
-            super().build(input_shape)
-            try:
-                shared = get_default_graph().get_variables(scope, self.weights)
-            except ValueError:
-                self.built = False  # nothing was registered; a later call may try again
-                raise
-            for weight_name, variable in zip(self._weight_names(), shared):
+            super()._create_weights(channels)
+            names = self._weight_names()
+            shared = get_default_graph().get_variables(scope, [getattr(self, n) for n in names])
+            for weight_name, variable in zip(names, shared):
                 setattr(self, weight_name, variable)
             self._scope = scope
 

@@ -1,0 +1,139 @@
+"""One layer shared by threads: it is built once and every call sees one whole set of weights."""
+import concurrent.futures
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import sepconv_gpu as sg
+from sepconv_gpu import ops
+
+THREADS = 8
+
+
+@pytest.fixture
+def busy_switching():
+    """Switch threads as often as the interpreter can, so interleavings actually happen."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(before)
+
+
+def _run_together(fn, n=THREADS):
+    """fn(i) in n threads released at the same moment; their results in order."""
+    start = threading.Barrier(n)
+
+    def task(i):
+        start.wait()
+        return fn(i)
+
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        return list(pool.map(task, range(n)))
+
+
+def _slow_glorot(shape, dtype=None):
+    time.sleep(0.002)  # widens the window in which a second build could start
+    return sg.initializers.GlorotUniform()(shape, dtype=dtype)
+
+
+def _x(seed=0, shape=(2, 7, 6, 3)):
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+def test_concurrent_first_calls_build_once(busy_switching):
+    for trial in range(5):
+        built = []
+
+        def counting_init(shape, dtype=None):
+            built.append(shape)
+            return _slow_glorot(shape, dtype)
+
+        layer = sg.SeparableConv2D(4, 3, padding="same", backend="numpy",
+                                   depthwise_initializer=counting_init)
+        x = _x(trial)
+        outputs = _run_together(lambda i: layer(x))
+        assert len(built) == 1, f"trial {trial}: built {len(built)} times"
+        ref = ops.reference_separable_conv(2, x, *layer.get_weights(), padding="same")
+        for y in outputs:  # every output used the weights the layer holds now
+            np.testing.assert_allclose(y, ref, rtol=0, atol=1e-5)
+
+
+def test_set_weights_while_calling_never_mixes_old_and_new(busy_switching):
+    layer = sg.SeparableConv2D(4, 3, padding="same", backend="numpy")
+    x = _x(1, (1, 5, 5, 3))
+    layer.build(x.shape)
+    first = layer.get_weights()
+    # a mixture of the two sets gives an output equal to neither reference
+    second = [w * s for w, s in zip(first, (2.0, 3.0, 5.0))]
+    refs = [ops.reference_separable_conv(2, x, *ws, padding="same") for ws in (first, second)]
+    stop = threading.Event()
+
+    def swap():
+        while not stop.is_set():
+            for ws in (second, first):
+                layer.set_weights(ws)
+
+    def count_mixed(_):
+        outputs = (layer(x) for _ in range(60))
+        return sum(not any(np.allclose(y, r, rtol=0, atol=1e-4) for r in refs) for y in outputs)
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    try:
+        mixed = sum(_run_together(count_mixed, 4))
+    finally:
+        stop.set()
+        swapper.join()
+    assert mixed == 0, f"{mixed} of {4 * 60} outputs mixed two weight sets"
+
+
+def test_variable_assign_and_constraints_reach_the_next_call():
+    layer = sg.SeparableConv2D(2, 3, backend="numpy", depthwise_constraint="non_neg")
+    x = _x(2)
+    layer(x)
+    dk, pk, b = layer.get_weights()
+    layer.pointwise_kernel.assign(2 * pk)
+    np.testing.assert_allclose(layer(x), ops.reference_separable_conv(2, x, dk, 2 * pk, b), atol=1e-5)
+    layer.apply_constraints()
+    np.testing.assert_allclose(
+        layer(x), ops.reference_separable_conv(2, x, np.maximum(dk, 0), 2 * pk, b), atol=1e-5)
+
+
+def test_use_backend_does_not_reach_pool_threads():
+    """use_backend is a context variable: threads of a pool start without it (documented)."""
+    outside = sg.backends.requested_backend()
+    with sg.use_backend("numpy"):
+        assert sg.backends.requested_backend() == "numpy"
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            in_worker = pool.submit(sg.backends.requested_backend).result()
+    assert in_worker == outside
+
+
+def test_calls_share_one_snapshot_until_a_weight_is_replaced(monkeypatch):
+    """The backend's weights_cache is the snapshot's: kept across calls, new after any write."""
+    from sepconv_gpu.backends.numpy_backend import NumpyOps
+
+    caches = []
+    real = NumpyOps.separable_conv
+
+    def spy(self, *args, weights_cache=None, **kwargs):
+        caches.append(weights_cache)
+        return real(self, *args, weights_cache=weights_cache, **kwargs)
+
+    monkeypatch.setattr(NumpyOps, "separable_conv", spy)
+    layer = sg.SeparableConv2D(3, 3, backend="numpy", depthwise_constraint="non_neg")
+    x = _x(3)
+    layer(x)
+    layer(x)
+    assert isinstance(caches[0], dict) and caches[1] is caches[0]
+    for write in (lambda: layer.set_weights(layer.get_weights()),
+                  lambda: layer.bias.assign(np.ones(3)),
+                  layer.apply_constraints):
+        write()
+        layer(x)
+        assert caches[-1] is not caches[-2]
+    ops.separable_conv2d(x, *layer.get_weights())  # user arrays: nothing to cache them with
+    assert caches[-1] is None
