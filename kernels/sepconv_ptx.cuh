@@ -31,7 +31,7 @@ namespace sepconv {
 // Two halves in one register, `lo` in the low 16 bits (the lower column / k of a pair).
 __device__ __forceinline__ unsigned pack_half2(float lo, float hi) {
     const __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const unsigned*>(&h);
+    return __half_as_ushort(h.x) | (static_cast<unsigned>(__half_as_ushort(h.y)) << 16);
 }
 
 #ifndef SEPCONV_HOST_EMULATION

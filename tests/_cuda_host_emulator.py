@@ -1,10 +1,14 @@
 """Run the CUDA kernels on the CPU, for tests on machines without a GPU.
 
 The kernel source (exactly what NVRTC compiles) is built with the host C++ compiler
-against a small shim of the CUDA execution model: every block runs its 256 threads as OS
-threads, `__syncthreads` is a barrier, `__shfl_xor_sync` goes through a per-warp barrier,
-dynamic shared memory is one buffer filled with NaN bytes before every block (a read of
-an unwritten slot poisons the result). Launches take their arguments the way
+against a shim of the CUDA execution model and of the PTX primitives of
+kernels/sepconv_ptx.cuh (tests/_cuda_emulator_runtime.h): every block runs its threads as
+OS threads; every collective (`__syncthreads`, shuffles, `mma`, `ldmatrix`) is a timed
+barrier that aborts the process with a message when part of a warp or block skips it;
+dynamic shared memory is exactly the launch's bytes plus a guard zone, all NaN bytes
+before every block (a read of an unwritten slot or past the end poisons the result, a
+write past the end aborts); `cp.async` leaves NaN in its destination until the wait that
+covers it. Launches take their arguments the way
 `cuLaunchKernel` does (an array of pointers to each argument), built from the very NumPy
 scalars the CUDA backend passes to CuPy, so a mistyped scalar shows up here too.
 
@@ -24,99 +28,8 @@ import numpy as np
 
 from sepconv_gpu.backends import cuda_kernels
 
-PRELUDE = r"""
-#include <cuda_fp16.h>
-#include <vector_types.h>
-#include <vector_functions.h>
-#include <algorithm>
-#include <barrier>
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <memory>
-#include <thread>
-#include <type_traits>
-#include <utility>
-#include <vector>
-
-#undef __global__
-#undef __device__
-#undef __forceinline__
-#undef __shared__
-#undef __align__
-#undef __launch_bounds__
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __shared__
-#define __align__(n)
-#define __launch_bounds__(...)
-
-struct EmuDim3 { unsigned x = 0, y = 1, z = 1; };
-thread_local EmuDim3 threadIdx, blockIdx;
-EmuDim3 blockDim, gridDim;
-alignas(16) unsigned char smem_raw[1 << 17];
-static std::barrier<>* emu_block_barrier;
-static std::barrier<>* emu_warp_barrier[32];
-static uint64_t emu_shfl_slot[1024];
-
-inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); }
-
-template <typename T> T __shfl_xor_sync(unsigned, T v, int mask) {
-    static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
-    const unsigned t = threadIdx.x, w = t >> 5;
-    uint64_t bits = 0;
-    std::memcpy(&bits, &v, sizeof(T));
-    emu_shfl_slot[t] = bits;
-    emu_warp_barrier[w]->arrive_and_wait();
-    bits = emu_shfl_slot[(t & ~31u) | ((t & 31u) ^ (unsigned)mask)];
-    emu_warp_barrier[w]->arrive_and_wait();
-    T out;
-    std::memcpy(&out, &bits, sizeof(T));
-    return out;
-}
-
-inline float emu_int_as_float(int v) { float f; std::memcpy(&f, &v, 4); return f; }
-inline double emu_longlong_as_double(long long v) { double d; std::memcpy(&d, &v, 8); return d; }
-#define __int_as_float emu_int_as_float
-#define __longlong_as_double emu_longlong_as_double
-using std::min;
-using std::max;
-"""
-
-LAUNCHER = r"""
-template <typename... Args, std::size_t... I>
-static void emu_call(void (*k)(Args...), void** a, std::index_sequence<I...>) {
-    k(*static_cast<std::remove_cv_t<std::remove_reference_t<Args>>*>(a[I])...);
-}
-
-template <typename... Args>
-static void emu_launch(void (*k)(Args...), unsigned grid, unsigned block, void** args) {
-    gridDim.x = grid;
-    blockDim.x = block;
-    std::barrier<> bar(block);
-    emu_block_barrier = &bar;
-    std::vector<std::unique_ptr<std::barrier<>>> warps;
-    for (unsigned w = 0; w < block / 32; ++w) {
-        warps.emplace_back(new std::barrier<>(32));
-        emu_warp_barrier[w] = warps.back().get();
-    }
-    std::vector<std::thread> threads;
-    for (unsigned t = 0; t < block; ++t) {
-        threads.emplace_back([=, &bar] {
-            threadIdx.x = t;
-            for (unsigned b = 0; b < grid; ++b) {
-                bar.arrive_and_wait();
-                if (t == 0) std::memset(smem_raw, 0xff, sizeof(smem_raw));  // NaN poison
-                bar.arrive_and_wait();
-                blockIdx.x = b;
-                emu_call(k, args, std::index_sequence_for<Args...>{});
-            }
-        });
-    }
-    for (auto& th : threads) th.join();
-}
-"""
+RUNTIME = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cuda_emulator_runtime.h")
+SMEM_LIMIT = 227 * 1024  # EMU_SMEM_LIMIT in the runtime: the opt-in maximum of sm_90
 
 
 def compiler():
@@ -138,12 +51,19 @@ def cuda_include_dir():
 class HostEmulator:
     """The given kernel instantiations, compiled for the host."""
 
-    def __init__(self, names, build_dir=None):
+    def __init__(self, names, build_dir=None, *, extra_source=""):
+        """`extra_source`: more kernels (e.g. a test's), compiled after the project source;
+        it may `#include "sepconv_ptx.cuh"` (or any file of kernels/)."""
         self.names = list(dict.fromkeys(names))
-        source = (PRELUDE + cuda_kernels.source() + LAUNCHER + "".join(
-            f'extern "C" void emu_entry_{i}(unsigned g, unsigned b, void** a) '
-            f"{{ emu_launch(&{name}, g, b, a); }}\n" for i, name in enumerate(self.names)))
-        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+        with open(RUNTIME, encoding="utf-8") as fh:
+            runtime = fh.read()
+        source = (runtime + cuda_kernels.source() + extra_source + "\n" + "".join(
+            f'extern "C" void emu_entry_{i}(unsigned g, unsigned b, size_t s, void** a) '
+            f"{{ emu_launch(&{name}, g, b, s, a); }}\n" for i, name in enumerate(self.names)))
+        kernels = cuda_kernels.kernels_dir()
+        headers = "".join(open(os.path.join(kernels, f), encoding="utf-8").read()
+                          for f in sorted(os.listdir(kernels)) if f.endswith((".cuh", ".cu")))
+        digest = hashlib.sha256((source + headers).encode()).hexdigest()[:16]
         build_dir = build_dir or os.path.join(tempfile.gettempdir(), "sepconv_gpu_emulator")
         os.makedirs(build_dir, exist_ok=True)
         library = os.path.join(build_dir, f"emu_{digest}.so")
@@ -153,7 +73,7 @@ class HostEmulator:
                 fh.write(source)
             tmp = library + f".{os.getpid()}.tmp"
             cmd = [compiler(), "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-w",
-                   "-I", cuda_include_dir(), "-x", "c++", src, "-o", tmp]
+                   "-I", cuda_include_dir(), "-I", kernels, "-x", "c++", src, "-o", tmp]
             result = subprocess.run(cmd, capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError(f"host build of the kernels failed:\n{result.stderr[-6000:]}")
@@ -162,13 +82,17 @@ class HostEmulator:
         self._entries = {}
         for i, name in enumerate(self.names):
             fn = getattr(self._lib, f"emu_entry_{i}")
-            fn.argtypes = (ctypes.c_uint, ctypes.c_uint, ctypes.POINTER(ctypes.c_void_p))
+            fn.argtypes = (ctypes.c_uint, ctypes.c_uint, ctypes.c_size_t,
+                           ctypes.POINTER(ctypes.c_void_p))
             fn.restype = None
             self._entries[name] = fn
 
-    def launch(self, name, grid, block, args):
+    def launch(self, name, grid, block, args, shared_bytes):
         """Arrays are passed as device pointers are (the address of their first element,
-        negative strides included); NumPy scalars by value with their exact type."""
+        negative strides included); NumPy scalars by value with their exact type.
+        `shared_bytes`: the launch's dynamic shared memory, exactly what the kernel gets."""
+        if not 0 <= int(shared_bytes) <= SMEM_LIMIT:
+            raise ValueError(f"shared_bytes must be in [0, {SMEM_LIMIT}], got {shared_bytes}")
         keep = []
         pointers = (ctypes.c_void_p * len(args))()
         for i, a in enumerate(args):
@@ -179,7 +103,7 @@ class HostEmulator:
                 holder = np.array(a)
             keep.append(holder)
             pointers[i] = holder.ctypes.data
-        self._entries[name](grid, block, pointers)
+        self._entries[name](grid, block, int(shared_bytes), pointers)
 
 
 def separable_conv(emulator, x, depthwise, pointwise, bias, geom, activation):
@@ -197,7 +121,8 @@ def separable_conv(emulator, x, depthwise, pointwise, bias, geom, activation):
                                                          b is not None)
     for launch in launches:
         arrays = (x, dk, pk, pk if b is None else b, y) if launch.kind == "fused" else (y,)
-        emulator.launch(launch.name, launch.grid, launch.block, arrays + launch.scalars)
+        emulator.launch(launch.name, launch.grid, launch.block, arrays + launch.scalars,
+                        launch.shared_bytes)
     if apply_after:
         y = np.asarray(activation(y), dtype=x.dtype)
     return y, launches

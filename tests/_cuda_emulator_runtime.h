@@ -1,0 +1,409 @@
+// Host runtime of the CUDA emulator (tests/_cuda_host_emulator.py): the CUDA execution
+// model and the PTX primitives of kernels/sepconv_ptx.cuh, for the host C++ compiler.
+//
+// - Every block runs its threads as OS threads; blocks of a launch run one after another.
+// - Every collective (__syncthreads, __syncwarp, shuffles, mma, ldmatrix) is a TIMED
+//   barrier that also checks all participants are at the same collective: a thread that
+//   skips one, diverges or returns early aborts the process with a message naming the
+//   collective, the block and the thread, instead of hanging (SEPCONV_EMU_TIMEOUT, s).
+// - Dynamic shared memory (`extern __shared__ ... smem_raw[]`, the only kind emulated) is
+//   exactly the launch's bytes followed by a guard zone, all NaN bytes (0xFF) before every
+//   block; a write into the guard aborts, a read past the end reads NaN.
+// - cp.async fills its destination with NaN bytes at issue and copies at the
+//   cp_async_wait that covers it, so a missing wait or barrier poisons the result; a block
+//   that ends with copies never waited for aborts.
+// - mma products are accumulated in double and rounded to float once.
+#include <cuda_fp16.h>
+#include <vector_types.h>
+#include <vector_functions.h>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#define SEPCONV_HOST_EMULATION 1
+
+#undef __global__
+#undef __device__
+#undef __forceinline__
+#undef __shared__
+#undef __align__
+#undef __launch_bounds__
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__
+#define __align__(n)
+#define __launch_bounds__(...)
+
+struct EmuDim3 { unsigned x = 0, y = 1, z = 1; };
+thread_local EmuDim3 threadIdx, blockIdx;
+EmuDim3 blockDim, gridDim;
+
+[[noreturn]] static void emu_fail(const char* format, ...) {
+    std::va_list args;
+    va_start(args, format);
+    std::fputs("sepconv host emulator: ", stderr);
+    std::vfprintf(stderr, format, args);
+    std::fputc('\n', stderr);
+    va_end(args);
+    std::fflush(stderr);
+    std::abort();
+}
+
+// ---- dynamic shared memory ---------------------------------------------------------------
+constexpr std::size_t EMU_SMEM_LIMIT = 227 * 1024;  // opt-in maximum of sm_90
+constexpr std::size_t EMU_SMEM_GUARD = 4096;
+alignas(16) unsigned char smem_raw[EMU_SMEM_LIMIT + EMU_SMEM_GUARD];
+static std::size_t emu_smem_bytes;  // this launch's dynamic shared memory
+
+static void emu_check_smem(const void* p, std::size_t bytes, std::size_t align, const char* what) {
+    const auto* c = static_cast<const unsigned char*>(p);
+    if (c < smem_raw || c + bytes > smem_raw + emu_smem_bytes)
+        emu_fail("%s: block %u, thread %u: shared address %p (offset %td, %zu bytes) is outside "
+                 "the launch's %zu bytes of dynamic shared memory", what, blockIdx.x, threadIdx.x,
+                 p, c - smem_raw, bytes, emu_smem_bytes);
+    if (reinterpret_cast<std::uintptr_t>(c) % align)
+        emu_fail("%s: block %u, thread %u: shared offset %td is not %zu-byte aligned", what,
+                 blockIdx.x, threadIdx.x, c - smem_raw, align);
+}
+
+// ---- timed barriers -----------------------------------------------------------------------
+static const double emu_timeout_s = [] {
+    const char* s = std::getenv("SEPCONV_EMU_TIMEOUT");
+    return s ? std::atof(s) : 10.0;
+}();
+
+static const char EMU_KERNEL_END[] = "the end of the kernel";
+
+class EmuBarrier {
+public:
+    EmuBarrier(unsigned count, const char* group) : count_(count), group_(group) {}
+
+    // Waits for all `count` threads, which must all be at the collective `what`.
+    void wait(const char* what) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        if (arrived_ == 0) {
+            what_ = what;
+            first_ = threadIdx.x;
+        } else if (std::strcmp(what_, what) != 0) {
+            emu_fail("block %u: thread %u reached %s while thread %u of its %s waits at %s "
+                     "(part of the %s skipped a collective, diverged or returned early)",
+                     blockIdx.x, threadIdx.x, what, first_, group_, what_, group_);
+        }
+        const std::uint64_t generation = generation_;
+        if (++arrived_ == count_) {
+            arrived_ = 0;
+            ++generation_;
+            cv_.notify_all();
+            return;
+        }
+        const auto timeout = std::chrono::duration<double>(emu_timeout_s);
+        if (!cv_.wait_for(lock, timeout, [&] { return generation_ != generation; }))
+            emu_fail("block %u, thread %u: %s timed out after %g s: %u of the %u threads of "
+                     "its %s arrived (the others skipped it, diverged or returned early)",
+                     blockIdx.x, threadIdx.x, what, emu_timeout_s, arrived_, count_, group_);
+    }
+
+private:
+    std::mutex mutex_;
+    std::condition_variable cv_;
+    const unsigned count_;
+    const char* const group_;
+    unsigned arrived_ = 0, first_ = 0;
+    std::uint64_t generation_ = 0;
+    const char* what_ = "";
+};
+
+static EmuBarrier* emu_block_barrier;
+static EmuBarrier* emu_warp_barrier[32];
+
+inline unsigned emu_lane() { return threadIdx.x & 31u; }
+inline unsigned emu_warp() { return threadIdx.x >> 5; }
+inline void emu_warp_sync(const char* what) { emu_warp_barrier[emu_warp()]->wait(what); }
+
+inline void __syncthreads() { emu_block_barrier->wait("__syncthreads"); }
+
+static void emu_full_mask(unsigned mask, const char* what) {
+    if (mask != 0xffffffffu)
+        emu_fail("%s: block %u, thread %u: mask %#x; only full-warp masks are emulated", what,
+                 blockIdx.x, threadIdx.x, mask);
+}
+
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    emu_full_mask(mask, "__syncwarp");
+    emu_warp_sync("__syncwarp");
+}
+
+// ---- warp shuffles ------------------------------------------------------------------------
+static std::uint64_t emu_shfl_slot[1024];
+
+// `source(lane, width)`: the lane whose value this lane receives.
+template <typename T, typename Source>
+T emu_shuffle(const char* what, unsigned mask, T v, int width, Source source) {
+    static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
+    emu_full_mask(mask, what);
+    if (width < 1 || width > 32 || (width & (width - 1)))
+        emu_fail("%s: block %u, thread %u: width %d is not a power of 2 up to 32", what,
+                 blockIdx.x, threadIdx.x, width);
+    const unsigned t = threadIdx.x;
+    std::uint64_t bits = 0;
+    std::memcpy(&bits, &v, sizeof(T));
+    emu_shfl_slot[t] = bits;
+    emu_warp_sync(what);
+    bits = emu_shfl_slot[(t & ~31u) | source(t & 31u, unsigned(width))];
+    emu_warp_sync(what);
+    T out;
+    std::memcpy(&out, &bits, sizeof(T));
+    return out;
+}
+
+template <typename T> T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
+    return emu_shuffle("__shfl_sync", mask, v, width, [=](unsigned l, unsigned w) {
+        return (l & ~(w - 1)) + (unsigned(src_lane) & (w - 1));
+    });
+}
+template <typename T> T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+    return emu_shuffle("__shfl_xor_sync", mask, v, width, [=](unsigned l, unsigned w) {
+        const unsigned s = l ^ unsigned(lane_mask);  // a later group returns its own value
+        return s >= (l & ~(w - 1)) + w ? l : s;
+    });
+}
+template <typename T> T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+    return emu_shuffle("__shfl_down_sync", mask, v, width, [=](unsigned l, unsigned w) {
+        return (l & (w - 1)) + delta < w ? l + delta : l;
+    });
+}
+template <typename T> T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+    return emu_shuffle("__shfl_up_sync", mask, v, width, [=](unsigned l, unsigned w) {
+        return (l & (w - 1)) >= delta ? l - delta : l;
+    });
+}
+
+inline float emu_int_as_float(int v) { float f; std::memcpy(&f, &v, 4); return f; }
+inline double emu_longlong_as_double(long long v) { double d; std::memcpy(&d, &v, 8); return d; }
+#define __int_as_float emu_int_as_float
+#define __longlong_as_double emu_longlong_as_double
+using std::min;
+using std::max;
+
+// ---- cp.async -----------------------------------------------------------------------------
+struct EmuCopy {
+    unsigned char* dst;
+    const unsigned char* src;
+    unsigned bytes;
+    bool valid;
+    unsigned group;  // index of the commit group it belongs to
+};
+thread_local std::vector<EmuCopy> emu_copies;   // issued, not yet performed
+thread_local unsigned emu_groups_committed;     // the open group has this index
+
+// ---- PTX primitives of kernels/sepconv_ptx.cuh ----------------------------------------------
+namespace sepconv {
+
+namespace emu {
+
+struct MmaSlot { unsigned a[32][4], b[32][2]; };
+static MmaSlot mma_slot[32];
+static const void* ldsm_slot[32][32];
+
+inline double half_bits(unsigned bits) {
+    __half_raw raw;
+    raw.x = static_cast<unsigned short>(bits & 0xffffu);
+    return __half2float(__half(raw));
+}
+
+inline double tf32_bits(unsigned bits) {
+    bits &= 0xffffe000u;  // the tensor core reads the top 19 bits
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+// d += A * B for one m16n8kK shape: every lane publishes its fragments, then computes its
+// own 4 accumulators from the matrices assembled with the PTX fragment layouts.
+template <int K, typename Scatter>
+void mma(const char* what, float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2],
+         Scatter scatter) {
+    MmaSlot& slot = mma_slot[emu_warp()];
+    const unsigned lane = emu_lane();
+    std::copy(a, a + 4, slot.a[lane]);
+    std::copy(b, b + 2, slot.b[lane]);
+    emu_warp_sync(what);
+    double A[16][K], B[K][8];
+    for (unsigned l = 0; l < 32; ++l) scatter(slot, l, l >> 2, l & 3u, A, B);
+    emu_warp_sync(what);
+    const unsigned g = lane >> 2, q = lane & 3u;
+    for (unsigned e = 0; e < 4; ++e) {
+        const unsigned row = g + 8 * (e >> 1), col = 2 * q + (e & 1);
+        double acc = d[e];
+        for (int k = 0; k < K; ++k) acc += A[row][k] * B[k][col];
+        d[e] = static_cast<float>(acc);
+    }
+}
+
+template <int N> void ldsm(const char* what, bool trans, unsigned (&r)[N], const void* row) {
+    const unsigned lane = emu_lane();
+    if (lane < 8 * N) emu_check_smem(row, 16, 16, what);
+    ldsm_slot[emu_warp()][lane] = row;
+    emu_warp_sync(what);
+    const void* const* rows = ldsm_slot[emu_warp()];
+    auto element = [&](unsigned matrix, unsigned i, unsigned j) {  // M_matrix[i][j], b16
+        std::uint16_t v;
+        std::memcpy(&v, static_cast<const unsigned char*>(rows[8 * matrix + i]) + 2 * j, 2);
+        return unsigned(v);
+    };
+    const unsigned i = lane >> 2, j = 2 * (lane & 3u);
+    for (unsigned m = 0; m < N; ++m)
+        r[m] = trans ? element(m, j, i) | element(m, j + 1, i) << 16
+                     : element(m, i, j) | element(m, i, j + 1) << 16;
+    emu_warp_sync(what);
+}
+
+inline void cp_async(const char* what, void* smem_dst, const void* gmem_src, unsigned bytes,
+                     bool valid) {
+    emu_check_smem(smem_dst, bytes, bytes, what);
+    if (gmem_src == nullptr || (valid && reinterpret_cast<std::uintptr_t>(gmem_src) % bytes))
+        emu_fail("%s: block %u, thread %u: global source %p is null or not %u-byte aligned", what,
+                 blockIdx.x, threadIdx.x, gmem_src, bytes);
+    auto* dst = static_cast<unsigned char*>(smem_dst);
+    std::memset(dst, 0xff, bytes);  // NaN until a wait covers the copy
+    emu_copies.push_back({dst, static_cast<const unsigned char*>(gmem_src), bytes, valid,
+                          emu_groups_committed});
+}
+
+// Performs the copies of every committed group except the `pending` most recent ones.
+inline void cp_async_complete(unsigned pending) {
+    if (emu_groups_committed < pending) return;
+    const unsigned limit = emu_groups_committed - pending;
+    auto done = [&](const EmuCopy& c) {
+        if (c.group >= limit) return false;
+        if (c.valid) std::memcpy(c.dst, c.src, c.bytes);
+        else std::memset(c.dst, 0, c.bytes);
+        return true;
+    };
+    emu_copies.erase(std::remove_if(emu_copies.begin(), emu_copies.end(), done),
+                     emu_copies.end());
+}
+
+}  // namespace emu
+
+inline void mma_f16_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    emu::mma<16>("mma_f16_m16n8k16", d, a, b,
+                 [](const emu::MmaSlot& s, unsigned l, unsigned g, unsigned q, double (&A)[16][16],
+                    double (&B)[16][8]) {
+        for (unsigned e = 0; e < 8; ++e)
+            A[g + 8 * ((e >> 1) & 1)][2 * q + (e & 1) + 8 * (e >> 2)] =
+                emu::half_bits(s.a[l][e >> 1] >> (16 * (e & 1)));
+        for (unsigned e = 0; e < 4; ++e)
+            B[2 * q + (e & 1) + 8 * (e >> 1)][g] = emu::half_bits(s.b[l][e >> 1] >> (16 * (e & 1)));
+    });
+}
+
+inline void mma_tf32_m16n8k8(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    emu::mma<8>("mma_tf32_m16n8k8", d, a, b,
+                [](const emu::MmaSlot& s, unsigned l, unsigned g, unsigned q, double (&A)[16][8],
+                   double (&B)[8][8]) {
+        for (unsigned e = 0; e < 4; ++e)
+            A[g + 8 * (e & 1)][q + 4 * (e >> 1)] = emu::tf32_bits(s.a[l][e]);
+        for (unsigned e = 0; e < 2; ++e) B[q + 4 * e][g] = emu::tf32_bits(s.b[l][e]);
+    });
+}
+
+inline void ldsm_x4(unsigned (&r)[4], const void* p) { emu::ldsm("ldsm_x4", false, r, p); }
+inline void ldsm_x4_trans(unsigned (&r)[4], const void* p) { emu::ldsm("ldsm_x4_trans", true, r, p); }
+inline void ldsm_x2(unsigned (&r)[2], const void* p) { emu::ldsm("ldsm_x2", false, r, p); }
+inline void ldsm_x2_trans(unsigned (&r)[2], const void* p) { emu::ldsm("ldsm_x2_trans", true, r, p); }
+
+inline void cp_async16(void* dst, const void* src, bool valid) {
+    emu::cp_async("cp_async16", dst, src, 16, valid);
+}
+inline void cp_async4(void* dst, const void* src, bool valid) {
+    emu::cp_async("cp_async4", dst, src, 4, valid);
+}
+inline void cp_async_commit() { ++emu_groups_committed; }
+template <int N> void cp_async_wait() { emu::cp_async_complete(N); }
+inline void cp_async_wait_all() {
+    cp_async_commit();
+    emu::cp_async_complete(0);
+}
+
+// Round to nearest, ties away from zero, to tf32's 10 mantissa bits (cvt.rna.tf32.f32).
+inline unsigned cvt_tf32(float v) {
+    unsigned bits;
+    std::memcpy(&bits, &v, 4);
+    if ((bits & 0x7f800000u) == 0x7f800000u)  // inf stays inf, NaN stays (quiet) NaN
+        return (bits & 0x007fffffu) ? 0x7fffffffu : bits;
+    return (bits + 0x1000u) & 0xffffe000u;  // + half an ulp on the magnitude, truncate
+}
+
+}  // namespace sepconv
+
+// ---- launches -----------------------------------------------------------------------------
+template <typename... Args, std::size_t... I>
+static void emu_call(void (*k)(Args...), void** a, std::index_sequence<I...>) {
+    k(*static_cast<std::remove_cv_t<std::remove_reference_t<Args>>*>(a[I])...);
+}
+
+static void emu_poison_smem() { std::memset(smem_raw, 0xff, emu_smem_bytes + EMU_SMEM_GUARD); }
+
+static void emu_check_guard() {
+    for (std::size_t i = emu_smem_bytes; i < emu_smem_bytes + EMU_SMEM_GUARD; ++i)
+        if (smem_raw[i] != 0xff)
+            emu_fail("block %u wrote past its %zu bytes of dynamic shared memory (at byte %zu)",
+                     blockIdx.x, emu_smem_bytes, i);
+}
+
+template <typename... Args>
+static void emu_launch(void (*k)(Args...), unsigned grid, unsigned block, std::size_t shared_bytes,
+                       void** args) {
+    if (block == 0 || block > 1024 || block % 32)
+        emu_fail("block of %u threads: the emulator runs whole warps, at most 1024 threads", block);
+    if (shared_bytes > EMU_SMEM_LIMIT)
+        emu_fail("%zu bytes of dynamic shared memory exceed %zu", shared_bytes, EMU_SMEM_LIMIT);
+    gridDim.x = grid;
+    blockDim.x = block;
+    emu_smem_bytes = shared_bytes;
+    EmuBarrier bar(block, "block");
+    emu_block_barrier = &bar;
+    std::vector<std::unique_ptr<EmuBarrier>> warps;
+    for (unsigned w = 0; w < block / 32; ++w) {
+        warps.emplace_back(new EmuBarrier(32, "warp"));
+        emu_warp_barrier[w] = warps.back().get();
+    }
+    emu_poison_smem();
+    std::vector<std::thread> threads;
+    for (unsigned t = 0; t < block; ++t) {
+        threads.emplace_back([=, &bar] {
+            threadIdx.x = t;
+            for (unsigned b = 0; b < grid; ++b) {
+                blockIdx.x = b;
+                emu_copies.clear();
+                emu_groups_committed = 0;
+                bar.wait("the start of a block");
+                emu_call(k, args, std::index_sequence_for<Args...>{});
+                if (!emu_copies.empty())
+                    emu_fail("block %u, thread %u ended with %zu cp.async copies never waited for",
+                             b, t, emu_copies.size());
+                emu_warp_sync(EMU_KERNEL_END);
+                bar.wait(EMU_KERNEL_END);
+                if (t == 0) {  // the others wait at the next block's start
+                    emu_check_guard();
+                    emu_poison_smem();
+                }
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+}
