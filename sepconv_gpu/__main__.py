@@ -1,7 +1,9 @@
 """The main job: an Xception-style stack of separable layers on the default backend.
 
 Every layer's output is checked against the float64 NumPy reference on the same input;
-the run fails (exit 1) if any layer is off by more than the dtype's tolerance.
+the run fails (exit 1) if any layer is off by more than the dtype's tolerance. First, an
+Xception block (SeparableConv2D -> BatchNormalization -> ReLU) runs as three passes and
+folded into one call (`sg.fold_batch_norm`), both checked against the three passes in float64.
 
     python -m sepconv_gpu [--backend auto|numpy|cuda] [--batch N] [--size S] [--dtype ...]
 """
@@ -37,14 +39,15 @@ def _sync(backend):
         cupy.cuda.get_current_stream().synchronize()
 
 
-def _time_call(layer, x, repeats):
+def _time_call(layer, x, repeats, backend=None):
+    backend = backend or layer.backend
     layer(x)  # build, and compile kernels on the GPU
-    _sync(layer.backend)
+    _sync(backend)
     samples = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         y = layer(x)
-        _sync(layer.backend)
+        _sync(backend)
         samples.append(time.perf_counter() - t0)
     return y, statistics.median(samples)
 
@@ -53,6 +56,31 @@ def _rel_error(y, reference):
     y = np.asarray(sg.backends.get_ops("numpy").take(y)[0], dtype=np.float64)
     # relative to the output's own scale, so that small activations are not flattered
     return float(np.abs(y - reference).max() / max(np.abs(reference).max(), np.finfo(np.float32).tiny))
+
+
+def folded_block_rows(args, x, rng):
+    """Xception's SeparableConv2D -> BatchNormalization -> ReLU: three passes, then folded."""
+    conv = sg.SeparableConv2D(64, 3, padding="same", use_bias=False, name="block_bn", dtype=args.dtype,
+                              backend=args.backend)
+    conv.build(x.shape)
+    n = conv.filters
+    bn = {"gamma": rng.uniform(0.5, 1.5, n), "beta": rng.normal(0, 0.5, n), "moving_mean": rng.normal(0, 0.5, n),
+          "moving_variance": rng.uniform(0.2, 2.0, n), "epsilon": 1e-3}
+    folded = sg.fold_batch_norm(conv, bn, activation="relu")
+    scale = bn["gamma"] / np.sqrt(bn["moving_variance"] + bn["epsilon"])
+    z = sg.ops.reference_separable_conv(2, x, *conv.get_weights(), None, padding="same")
+    reference = np.maximum((z - bn["moving_mean"]) * scale + bn["beta"], 0)  # three passes in float64
+    on_backend = sg.backends.get_ops(conv.backend).asarray
+    mean, scale, beta = (on_backend(v, dtype=conv.compute_dtype) for v in (bn["moving_mean"], scale, bn["beta"]))
+
+    def three_passes(inputs):
+        return sg.activations.relu((conv(inputs) - mean) * scale + beta)
+
+    rows = []
+    for name, call in (("block_bn_3_passes", three_passes), ("block_bn_folded", folded)):
+        y, seconds = _time_call(call, x, args.repeats, backend=conv.backend)
+        rows.append((name, tuple(x.shape), tuple(y.shape), seconds, _rel_error(y, reference), conv.backend))
+    return rows
 
 
 def build_stack(args):
@@ -88,7 +116,8 @@ def main(argv=None):
     backend = layers[0][0].backend
     x = rng.standard_normal((args.batch, args.size, args.size, args.channels)).astype(args.dtype)
     x = sg.backends.get_ops(backend).asarray(x)  # time the layers, not host transfers
-    rows, worst = [], 0.0
+    rows = folded_block_rows(args, x, rng)
+    worst = max(row[4] for row in rows)
     with Progress(len(layers) + 1, label="layers") as bar:
         for layer, _ in layers:
             in_shape = tuple(x.shape)

@@ -9,7 +9,16 @@ def test_main_job_small(capsys):
     assert main(["--backend", "numpy", "--batch", "2", "--size", "12", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "OK: worst error" in out and "conformer_sepconv1d" in out
+    assert "block_bn_3_passes" in out and "block_bn_folded" in out  # the BatchNorm-folded block
     assert out.count("numpy") >= 7  # one row per layer names its backend
+
+
+def test_main_job_fails_when_the_fold_is_wrong(monkeypatch, capsys):
+    import sepconv_gpu as sg
+
+    monkeypatch.setattr(sg, "fold_batch_norm", lambda layer, batch_norm, activation=None: layer)  # no BN, no ReLU
+    assert main(["--backend", "numpy", "--batch", "1", "--size", "8", "--repeats", "1"]) == 1
+    assert "FAILED" in capsys.readouterr().out
 
 
 def test_main_job_float16_and_help():
