@@ -10,6 +10,7 @@ from .backends import (BackendUnavailableError, NumpyFallbackWarning, cuda_avail
 from .layers import (BaseSeparableConv, SeparableConv1D, SeparableConv2D,
                      SeparableConvolution1D, SeparableConvolution2D)
 from . import compat  # noqa: E402  (needs the layers above)
+from . import dask  # sg.dask.map_layer; imports dask only when called (not in __all__: it would shadow dask)
 from .fold import fold_batch_norm
 
 __version__ = "0.1.0"

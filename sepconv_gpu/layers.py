@@ -174,8 +174,12 @@ class BaseSeparableConv:
         self.depthwise_constraint = _constraints.get(depthwise_constraint)
         self.pointwise_constraint = _constraints.get(pointwise_constraint)
         self.bias_constraint = _constraints.get(bias_constraint)
-        self.trainable = bool(trainable)
-        self.name = name if name is not None else _unique_name(self._auto_name)
+        if not isinstance(trainable, bool):  # Keras 3's check, and its exception type
+            raise ValueError(
+                f"Expected `trainable` to be a boolean. Received: trainable={trainable!r} "
+                f"(of type {type(trainable).__name__})")
+        self.trainable = trainable
+        self.name = _unique_name(self._auto_name) if name is None else self._check_name(name)
         self.dtype_policy, self.dtype, self.compute_dtype = _dtype_policy(dtype)
         self._ops = _backends.resolve(backend)
         self.allow_tf32 = _ops.check_allow_tf32(allow_tf32)
@@ -185,6 +189,15 @@ class BaseSeparableConv:
         self._input_channels = None
         self._activity_losses = []
         self.depthwise_kernel = self.pointwise_kernel = self.bias = None
+
+    @staticmethod
+    def _check_name(name):
+        """Keras 3's rule (and exception type): a string without '/'."""
+        if not isinstance(name, str) or "/" in name:
+            raise ValueError(
+                "Argument `name` must be a string and cannot contain character `/`. "
+                f"Received: name={name!r} (of type {type(name).__name__})")
+        return name
 
     # -- weights -------------------------------------------------------------------------
 
@@ -393,6 +406,16 @@ class BaseSeparableConv:
         built = f", built on {self.backend}" if self.built else ""
         return (f"<{type(self).__name__} name={self.name}, filters={self.filters}, "
                 f"kernel_size={self.kernel_size}{built}>")
+
+    # -- pickling (dask and multiprocessing workers get a copy of the layer) ----------------
+
+    def __getstate__(self):
+        """Weights travel by value; the backend by name, resolved again where unpickled;
+        the build lock and the snapshot cache (derived arrays) are made anew there."""
+        return {**self.__dict__, "_build_lock": None, "_snapshot": None, "_ops": self._ops.name}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _build_lock=threading.Lock(), _ops=_backends.resolve(state["_ops"]))
 
 
 def _role(weight_name):
