@@ -1,16 +1,22 @@
 """CUDA backend: CuPy arrays, one fused kernel launch per separable convolution.
 
 The kernels live in kernels/*.cu (see sepconv_fused.cu for the design). They are read
-once, compiled lazily through NVRTC (`cupy.RawModule`) one instantiation at a time on
-first use, and memoized per device on the name expression (dtype, activation, layout,
-kernel extent: exactly what changes the code). CuPy's on-disk cache keeps the binaries
-across runs. Launches go to CuPy's current stream; nothing here synchronizes.
+once and compiled lazily, one instantiation (name expression: dtype, activation, layout,
+kernel extent, exactly what changes the code) at a time on first use, to SASS for the
+device's architecture by our own NVRTC binding (`nvrtc.py`, the wheel's libnvrtc). The
+binaries are kept on disk by `kernel_cache.py` (SEPCONV_GPU_CACHE_DIR, default
+~/.cache/sepconv_gpu), so a later process loads them instead of compiling, and memoized
+per device here. Where our NVRTC cannot serve the device (none found, newer than the
+driver, an architecture it does not know) CuPy's `RawModule` compiles instead, said once
+in the log. Launches go to CuPy's current stream; nothing here synchronizes.
 
 What is launched is decided by `cuda_kernels.launch_sequence`, which is CuPy-free and
 shared with the host-emulation tests.
 """
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import sys
 import threading
@@ -20,27 +26,65 @@ import numpy as np
 
 from .._nvtx import annotate
 from . import cuda_kernels as _kernels
+from . import kernel_cache as _kernel_cache
+from . import nvrtc as _nvrtc
 
 # SEPCONV_GPU_DEBUG_SYNC=1: synchronize after every launch (debugging, sanitizer runs);
 # off by default: the hot path never synchronizes.
 _DEBUG_SYNC = os.environ.get("SEPCONV_GPU_DEBUG_SYNC", "") not in ("", "0")
 _compile_lock = threading.Lock()
-_functions = {}  # (device id, name expression) -> cupy.RawKernel
+_functions = {}  # (device id, name expression) -> cupy.cuda.function.Function
+_logger = logging.getLogger("sepconv_gpu")
 
 
 def get_function(name):
-    """The compiled kernel `name` (a name expression) for the current device."""
-    key = (cupy.cuda.runtime.getDevice(), name)
+    """The compiled kernel `name` (a name expression) for the current device: a
+    `cupy.cuda.function.Function`, called as fn(grid, block, args, shared_mem=...); its
+    `.ptr` is the CUfunction (for cupy.cuda.driver.funcSetAttribute)."""
+    device = cupy.cuda.runtime.getDevice()
+    key = (device, name)
     fn = _functions.get(key)
     if fn is None:
         with _compile_lock:  # one compilation per key, even with many calling threads
             fn = _functions.get(key)
             if fn is None:
-                module = cupy.RawModule(code=_kernels.source(), options=_kernels.NVRTC_OPTIONS,
-                                        name_expressions=(name,))
-                fn = module.get_function(name)
-                _functions[key] = fn
+                fn = _functions[key] = _load_kernel(name, device)
     return fn
+
+
+def _load_kernel(name, device):
+    arch = _nvrtc_arch(cupy.cuda.Device(device).compute_capability)
+    if arch is None:
+        module = cupy.RawModule(code=_kernels.source(), options=_kernels.NVRTC_OPTIONS,
+                                name_expressions=(name,))
+        return module.get_function(name).kernel  # the Function, as below
+    compiled = _kernel_cache.library_kernels((name,), arch)
+    module = cupy.cuda.function.Module()
+    module.load(compiled.cubin)
+    return module.get_function(compiled.lowered[name])
+
+
+@functools.lru_cache(maxsize=None)
+def _nvrtc_arch(compute_capability):
+    """The SM version our NVRTC builds for on a device of this compute capability ("90"),
+    or None where it cannot (then CuPy compiles; said once per compute capability)."""
+    arch = int(compute_capability)
+    try:
+        toolkit = _nvrtc.toolkit()
+    except _nvrtc.NvrtcNotFoundError as exc:
+        reason = str(exc)
+    else:
+        driver = cupy.cuda.runtime.driverGetVersion()  # e.g. 12040 for CUDA 12.4
+        if toolkit.version[0] > driver // 1000:  # its SASS would not load
+            reason = (f"NVRTC {toolkit.version[0]}.{toolkit.version[1]} ({toolkit.library}) "
+                      f"is newer than the driver's CUDA {driver // 1000}.{driver % 1000 // 10}")
+        elif arch not in toolkit.archs:
+            reason = f"NVRTC {toolkit.version[0]}.{toolkit.version[1]} has no sm_{arch} target"
+        else:
+            return arch
+    _logger.warning("sepconv_gpu: %s; CuPy compiles the kernels instead, without the "
+                    "sepconv_gpu kernel cache", reason)
+    return None
 
 
 def _identity(a):

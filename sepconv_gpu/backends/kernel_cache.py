@@ -1,0 +1,167 @@
+"""Compiled kernels kept on disk, so that a process pays NVRTC once per kernel and machine.
+
+CuPy does not keep modules built with name expressions on disk (before 14.2), so every
+process would recompile each kernel variant (~0.3-0.7 s each). Here each NVRTC result is
+one file in `cache_dir()`, named by a SHA-256 key over everything that changes the binary:
+the entry format, the source text, the name expressions, the complete NVRTC options (the
+architecture and the include directory among them), the NVRTC version and a stamp of the
+CUDA headers (their names, sizes and modification times).
+
+An entry is MAGIC | SHA-256 of the body | body, the body being a 4-byte length, a JSON
+header (key, lowered names, NVRTC log) and the CUBIN. It is written to a temporary file
+in the same directory and renamed over the entry (`os.replace`), so a reader sees a whole
+entry or none, and processes that compile the same kernel at once each write identical
+bytes. An entry is used only after its magic, checksum, key and names check out; anything
+else (truncated, corrupted, foreign) is compiled again and overwritten. A cache directory
+that cannot be written only costs the recompilation (said once in the log).
+
+Clear the cache by deleting the directory.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import struct
+import tempfile
+
+from . import cuda_kernels, nvrtc
+
+ENV_VAR = "SEPCONV_GPU_CACHE_DIR"
+MAGIC = b"SEPCUBIN"
+FORMAT = 1  # bump when the entry layout or the key changes meaning
+SUFFIX = ".cubin"
+
+# What CuPy's RawModule adds to a module's options, kept so that our build and the CuPy
+# fallback compile the same code: float32 denormals flush to zero (README, "Dtypes") and
+# functions are __device__ unless marked otherwise.
+CUPY_OPTIONS = ("--device-as-default-execution-space", "-ftz=true")
+
+logger = logging.getLogger("sepconv_gpu")
+_write_failure_said = False
+
+
+def cache_dir():
+    """SEPCONV_GPU_CACHE_DIR, else $XDG_CACHE_HOME/sepconv_gpu, else ~/.cache/sepconv_gpu."""
+    configured = os.environ.get(ENV_VAR)
+    if configured:
+        return os.path.abspath(os.path.expanduser(configured))
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "sepconv_gpu")
+
+
+def library_kernels(name_expressions, arch):
+    """The library's kernels (`cuda_kernels.source()`), `name_expressions` instantiated,
+    as SASS for sm_`arch`: an nvrtc.Compiled, from the disk cache when it is there.
+
+    This is the one build path: `cuda_backend.get_function` loads what it returns, and the
+    NVRTC test compiles every instantiation through it.
+    """
+    return compile_cached(cuda_kernels.source(), name_expressions, arch,
+                          cuda_kernels.NVRTC_OPTIONS + CUPY_OPTIONS)
+
+
+def compile_cached(source, name_expressions, arch, options):
+    """nvrtc.compile_cubin(source, name_expressions, arch, options) through the disk cache;
+    `.from_cache` on the result tells whether it was read from there."""
+    names = tuple(name_expressions)
+    key = entry_key(source, names, arch, options)
+    path = os.path.join(cache_dir(), key + SUFFIX)
+    cached = _read(path, key, names)
+    if cached is not None:
+        return cached
+    compiled = nvrtc.compile_cubin(source, names, arch, options)
+    _write(path, key, compiled)
+    return compiled
+
+
+def entry_key(source, name_expressions, arch, options):
+    toolkit = nvrtc.toolkit()
+    described = {
+        "format": FORMAT,
+        "source": hashlib.sha256(source.encode()).hexdigest(),
+        "names": sorted(name_expressions),
+        "options": list(nvrtc.compile_options(int(arch), options)),
+        "nvrtc": list(toolkit.version),
+        "headers": _headers_stamp(toolkit.include_dir),
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _headers_stamp(include_dir):
+    """Changes when a CUDA header is replaced in place (a wheel upgraded beside NVRTC)."""
+    digest = hashlib.sha256()
+    with os.scandir(include_dir) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.is_file():
+                stat = entry.stat()
+                digest.update(f"{entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+# --- entries ------------------------------------------------------------------------------
+
+def encode_entry(key, compiled):
+    header = json.dumps({"key": key, "lowered": compiled.lowered, "log": compiled.log}).encode()
+    body = struct.pack("<I", len(header)) + header + compiled.cubin
+    return MAGIC + hashlib.sha256(body).digest() + body
+
+
+def decode_entry(data, key, name_expressions):
+    """The nvrtc.Compiled in `data`, or None unless every check passes."""
+    start = len(MAGIC) + 32
+    if len(data) < start + 4 or not data.startswith(MAGIC):
+        return None
+    body = data[start:]
+    if hashlib.sha256(body).digest() != data[len(MAGIC):start]:
+        return None
+    (header_size,) = struct.unpack_from("<I", body)
+    try:
+        header = json.loads(body[4:4 + header_size])
+    except ValueError:
+        return None
+    if not isinstance(header, dict) or header.get("key") != key:
+        return None
+    lowered = header.get("lowered")
+    if not isinstance(lowered, dict) or set(lowered) != set(name_expressions):
+        return None
+    return nvrtc.Compiled(cubin=body[4 + header_size:], lowered=lowered,
+                          log=header.get("log", ""), from_cache=True)
+
+
+def _read(path, key, name_expressions):
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError:  # absent (the usual miss) or unreadable
+        return None
+    compiled = decode_entry(data, key, name_expressions)
+    if compiled is None:
+        logger.warning("sepconv_gpu: kernel cache entry %s is damaged; compiling again", path)
+    return compiled
+
+
+def _write(path, key, compiled):
+    global _write_failure_said
+    directory = os.path.dirname(path)
+    temp = None
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{key[:16]}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(encode_entry(key, compiled))
+        os.replace(temp, path)  # atomic: readers see the old entry, the new one, or none
+    except OSError as exc:
+        if temp is not None:
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+        if not _write_failure_said:
+            _write_failure_said = True
+            logger.warning("sepconv_gpu: cannot write the kernel cache in %s (%s); kernels "
+                           "are compiled again in each process (set %s to a writable "
+                           "directory)", directory, exc, ENV_VAR)

@@ -1,0 +1,223 @@
+"""NVRTC through ctypes: CUDA C++ source and name expressions in, a CUBIN out.
+
+Free of CuPy and of any GPU: it needs only the NVRTC library and the CUDA headers, which
+the `cuda12` / `cuda13` extras install as wheels (`cuda-toolkit[nvrtc,cudart]`). The CUDA
+backend compiles its kernels here (through the disk cache in `kernel_cache.py`) and hands
+the CUBIN to CuPy; the tests compile every kernel the same way on machines with no GPU.
+
+Where libnvrtc comes from, first found wins: `SEPCONV_NVRTC_LIBRARY` (a path); the
+nvidia wheels in site-packages (through `cuda.pathfinder` when it is installed, as CuPy 14
+installs it, else by their known layouts); a system toolkit (`CUDA_HOME`, `CUDA_PATH`,
+/usr/local/cuda, the loader's search path). The headers are taken from the same toolkit.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import glob
+import os
+import sys
+from dataclasses import dataclass
+
+HEADER = "cuda_fp16.h"  # the one CUDA header the kernels include
+
+
+class NvrtcNotFoundError(OSError):
+    """No loadable libnvrtc (or no CUDA headers beside it)."""
+
+
+class NvrtcCompileError(RuntimeError):
+    """NVRTC rejected the source; the message holds its log."""
+
+    def __init__(self, message, log):
+        super().__init__(f"{message}\n{log}")
+        self.log = log
+
+
+@dataclass(frozen=True)
+class Toolkit:
+    """The NVRTC library in use and the CUDA include directory that goes with it."""
+
+    library: str            # path of libnvrtc
+    include_dir: str        # holds cuda_fp16.h
+    version: tuple          # (major, minor) of NVRTC
+    archs: tuple            # SM versions NVRTC can emit SASS for, e.g. (75, 80, 86, 89, 90, ...)
+    from_wheel: bool        # True: an nvidia wheel in site-packages, not a system toolkit
+
+
+@dataclass(frozen=True)
+class Compiled:
+    cubin: bytes
+    lowered: dict           # name expression -> mangled (lowered) kernel name
+    log: str                # NVRTC's log; empty when it had nothing to say
+    from_cache: bool = False  # read from the disk cache (kernel_cache), not compiled now
+
+
+# --- finding the library and its headers -----------------------------------------------
+
+def _wheel_libraries():
+    """libnvrtc in nvidia wheels: CUDA 13+ nvidia/cu13/lib, CUDA 12 nvidia/cuda_nvrtc/lib."""
+    found = []
+    for site in sys.path:
+        for pattern in ("nvidia/cu[0-9]*/lib/libnvrtc.so.[0-9]*",
+                        "nvidia/cuda_nvrtc/lib/libnvrtc.so.[0-9]*"):
+            found += sorted(glob.glob(os.path.join(site or ".", pattern)), reverse=True)
+    return found
+
+
+def _pathfinder_library():
+    try:
+        from cuda.pathfinder import load_nvidia_dynamic_lib
+
+        return load_nvidia_dynamic_lib("nvrtc").abs_path
+    except Exception:  # not installed, or it found nothing
+        return None
+
+
+def _system_libraries():
+    found = [ctypes.util.find_library("nvrtc")]
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root:
+            found += sorted(glob.glob(os.path.join(root, "lib*", "libnvrtc.so.[0-9]*")), reverse=True)
+    return found
+
+
+def _is_wheel(path):
+    return f"{os.sep}nvidia{os.sep}" in path and "-packages" in path
+
+
+def _include_dir(library):
+    """The CUDA include directory of the toolkit `library` belongs to."""
+    lib_dir = os.path.dirname(os.path.realpath(library))
+    root = os.path.dirname(lib_dir)
+    candidates = [os.path.join(root, "include"),                    # cu13 wheel, system
+                  os.path.join(os.path.dirname(root), "cuda_runtime", "include"),  # cu12 wheels
+                  os.path.join(root, "targets", "x86_64-linux", "include")]
+    if not _is_wheel(library):
+        candidates += [os.path.join(r, "include") for r in
+                       (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda") if r]
+    for candidate in candidates:
+        if os.path.isfile(os.path.join(candidate, HEADER)):
+            return candidate
+    return None
+
+
+def _bind(lib):
+    """Declare the argument types of the NVRTC calls used here (pointers stay 64-bit)."""
+    p, vp, sz = ctypes.POINTER, ctypes.c_void_p, ctypes.c_size_t
+    cstr, cstrs = ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p)
+    signatures = {
+        "nvrtcVersion": (p(ctypes.c_int), p(ctypes.c_int)),
+        "nvrtcGetNumSupportedArchs": (p(ctypes.c_int),),
+        "nvrtcGetSupportedArchs": (p(ctypes.c_int),),
+        "nvrtcCreateProgram": (p(vp), cstr, cstr, ctypes.c_int, cstrs, cstrs),
+        "nvrtcDestroyProgram": (p(vp),),
+        "nvrtcAddNameExpression": (vp, cstr),
+        "nvrtcCompileProgram": (vp, ctypes.c_int, cstrs),
+        "nvrtcGetProgramLogSize": (vp, p(sz)),
+        "nvrtcGetProgramLog": (vp, ctypes.c_char_p),
+        "nvrtcGetCUBINSize": (vp, p(sz)),
+        "nvrtcGetCUBIN": (vp, ctypes.c_char_p),
+        "nvrtcGetLoweredName": (vp, cstr, p(cstr)),
+    }
+    for name, argtypes in signatures.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, ctypes.c_int
+    lib.nvrtcGetErrorString.argtypes, lib.nvrtcGetErrorString.restype = (ctypes.c_int,), cstr
+    return lib
+
+
+@functools.lru_cache(maxsize=None)
+def _load():
+    """(bound ctypes library, Toolkit), found once per process."""
+    override = os.environ.get("SEPCONV_NVRTC_LIBRARY")
+    if override:
+        candidates = [override]
+    else:
+        candidates = [_pathfinder_library(), *_wheel_libraries(), *_system_libraries()]
+    tried = []
+    for path in dict.fromkeys(filter(None, candidates)):  # in order, without repeats
+        try:
+            lib = _bind(ctypes.CDLL(path))
+        except (OSError, AttributeError) as exc:
+            tried.append(f"{path}: {exc}")
+            continue
+        include = _include_dir(path)
+        if include is None:
+            tried.append(f"{path}: no {HEADER} in its toolkit")
+            continue
+        major, minor = ctypes.c_int(), ctypes.c_int()
+        _check(lib, lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor)), "nvrtcVersion")
+        count = ctypes.c_int()
+        _check(lib, lib.nvrtcGetNumSupportedArchs(ctypes.byref(count)), "nvrtcGetNumSupportedArchs")
+        archs = (ctypes.c_int * count.value)()
+        _check(lib, lib.nvrtcGetSupportedArchs(archs), "nvrtcGetSupportedArchs")
+        return lib, Toolkit(library=os.path.realpath(path), include_dir=include,
+                            version=(major.value, minor.value), archs=tuple(archs),
+                            from_wheel=_is_wheel(os.path.realpath(path)))
+    detail = "; ".join(tried) or "no candidate library"
+    raise NvrtcNotFoundError(
+        "sepconv_gpu: no usable NVRTC library with CUDA headers "
+        f"({detail}). Install the extra (pip install 'sepconv_gpu[cuda13]' or '[cuda12]') "
+        "or set SEPCONV_NVRTC_LIBRARY to a libnvrtc path.")
+
+
+def toolkit():
+    """The Toolkit in use; NvrtcNotFoundError where there is none."""
+    return _load()[1]
+
+
+def _check(lib, status, call):
+    if status != 0:
+        message = lib.nvrtcGetErrorString(status).decode(errors="replace")
+        raise NvrtcCompileError(f"sepconv_gpu: {call} failed: {message}", "")
+
+
+# --- compiling ------------------------------------------------------------------------
+
+def compile_options(arch, options):
+    """The complete NVRTC option list: `options`, SASS for sm_`arch`, the CUDA headers."""
+    tk = toolkit()
+    if arch not in tk.archs:
+        raise ValueError(f"sepconv_gpu: NVRTC {tk.version[0]}.{tk.version[1]} cannot emit "
+                         f"SASS for sm_{arch}; it supports {tk.archs}.")
+    return (*options, f"-arch=sm_{arch}", f"-I{tk.include_dir}")
+
+
+def compile_cubin(source, name_expressions, arch, options=(), filename="kernels.cu"):
+    """Compile `source` for sm_`arch` with every name expression instantiated.
+
+    Returns Compiled(cubin, {name expression: lowered name}, log); NvrtcCompileError (with
+    the log) on a compile error.
+    """
+    lib, _ = _load()
+    full_options = [o.encode() for o in compile_options(int(arch), options)]
+    prog = ctypes.c_void_p()
+    _check(lib, lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), filename.encode(),
+                                       0, None, None), "nvrtcCreateProgram")
+    try:
+        for name in name_expressions:
+            _check(lib, lib.nvrtcAddNameExpression(prog, name.encode()), "nvrtcAddNameExpression")
+        status = lib.nvrtcCompileProgram(prog, len(full_options),
+                                         (ctypes.c_char_p * len(full_options))(*full_options))
+        size = ctypes.c_size_t()
+        _check(lib, lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size)), "nvrtcGetProgramLogSize")
+        log = ctypes.create_string_buffer(max(size.value, 1))
+        _check(lib, lib.nvrtcGetProgramLog(prog, log), "nvrtcGetProgramLog")
+        log = log.value.decode(errors="replace").strip()
+        if status != 0:
+            message = lib.nvrtcGetErrorString(status).decode(errors="replace")
+            raise NvrtcCompileError(f"sepconv_gpu: NVRTC failed ({message}) for sm_{arch}:", log)
+        _check(lib, lib.nvrtcGetCUBINSize(prog, ctypes.byref(size)), "nvrtcGetCUBINSize")
+        cubin = ctypes.create_string_buffer(size.value)
+        _check(lib, lib.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
+        lowered = {}
+        for name in name_expressions:
+            mangled = ctypes.c_char_p()
+            _check(lib, lib.nvrtcGetLoweredName(prog, name.encode(), ctypes.byref(mangled)),
+                   "nvrtcGetLoweredName")
+            lowered[name] = mangled.value.decode()
+        return Compiled(cubin=cubin.raw, lowered=lowered, log=log)
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))
