@@ -25,10 +25,11 @@ from . import regularizers as _regularizers
 from ._nvtx import annotate
 
 # Keras 2.x configs carry the keys of the Conv base class; they mean nothing here.
-_KERAS2_IGNORED_KEYS = frozenset({
-    "groups", "kernel_initializer", "kernel_regularizer", "kernel_constraint",
-    "batch_input_shape", "input_shape", "input_dim",
-})
+# Keys only tf.keras 2.x writes into a SeparableConv config (its Conv base's): they mark
+# a config as tf.keras's, whose names mean tf.keras's functions (hard_sigmoid).
+_KERAS2_CONFIG_KEYS = frozenset({"groups", "kernel_initializer", "kernel_regularizer",
+                                 "kernel_constraint"})
+_KERAS2_IGNORED_KEYS = _KERAS2_CONFIG_KEYS | {"batch_input_shape", "input_shape", "input_dim"}
 _MIXED_POLICIES = {"mixed_float16": ("float32", "float16")}
 _FLOAT_NAMES = ("float16", "float32", "float64")
 
@@ -396,10 +397,13 @@ class BaseSeparableConv:
 
     @classmethod
     def from_config(cls, config, backend=None):
-        """Accepts Keras 3 and tf.keras 2.x configs (Keras-2-only keys are ignored)."""
+        """Accepts Keras 3 and tf.keras 2.x configs (Keras-2-only keys are ignored; in a
+        tf.keras config the activation means tf.keras's function of that name)."""
         if not isinstance(config, dict):
             raise TypeError(f"`config` must be a dict; received {type(config).__name__}.")
         kwargs = {k: v for k, v in config.items() if k not in _KERAS2_IGNORED_KEYS}
+        if _KERAS2_CONFIG_KEYS & config.keys():
+            kwargs["activation"] = _activations.get(config.get("activation"), tf_keras=True)
         return cls(**kwargs, backend=backend)
 
     def __repr__(self):

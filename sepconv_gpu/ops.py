@@ -20,6 +20,7 @@ from . import geometry as _geometry
 from ._nvtx import annotate
 
 FLOAT_DTYPES = ("float16", "float32", "float64")
+_NO_ACTIVATION = _activations.get(None)
 
 
 def _check_float(a, name):
@@ -32,9 +33,11 @@ def _check_float(a, name):
         )
 
 
-def _as_backend_array(ops, a, name):
+def _as_backend_array(ops, a, name, optional=False):
     if a is None:
-        return None
+        if optional:
+            return None
+        raise TypeError(f"`{name}` must be an array; received None.")
     if not ops.owns(a):
         a = ops.take(a)[0]
     _check_float(a, name)
@@ -70,10 +73,29 @@ def separable_conv(rank, x, depthwise_kernel, pointwise_kernel, bias=None, strid
         xb, give_back, dk, pk, b, geom = _prepare(
             ops, rank, x, depthwise_kernel, pointwise_kernel, bias, strides, padding, data_format,
             dilation_rate)
+        out_shape = act.output_shape(geom.output_shape)  # glu: an odd last axis fails here
         if geom.output_positions == 0:
-            return give_back(ops.xp.zeros(geom.output_shape, dtype=xb.dtype))
-        return give_back(ops.separable_conv(xb, dk, pk, b, geom, act, allow_tf32=allow_tf32,
-                                            weights_cache=weights_cache))
+            return give_back(ops.xp.zeros(out_shape, dtype=xb.dtype))
+        # Backends get only activations they may apply piecewise, on blocks of whole
+        # last-axis rows (Keras's elementwise ones and softmax); any other callable may look
+        # at the whole output (e.g. subtract its mean) or reshape it (glu), so it is
+        # applied here, to all of it.
+        builtin = act.by_rows
+        y = ops.separable_conv(xb, dk, pk, b, geom, act if builtin else _NO_ACTIVATION,
+                               allow_tf32=allow_tf32, weights_cache=weights_cache)
+        return give_back(y if builtin else _apply_to_whole_output(ops, act, y))
+
+
+def _apply_to_whole_output(ops, act, y):
+    """An activation on the whole output, as Keras applies it; a user's must keep the shape."""
+    out = act(y)
+    shape, expected = getattr(out, "shape", None), act.output_shape(y.shape)
+    if shape is None or tuple(shape) != expected:
+        got = f"shape {tuple(shape)}" if shape is not None else type(out).__name__
+        raise ValueError(
+            f"`activation` {act.name!r} must return an array of shape {expected} for the "
+            f"output of shape {tuple(y.shape)}; it returned {got}.")
+    return ops.xp.asarray(out, dtype=y.dtype)
 
 
 def _prepare(ops, rank, x, depthwise_kernel, pointwise_kernel, bias, strides, padding,
@@ -83,7 +105,7 @@ def _prepare(ops, rank, x, depthwise_kernel, pointwise_kernel, bias, strides, pa
     _check_float(xb, "x")
     dk = _as_backend_array(ops, depthwise_kernel, "depthwise_kernel")
     pk = _as_backend_array(ops, pointwise_kernel, "pointwise_kernel")
-    b = _as_backend_array(ops, bias, "bias")
+    b = _as_backend_array(ops, bias, "bias", optional=True)
     geom = _geometry.make_geometry(
         rank, xb.shape, dk.shape, pk.shape, None if b is None else b.shape,
         strides, padding, data_format, dilation_rate)

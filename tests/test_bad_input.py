@@ -144,10 +144,51 @@ def test_set_weights_copies_the_callers_arrays():
     ({"dtype": "int32"}, "dtype"),
     ({"backend": "tpu"}, "backend"),
     ({"bogus_argument": 1}, "bogus_argument"),
+    ({"allow_tf32": "yes"}, "allow_tf32"),
 ])
 def test_constructor_arguments_named_in_errors(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         _layer(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"name": 123}, {"name": "a/b"}, {"trainable": "no"},
+                                    {"trainable": 1}, {"trainable": None}])
+def test_name_and_trainable_refused_as_keras_3_does(kwargs):
+    """Keras 3 raises ValueError naming the argument (Operation / Layer constructors)."""
+    (argument, value), = kwargs.items()
+    with pytest.raises(ValueError, match=f"`{argument}`.*Received: {argument}={value!r}"):
+        _layer(**kwargs)
+
+
+def test_compat_v1_names_may_be_scope_paths_but_must_be_strings():
+    from sepconv_gpu.compat.v1 import layers as v1_layers
+
+    assert v1_layers.SeparableConv2D(2, 3, name="block1/conv", backend="numpy").name == "block1/conv"
+    with pytest.raises(ValueError, match="`name` must be a string"):
+        v1_layers.SeparableConv2D(2, 3, name=7, backend="numpy")
+
+
+@pytest.mark.parametrize("missing", ["depthwise_kernel", "pointwise_kernel"])
+def test_missing_kernel_in_ops(missing):
+    args = {"depthwise_kernel": np.ones((3, 3, 3, 1), "f4"), "pointwise_kernel": np.ones((1, 1, 3, 2), "f4"),
+            missing: None}
+    with pytest.raises(TypeError, match=f"`{missing}` must be an array; received None"):
+        ops.separable_conv2d(_x(), **args)
+
+
+@pytest.mark.parametrize("activation, returned", [
+    (lambda t: t.mean(axis=0), "shape \\(4, 5, 4\\)"),  # both used to broadcast silently
+    (lambda t: t[:, :1], "shape \\(2, 1, 5, 4\\)"),
+    (lambda t: float(t.sum()), "float"),
+])
+def test_activation_must_keep_the_output_shape(activation, returned):
+    x = _x()
+    with pytest.raises(ValueError, match=f"`activation` '<lambda>' must return an array of shape "
+                                         f"\\(2, 4, 5, 4\\).*; it returned {returned}"):
+        _layer(padding="valid", activation=activation)(x)
+    with pytest.raises(ValueError, match="`activation`"):
+        ops.separable_conv2d(x, np.ones((3, 3, 3, 1), "f4"), np.ones((1, 1, 3, 2), "f4"),
+                             activation=activation)
 
 
 def test_count_params_before_build():

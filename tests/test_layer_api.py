@@ -107,3 +107,33 @@ def test_compute_output_shape_with_unknown_dims():
 def test_build_needs_channels():
     with pytest.raises(ValueError, match="channel dimension"):
         sg.SeparableConv2D(2, 3, backend="numpy").build((None, 5, 5, None))
+
+
+def test_callable_activation_sees_the_whole_output(monkeypatch):
+    """A non-elementwise callable gets the layer's whole output, as in Keras, however the
+    NumPy backend tiles the work."""
+    from sepconv_gpu.backends import numpy_backend
+
+    monkeypatch.setattr(numpy_backend, "TILE_BYTES", 64)  # one output row per tile
+    layer = sg.SeparableConv2D(4, 3, padding="same", backend="numpy", activation=lambda t: t - t.mean(),
+                               bias_initializer=sg.initializers.Constant(25.0))
+    x = np.random.default_rng(4).standard_normal((3, 9, 8, 2)).astype("float32")
+    y = layer(x)
+    ref = ops.reference_separable_conv(2, x, *layer.get_weights(), padding="same",
+                                       activation=lambda t: t - t.mean())
+    np.testing.assert_allclose(y, ref, rtol=0, atol=1e-4)
+
+
+def test_allow_tf32_travels_through_config_and_calls():
+    default = sg.SeparableConv1D(3, 2, backend="numpy")
+    assert default.allow_tf32 is False and "allow_tf32" not in default.get_config()
+    layer = sg.SeparableConv1D(3, 2, backend="numpy", allow_tf32=True)
+    config = layer.get_config()
+    assert config["allow_tf32"] is True
+    assert sg.SeparableConv1D.from_config(config, backend="numpy").allow_tf32 is True
+    x = np.random.default_rng(5).standard_normal((2, 6, 4)).astype("float32")
+    y = layer(x)  # the NumPy backend is exact either way
+    np.testing.assert_allclose(y, ops.reference_separable_conv(1, x, *layer.get_weights()), atol=1e-5)
+    np.testing.assert_array_equal(ops.separable_conv1d(x, *layer.get_weights(), allow_tf32=True), y)
+    with pytest.raises(TypeError, match="`allow_tf32` must be a bool; received 'yes'"):
+        ops.separable_conv1d(x, *layer.get_weights(), allow_tf32="yes")

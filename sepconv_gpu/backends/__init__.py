@@ -12,6 +12,8 @@ A backend is a small object with the same methods on every device (Thinc's `Nump
     to_numpy(a)               a host copy
     separable_conv(x, depthwise, pointwise, bias, geometry, activation,
                    allow_tf32=False, weights_cache=None) -> y
+                              activation: one with `by_rows` set; ops
+                              applies any other callable to the whole output
                               allow_tf32: float32 may use TF32 tensor cores (CUDA only);
                               weights_cache: None, or a dict to keep forms derived from
                               these weights in (a layer's weights snapshot owns it)

@@ -170,8 +170,9 @@ def _pointwise_into(y, y4, depthwise_out, pk, b, geom, n0, nb, r0, nr):
 def _activate(y, activation, geom, n0, nb, r0, nr):
     if activation.is_linear:
         return
-    # The user-layout slice of this tile; it always holds whole output rows, so
-    # last-axis activations (softmax) see complete vectors in either layout.
+    # Per tile is right for what reaches a backend: activations with `by_rows` (ops
+    # applies any other to the whole output). This is the user-layout slice of the tile;
+    # it holds whole output rows, so softmax sees complete last-axis vectors.
     if geom.rank == 1:
         view = y[n0:n0 + nb]
     elif geom.channels_first:

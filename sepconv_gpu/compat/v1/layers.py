@@ -59,6 +59,14 @@ class _TF1Layer:
         self._scope = None
         self._last_inputs = None
 
+    @staticmethod
+    def _check_name(name):
+        """A TF1 layer name may be a scope path ("block1/conv"); it must be a string."""
+        if not isinstance(name, str):
+            raise ValueError(f"Argument `name` must be a string. Received: name={name!r} "
+                             f"(of type {type(name).__name__})")
+        return name
+
     # -- scope and weights ---------------------------------------------------------------
 
     def _open_scope(self):
