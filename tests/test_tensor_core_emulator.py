@@ -1,0 +1,427 @@
+"""The host emulator's tensor-core primitives and its traps, with tiny test kernels.
+
+The kernels below use kernels/sepconv_ptx.cuh exactly as a real kernel does and are
+compiled by the host emulator together with the project source. Their results are
+compared with NumPy, the matrices assembled from the fragment layouts of the PTX ISA
+(written out again here, independently of the emulator's C++). Deliberate mistakes (a
+warp half skipping an mma, a write past the shared memory, a copy never waited for)
+must abort the process with a message: those run in a subprocess.
+
+This shows the emulator follows the documented semantics; only a GPU run shows the PTX
+does (tests/test_cuda_backend.py).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+try:
+    import _cuda_host_emulator as emu  # tests/ on sys.path (pytest's default rootdir import)
+except ImportError:  # tests/ as a package
+    from . import _cuda_host_emulator as emu
+
+pytestmark = pytest.mark.skipif(
+    emu.compiler() is None or emu.cuda_include_dir() is None,
+    reason="needs a host C++ compiler and the CUDA headers")
+
+KERNELS = r"""
+#include "sepconv_ptx.cuh"
+
+// Thread t of the grid holds the registers a[4t..4t+3], b[2t..2t+1], d[4t..4t+3]: one
+// independent problem per warp. Lanes below skip_lanes skip the mma (a bug, to be caught).
+template <bool TF32>
+__global__ void tc_test_mma(const unsigned* a, const unsigned* b, float* d, int skip_lanes,
+                            int sync_after) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    unsigned ra[4], rb[2];
+    float rd[4];
+    for (int i = 0; i < 4; ++i) { ra[i] = a[4 * t + i]; rd[i] = d[4 * t + i]; }
+    for (int i = 0; i < 2; ++i) rb[i] = b[2 * t + i];
+    if (int(threadIdx.x & 31) >= skip_lanes) {
+        if (TF32) sepconv::mma_tf32_m16n8k8(rd, ra, rb);
+        else sepconv::mma_f16_m16n8k16(rd, ra, rb);
+    }
+    if (sync_after) __syncthreads();
+    for (int i = 0; i < 4; ++i) d[4 * t + i] = rd[i];
+}
+
+// One warp: shared memory <- src, then every ldmatrix flavour from this lane's row address.
+__global__ void tc_test_ldmatrix(const unsigned* src, int words, const int* row_offsets,
+                                 unsigned* out) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    unsigned* s = reinterpret_cast<unsigned*>(smem_raw);
+    for (int i = threadIdx.x; i < words; i += blockDim.x) s[i] = src[i];
+    __syncthreads();
+    const unsigned char* row = smem_raw + row_offsets[threadIdx.x];
+    unsigned x4[4], x4t[4], x2[2], x2t[2];
+    sepconv::ldsm_x4(x4, row);
+    sepconv::ldsm_x4_trans(x4t, row);
+    sepconv::ldsm_x2(x2, row);
+    sepconv::ldsm_x2_trans(x2t, row);
+    unsigned* o = out + 12 * threadIdx.x;
+    for (int i = 0; i < 4; ++i) { o[i] = x4[i]; o[4 + i] = x4t[i]; }
+    for (int i = 0; i < 2; ++i) { o[8 + i] = x2[i]; o[10 + i] = x2t[i]; }
+}
+
+// One warp: D = A (16x16 row-major) * B through ldmatrix, the way a GEMM loads fragments.
+// B is stored K x N row-major (ldmatrix .trans) when B_KN, else N x K.
+template <bool B_KN>
+__global__ void tc_test_ldmatrix_mma(const __half* a, const __half* b, float* d) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    __half* As = reinterpret_cast<__half*>(smem_raw);
+    __half* Bs = As + 256;
+    for (int i = threadIdx.x; i < 256; i += 32) As[i] = a[i];
+    for (int i = threadIdx.x; i < 128; i += 32) Bs[i] = b[i];
+    __syncthreads();
+    const int l = threadIdx.x;
+    unsigned ra[4], rb[2];
+    // matrices: rows 0-7 / 8-15 of columns 0-7, then of columns 8-15 (registers a0..a3)
+    sepconv::ldsm_x4(ra, As + ((l & 7) + 8 * ((l >> 3) & 1)) * 16 + 8 * (l >> 4));
+    if (B_KN) sepconv::ldsm_x2_trans(rb, Bs + (l & 15) * 8);        // row k = lane
+    else sepconv::ldsm_x2(rb, Bs + (l & 7) * 16 + 8 * ((l >> 3) & 1));  // row n, k half
+    float rd[4] = {0.f, 0.f, 0.f, 0.f};
+    sepconv::mma_f16_m16n8k16(rd, ra, rb);
+    const int g = l >> 2, q = l & 3;
+    d[g * 8 + 2 * q] = rd[0];
+    d[g * 8 + 2 * q + 1] = rd[1];
+    d[(g + 8) * 8 + 2 * q] = rd[2];
+    d[(g + 8) * 8 + 2 * q + 1] = rd[3];
+}
+
+// Per thread t (n threads): group 0 copies 16 bytes src[4t..] to its slot, group 1 copies
+// 4 bytes src[4n + t] (zero fill for odd t). out[13t..] records what it sees when.
+__global__ void tc_test_cp_async(const float* src, float* out, int leave_pending) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const int t = threadIdx.x, n = blockDim.x, next = (t + 1) % n;
+    float* s16 = reinterpret_cast<float*>(smem_raw);
+    float* s4 = s16 + 4 * n;
+    float* o = out + 13 * t;
+    s16[4 * t] = s4[t] = -1.f;           // overwritten by the copies' poison at issue
+    sepconv::cp_async16(s16 + 4 * t, src + 4 * t, true);
+    sepconv::cp_async_commit();
+    sepconv::cp_async4(s4 + t, src + 4 * n + t, (t & 1) == 0);
+    sepconv::cp_async_commit();
+    o[0] = s16[4 * t];                   // no wait yet
+    sepconv::cp_async_wait<1>();
+    o[1] = s16[4 * t];                   // group 0 done
+    o[2] = s4[t];                        // group 1 still in flight
+    sepconv::cp_async_wait<0>();
+    o[3] = s4[t];
+    __syncthreads();
+    for (int i = 0; i < 4; ++i) o[4 + i] = s16[4 * next + i];  // another thread's copy
+    o[8] = s4[next];
+    __syncthreads();
+    sepconv::cp_async16(s16 + 4 * t, src + 4 * next, true);    // not committed
+    sepconv::cp_async_wait_all();
+    for (int i = 0; i < 4; ++i) o[9 + i] = s16[4 * t + i];
+    if (leave_pending) sepconv::cp_async16(s16 + 4 * t, src, true);  // never waited for
+}
+
+// Thread 0 writes the first and the last float of the dynamic shared memory and reads
+// them back, and the float just past the end.
+__global__ void tc_test_smem_bounds(float* out, int bytes, int write_past) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    float* s = reinterpret_cast<float*>(smem_raw);
+    if (threadIdx.x == 0) {
+        s[0] = 1.5f;
+        s[bytes / 4 - 1] = 2.5f;
+        out[0] = s[0];
+        out[1] = s[bytes / 4 - 1];
+        out[2] = s[bytes / 4];
+        if (write_past) smem_raw[bytes] = 0;
+    }
+    __syncthreads();
+}
+
+__global__ void tc_test_cvt_tf32(const float* x, unsigned* out, int n) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = sepconv::cvt_tf32(x[i]);
+}
+
+__global__ void tc_test_pack_half2(const float* x, unsigned* out) {
+    out[threadIdx.x] = sepconv::pack_half2(x[2 * threadIdx.x], x[2 * threadIdx.x + 1]);
+}
+"""
+
+NAMES = ["tc_test_mma<false>", "tc_test_mma<true>", "tc_test_ldmatrix",
+         "tc_test_ldmatrix_mma<true>", "tc_test_ldmatrix_mma<false>", "tc_test_cp_async",
+         "tc_test_smem_bounds", "tc_test_cvt_tf32", "tc_test_pack_half2"]
+
+i32 = np.int32
+
+
+def build():
+    return emu.HostEmulator(NAMES, extra_source=KERNELS)
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    return build()
+
+
+# --- fragment layouts (PTX ISA), g = lane >> 2, q = lane & 3 -------------------------------
+
+def f16_a(lane, e):   # A 16x16, element e = 0..7 (register e // 2, low half first)
+    g, q = lane >> 2, lane & 3
+    return g + 8 * ((e >> 1) & 1), 2 * q + (e & 1) + 8 * (e >> 2)
+
+
+def f16_b(lane, e):   # B 16x8 (k, n), e = 0..3
+    g, q = lane >> 2, lane & 3
+    return 2 * q + (e & 1) + 8 * (e >> 1), g
+
+
+def tf32_a(lane, e):  # A 16x8, e = 0..3 (one per register)
+    g, q = lane >> 2, lane & 3
+    return [(g, q), (g + 8, q), (g, q + 4), (g + 8, q + 4)][e]
+
+
+def tf32_b(lane, e):  # B 8x8 (k, n), e = 0..1
+    g, q = lane >> 2, lane & 3
+    return [(q, g), (q + 4, g)][e]
+
+
+def acc(lane, e):     # C / D 16x8, e = 0..3
+    g, q = lane >> 2, lane & 3
+    return g + 8 * (e >> 1), 2 * q + (e & 1)
+
+
+def scatter(matrix, layout, elements):
+    """(32, elements) fragment values of `matrix` by the layout."""
+    return np.array([[matrix[layout(lane, e)] for e in range(elements)] for lane in range(32)])
+
+
+def gather(fragments, layout, shape):
+    out = np.full(shape, np.nan, fragments.dtype)
+    for lane in range(32):
+        for e in range(fragments.shape[1]):
+            out[layout(lane, e)] = fragments[lane, e]
+    assert not np.isnan(out).any()  # the layout covers the matrix
+    return out
+
+
+def halves_to_registers(fragments):
+    """(32, 2r) float16 -> (32, r) uint32, element 2i in the low half of register i."""
+    bits = np.ascontiguousarray(fragments, dtype=np.float16).view(np.uint16).astype(np.uint32)
+    return bits[:, 0::2] | bits[:, 1::2] << 16
+
+
+def tf32_truncate(x):
+    return (np.asarray(x, np.float32).view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def run_mma(emulator, tf32, a_regs, b_regs, c_frags, skip_lanes=0, sync_after=0, blocks=1):
+    warps = a_regs.shape[0]
+    d = np.ascontiguousarray(c_frags, dtype=np.float32).copy()
+    emulator.launch(f"tc_test_mma<{'true' if tf32 else 'false'}>", blocks, 32 * warps // blocks,
+                    (np.ascontiguousarray(a_regs, np.uint32), np.ascontiguousarray(b_regs, np.uint32),
+                     d, i32(skip_lanes), i32(sync_after)), 0)
+    return d
+
+
+@pytest.mark.parametrize("tf32", [False, True], ids=["f16_m16n8k16", "tf32_m16n8k8"])
+def test_tensor_core_mma_matches_numpy(emulator, tf32):
+    """4 independent problems (2 blocks x 2 warps): per-warp exchange slots don't mix."""
+    rng = np.random.default_rng(11 + tf32)
+    k = 8 if tf32 else 16
+    problems = []
+    for _ in range(4):
+        A = rng.standard_normal((16, k)).astype(np.float32 if tf32 else np.float16)
+        B = rng.standard_normal((k, 8)).astype(np.float32 if tf32 else np.float16)
+        C = rng.standard_normal((16, 8)).astype(np.float32)
+        problems.append((A, B, C))
+    if tf32:  # raw fp32 bits: the tensor core reads only the top 19
+        a_regs = np.stack([scatter(A, tf32_a, 4).view(np.uint32) for A, _, _ in problems])
+        b_regs = np.stack([scatter(B, tf32_b, 2).view(np.uint32) for _, B, _ in problems])
+    else:
+        a_regs = np.stack([halves_to_registers(scatter(A, f16_a, 8)) for A, _, _ in problems])
+        b_regs = np.stack([halves_to_registers(scatter(B, f16_b, 4)) for _, B, _ in problems])
+    c_frags = np.stack([scatter(C, acc, 4) for _, _, C in problems])
+    d = run_mma(emulator, tf32, a_regs, b_regs, c_frags, blocks=2)
+    for w, (A, B, C) in enumerate(problems):
+        if tf32:
+            A, B = tf32_truncate(A), tf32_truncate(B)
+        ref = (A.astype(np.float64) @ B.astype(np.float64) + C).astype(np.float32)
+        np.testing.assert_allclose(gather(d[w], acc, (16, 8)), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_tensor_core_mma_uses_every_register(emulator):
+    """A single nonzero element anywhere in A lands in the right rows of D only."""
+    rng = np.random.default_rng(12)
+    B = rng.standard_normal((16, 8)).astype(np.float16)
+    b_regs = halves_to_registers(scatter(B, f16_b, 4))[None]
+    for row, col in [(0, 0), (15, 15), (3, 9), (12, 6)]:
+        A = np.zeros((16, 16), np.float16)
+        A[row, col] = 1
+        a_regs = halves_to_registers(scatter(A, f16_a, 8))[None]
+        d = gather(run_mma(emulator, False, a_regs, b_regs, np.zeros((1, 32, 4)))[0], acc, (16, 8))
+        expected = np.zeros((16, 8), np.float32)
+        expected[row] = B[col]
+        np.testing.assert_array_equal(d, expected)
+
+
+def ldmatrix_reference(smem16, offsets):
+    """(32, 12) registers: x4, x4.trans, x2, x2.trans, from the documented semantics."""
+    rows = smem16.reshape(-1, 8)  # 16-byte rows
+    out = np.zeros((32, 12), np.uint64)
+    for lane in range(32):
+        i, j = lane >> 2, 2 * (lane & 3)
+        for m in range(4):
+            M = rows[offsets[8 * m:8 * m + 8] // 16].astype(np.uint64)  # matrix m, 8x8
+            plain = M[i, j] | M[i, j + 1] << 16
+            trans = M[j, i] | M[j + 1, i] << 16
+            out[lane, m], out[lane, 4 + m] = plain, trans
+            if m < 2:
+                out[lane, 8 + m], out[lane, 10 + m] = plain, trans
+    return out.astype(np.uint32)
+
+
+def test_tensor_core_ldmatrix_matches_numpy(emulator):
+    rng = np.random.default_rng(13)
+    n_rows = 48
+    smem16 = rng.integers(0, 2**16, n_rows * 8, dtype=np.uint16)
+    offsets = (rng.permutation(n_rows)[:32] * 16).astype(np.int32)  # rows in any order
+    out = np.zeros((32, 12), np.uint32)
+    emulator.launch("tc_test_ldmatrix", 1, 32,
+                    (smem16.view(np.uint32), i32(smem16.size // 2), offsets, out), n_rows * 16)
+    np.testing.assert_array_equal(out, ldmatrix_reference(smem16, offsets))
+
+
+@pytest.mark.parametrize("b_kn", [True, False], ids=["B_KxN_trans", "B_NxK"])
+def test_tensor_core_ldmatrix_feeds_mma(emulator, b_kn):
+    rng = np.random.default_rng(14 + b_kn)
+    A = rng.standard_normal((16, 16)).astype(np.float16)
+    B = rng.standard_normal((16, 8)).astype(np.float16)
+    stored = np.ascontiguousarray(B if b_kn else B.T)
+    d = np.zeros((16, 8), np.float32)
+    emulator.launch(f"tc_test_ldmatrix_mma<{'true' if b_kn else 'false'}>", 1, 32,
+                    (A, stored, d), 768)
+    ref = (A.astype(np.float64) @ B.astype(np.float64)).astype(np.float32)
+    np.testing.assert_allclose(d, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_tensor_core_cp_async_semantics(emulator):
+    n = 64
+    rng = np.random.default_rng(15)
+    src = rng.standard_normal(5 * n).astype(np.float32)
+    out = np.zeros((n, 13), np.float32)
+    emulator.launch("tc_test_cp_async", 1, n, (src, out, i32(0)), 20 * n)
+    t = np.arange(n)
+    nxt = (t + 1) % n
+    small = np.where(t % 2 == 0, src[4 * n + t], 0.0)  # odd threads: zero fill
+    assert np.isnan(out[:, 0]).all()                      # read before any wait: poison
+    np.testing.assert_array_equal(out[:, 1], src[4 * t])  # wait_group 1 finished group 0 ...
+    assert np.isnan(out[:, 2]).all()                      # ... but not group 1
+    np.testing.assert_array_equal(out[:, 3], small)
+    np.testing.assert_array_equal(out[:, 4:8], src[:4 * n].reshape(n, 4)[nxt])
+    np.testing.assert_array_equal(out[:, 8], small[nxt])
+    np.testing.assert_array_equal(out[:, 9:13], src[:4 * n].reshape(n, 4)[nxt])  # wait_all
+
+
+def tf32_round_reference(x):
+    """Round to 11 significant bits, ties away from zero, by arithmetic (normal floats)."""
+    x = np.asarray(x, np.float64)
+    m, e = np.frexp(x)
+    r = np.sign(m) * np.floor(np.abs(m) * 2.0**11 + 0.5)
+    return np.ldexp(r, e - 11).astype(np.float32)
+
+
+def test_tensor_core_cvt_tf32_rounds_to_nearest_ties_away(emulator):
+    rng = np.random.default_rng(16)
+    x = (rng.standard_normal(200) * 10.0 ** rng.integers(-30, 30, 200)).astype(np.float32)
+    bits = x.view(np.uint32)
+    ties = ((bits[:40] & np.uint32(0xFFFFE000)) | np.uint32(0x1000)).view(np.float32)
+    x = np.concatenate([x, ties, -ties, np.float32([1.0, -0.0, 3.4e38])])
+    out = np.zeros(x.size, np.uint32)
+    emulator.launch("tc_test_cvt_tf32", 1, 64, (x, out, i32(x.size)), 0)
+    ref = tf32_round_reference(x)
+    np.testing.assert_array_equal(out.view(np.float32), ref)
+    special = np.float32([np.inf, -np.inf, np.nan])
+    out = np.zeros(3, np.uint32)
+    emulator.launch("tc_test_cvt_tf32", 1, 32, (special, out, i32(3)), 0)
+    got = out.view(np.float32)
+    assert got[0] == np.inf and got[1] == -np.inf and np.isnan(got[2])
+
+
+def test_tensor_core_pack_half2(emulator):
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal(64).astype(np.float32)
+    out = np.zeros(32, np.uint32)
+    emulator.launch("tc_test_pack_half2", 1, 32, (x, out), 0)
+    np.testing.assert_array_equal(out, halves_to_registers(x.reshape(32, 2)).ravel())
+
+
+@pytest.mark.parametrize("shared_bytes", [256, 200 * 1024])  # beyond 48 KB too
+def test_tensor_core_shared_memory_is_exactly_the_launch_bytes(emulator, shared_bytes):
+    out = np.zeros(3, np.float32)
+    emulator.launch("tc_test_smem_bounds", 1, 32, (out, i32(shared_bytes), i32(0)), shared_bytes)
+    assert out[0] == 1.5 and out[1] == 2.5  # the whole range is usable
+    assert np.isnan(out[2])                 # a read past the end: poison
+
+
+def test_tensor_core_shared_bytes_is_validated(emulator):
+    with pytest.raises(ValueError, match="shared_bytes"):
+        emulator.launch("tc_test_smem_bounds", 1, 32, (np.zeros(3, np.float32), i32(16), i32(0)),
+                        emu.SMEM_LIMIT + 16)
+
+
+# --- traps: run in a subprocess, each must abort with its message ------------------------
+
+def run_trap(case):
+    """Entry point of the subprocess: launch one deliberately broken kernel."""
+    em = build()
+    zeros = np.zeros
+    if case in ("control", "mma_half_warp_skips", "mma_half_warp_skips_then_syncs"):
+        skip = 0 if case == "control" else 16
+        run_mma(em, False, zeros((1, 32, 4), np.uint32), zeros((1, 32, 2), np.uint32),
+                zeros((1, 32, 4)), skip_lanes=skip, sync_after=int(case.endswith("syncs")))
+    elif case == "smem_write_past_end":
+        em.launch("tc_test_smem_bounds", 1, 32, (zeros(3, np.float32), i32(256), i32(1)), 256)
+    elif case == "cp_async_never_waited":
+        em.launch("tc_test_cp_async", 1, 32, (zeros(160, np.float32), zeros(13 * 32, np.float32),
+                                              i32(1)), 640)
+    elif case in ("ldmatrix_misaligned", "ldmatrix_outside_shared"):
+        offsets = np.arange(32, dtype=np.int32) * 16
+        offsets[5] = 8 if case == "ldmatrix_misaligned" else 32 * 16
+        em.launch("tc_test_ldmatrix", 1, 32, (zeros(128, np.uint32), i32(128), offsets,
+                                              zeros(32 * 12, np.uint32)), 32 * 16)
+    else:
+        raise ValueError(f"unknown trap case {case!r}")
+
+
+TRAPS = {  # case -> phrases the message must contain (None: must run cleanly)
+    "control": None,
+    "mma_half_warp_skips": ["mma_f16_m16n8k16", "the end of the kernel", "block 0", "thread"],
+    "mma_half_warp_skips_then_syncs": ["timed out", "block 0", "thread"],
+    "smem_write_past_end": ["wrote past its 256 bytes", "block 0"],
+    "cp_async_never_waited": ["cp.async copies never waited for", "block 0", "thread"],
+    "ldmatrix_misaligned": ["ldsm_x4", "not 16-byte aligned", "thread 5"],
+    "ldmatrix_outside_shared": ["ldsm_x4", "outside", "thread 5"],
+}
+
+
+@pytest.mark.parametrize("case", list(TRAPS))
+def test_tensor_core_emulator_traps_abort_with_a_message(emulator, case):
+    # `emulator`: built (and cached on disk) once, so the subprocesses only load it
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(here)
+    code = (f"import sys; sys.path[:0] = [{here!r}, {root!r}]; "
+            f"import test_tensor_core_emulator as t; t.run_trap({case!r})")
+    env = dict(os.environ, SEPCONV_EMU_TIMEOUT="2")
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=300)
+    elapsed = time.monotonic() - start
+    expected = TRAPS[case]
+    if expected is None:
+        assert result.returncode == 0, result.stderr[-3000:]
+        return
+    assert result.returncode != 0, f"{case} ran to completion"
+    assert "sepconv host emulator:" in result.stderr, result.stderr[-3000:]
+    for phrase in expected:
+        assert phrase in result.stderr, (phrase, result.stderr[-3000:])
+    assert elapsed < 120
