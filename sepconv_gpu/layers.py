@@ -406,6 +406,32 @@ class BaseSeparableConv:
             kwargs["activation"] = _activations.get(config.get("activation"), tf_keras=True)
         return cls(**kwargs, backend=backend)
 
+    @classmethod
+    def from_keras(cls, keras_layer, backend=None, allow_tf32=False):
+        """This layer for a Keras 3 or tf.keras `SeparableConv{1,2}D`: its config and, when
+        it is built, its weights. Keras itself is never imported: any object with
+        `get_config()` and `get_weights()` will do. An unbuilt Keras layer (no weights)
+        gives an unbuilt layer, which makes its own weights at its first call, as Keras's
+        would. The input channel count is read off the depthwise kernel's shape."""
+        if not (callable(getattr(keras_layer, "get_config", None))
+                and callable(getattr(keras_layer, "get_weights", None))):
+            raise TypeError(
+                "`keras_layer` must be a Keras layer (with get_config() and get_weights()); "
+                f"received {type(keras_layer).__name__}.")
+        config = keras_layer.get_config()
+        if not isinstance(config, dict) or "depth_multiplier" not in config:
+            raise ValueError(
+                "`keras_layer` must be a separable convolution layer; its config has no "
+                f"`depth_multiplier` (layer {type(keras_layer).__name__}).")
+        layer = cls.from_config({**config, "allow_tf32": allow_tf32}, backend=backend)
+        weights = list(keras_layer.get_weights())
+        if weights:
+            input_shape = [None] * (layer.rank + 2)
+            input_shape[layer._channel_axis] = np.shape(weights[0])[-2]  # (*kernel, C, M)
+            layer.build(tuple(input_shape))
+            layer.set_weights(weights)
+        return layer
+
     def __repr__(self):
         built = f", built on {self.backend}" if self.built else ""
         return (f"<{type(self).__name__} name={self.name}, filters={self.filters}, "

@@ -112,3 +112,41 @@ def test_goldens_cover_every_activation_and_padding():
     assert set(sg.activations.NAMES) - {"hard_swish"} <= acts | {"linear"}
     pads = {(c["layer"][-2:], c["kwargs"].get("padding", "valid")) for c in CASES}
     assert {("1D", "causal"), ("2D", "same"), ("2D", "valid"), ("1D", "same")} <= pads
+
+
+class RecordedKerasLayer:
+    """What from_keras reads of a real Keras 3 / tf.keras layer, replayed from a recording."""
+
+    def __init__(self, config, weights):
+        self._config, self._weights = config, weights
+        self.built = bool(weights)
+
+    def get_config(self):
+        return json.loads(json.dumps(self._config))  # a fresh copy, as Keras returns
+
+    def get_weights(self):
+        return [w.copy() for w in self._weights]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_from_keras(case):
+    """One call rebuilds a built Keras layer here: config, build and weights."""
+    arrays = golden_arrays(case)
+    keras_layer = RecordedKerasLayer(case["config"], _weights(arrays))
+    layer = LAYERS[case["layer"]].from_keras(keras_layer, backend="numpy")
+    assert layer.built and layer.name == case["config"]["name"]
+    for ours, recorded in zip(layer.get_weights(), _weights(arrays)):
+        np.testing.assert_array_equal(ours, recorded)
+    _assert_close(layer(arrays["x"]), arrays["y"])
+
+
+def test_from_keras_unbuilt_and_not_a_keras_layer():
+    case = CASES[0]
+    layer = LAYERS[case["layer"]].from_keras(RecordedKerasLayer(case["config"], []), backend="numpy",
+                                             allow_tf32=True)
+    assert not layer.built and layer.allow_tf32 and layer.filters == case["config"]["filters"]
+    with pytest.raises(TypeError, match="`keras_layer` must be a Keras layer"):
+        sg.SeparableConv2D.from_keras(case["config"])
+    conv2d_config = {k: v for k, v in case["config"].items() if k != "depth_multiplier"}
+    with pytest.raises(ValueError, match="`keras_layer` must be a separable convolution layer"):
+        sg.SeparableConv2D.from_keras(RecordedKerasLayer(conv2d_config, []))

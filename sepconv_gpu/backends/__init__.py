@@ -156,7 +156,12 @@ def set_backend(name):
 
 @contextlib.contextmanager
 def use_backend(name):
-    """Within the block (and this thread / task), layers default to `name`."""
+    """Within the block, layers made default to `name` (ops compute where `x` lives).
+
+    A context variable: it holds for this thread or async task only. Threads of a pool
+    (`concurrent.futures`, dask) do not see it, even when started inside the block: make
+    the layers here, or pass `backend=` / use `set_backend`.
+    """
     name = _check_name(name, "backend")
     if name == "cuda":
         _cuda_ops()
