@@ -137,3 +137,17 @@ def test_allow_tf32_travels_through_config_and_calls():
     np.testing.assert_array_equal(ops.separable_conv1d(x, *layer.get_weights(), allow_tf32=True), y)
     with pytest.raises(TypeError, match="`allow_tf32` must be a bool; received 'yes'"):
         ops.separable_conv1d(x, *layer.get_weights(), allow_tf32="yes")
+
+
+def test_readme_example_runs():
+    """The README's Example block, as written (its Keras line is checked in test_golden)."""
+    import pathlib
+    import re
+    import warnings
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    block = re.search(r"## Example\s+```python\n(.*?)```", readme, re.S).group(1)
+    assert "from_keras(" in block
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sg.NumpyFallbackWarning)
+        exec(compile(block, "README.md", "exec"), {})
