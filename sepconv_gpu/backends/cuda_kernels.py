@@ -21,7 +21,7 @@ from ..geometry import INT32_MAX
 THREADS = 256            # SC_THREADS
 CHUNK = 16               # SC_BK: depthwise channels per chunk
 TILE_ELEMS = 4096        # SC_TILE_ELEMS = BP * BF
-MAX_POSITIONS = 256      # SC_PMAX * 32: largest BP
+MAX_POSITIONS = 256      # largest BP = TILE_ELEMS // min(FILTER_BLOCKS) (Python only)
 DW_SMEM_TAPS = 64        # SC_DW_SMEM_TAPS
 FILTER_BLOCKS = (16, 32, 64)   # BF choices (BP = TILE_ELEMS // BF = 256, 128, 64)
 SMEM_BUDGET = 48 * 1024  # dynamic shared memory without an opt-in attribute

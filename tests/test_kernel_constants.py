@@ -1,0 +1,138 @@
+"""Every constant mirrored between the CUDA sources and Python has the same value.
+
+The kernels' `#define` / `constexpr` integers are read from the sources (simple integer
+expressions of earlier constants are evaluated) and compared with the Python constants
+that claim to mirror them. To mirror a new constant, add a row to MIRRORED.
+"""
+from __future__ import annotations
+
+import ast
+import operator
+import os
+import re
+
+import pytest
+
+from sepconv_gpu.backends import cuda_kernels
+
+try:
+    import _cuda_host_emulator as emu  # tests/ on sys.path (pytest's default rootdir import)
+except ImportError:  # tests/ as a package
+    from . import _cuda_host_emulator as emu
+
+KERNELS = cuda_kernels.kernels_dir()
+
+# source file -> {C++ constant: the Python value that mirrors it}
+MIRRORED = {
+    os.path.join(KERNELS, "sepconv_fused.cu"): {
+        "SC_THREADS": cuda_kernels.THREADS,
+        "SC_BK": cuda_kernels.CHUNK,
+        "SC_TILE_ELEMS": cuda_kernels.TILE_ELEMS,
+        "SC_DW_SMEM_TAPS": cuda_kernels.DW_SMEM_TAPS,
+    },
+    os.path.join(KERNELS, "sepconv_tc.cu"): {
+        # TC_* constants the tensor-core planner mirrors go here
+    },
+    emu.RUNTIME: {
+        "EMU_SMEM_LIMIT": emu.SMEM_LIMIT,
+    },
+}
+
+_DEFINE = re.compile(r"^\s*#\s*define\s+(\w+)\s+(.+?)\s*$", re.M)
+_CONSTEXPR = re.compile(r"\bconstexpr\s+(?:static\s+)?[\w:]+(?:\s+[\w:]+)*\s+(\w+)\s*=\s*([^;{}]+);")
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+        ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.LShift: operator.lshift,
+        ast.RShift: operator.rshift, ast.BitOr: operator.or_, ast.BitAnd: operator.and_}
+
+
+def _strip_comments(text):
+    return re.sub(r"//[^\n]*|/\*.*?\*/", "", text, flags=re.S)
+
+
+def _evaluate(expression, known):
+    """Integer value of a C constant expression of literals and `known` names, or None."""
+    python = re.sub(r"(\d+)[uUlL]+\b", r"\1", expression).replace("/", "//")
+
+    def value(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in known:
+            return known[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](value(node.left), value(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -value(node.operand)
+        raise ValueError(ast.dump(node))
+
+    try:
+        return value(ast.parse(python, mode="eval").body)
+    except (SyntaxError, ValueError, ZeroDivisionError):
+        return None  # not an integer constant (a function-like macro, a float, ...)
+
+
+def cpp_constants(path):
+    """{name: int} of the file's integer #defines and constexpr variables, in order."""
+    with open(path, encoding="utf-8") as fh:
+        text = _strip_comments(fh.read())
+    found = {}
+    matches = sorted(list(_DEFINE.finditer(text)) + list(_CONSTEXPR.finditer(text)),
+                     key=lambda m: m.start())
+    for m in matches:
+        v = _evaluate(m.group(2), found)
+        if v is not None:
+            found.setdefault(m.group(1), v)
+    return found
+
+
+ROWS = [(path, name, value) for path, table in MIRRORED.items() for name, value in table.items()]
+
+
+@pytest.mark.parametrize("path, name, value", ROWS,
+                         ids=[f"{os.path.basename(p)}:{n}" for p, n, _ in ROWS])
+def test_mirrored_constant(path, name, value):
+    constants = cpp_constants(path)
+    assert name in constants, f"{name} is not an integer constant of {path}"
+    assert constants[name] == value, (
+        f"{os.path.basename(path)}: {name} = {constants[name]}, Python mirrors {value}")
+
+
+def test_constant_parser_reads_defines_and_constexpr(tmp_path):
+    src = tmp_path / "k.cu"
+    src.write_text("#define A 16  // note\n#define B (A * 4 / 3)\n#define F(x) x\n"
+                   "static constexpr int C = B << 1;\n#define D 1.5f\n")
+    assert cpp_constants(str(src)) == {"A": 16, "B": 21, "C": 42}
+
+
+def _enum_names(text, enum):
+    body = re.search(r"\benum\s+" + enum + r"\s*\{(.*?)\}", _strip_comments(text), re.S).group(1)
+    entries = [e.strip() for e in body.split(",") if e.strip()]
+    return [e.split("=")[0].strip() for e in entries], entries
+
+
+def test_activation_enum_order_matches_python():
+    with open(os.path.join(KERNELS, "sepconv_common.cuh"), encoding="utf-8") as fh:
+        names, entries = _enum_names(fh.read(), "SepconvActivation")
+    assert names == [cuda_kernels.activation_enum(k) for k in cuda_kernels.FUSED_ACTIVATIONS]
+    # values come from the order alone
+    assert entries[0].replace(" ", "") in ("ACT_LINEAR", "ACT_LINEAR=0")
+    assert all("=" not in e for e in entries[1:])
+
+
+def test_tensor_core_dispatch_covers_every_activation():
+    slots = cpp_constants(os.path.join(KERNELS, "sepconv_tc.cu")).get("TC_ACT_SLOTS")
+    if slots is None:
+        pytest.skip("sepconv_tc.cu has no TC_ACT_SLOTS")
+    assert len(cuda_kernels.FUSED_ACTIVATIONS) <= slots
+
+
+def test_softmax_block_size():
+    with open(os.path.join(KERNELS, cuda_kernels.MAIN_SOURCE), encoding="utf-8") as fh:
+        text = _strip_comments(fh.read())
+    m = re.search(r"__launch_bounds__\((\d+)\)\s*sepconv_softmax_lastaxis\b", text)
+    assert m, "sepconv_softmax_lastaxis has no __launch_bounds__(N)"
+    assert int(m.group(1)) == cuda_kernels.SOFTMAX_THREADS
+
+
+def test_derived_python_constants():
+    assert cuda_kernels.MAX_POSITIONS == cuda_kernels.TILE_ELEMS // min(cuda_kernels.FILTER_BLOCKS)
+    assert all(cuda_kernels.TILE_ELEMS % bf == 0 for bf in cuda_kernels.FILTER_BLOCKS)
