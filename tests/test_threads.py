@@ -61,12 +61,10 @@ def test_concurrent_first_calls_build_once(busy_switching):
             np.testing.assert_allclose(y, ref, rtol=0, atol=1e-5)
 
 
-def test_set_weights_while_calling_never_mixes_old_and_new(busy_switching):
-    layer = sg.SeparableConv2D(4, 3, padding="same", backend="numpy")
-    x = _x(1, (1, 5, 5, 3))
-    layer.build(x.shape)
-    first = layer.get_weights()
-    # a mixture of the two sets gives an output equal to neither reference
+def _mixed_outputs_while_swapping(caller, writer, x, calls=60, threads=4):
+    """Outputs of `caller` (4 threads) equal to neither weight set while `writer` swaps
+    its weights between two sets; a mixture of the sets gives an output equal to neither."""
+    first = writer.get_weights()
     second = [w * s for w, s in zip(first, (2.0, 3.0, 5.0))]
     refs = [ops.reference_separable_conv(2, x, *ws, padding="same") for ws in (first, second)]
     stop = threading.Event()
@@ -74,20 +72,44 @@ def test_set_weights_while_calling_never_mixes_old_and_new(busy_switching):
     def swap():
         while not stop.is_set():
             for ws in (second, first):
-                layer.set_weights(ws)
+                writer.set_weights(ws)
 
     def count_mixed(_):
-        outputs = (layer(x) for _ in range(60))
+        outputs = (caller(x) for _ in range(calls))
         return sum(not any(np.allclose(y, r, rtol=0, atol=1e-4) for r in refs) for y in outputs)
 
     swapper = threading.Thread(target=swap)
     swapper.start()
     try:
-        mixed = sum(_run_together(count_mixed, 4))
+        return sum(_run_together(count_mixed, threads))
     finally:
         stop.set()
         swapper.join()
-    assert mixed == 0, f"{mixed} of {4 * 60} outputs mixed two weight sets"
+
+
+def test_set_weights_while_calling_never_mixes_old_and_new(busy_switching):
+    layer = sg.SeparableConv2D(4, 3, padding="same", backend="numpy")
+    x = _x(1, (1, 5, 5, 3))
+    layer.build(x.shape)
+    assert _mixed_outputs_while_swapping(layer, layer, x) == 0
+
+
+def test_compat_v1_layers_sharing_weights_see_writes_whole(busy_switching):
+    """A write through the layer that reuses the weights reaches their creator whole."""
+    from sepconv_gpu.compat import v1
+    from sepconv_gpu.compat.v1 import layers as v1_layers
+
+    v1.reset_default_graph()
+    try:
+        x = _x(6, (1, 5, 5, 3))
+        creator = v1_layers.SeparableConv2D(4, 3, padding="same", name="s", _scope="s", backend="numpy")
+        creator(x)
+        reuser = v1_layers.SeparableConv2D(4, 3, padding="same", name="s", _scope="s", _reuse=True,
+                                           backend="numpy")
+        reuser(x)
+        assert _mixed_outputs_while_swapping(creator, reuser, x) == 0
+    finally:
+        v1.reset_default_graph()
 
 
 def test_variable_assign_and_constraints_reach_the_next_call():
