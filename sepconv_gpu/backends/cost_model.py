@@ -167,3 +167,43 @@ def simt_fused_work(geom, plan, in_itemsize, acc_itemsize, chunk=16, threads=256
     return Work(blocks=plan.grid, threads=threads, registers=SIMT_REGISTERS,
                 shared_bytes=plan.shared_bytes, hbm_bytes=x + y + weights, l2_bytes=l2,
                 smem_bytes=smem, simt_instructions=instructions)
+
+
+# Tensor-core kernel (kernels/sepconv_tc.cu), thread-instructions: a depthwise tap on one
+# 4-byte word is LDS + unpack (2 conversions of x and 2 of the weight for half2, none for
+# float) + FMAs; a position's word costs ~6 more (addressing, the operand store); a
+# 16-byte cp.async granule ~12 (index math, predicate, LDGSTS); an output element ~3
+# (+ ~20 through a non-linear activation).
+TC_TAP_INSTRUCTIONS = {2: 7, 4: 2}          # by input itemsize
+TC_POSITION_INSTRUCTIONS = 6
+TC_GRANULE_INSTRUCTIONS = 12
+TC_REGISTERS = 128
+
+
+def tc_fused_work(geom, plan, in_itemsize, linear_activation=True, threads=256):
+    """`Work` of one `sepconv_tc` launch for a `cuda_kernels.TcPlan`."""
+    x, y, weights = _sizes(geom, in_itemsize, in_itemsize)
+    taps = geom.kernel[0] * geom.kernel[1]
+    chunk = 64                                  # bytes of one position's channel chunk
+    chunks = plan.k_pad * in_itemsize // chunk
+    warps_n = plan.bn // 64
+    warps_m = 8 // warps_n
+    halo = plan.halo_h * plan.halo_w * chunk
+    staged = halo + taps * chunk + plan.bn * chunk     # bytes cp.async'ed a chunk
+    per_chunk_smem = (staged + plan.bm * taps * chunk + plan.bm * chunk
+                      + plan.bm * chunk * warps_n + plan.bn * chunk * warps_m)
+    granules = staged // 16
+    per_chunk_instr = (plan.bm * 16 * (taps * TC_TAP_INSTRUCTIONS[in_itemsize]
+                                       + TC_POSITION_INSTRUCTIONS)
+                       + granules * TC_GRANULE_INSTRUCTIONS)
+    tile = plan.bm * plan.bn
+    epilogue_instr = tile * (3 + (0 if linear_activation else 20))
+    epilogue_smem = tile * 4 * (2 if linear_activation else 4)
+    return Work(
+        blocks=plan.grid, threads=threads, registers=TC_REGISTERS,
+        shared_bytes=plan.shared_bytes, hbm_bytes=x + y + weights,
+        l2_bytes=plan.grid * chunks * staged + y,
+        smem_bytes=plan.grid * (chunks * per_chunk_smem + epilogue_smem),
+        simt_instructions=plan.grid * (chunks * per_chunk_instr + epilogue_instr),
+        tensor_flops=2.0 * plan.grid * tile * plan.k_pad,
+        tensor_kind="f16" if in_itemsize == 2 else "tf32")

@@ -9,6 +9,7 @@ of `sepconv_fused` / `sepconv_softmax_lastaxis`, and the shared-memory layout.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -43,9 +44,11 @@ DTYPES = {
 FUSED_ACTIVATIONS = (
     "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "gelu_tanh",
     "sigmoid", "hard_sigmoid", "hard_silu", "silu", "mish", "softplus", "softsign", "tanh",
-    "exponential",
+    "exponential", "hard_tanh", "hard_shrink", "soft_shrink", "log_sigmoid", "sparse_plus",
+    "sparse_sigmoid", "squareplus", "tanh_shrink",
 )
-# Normalizing activations: linear fused kernel, then sepconv_softmax_lastaxis.
+# Normalizing activations with a kernel: linear fused kernel, then sepconv_softmax_lastaxis.
+# Every other kernel_id (glu, sparsemax, ...) is applied to the output afterwards.
 LAST_AXIS_ACTIVATIONS = ("softmax", "log_softmax")
 
 # Kernel extents (KH, KW) with a compile-time specialization (fully unrolled taps, weights
@@ -93,7 +96,7 @@ def all_name_expressions():
                     names.append(fused_name(dtype, kernel_id, channels_first, extent))
         for log in (False, True):
             names.append(softmax_name(dtype, log))
-    return names
+    return names + tc_name_expressions()
 
 
 # --- sources ----------------------------------------------------------------------------
@@ -137,8 +140,10 @@ def _inline(directory, filename, seen):
 
 @functools.lru_cache(maxsize=None)
 def source():
-    """The complete kernel source as NVRTC compiles it (read once)."""
-    return _inline(kernels_dir(), MAIN_SOURCE, set()) + "\n"
+    """The complete kernel source as NVRTC compiles it (read once): the SIMT kernels,
+    then the tensor-core kernel (sharing the inlined headers)."""
+    seen = set()
+    return "\n".join(_inline(kernels_dir(), name, seen) for name in (MAIN_SOURCE, TC_SOURCE)) + "\n"
 
 
 # --- launch planning --------------------------------------------------------------------
@@ -155,6 +160,7 @@ class KernelPlan:
     filter_blocks: int
     halo_h: int
     halo_w: int
+    pitch: int         # halo row stride in shared memory (elements, >= the row's footprint)
     plane: int         # halo channel plane stride (elements, odd)
     use_halo: bool
     shared_bytes: int
@@ -187,24 +193,52 @@ def _tile_widths(bp, out_w, out_h):
     return tuple(widths)
 
 
+def halo_split(itemsize, stride_w):
+    """Whether halo rows are stored even columns first (halo_split in the kernel): at
+    stride 2 a warp then reads consecutive words; 2-byte types already do."""
+    return stride_w == 2 and itemsize >= 4
+
+
+def _row_pitch(footprint, tw, stride_h, col_step, itemsize):
+    """Smallest halo row pitch >= footprint at which the rows a warp's depthwise reads
+    touch start on disjoint shared-memory banks, or footprint if there is none.
+
+    Lanes take consecutive positions, TW per tile row, col_step elements apart, so one
+    row's lanes cover TW * col_step elements and the next row starts stride_h * pitch
+    later: the rows tile the 128-byte bank window without overlap when that distance is
+    an odd multiple of the span. Nothing to do when one row's lanes fill the window.
+    """
+    lane_bytes = col_step * itemsize
+    span = tw * col_step
+    if lane_bytes > 8 or tw * lane_bytes >= 128:
+        return footprint
+    for pitch in range(footprint, footprint + 2 * span * stride_h + 1):
+        step = stride_h * pitch
+        if step % span == 0 and (step // span) % 2 == 1:
+            return pitch
+    return footprint  # e.g. single-column tiles at an even row stride
+
+
 @functools.lru_cache(maxsize=4096)
 def plan(dtype, batch, channels, multiplier, filters, in_size, out_size, kernel, strides,
          dilation, channels_first=False):
-    """Pick the filter block, tile shape and halo mode for one convolution.
+    """Pick the filter block, tile shape, halo layout and halo mode for one convolution.
 
     Cost of a candidate (BF, tile width), per block and channel chunk, in FMA-equivalents:
     BP depthwise outputs (taps FMAs each) and BP x BF pointwise outputs, plus the halo:
     SECTOR_COST per 32-byte sector loaded (runs are contiguous along the channels for
     channels_last, along the width for channels_first) and STAGE_COST per element staged.
     Ragged tiles and filter blocks waste work. Only candidates whose shared memory fits
-    SMEM_BUDGET qualify; if none does (huge dilated extents) the kernel gathers the
-    depthwise input from global memory (use_halo=False) with the least wasteful tile.
+    SMEM_BUDGET qualify, each with the bank-conflict-free row pitch if that fits, else
+    the tight one; if none does (huge dilated extents) the kernel gathers the depthwise
+    input from global memory (use_halo=False) with the least wasteful tile.
     """
     _, in_isz, acc_isz = DTYPES[dtype]
     (oh, ow), (kh, kw), (sh, sw), (dh, dw) = out_size, kernel, strides, dilation
     taps = kh * kw
     dw_bytes = taps * CHUNK * acc_isz if taps <= DW_SMEM_TAPS else 0
     halo_channels = _halo_channels(channels, multiplier)
+    split = halo_split(in_isz, sw)
 
     best, fallback = None, None
     for bf in FILTER_BLOCKS:
@@ -215,11 +249,15 @@ def plan(dtype, batch, channels, multiplier, filters, in_size, out_size, kernel,
             tiles_w, tiles_h = -(-ow // tw), -(-oh // (bp // tw))
             blocks = blocks_f * tiles_w * tiles_h
             hh, hw = _halo_extent(bp // tw, sh, dh, kh), _halo_extent(tw, sw, dw, kw)
-            plane = hh * hw | 1  # odd: conflict-free channel-strided smem stores
-            shared = fixed + halo_channels * plane * in_isz
+            footprint = hw + (hw & 1) if split else hw
+            col_step = 1 if split else sw
             compute = blocks * bp * CHUNK * (taps + bf)
             key = (bf, bp, tw, tiles_w, tiles_h, blocks_f)
-            if shared <= SMEM_BUDGET:
+            for pitch in dict.fromkeys((_row_pitch(footprint, tw, sh, col_step, in_isz), footprint)):
+                plane = hh * pitch | 1  # odd: conflict-free channel-strided smem stores
+                shared = fixed + halo_channels * plane * in_isz
+                if shared > SMEM_BUDGET:
+                    continue
                 if channels_first:
                     sectors = halo_channels * hh * (-(-hw * in_isz // 32) + 1)
                 else:
@@ -227,12 +265,14 @@ def plan(dtype, batch, channels, multiplier, filters, in_size, out_size, kernel,
                 halo = SECTOR_COST * sectors + STAGE_COST * halo_channels * hh * hw
                 cost = compute + blocks * halo
                 if best is None or cost < best[0]:
-                    best = (cost, key, (hh, hw, plane, shared, True))
+                    best = (cost, key, (hh, hw, pitch, plane, shared, True))
+                break
             if fallback is None or compute < fallback[0]:
-                fallback = (compute, key, (1, 1, 1, fixed, False))
-    _, (bf, bp, tw, tiles_w, tiles_h, blocks_f), (hh, hw, plane, shared, use_halo) = best or fallback
+                fallback = (compute, key, (1, 1, 1, 1, fixed, False))
+    _, (bf, bp, tw, tiles_w, tiles_h, blocks_f), (hh, hw, pitch, plane, shared, use_halo) = (
+        best or fallback)
     return KernelPlan(bf=bf, bp=bp, tw=tw, tiles_w=tiles_w, tiles_img=tiles_w * tiles_h,
-                      filter_blocks=blocks_f, halo_h=hh, halo_w=hw, plane=plane,
+                      filter_blocks=blocks_f, halo_h=hh, halo_w=hw, pitch=pitch, plane=plane,
                       use_halo=use_halo, shared_bytes=shared,
                       grid=batch * tiles_w * tiles_h * blocks_f)
 
@@ -277,7 +317,8 @@ def fused_scalar_args(geom, kernel_plan, x_strides, has_bias, act_param):
         i32(kh), i32(kw), i32(sh), i32(sw), i32(dh), i32(dw), i32(ph), i32(pw),
         i32(p.bf), i32(p.tw.bit_length() - 1), i32(p.tiles_w), i32(p.tiles_img),
         i32(p.filter_blocks),
-        i32(p.halo_h), i32(p.halo_w), i32(p.plane), i32(p.use_halo), i32(bool(has_bias)),
+        i32(p.halo_h), i32(p.halo_w), i32(p.pitch), i32(p.plane), i32(p.use_halo),
+        i32(bool(has_bias)),
         np.float64(act_param),  # double: exact for the float64 kernels too
     )
 
@@ -311,7 +352,8 @@ def softmax_launch(rows, length):
 @dataclass(frozen=True)
 class Launch:
     """One kernel launch: `kind` "fused" takes (x, depthwise, pointwise, bias, y) before
-    `scalars`; kind "softmax" takes (y,)."""
+    `scalars`, the weights prepared in layout `weights` (`prepare_weights`); kind "softmax"
+    takes (y,). `predicted_us`: the cost model's time for it (0 where there is none)."""
 
     kind: str
     name: str
@@ -319,38 +361,283 @@ class Launch:
     block: int
     shared_bytes: int
     scalars: tuple
+    weights: str = ""
+    predicted_us: float = 0.0
 
 
-def launch_sequence(dtype, geom, activation, x_strides, has_bias):
+def launch_sequence(dtype, geom, activation, x_strides, has_bias, allow_tf32=False,
+                    x_aligned=True):
     """The launches computing one separable convolution, and whether `activation(y)` must
     still be applied afterwards (activations without a kernel variant).
+
+    `allow_tf32`: float32 may run on the tensor-core kernel with TF32 operands;
+    `x_aligned`: the input's base address is 16-byte aligned (see `select_kernel`).
 
     Array-agnostic: the CUDA backend runs it with CuPy arrays; the host-emulation test runs
     the very same sequence with NumPy arrays. Memoized: a layer called again with the same
     geometry pays a dictionary lookup, not the planning.
     """
     return _launch_sequence(dtype, geom, activation.kernel_id, activation.kernel_param,
-                            tuple(int(s) for s in x_strides), bool(has_bias))
+                            tuple(int(s) for s in x_strides), bool(has_bias),
+                            bool(allow_tf32), bool(x_aligned))
 
 
 @functools.lru_cache(maxsize=1024)
-def _launch_sequence(dtype, geom, kernel_id, kernel_param, x_strides, has_bias):
+def _launch_sequence(dtype, geom, kernel_id, kernel_param, x_strides, has_bias, allow_tf32,
+                     x_aligned):
     if dtype not in DTYPES:
         raise TypeError(f"sepconv_gpu CUDA backend: unsupported dtype {dtype}; expected one of {tuple(DTYPES)}.")
     fused = kernel_id in FUSED_ACTIVATIONS
     normalize = kernel_id in LAST_AXIS_ACTIVATIONS
-    kp = plan(dtype, geom.batch, geom.channels, geom.depth_multiplier, geom.filters,
-              geom.in_size, geom.out_size, geom.kernel, geom.strides, geom.dilation,
-              geom.channels_first)
-    check_launchable(geom, kp)
-    # The specialized extents assume a shared-memory halo; without one, use the generic path.
-    extent = kernel_extent(dtype, geom.kernel) if kp.use_halo else GENERIC_EXTENT
-    name = fused_name(dtype, kernel_id if fused else "linear", geom.channels_first, extent)
-    scalars = fused_scalar_args(geom, kp, x_strides, has_bias, kernel_param if fused else 0.0)
-    launches = [Launch("fused", name, kp.grid, THREADS, kp.shared_bytes, scalars)]
+    if select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned) == "tc":
+        act = kernel_id if fused else "linear"
+        tp = tc_plan(dtype, geom, act == "linear")
+        scalars = tc_scalar_args(geom, tp, x_strides, has_bias, act,
+                                 kernel_param if fused else 0.0)
+        launches = [Launch("fused", tc_name(dtype, tc_extent(geom.kernel)), tp.grid,
+                           TC_THREADS, tp.shared_bytes, scalars,
+                           weights_layout("tc", dtype), tp.predicted_us)]
+    else:
+        launches = [_simt_launch(dtype, geom, kernel_id if fused else "linear", x_strides,
+                                 has_bias, kernel_param if fused else 0.0)]
     if normalize:
         shape = geom.output_shape
         grid, args = softmax_launch(math.prod(shape) // shape[-1], shape[-1])
         launches.append(Launch("softmax", softmax_name(dtype, kernel_id == "log_softmax"),
                                grid, SOFTMAX_THREADS, 0, args))
     return tuple(launches), not (fused or normalize)
+
+
+def _simt_launch(dtype, geom, kernel_id, x_strides, has_bias, act_param):
+    from . import cost_model
+
+    kp = plan(dtype, geom.batch, geom.channels, geom.depth_multiplier, geom.filters,
+              geom.in_size, geom.out_size, geom.kernel, geom.strides, geom.dilation,
+              geom.channels_first)
+    check_launchable(geom, kp)
+    # The specialized extents assume a shared-memory halo; without one, use the generic path.
+    extent = kernel_extent(dtype, geom.kernel) if kp.use_halo else GENERIC_EXTENT
+    name = fused_name(dtype, kernel_id, geom.channels_first, extent)
+    scalars = fused_scalar_args(geom, kp, x_strides, has_bias, act_param)
+    _, in_isz, acc_isz = DTYPES[dtype]
+    predicted = cost_model.predict(cost_model.simt_fused_work(geom, kp, in_isz, acc_isz)).us
+    return Launch("fused", name, kp.grid, THREADS, kp.shared_bytes, scalars,
+                  weights_layout("simt", dtype), predicted)
+
+
+# --- tensor-core kernel (kernels/sepconv_tc.cu) ----------------------------------------
+# Constants mirrored from kernels/sepconv_tc.cu (tests/test_kernel_constants.py).
+TC_THREADS = 256         # TC_THREADS
+TC_WARPS = 8             # TC_WARPS
+TC_WARP_M = 32           # TC_WARP_M: positions a warp multiplies
+TC_WARP_N = 64           # TC_WARP_N: filters a warp multiplies
+TC_TILE_ELEMS = 16384    # TC_TILE_ELEMS = BM * BN
+TC_CHUNK_BYTES = 64      # TC_CHUNK_BYTES: one position's channel chunk
+TC_ROW_BYTES = 80        # TC_ROW_BYTES: shared pitch of an A / B row
+TC_OUT_PAD = 4           # TC_OUT_PAD: extra floats per epilogue row
+TC_ACT_SLOTS = 32        # TC_ACT_SLOTS: activation enum values the runtime switch covers
+TC_FILTER_BLOCKS = (64, 128, 256)   # BN choices (multiples of TC_WARP_N, <= 8 warps)
+TC_STAGES = (3, 2)       # cp.async pipeline depths, deepest first
+TC_K_ALIGN = 32          # prepared weights: channels zero-padded to a multiple of this
+# Shared memory the planner may use: fits one block on every sm_80+ part (99 KB on
+# sm_86/89) and two on an A100 (164 KB/SM) or H100 (228 KB/SM) when plans stay small.
+TC_SMEM_LIMIT = 99 * 1024
+TC_SOURCE = "sepconv_tc.cu"
+# dtype -> C++ type. float32 runs only with allow_tf32 (mma.m16n8k8.tf32).
+TC_DTYPES = {"float16": "__half", "float32": "float"}
+# Specialized extents (weights in registers, taps unrolled); others: generic (0, 0).
+# Measured with nvcc 13.0, sm_90, one core: ~0.6 s per TC instantiation, so both dtypes x
+# (generic, 3x3) = 4 kernels add ~2.5 s per architecture to the compile test, while a
+# template activation would make them 4 x len(FUSED_ACTIVATIONS) (~100, ~60 s more).
+TC_EXTENTS = ((3, 3),)
+
+
+def tc_name(dtype, extent):
+    """Name expression of one `sepconv_tc` instantiation."""
+    kh, kw = extent
+    return f"sepconv_tc<{TC_DTYPES[dtype]}, {kh}, {kw}>"
+
+
+def tc_name_expressions():
+    return [tc_name(dtype, extent) for dtype in TC_DTYPES
+            for extent in (GENERIC_EXTENT,) + TC_EXTENTS]
+
+
+def tc_extent(kernel):
+    kernel = tuple(int(k) for k in kernel)
+    return kernel if kernel in TC_EXTENTS else GENERIC_EXTENT
+
+
+@dataclass(frozen=True)
+class TcPlan:
+    """Tiles, pipeline and shared memory of one `sepconv_tc` launch (see the top of
+    sepconv_tc.cu), and what the cost model predicts for it."""
+
+    bn: int              # filters per block (64, 128, 256)
+    bm: int              # output positions per block (TC_TILE_ELEMS // bn)
+    tw: int              # tile width, a power of two; tile height = bm // tw
+    tiles_w: int
+    tiles_img: int
+    filter_blocks: int   # ceil(F / bn): how often the depthwise of a tile is computed
+    halo_h: int
+    halo_w: int
+    halo_ws: int         # halo columns per stride residue (row pitch = halo_ws * stride_w)
+    stages: int
+    k_pad: int           # channels rounded up to TC_K_ALIGN (the prepared weights' K)
+    shared_bytes: int
+    grid: int
+    predicted_us: float  # cost_model.predict on the default device (H100 constants)
+
+    @property
+    def th(self):
+        return self.bm // self.tw
+
+
+def _tc_shared_bytes(bm, bn, stages, halo_h, halo_pitch, taps):
+    stage = halo_h * halo_pitch * TC_CHUNK_BYTES + taps * TC_CHUNK_BYTES + bn * TC_ROW_BYTES
+    pipeline = stages * stage + bm * TC_ROW_BYTES
+    epilogue = bm * (bn + TC_OUT_PAD) * 4
+    return max(pipeline, epilogue)
+
+
+@functools.lru_cache(maxsize=4096)
+def tc_plan(dtype, geom, linear_activation=True):
+    """The cheapest `TcPlan` by the cost model, or None when no tile fits TC_SMEM_LIMIT.
+
+    Candidates: BN in TC_FILTER_BLOCKS (F <= 256 fits one filter block: no depthwise
+    recompute), every power-of-two tile width (the whole tile along the width for 1D),
+    TC_STAGES. Each is priced by `cost_model.tc_fused_work`: compulsory DRAM bytes, L2
+    bytes (halo + weights re-staged per block and chunk: the recompute factor), shared
+    memory bytes, SIMT issue of the depthwise, tensor FLOPs including padding, waves.
+    """
+    from . import cost_model
+
+    itemsize = DTYPES[dtype][1]
+    (oh, ow), (kh, kw), (sh, sw), (dh, dw) = geom.out_size, geom.kernel, geom.strides, geom.dilation
+    taps = kh * kw
+    k_pad = -(-geom.channels // TC_K_ALIGN) * TC_K_ALIGN
+    best = None
+    for bn in TC_FILTER_BLOCKS:
+        bm = TC_TILE_ELEMS // bn
+        blocks_f = -(-geom.filters // bn)
+        widths = (bm,) if oh == 1 else tuple(
+            1 << i for i in range(1, bm.bit_length()) if (1 << i) < 2 * ow or (1 << i) == 2)
+        for tw in widths:
+            th = bm // tw
+            tiles_w, tiles_h = -(-ow // tw), -(-oh // th)
+            hh, hw = _halo_extent(th, sh, dh, kh), _halo_extent(tw, sw, dw, kw)
+            hws = -(-hw // sw)
+            for stages in TC_STAGES:
+                shared = _tc_shared_bytes(bm, bn, stages, hh, hws * sw, taps)
+                if shared > TC_SMEM_LIMIT:
+                    continue
+                candidate = TcPlan(
+                    bn=bn, bm=bm, tw=tw, tiles_w=tiles_w, tiles_img=tiles_w * tiles_h,
+                    filter_blocks=blocks_f, halo_h=hh, halo_w=hw, halo_ws=hws, stages=stages,
+                    k_pad=k_pad, shared_bytes=shared,
+                    grid=geom.batch * tiles_w * tiles_h * blocks_f, predicted_us=0.0)
+                us = cost_model.predict(cost_model.tc_fused_work(
+                    geom, candidate, itemsize, linear_activation)).us
+                if best is None or us < best.predicted_us:
+                    best = dataclasses.replace(candidate, predicted_us=us)
+                break  # the deepest pipeline that fits
+    return best
+
+
+def select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned):
+    """"tc" (sepconv_tc) or "simt" (sepconv_fused): the one rule that picks the kernel.
+
+    The tensor-core kernel needs: float16, or float32 with allow_tf32 (default: exact
+    FP32 on the SIMT kernel); channels_last; depth_multiplier 1; 16-byte cp.async of the
+    input: contiguous channels, C and every other element stride (`x_strides`, (n, c, h,
+    w)) a multiple of 16 bytes, a 16-byte aligned base (`x_aligned`, which the memoized
+    planner cannot see in the strides); sizes within 32-bit indexing; a tile that fits
+    TC_SMEM_LIMIT. Everything else runs the SIMT kernel.
+    """
+    if dtype not in TC_DTYPES or (dtype == "float32" and not allow_tf32):
+        return "simt"
+    if geom.channels_first or geom.depth_multiplier != 1 or not x_aligned:
+        return "simt"
+    vec = 16 // DTYPES[dtype][1]
+    n_stride, c_stride, h_stride, w_stride = (int(s) for s in x_strides)
+    if c_stride != 1 or any(s % vec for s in (geom.channels, n_stride, h_stride, w_stride)):
+        return "simt"
+    tp = tc_plan(dtype, geom)
+    if tp is None:
+        return "simt"
+    (oh, ow), (sh, sw), (dh, dw), (kh, kw) = geom.out_size, geom.strides, geom.dilation, geom.kernel
+    reach = max(geom.in_size[0] + (oh + tp.th) * sh + (kh - 1) * dh,
+                geom.in_size[1] + (ow + tp.tw) * sw + (kw - 1) * dw)
+    if max(tp.grid, reach, tp.k_pad * max(geom.filters, kh * kw)) > INT32_MAX:
+        return "simt"
+    return "tc"
+
+
+def tc_scalar_args(geom, tp, x_strides, has_bias, kernel_id, act_param):
+    """Scalars of `sepconv_tc` after its five pointers, typed as the kernel declares them."""
+    import numpy as np
+
+    i32 = np.int32
+    (h, w), (kh, kw), (sh, sw), (dh, dw), (ph, pw) = (
+        geom.in_size, geom.kernel, geom.strides, geom.dilation, geom.pad_before)
+    (oh, ow) = geom.out_size
+    n_stride, _, h_stride, w_stride = x_strides
+    return (
+        np.int64(n_stride), np.int64(h_stride), np.int64(w_stride),
+        i32(geom.channels), i32(h), i32(w), i32(geom.filters), i32(oh), i32(ow),
+        i32(kh), i32(kw), i32(sh), i32(sw), i32(dh), i32(dw), i32(ph), i32(pw),
+        i32(tp.bn), i32(tp.tw.bit_length() - 1), i32(tp.tiles_w), i32(tp.tiles_img),
+        i32(tp.filter_blocks), i32(tp.halo_h), i32(tp.halo_w), i32(tp.halo_ws),
+        i32(tp.stages), i32(tp.k_pad), i32(bool(has_bias)),
+        i32(FUSED_ACTIVATIONS.index(kernel_id)), np.float32(act_param),
+    )
+
+
+# --- weights in each kernel's layout ------------------------------------------------------
+
+def weights_layout(kind, dtype, allow_tf32=False):
+    """Key of the weight layout a kernel reads: "simt:<accumulator dtype>",
+    "tc:float16" or "tc:tf32" (also the key under which a layer caches them)."""
+    if kind == "tc":
+        return "tc:float16" if dtype == "float16" else "tc:tf32"
+    return "simt:" + ("float64" if dtype == "float64" else "float32")
+
+
+def round_to_tf32(xp, a):
+    """float32 -> the nearest TF32 value (ties away from zero, as cvt.rna.tf32.f32), kept
+    as float32 with the low 13 mantissa bits zero. Inf and NaN pass unchanged."""
+    a = xp.ascontiguousarray(a, dtype=xp.float32)
+    bits = a.view(xp.uint32)
+    rounded = ((bits + xp.uint32(0x1000)) & xp.uint32(0xFFFFE000)).view(xp.float32)
+    return xp.where(xp.isfinite(a), rounded, a)
+
+
+def prepare_weights(xp, layout, depthwise, pointwise, bias):
+    """(depthwise, pointwise, bias) in the layout `layout` (see `weights_layout`), as new
+    contiguous `xp` arrays (xp = numpy or cupy); bias None stays None.
+
+    simt: depthwise [taps][C*M], pointwise [C*M][F], bias [F], in the accumulator dtype.
+    tc:   depthwise [taps][K_pad] and pointwise [F][K_pad] (transposed: ldmatrix reads
+          filter rows), channels zero-padded to K_pad = TC_K_ALIGN multiple, in half
+          ("tc:float16") or float32 ("tc:tf32", pointwise rounded to TF32; depthwise stays
+          exact FP32 for the FFMA stage); bias float32.
+    """
+    kind, fmt = layout.split(":")
+    depthwise, pointwise = xp.asarray(depthwise), xp.asarray(pointwise)
+    k, filters = pointwise.shape[-2], pointwise.shape[-1]
+    taps = depthwise.size // k
+    if kind == "simt":
+        acc = xp.float64 if fmt == "float64" else xp.float32
+        return (xp.ascontiguousarray(depthwise.reshape(taps, k), dtype=acc),
+                xp.ascontiguousarray(pointwise.reshape(k, filters), dtype=acc),
+                None if bias is None else xp.ascontiguousarray(xp.asarray(bias), dtype=acc))
+    operand = xp.float16 if fmt == "float16" else xp.float32
+    k_pad = -(-k // TC_K_ALIGN) * TC_K_ALIGN
+    dw = xp.zeros((taps, k_pad), dtype=operand)
+    dw[:, :k] = depthwise.reshape(taps, k).astype(operand)
+    pw = xp.zeros((filters, k_pad), dtype=operand)
+    pw[:, :k] = pointwise.reshape(k, filters).T.astype(operand)
+    if fmt == "tf32":
+        pw = round_to_tf32(xp, pw)
+    b = None if bias is None else xp.ascontiguousarray(xp.asarray(bias), dtype=xp.float32)
+    return dw, pw, b

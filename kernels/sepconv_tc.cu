@@ -1,0 +1,360 @@
+// Tensor-core fused depthwise-separable convolution (NHWC, depth_multiplier 1):
+// depthwise on the SIMT pipes into shared memory, pointwise as mma.sync, bias and
+// activation in the epilogue, one launch. fp16 (mma.m16n8k16, fp32 accumulate) and, when
+// the caller allows TF32, float32 (mma.m16n8k8.tf32). Every other case runs
+// sepconv_fused (sepconv_fused.cu); cuda_kernels.select_kernel is the rule.
+//
+//   y[n, p, f] = act(b[f] + sum_c P[f, c] * sum_t x[n, p*s + t*d - pad, c] * D[t, c])
+//
+// Block: TC_THREADS = 256 threads (8 warps), a tile of BM output positions (a TH x TW patch
+// of one image, TW a power of two, TH = BM / TW; 1D: TH = 1) x BN filters. Every warp owns
+// a 32 x 64 piece of it (2 x 8 mma tiles, 64 fp32 accumulators a thread); the planner picks
+// BN in {64, 128, 256} and the warps are arranged (8/WN) x WN, WN = BN/64, so that
+// BM x BN = TC_TILE_ELEMS: BM = 256, 128, 64. F <= 256 fits one filter block: the
+// depthwise is never recomputed; F > 256 takes FB = ceil(F / 256) filter blocks, each
+// redoing the depthwise of its tile (the recompute factor the planner charges for).
+//
+// Channels go in chunks of TC_CHUNK_BYTES = 64 bytes a position (BK = 32 half or 16 float
+// channels; the weights are zero-padded to K_pad = a multiple of 32 channels). Chunk kc:
+//   1. cp.async (16 bytes, zero-fill outside the image / past C) into pipeline stage
+//      kc % S (S = 2 or 3, the planner's choice): the input halo of the tile, the chunk's
+//      depthwise weights (fp32) and its pointwise rows P[f0 : f0+BN, chunk]. Loads run
+//      S - 1 chunks ahead of the compute.
+//   2. depthwise: lane (l & 15) owns one 4-byte word of a position's chunk (a half2 or one
+//      float), the two half-warps take horizontally adjacent positions; taps accumulate in
+//      fp32 (weights in registers for the specialized 3x3), the result is rounded once to
+//      the mma operand type (half, or tf32 with cvt.rna) and written as row p of A.
+//   3. pointwise: each warp ldmatrix.x4's its A rows (2 m16 tiles) and B rows (4 x 2 n8
+//      tiles) and issues 2 k-steps x 16 mma.sync.
+// One __syncthreads between 2 and 3 and one per chunk; the tensor pipe of one block
+// overlaps the depthwise of the other resident block (__launch_bounds__(256, 2)).
+//
+// Shared memory (dynamic, > 48 KB needs the opt-in attribute; cuda_kernels.tc_plan sizes it):
+//   stage s (S times) : Xs [HH][HWp][64 B]  input halo; columns stored by residue
+//                                           (ww % s_w, then ww / s_w) so that the two
+//                                           half-warps' positions (adjacent outputs) read
+//                                           adjacent 64-byte pixels: no bank conflict
+//                       Ws [taps][BK] fp32  depthwise weights of the chunk
+//                       Bs [BN][80 B]       pointwise rows (64 B + 16 B pad: the 8 rows of
+//                                           an ldmatrix hit 8 distinct 16-byte bank groups)
+//   then              : As [BM][80 B]       depthwise outputs = the mma A operand
+//   epilogue (reusing it all): Cs [BM][BN + 4] fp32 = acc + bias, activation applied in
+//   place, then copied out with 16-byte stores (scalar ones when F is not a multiple of
+//   16 bytes' worth of elements).
+//
+// The activation is a runtime switch (TC_ACT_SLOTS-way binary dispatch, uniform across
+// the grid, applied in one non-unrolled pass over Cs): a template parameter would multiply
+// the instantiations of this large kernel by the number of activations (the compile-time
+// measurements that made this call are in cuda_kernels.py next to TC_EXTENTS).
+//
+// Requirements (checked by cuda_kernels.select_kernel): NHWC with channels contiguous,
+// C a multiple of 16 bytes' worth of elements, every other stride too, a 16-byte aligned
+// base. Offsets into x and y are 64-bit. Every constant below is mirrored in
+// sepconv_gpu/backends/cuda_kernels.py (tests/test_kernel_constants.py checks them).
+#include "sepconv_common.cuh"
+#include "sepconv_ptx.cuh"
+
+#define TC_THREADS 256
+#define TC_WARPS 8
+#define TC_WARP_M 32          // positions a warp multiplies (2 m16 tiles)
+#define TC_WARP_N 64          // filters a warp multiplies (8 n8 tiles)
+#define TC_TILE_ELEMS 16384   // BM * BN = TC_WARPS * TC_WARP_M * TC_WARP_N
+#define TC_CHUNK_BYTES 64     // one position's channel chunk
+#define TC_ROW_BYTES 80       // shared pitch of an A or B row
+#define TC_OUT_PAD 4          // extra floats a Cs row
+#define TC_ACT_SLOTS 32       // activation enum values the runtime dispatch covers
+#define TC_MIN_BLOCKS 2
+
+namespace sepconv {
+
+// Per input type: the mma operand, how a 4-byte word of input becomes fp32 values, how
+// those become an operand word, and the mma itself.
+template <typename T> struct Tc;
+
+template <> struct Tc<__half> {
+    typedef __half Operand;
+    static constexpr int kPerWord = 2;   // channels in a 4-byte word
+    __device__ __forceinline__ static void unpack(unsigned w, float (&v)[2]) {
+        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w));
+        v[0] = f.x; v[1] = f.y;
+    }
+    __device__ __forceinline__ static unsigned operand(const float (&v)[2]) {
+        return pack_half2(v[0], v[1]);
+    }
+
+    __device__ __forceinline__ static void mma(float (&d)[4], const unsigned (&a)[4],
+                                               const unsigned (&b)[2]) {
+        mma_f16_m16n8k16(d, a, b);
+    }
+};
+
+template <> struct Tc<float> {
+    typedef float Operand;               // tf32 bit patterns (the host pre-rounds B)
+    static constexpr int kPerWord = 1;
+    __device__ __forceinline__ static void unpack(unsigned w, float (&v)[1]) {
+        v[0] = __uint_as_float(w);
+    }
+    __device__ __forceinline__ static unsigned operand(const float (&v)[1]) {
+        return cvt_tf32(v[0]);
+    }
+
+    __device__ __forceinline__ static void mma(float (&d)[4], const unsigned (&a)[4],
+                                               const unsigned (&b)[2]) {
+        mma_tf32_m16n8k8(d, a, b);
+    }
+};
+
+// 16 bytes of output from 16 / sizeof(T) fp32 values (16-byte aligned shared memory).
+__device__ __forceinline__ void store16(__half* p, const float* s) {
+    const float4 lo = reinterpret_cast<const float4*>(s)[0];
+    const float4 hi = reinterpret_cast<const float4*>(s)[1];
+    const float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+    uint4 u;
+    u.x = pack_half2(v[0], v[1]); u.y = pack_half2(v[2], v[3]);
+    u.z = pack_half2(v[4], v[5]); u.w = pack_half2(v[6], v[7]);
+    *reinterpret_cast<uint4*>(p) = u;
+}
+__device__ __forceinline__ void store16(float* p, const float* s) {
+    *reinterpret_cast<float4*>(p) = *reinterpret_cast<const float4*>(s);
+}
+__device__ __forceinline__ __half from_float(float v, __half) { return __float2half_rn(v); }
+__device__ __forceinline__ float from_float(float v, float) { return v; }
+
+// activate<ACT>(v, p) for a runtime ACT in [LO, HI], by binary search (log2 branches,
+// uniform over the grid).
+template <int LO, int HI> struct ActivationSwitch {
+    __device__ __forceinline__ static float apply(int act, float v, float p) {
+        constexpr int MID = (LO + HI) / 2;
+        return act <= MID ? ActivationSwitch<LO, MID>::apply(act, v, p)
+                          : ActivationSwitch<MID + 1, HI>::apply(act, v, p);
+    }
+};
+template <int A> struct ActivationSwitch<A, A> {
+    __device__ __forceinline__ static float apply(int, float v, float p) { return activate<A>(v, p); }
+};
+
+}  // namespace sepconv
+
+template <typename T, int KH_, int KW_>
+__global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
+sepconv_tc(const T* __restrict__ x,
+           const typename sepconv::Tc<T>::Operand* __restrict__ dwp,       // [taps][K_pad]
+           const typename sepconv::Tc<T>::Operand* __restrict__ pwp,       // [F][K_pad]
+           const float* __restrict__ bias,                                 // [F] if has_bias
+           T* __restrict__ y,                                              // [N][OH][OW][F]
+           long long xs_n, long long xs_h, long long xs_w,
+           int C, int H, int W, int F, int OH, int OW,
+           int kh_rt, int kw_rt, int str_h, int str_w, int dil_h, int dil_w,
+           int pad_h, int pad_w,
+           int BN, int tw_shift, int tiles_w, int tiles_img, int FB,
+           int HH, int HW, int HWs, int stages, int K_pad, int has_bias, int act,
+           float act_param) {
+    using namespace sepconv;
+    typedef Tc<T> Op;
+    constexpr int PW = Op::kPerWord;
+    constexpr int BK = 16 * PW;                              // channels a chunk
+    constexpr int VEC = 16 / (int)sizeof(T);                 // elements in 16 bytes
+    constexpr int OPV = 16 / (int)sizeof(typename Op::Operand);
+
+    const int KH = KH_ > 0 ? KH_ : kh_rt;
+    const int KW = KW_ > 0 ? KW_ : kw_rt;
+    const int taps = KH * KW;
+    const int BM = TC_TILE_ELEMS / BN;
+    const int WN = BN / TC_WARP_N;
+    const int TW = 1 << tw_shift;
+    const int HWp = HWs * str_w;
+
+    const int halo_bytes = HH * HWp * TC_CHUNK_BYTES;
+    const int w_bytes = taps * TC_CHUNK_BYTES;
+    const int stage_bytes = halo_bytes + w_bytes + BN * TC_ROW_BYTES;
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    unsigned char* As = smem_raw + stages * stage_bytes;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int bid = blockIdx.x;
+    const int fb = bid % FB;                 // filter blocks of a tile are launch neighbours
+    const int tile = bid / FB;
+    const int n = tile / tiles_img;
+    const int t = tile - n * tiles_img;
+    const int oh0 = (t / tiles_w) * (BM >> tw_shift), ow0 = (t % tiles_w) * TW;
+    const int f0 = fb * BN;
+    const int ih0 = oh0 * str_h - pad_h, iw0 = ow0 * str_w - pad_w;
+    const T* __restrict__ xn = x + (long long)n * xs_n;
+    const int chunks = K_pad / BK;
+
+    // ---- 1. asynchronous loads of chunk kc into stage kc % stages ----
+    // Each thread copies 16-byte granule (tid & 3) of every 64th pixel / B row.
+    const int granule = tid & 3;
+    auto load_chunk = [&](int kc, unsigned char* base) {
+        const int k0 = kc * BK;
+        const int c = k0 + granule * VEC;
+        const bool channel_ok = c < C;
+        for (int pix = tid >> 2; pix < HH * HW; pix += TC_THREADS / 4) {
+            const int hh = pix / HW, ww = pix - hh * HW;
+            const int ih = ih0 + hh, iw = iw0 + ww;
+            const bool valid = channel_ok && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W;
+            const T* src = valid ? xn + (long long)ih * xs_h + (long long)iw * xs_w + c : xn;
+            const int col = str_w == 1 ? ww : (ww % str_w) * HWs + ww / str_w;
+            cp_async16(base + (hh * HWp + col) * TC_CHUNK_BYTES + granule * 16, src, valid);
+        }
+        unsigned char* ws = base + halo_bytes;
+        for (int tap = tid >> 2; tap < taps; tap += TC_THREADS / 4)
+            cp_async16(ws + tap * TC_CHUNK_BYTES + granule * 16,
+                       dwp + (long long)tap * K_pad + k0 + granule * OPV, true);
+        unsigned char* bs = ws + w_bytes;
+        for (int r = tid >> 2; r < BN; r += TC_THREADS / 4) {
+            const bool valid = f0 + r < F;
+            const typename Op::Operand* src =
+                valid ? pwp + (long long)(f0 + r) * K_pad + k0 + granule * OPV : pwp;
+            cp_async16(bs + r * TC_ROW_BYTES + granule * 16, src, valid);
+        }
+    };
+
+    // Depthwise mapping: word `dw_word` of positions 2 * (warp + 8 j) + dw_half.
+    const int dw_word = tid & 15, dw_half = (tid >> 4) & 1;
+    // Column offset of tap column j in the residue-ordered halo (s_w > 1 implies d_w = 1).
+    auto col_offset = [&](int j) {
+        return str_w == 1 ? j * dil_w : (j % str_w) * HWs + j / str_w;
+    };
+    constexpr int STAPS = KH_ * KW_ > 0 ? KH_ * KW_ : 1;
+
+    // Pointwise mapping: warp (wm, wn) multiplies A rows wm*32.. and B rows wn*64..
+    const int wm = warp / WN, wn = warp - (warp / WN) * WN;
+    const int a_row = wm * TC_WARP_M + (lane & 15), a_byte = (lane >> 4) * 16;
+    const int b_row = wn * TC_WARP_N + (lane & 7) + ((lane >> 4) << 3);
+    const int b_byte = ((lane >> 3) & 1) * 16;
+
+    float acc[2][8][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+    for (int s = 0; s < stages - 1; ++s) {
+        if (s < chunks) load_chunk(s, smem_raw + s * stage_bytes);
+        cp_async_commit();
+    }
+
+    for (int kc = 0; kc < chunks; ++kc) {
+        // chunk kc has landed (at most stages - 2 younger groups in flight) ...
+        if (stages == 3) cp_async_wait<1>(); else cp_async_wait<0>();
+        // ... for every thread, and nobody still reads stage (kc - 1) % stages or As
+        __syncthreads();
+        if (kc + stages - 1 < chunks)
+            load_chunk(kc + stages - 1, smem_raw + ((kc + stages - 1) % stages) * stage_bytes);
+        cp_async_commit();   // possibly empty: keeps the group count uniform
+
+        const unsigned char* base = smem_raw + (kc % stages) * stage_bytes;
+        const unsigned* xw = reinterpret_cast<const unsigned*>(base);
+        const unsigned* wk = reinterpret_cast<const unsigned*>(base + halo_bytes);
+
+        // ---- 2. depthwise of the chunk -> As ----
+        // specialized extents: this lane's weight word of every tap in registers
+        unsigned wreg[STAPS];
+        if constexpr (KH_ > 0) {
+#pragma unroll
+            for (int tp = 0; tp < STAPS; ++tp) wreg[tp] = wk[tp * 16 + dw_word];
+        }
+#pragma unroll 1
+        for (int p = 2 * warp + dw_half; p < BM; p += 2 * TC_WARPS) {
+            const int tr = p >> tw_shift, tc = p & (TW - 1);
+            const unsigned* src = xw + (tr * str_h * HWp + tc) * (TC_CHUNK_BYTES / 4) + dw_word;
+            float d[PW];
+#pragma unroll
+            for (int e = 0; e < PW; ++e) d[e] = 0.f;
+            if constexpr (KH_ > 0) {
+#pragma unroll
+                for (int i = 0; i < KH_; ++i)
+#pragma unroll
+                    for (int j = 0; j < KW_; ++j) {
+                        float v[PW], w[PW];
+                        Op::unpack(src[(i * dil_h * HWp + col_offset(j)) * (TC_CHUNK_BYTES / 4)], v);
+                        Op::unpack(wreg[i * KW_ + j], w);
+#pragma unroll
+                        for (int e = 0; e < PW; ++e) d[e] = fmaf(v[e], w[e], d[e]);
+                    }
+            } else {
+                for (int i = 0; i < KH; ++i)
+                    for (int j = 0; j < KW; ++j) {
+                        float v[PW], w[PW];
+                        Op::unpack(src[(i * dil_h * HWp + col_offset(j)) * (TC_CHUNK_BYTES / 4)], v);
+                        Op::unpack(wk[(i * KW + j) * 16 + dw_word], w);
+#pragma unroll
+                        for (int e = 0; e < PW; ++e) d[e] = fmaf(v[e], w[e], d[e]);
+                    }
+            }
+            *reinterpret_cast<unsigned*>(As + p * TC_ROW_BYTES + dw_word * 4) = Op::operand(d);
+        }
+        __syncthreads();
+
+        // ---- 3. pointwise: acc += A[wm rows] x B[wn rows]^T, 2 k-steps of 32 bytes ----
+        const unsigned char* bs = base + halo_bytes + w_bytes;
+#pragma unroll
+        for (int ks = 0; ks < 2; ++ks) {
+            unsigned a[2][4];
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt)
+                ldsm_x4(a[mt], As + (a_row + mt * 16) * TC_ROW_BYTES + ks * 32 + a_byte);
+#pragma unroll
+            for (int np = 0; np < 4; ++np) {
+                unsigned b[4];
+                ldsm_x4(b, bs + (b_row + np * 16) * TC_ROW_BYTES + ks * 32 + b_byte);
+                const unsigned b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+#pragma unroll
+                for (int mt = 0; mt < 2; ++mt) {
+                    Op::mma(acc[mt][2 * np], a[mt], b0);
+                    Op::mma(acc[mt][2 * np + 1], a[mt], b1);
+                }
+            }
+        }
+    }
+    cp_async_wait_all();
+    __syncthreads();   // every warp is done with the pipeline buffers: Cs reuses them
+
+    // ---- epilogue: Cs = acc + bias, activation in place, 16-byte stores ----
+    float* Cs = reinterpret_cast<float*>(smem_raw);
+    const int cs_pitch = BN + TC_OUT_PAD;
+    const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+        const int col = wn * TC_WARP_N + nt * 8 + 2 * q;
+        const int f = f0 + col;
+        const float b0 = has_bias && f < F ? bias[f] : 0.f;
+        const float b1 = has_bias && f + 1 < F ? bias[f + 1] : 0.f;
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+            const int row = wm * TC_WARP_M + mt * 16 + g;
+            *reinterpret_cast<float2*>(Cs + row * cs_pitch + col) =
+                make_float2(acc[mt][nt][0] + b0, acc[mt][nt][1] + b1);
+            *reinterpret_cast<float2*>(Cs + (row + 8) * cs_pitch + col) =
+                make_float2(acc[mt][nt][2] + b0, acc[mt][nt][3] + b1);
+        }
+    }
+    __syncthreads();
+    if (act != ACT_LINEAR) {
+#pragma unroll 1
+        for (int i = tid; i < BM * BN; i += TC_THREADS) {
+            float* c = Cs + (i / BN) * cs_pitch + i % BN;
+            *c = ActivationSwitch<0, TC_ACT_SLOTS - 1>::apply(act, *c, act_param);
+        }
+        __syncthreads();
+    }
+    const int per_row = BN / VEC;
+    const bool vector_rows = F % VEC == 0;
+    for (int i = tid; i < BM * per_row; i += TC_THREADS) {
+        const int r = i / per_row, cv = i - r * per_row;
+        const int oh = oh0 + (r >> tw_shift), ow = ow0 + (r & (TW - 1));
+        const int f = f0 + cv * VEC;
+        if (oh >= OH || ow >= OW || f >= F) continue;
+        const float* v = Cs + r * cs_pitch + cv * VEC;
+        T* dst = y + (((long long)n * OH + oh) * OW + ow) * F + f;
+        if (vector_rows) {
+            store16(dst, v);
+        } else {
+            for (int e = 0; e < VEC && f + e < F; ++e) dst[e] = from_float(v[e], T());
+        }
+    }
+}
