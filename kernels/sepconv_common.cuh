@@ -37,10 +37,22 @@ __device__ __forceinline__ float m_erf(float v) { return erff(v); }
 __device__ __forceinline__ double m_erf(double v) { return erf(v); }
 __device__ __forceinline__ float m_abs(float v) { return fabsf(v); }
 __device__ __forceinline__ double m_abs(double v) { return fabs(v); }
+__device__ __forceinline__ float m_sqrt(float v) { return sqrtf(v); }
+__device__ __forceinline__ double m_sqrt(double v) { return sqrt(v); }
 __device__ __forceinline__ float m_fma(float a, float b, float c) { return fmaf(a, b, c); }
 __device__ __forceinline__ double m_fma(double a, double b, double c) { return fma(a, b, c); }
 __device__ __forceinline__ float m_neg_inf(float) { return __int_as_float(0xff800000); }
 __device__ __forceinline__ double m_neg_inf(double) { return __longlong_as_double(0xfff0000000000000ULL); }
+
+// Read-only global load (the non-coherent path, LDG.CONSTANT); a plain load in the host
+// emulator, which has no __ldg.
+template <typename U> __device__ __forceinline__ U load_ro(const U* p) {
+#ifdef __CUDA_ARCH__
+    return __ldg(p);
+#else
+    return *p;
+#endif
+}
 
 // 4 consecutive accumulators from 16-byte aligned shared memory (one or two LDS.128).
 __device__ __forceinline__ void load4(const float* p, float (&v)[4]) {
@@ -72,20 +84,29 @@ __device__ __forceinline__ void store4(__half* p, const float (&v)[4]) {
 
 // Walks the flat indices start, start + step, ... of a 3-digit mixed-radix index
 // (a slowest, c fastest; digit b < nb, c < nc) with divisions only at setup: the staging
-// loops would otherwise pay three integer divisions per element.
+// loops would otherwise pay three integer divisions per element. Also keeps the 64-bit
+// offset a * stride_a + b * stride_b + c * stride_c up to date with additions only.
 struct Walk3 {
     int a, b, c, sa, sb, sc, nb, nc;
-    __device__ __forceinline__ Walk3(int start, int step, int nb_, int nc_) : nb(nb_), nc(nc_) {
+    long long off, d_step, d_carry_c, d_carry_b;
+    __device__ __forceinline__ Walk3(int start, int step, int nb_, int nc_, long long stride_a,
+                                     long long stride_b, long long stride_c)
+        : nb(nb_), nc(nc_) {
         c = start % nc; b = (start / nc) % nb; a = start / (nc * nb);
         sc = step % nc; sb = (step / nc) % nb; sa = step / (nc * nb);
+        off = a * stride_a + b * stride_b + c * stride_c;
+        d_step = sa * stride_a + sb * stride_b + sc * stride_c;
+        d_carry_c = stride_b - nc * stride_c;
+        d_carry_b = stride_a - nb * stride_b;
     }
     __device__ __forceinline__ void next() {
+        off += d_step;
         c += sc;
         int carry = c >= nc;
-        if (carry) c -= nc;
+        if (carry) { c -= nc; off += d_carry_c; }
         b += sb + carry;
         carry = b >= nb;
-        if (carry) b -= nb;
+        if (carry) { b -= nb; off += d_carry_b; }
         a += sa + carry;
     }
 };
@@ -94,7 +115,8 @@ struct Walk3 {
 
 // Fused epilogue variants; names match `Activation.kernel_id` (upper-cased, ACT_ prefix).
 // softmax / log_softmax are not here: they normalize over an axis and run as a second
-// kernel (sepconv_softmax_lastaxis).
+// kernel (sepconv_softmax_lastaxis). glu, sparsemax and threshold are applied to the
+// output after the kernel (see sepconv_gpu/activations.py).
 enum SepconvActivation {
     ACT_LINEAR = 0,
     ACT_RELU,
@@ -113,7 +135,15 @@ enum SepconvActivation {
     ACT_SOFTPLUS,
     ACT_SOFTSIGN,
     ACT_TANH,
-    ACT_EXPONENTIAL
+    ACT_EXPONENTIAL,
+    ACT_HARD_TANH,
+    ACT_HARD_SHRINK,
+    ACT_SOFT_SHRINK,
+    ACT_LOG_SIGMOID,
+    ACT_SPARSE_PLUS,
+    ACT_SPARSE_SIGMOID,
+    ACT_SQUAREPLUS,
+    ACT_TANH_SHRINK
 };
 
 namespace sepconv {
@@ -134,7 +164,8 @@ template <typename A> __device__ __forceinline__ A relu6(A v) {
     return v < A(0) ? A(0) : (v > A(6) ? A(6) : v);
 }
 
-// Keras 3 definitions; `p` is Activation.kernel_param (negative_slope / alpha).
+// Keras 3 definitions; `p` is Activation.kernel_param (negative_slope / alpha / threshold /
+// b). Comparisons, not fmin/fmax, so that NaN propagates where Keras's NumPy form does.
 template <int ACT, typename A> __device__ __forceinline__ A activate(A v, A p) {
     switch (ACT) {
     case ACT_RELU: return v < A(0) ? A(0) : v;
@@ -162,6 +193,14 @@ template <int ACT, typename A> __device__ __forceinline__ A activate(A v, A p) {
     case ACT_SOFTSIGN: return v / (A(1) + m_abs(v));
     case ACT_TANH: return m_tanh(v);
     case ACT_EXPONENTIAL: return m_exp(v);
+    case ACT_HARD_TANH: return v < A(-1) ? A(-1) : (v > A(1) ? A(1) : v);
+    case ACT_HARD_SHRINK: return m_abs(v) > p ? v : A(0);
+    case ACT_SOFT_SHRINK: return v > p ? v - p : (v < -p ? v + p : A(0));
+    case ACT_LOG_SIGMOID: return -softplus(-v);
+    case ACT_SPARSE_PLUS: return v <= A(-1) ? A(0) : (v < A(1) ? A(0.25) * (v + A(1)) * (v + A(1)) : v);
+    case ACT_SPARSE_SIGMOID: return v <= A(-1) ? A(0) : (v >= A(1) ? A(1) : A(0.5) * (v + A(1)));
+    case ACT_SQUAREPLUS: return (v + m_sqrt(v * v + p)) / A(2);
+    case ACT_TANH_SHRINK: return v - m_tanh(v);
     default: return v;  // ACT_LINEAR
     }
 }

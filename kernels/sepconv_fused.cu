@@ -5,25 +5,32 @@
 //
 // with k = c*M + m the depthwise output channel. 1D is 2D with height 1.
 //
-// Work decomposition (SIMT; a tensor-core pointwise stage is a later step):
+// Work decomposition (SIMT; the exact-FP32 and general path next to any tensor-core one):
 //   * A block of SC_THREADS threads owns a tile of BP output positions (a TH x TW patch of
 //     one image) x BF filters, BP * BF = SC_TILE_ELEMS, so every thread holds a 4 x 4
 //     register micro-tile of accumulators. BF in {16, 32, 64} is chosen by the host
 //     planner at run time (no extra instantiations) so small filter counts are not wasted.
 //   * It loops over the K = C*M depthwise channels in chunks of SC_BK:
 //       1. stage the pointwise chunk P[k0:k0+BK, f0:f0+BF], the depthwise weights of the
-//          chunk, and the input halo of the tile for the chunk's input channels in
-//          shared memory (coalesced along the contiguous axis of the input layout);
-//       2. compute the chunk's depthwise outputs Ds[BK][BP] into shared memory
-//          (a warp per channel, lanes along positions: conflict-free);
+//          chunk and (use_halo = 1) the input halo of the tile for the chunk's input
+//          channels in shared memory. Halo loads are 16 bytes of consecutive channels when
+//          the input is channels_last with unit channel stride and aligned, one element
+//          otherwise (any strides, negative included); each thread issues SC_STAGE_BATCH
+//          loads before their stores so the loads' latencies overlap;
+//       2. compute the chunk's depthwise outputs Ds[BK][BP] into shared memory (a warp
+//          per channel, lanes along positions; for the specialized extents the weights
+//          sit in registers and the tap offsets are instruction immediates);
 //       3. multiply-accumulate Ds against the pointwise chunk into the registers.
 //   * Epilogue: bias, activation (template), store in the output layout (vectorized when
 //     aligned). channels_first / channels_last only change indexing, never a transpose.
-//   * When the halo of a tile would not fit the shared-memory budget (very large dilated
-//     extents), the planner sets use_halo = 0 and step 1 reads the input directly from
-//     global memory (L1/L2 cached); results are identical.
-// The input is read through element strides, so any strided view (negative strides
-// included) works without a copy. Offsets into x and y are 64-bit.
+//   * When no tile's halo fits the shared-memory budget (very large dilated extents) the
+//     planner sets use_halo = 0 and picks the generic-extent instantiation: step 1 then
+//     stages only the weights, and step 2 gathers each tap straight from global memory,
+//     skipping taps that fall in the padding instead of multiplying staged zeros. The sum
+//     runs over the same taps in the same order, so results match the halo path bit for
+//     bit for finite weights; with an inf/NaN depthwise weight the halo path gives NaN at
+//     padded taps (0 * inf) where this path does not.
+// Offsets into x and y are 64-bit.
 //
 // Every parameter below that the host planner computes is mirrored in
 // sepconv_gpu/backends/cuda_kernels.py (KernelPlan); keep the two in step.
@@ -34,6 +41,7 @@
 #define SC_BK 16              // depthwise channels per chunk
 #define SC_TILE_ELEMS 4096    // BP * BF = SC_THREADS * (4 positions x 4 filters)
 #define SC_DW_SMEM_TAPS 64    // depthwise weights go to shared memory up to this many taps
+#define SC_STAGE_BATCH 4      // halo loads each thread has in flight before it stores them
 // Two resident blocks per SM caps registers at 128. Without a minimum ptxas (CUDA 13)
 // aims for higher occupancy and spills the accumulators.
 #define SC_MIN_BLOCKS 2
@@ -42,8 +50,112 @@
 //   Ds [SC_BK][BP]        accumulator type   depthwise outputs of the chunk
 //   Ws [SC_BK][BF]        accumulator type   pointwise weights of the chunk
 //   Wd [taps][SC_BK]      accumulator type   depthwise weights (only if taps <= SC_DW_SMEM_TAPS)
-//   Xs [nch][plane]       input type         halo, plane = HH*HWd rounded up to odd (no bank
-//                                            conflicts when staging channels_last data)
+//   Xs [nch][plane]       input type         halo: row hh of channel cc at cc*plane + hh*pitch.
+//       A row holds the HWd halo columns in order, or, when halo_split (stride-2 columns,
+//       4- and 8-byte types), the even columns then the odd ones from (HWd+1)/2 on, so
+//       that a warp reads consecutive words. The planner picks `pitch` so that the rows
+//       a warp reads start on disjoint banks, and `plane` odd (conflict-free channel-
+//       strided stores of scalar channels_last staging).
+namespace sepconv {
+
+// How a chunk's input halo maps between global and shared memory.
+template <typename T> struct Halo {
+    const T* x;                        // image n of the input
+    long long xs_c, xs_h, xs_w;        // element strides
+    int H, W;
+    int c_lo, nch;                     // first input channel, channel count
+    int ih0, iw0;                      // input coordinates of the halo's corner
+    int HH, HWd, pitch, plane;
+    int split;                         // 1: stride-2 columns stored even-first, else 0
+    int wsub;                          // first odd column's slot when split
+
+    // Slot of halo column ww in its row (branch-free: split is 0 or 1).
+    __device__ __forceinline__ int column(int ww) const {
+        return (ww & split) * wsub + (ww >> split);
+    }
+};
+
+template <typename T> __device__ __forceinline__ bool halo_split(int str_w) {
+    return str_w == 2 && sizeof(T) >= 4;   // 2-byte types at stride 2 already hit distinct words
+}
+
+// Copies the chunk's halo into Xs, zeros outside the image. One load moves a unit U: T
+// (any strides) or uint4 (16 bytes of consecutive channels; channels_last, unit channel
+// stride, aligned). Consecutive threads walk the axis contiguous in global memory:
+// channels for channels_last, width for channels_first.
+template <typename T, typename U, bool CF>
+__device__ __forceinline__ void stage_halo(T* Xs, const Halo<T>& h) {
+    constexpr int L = sizeof(U) / sizeof(T);   // channels per unit
+    const int units = h.nch / L;
+    const int total = units * h.HH * h.HWd;
+    const int tid = threadIdx.x;
+    const T* corner = h.x + (long long)h.c_lo * h.xs_c + (long long)h.ih0 * h.xs_h +
+                      (long long)h.iw0 * h.xs_w;
+    Walk3 w = CF ? Walk3(tid, SC_THREADS, h.HH, h.HWd, L * h.xs_c, h.xs_h, h.xs_w)
+                 : Walk3(tid, SC_THREADS, h.HWd, units, h.xs_h, h.xs_w, L * h.xs_c);
+    for (int i0 = tid; i0 < total; i0 += SC_STAGE_BATCH * SC_THREADS) {
+        U v[SC_STAGE_BATCH];
+        T* dst[SC_STAGE_BATCH];
+        unsigned live = 0;   // bit b: unit b of the batch exists
+#pragma unroll
+        for (int b = 0; b < SC_STAGE_BATCH; ++b, w.next()) {
+            const int cu = CF ? w.a : w.c, hh = CF ? w.b : w.a, ww = CF ? w.c : w.b;
+            live |= unsigned(i0 + b * SC_THREADS < total) << b;
+            dst[b] = Xs + cu * L * h.plane + hh * h.pitch + h.column(ww);
+            v[b] = U();   // zero bits: 0.0 in every element
+            if ((live >> b & 1) && (unsigned)(h.ih0 + hh) < (unsigned)h.H &&
+                (unsigned)(h.iw0 + ww) < (unsigned)h.W)
+                v[b] = load_ro(reinterpret_cast<const U*>(corner + w.off));
+        }
+#pragma unroll
+        for (int b = 0; b < SC_STAGE_BATCH; ++b) {
+            if (!(live >> b & 1)) continue;
+            const T* e = reinterpret_cast<const T*>(&v[b]);
+#pragma unroll
+            for (int l = 0; l < L; ++l) dst[b][l * h.plane] = e[l];
+        }
+    }
+}
+
+// Tap addressing of the specialized depthwise loop.
+enum DepthwiseMode { DW_DILATED, DW_UNIT, DW_SPLIT };
+
+// Depthwise outputs of one channel at this lane's positions p = lane + 32 r, from its
+// halo plane xs, for compile-time extents: weights in registers; with unit dilation
+// (DW_UNIT, DW_SPLIT) every tap's offset from the row start is an immediate. Taps are
+// summed in row-major order from zero, as in every other path.
+template <typename T, typename A, int KH, int KW, int MODE>
+__device__ __forceinline__ void depthwise_fixed(A* ds, const T* xs, const A* wd, int npos,
+                                                int tw_shift, int str_h, int str_w,
+                                                int dil_h, int dil_w, int pitch, int wsub) {
+    A w[KH * KW];
+#pragma unroll
+    for (int t = 0; t < KH * KW; ++t) w[t] = wd[t * SC_BK];
+    const int lane = threadIdx.x & 31;
+    const int row_step = str_h * pitch, col_step = MODE == DW_SPLIT ? 1 : str_w;
+    const int tap_h = MODE == DW_DILATED ? dil_h * pitch : pitch;
+    for (int r = 0; r < npos; ++r) {
+        const int p = lane + 32 * r;
+        const T* src = xs + (p >> tw_shift) * row_step + (p & ((1 << tw_shift) - 1)) * col_step;
+        A d = A(0);
+#pragma unroll
+        for (int i = 0; i < KH; ++i) {
+            const T* row = src + i * tap_h;
+            const T* odd = row + wsub;   // DW_SPLIT: odd columns
+#pragma unroll
+            for (int j = 0; j < KW; ++j) {
+                const T v = MODE == DW_DILATED ? row[j * dil_w]
+                          : MODE == DW_UNIT    ? row[j]
+                          : (j & 1)            ? odd[j >> 1] : row[j >> 1];
+                d = m_fma(to_acc(v), w[i * KW + j], d);
+            }
+        }
+        ds[p] = d;
+    }
+}
+
+}  // namespace sepconv
+
 template <typename T, int ACT, bool CF, int KH_, int KW_>
 __global__ void __launch_bounds__(SC_THREADS, SC_MIN_BLOCKS)
 sepconv_fused(const T* __restrict__ x,
@@ -56,7 +168,8 @@ sepconv_fused(const T* __restrict__ x,
               int kh_rt, int kw_rt, int str_h, int str_w, int dil_h, int dil_w,
               int pad_h, int pad_w,
               int BF, int tw_shift, int tiles_w, int tiles_img, int FB,
-              int HH, int HWd, int plane, int use_halo, int has_bias, double act_param) {
+              int HH, int HWd, int pitch, int plane, int use_halo, int has_bias,
+              double act_param) {
     using namespace sepconv;
     typedef typename Acc<T>::type A;
 
@@ -89,6 +202,16 @@ sepconv_fused(const T* __restrict__ x,
     const int ih0 = oh0 * str_h - pad_h, iw0 = ow0 * str_w - pad_w;
     const T* __restrict__ xn = x + (long long)n * xs_n;
 
+    Halo<T> halo{xn, xs_c, xs_h, xs_w, H, W, 0, 0, ih0, iw0, HH, HWd, pitch, plane,
+                 int(halo_split<T>(str_w)), (HWd + 1) >> 1};
+    // 16-byte halo loads need channels_last pixels that start 16-byte aligned.
+    constexpr int VEC = 16 / sizeof(T);
+    const bool vec_pixels = !CF && xs_c == 1 && ((xs_h | xs_w) & (VEC - 1)) == 0 &&
+                            (reinterpret_cast<unsigned long long>(xn) & 15) == 0;
+    // 16-byte pointwise-weight loads: rows of F accumulators, F a multiple of the vector.
+    constexpr int VEC_ACC = 16 / sizeof(A);
+    const bool vec_pw = (F & (VEC_ACC - 1)) == 0 && (reinterpret_cast<unsigned long long>(pwk) & 15) == 0;
+
     // Pointwise micro-tile: positions tp*4..+3, filters tf*4..+3. Consecutive lanes walk
     // the axis that is contiguous in the output layout, so the stores coalesce.
     int tp, tf;
@@ -107,58 +230,78 @@ sepconv_fused(const T* __restrict__ x,
         const int nch = (kend - 1) / M - c_lo + 1;   // input channels this chunk reads
 
         // ---- 1. stage weights and the input halo ----
-        for (int i = tid; i < SC_BK * BF; i += SC_THREADS) {
-            const int kk = i >> bf_shift, j = i & (BF - 1);
-            const int k = k0 + kk, f = f0 + j;
-            Ws[i] = (k < K && f < F) ? pwk[(long long)k * F + f] : A(0);
+        if (vec_pw) {
+            for (int i = tid * VEC_ACC; i < SC_BK * BF; i += SC_THREADS * VEC_ACC) {
+                const int kk = i >> bf_shift, j = i & (BF - 1);
+                const int k = k0 + kk, f = f0 + j;   // f < F covers the whole vector
+                *reinterpret_cast<uint4*>(Ws + i) = (k < K && f < F)
+                    ? load_ro(reinterpret_cast<const uint4*>(pwk + (long long)k * F + f)) : uint4();
+            }
+        } else {
+            for (int i = tid; i < SC_BK * BF; i += SC_THREADS) {
+                const int kk = i >> bf_shift, j = i & (BF - 1);
+                const int k = k0 + kk, f = f0 + j;
+                Ws[i] = (k < K && f < F) ? load_ro(pwk + (long long)k * F + f) : A(0);
+            }
         }
         if (dw_smem) {
             for (int i = tid; i < taps * SC_BK; i += SC_THREADS) {
                 const int tap = i / SC_BK, k = k0 + (i - tap * SC_BK);
-                Wd[i] = k < K ? dwk[(long long)tap * K + k] : A(0);
+                Wd[i] = k < K ? load_ro(dwk + (long long)tap * K + k) : A(0);
             }
         }
         if (use_halo) {
-            // Consecutive threads walk the axis contiguous in global memory: channels for
-            // channels_last, width for channels_first (odd `plane`: no smem bank conflicts).
-            const int total = nch * HH * HWd;
-            Walk3 w = CF ? Walk3(tid, SC_THREADS, HH, HWd) : Walk3(tid, SC_THREADS, HWd, nch);
-            for (int i = tid; i < total; i += SC_THREADS, w.next()) {
-                const int cc = CF ? w.a : w.c, hh = CF ? w.b : w.a, ww = CF ? w.c : w.b;
-                const int ih = ih0 + hh, iw = iw0 + ww;
-                T v = from_acc<T>(A(0));
-                if ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
-                    v = xn[(long long)(c_lo + cc) * xs_c + (long long)ih * xs_h + (long long)iw * xs_w];
-                Xs[cc * plane + hh * HWd + ww] = v;
-            }
+            halo.c_lo = c_lo;
+            halo.nch = nch;
+            if (vec_pixels && ((c_lo | nch) & (VEC - 1)) == 0)
+                stage_halo<T, uint4, CF>(Xs, halo);
+            else
+                stage_halo<T, T, CF>(Xs, halo);
         }
         __syncthreads();
 
         // ---- 2. depthwise outputs of the chunk -> Ds (one warp per channel) ----
         for (int kk = warp; kk < SC_BK; kk += SC_WARPS) {
             const int k = k0 + kk;
-            const int c = min(k, K - 1) / M;
+            A* ds = Ds + kk * BP;
+            if (k >= K) {   // past the last channel: zeros meet the zero weight rows
+                for (int r = 0; r < npos; ++r) ds[lane + 32 * r] = A(0);
+                continue;
+            }
+            const int c = k / M;
             const T* xs = Xs + (c - c_lo) * plane;
-            const T* __restrict__ xc = xn + (long long)c * xs_c;
+            if constexpr (KH_ > 0) {
+                // Specialized extents always run with a halo (the planner ensures it).
+                // Split columns with dilation (not a valid layer) take the generic loop.
+                const bool unit = dil_h == 1 && dil_w == 1;
+                if (unit || !halo.split) {
+                    const int mode = !unit ? DW_DILATED : (halo.split ? DW_SPLIT : DW_UNIT);
+                    const A* wd = Wd + kk;
+#define SC_DEPTHWISE_FIXED(MODE) depthwise_fixed<T, A, KH_, KW_, MODE>( \
+        ds, xs, wd, npos, tw_shift, str_h, str_w, dil_h, dil_w, pitch, halo.wsub)
+                    if (mode == DW_UNIT) SC_DEPTHWISE_FIXED(DW_UNIT);
+                    else if (mode == DW_SPLIT) SC_DEPTHWISE_FIXED(DW_SPLIT);
+                    else SC_DEPTHWISE_FIXED(DW_DILATED);
+#undef SC_DEPTHWISE_FIXED
+                    continue;
+                }
+            }
             for (int r = 0; r < npos; ++r) {
                 const int p = lane + 32 * r;
                 const int pth = p >> tw_shift, ptw = p & (TW - 1);
                 A d = A(0);
-                if (k < K && (KH_ > 0 || use_halo)) {
-                    // specialized extents always run with a halo (the planner ensures it)
-                    const T* src = xs + pth * str_h * HWd + ptw * str_w;
-#pragma unroll
+                if (use_halo) {
                     for (int i = 0; i < KH; ++i) {
-                        const T* row = src + i * dil_h * HWd;
-#pragma unroll
+                        const T* row = xs + (pth * str_h + i * dil_h) * pitch;
                         for (int j = 0; j < KW; ++j) {
                             const int tap = i * KW + j;
-                            const A w = dw_smem ? Wd[tap * SC_BK + kk] : dwk[(long long)tap * K + k];
-                            d = m_fma(to_acc(row[j * dil_w]), w, d);
+                            const A w = dw_smem ? Wd[tap * SC_BK + kk] : load_ro(dwk + (long long)tap * K + k);
+                            d = m_fma(to_acc(row[halo.column(ptw * str_w + j * dil_w)]), w, d);
                         }
                     }
-                } else if (k < K) {
-                    // Fallback for halos too large for shared memory: gather from global.
+                } else {
+                    // No halo: gather from global memory, skipping taps in the padding.
+                    const T* __restrict__ xc = xn + (long long)c * xs_c;
                     const int oh = oh0 + pth, ow = ow0 + ptw;
                     if (oh < OH && ow < OW) {
                         for (int i = 0; i < KH; ++i) {
@@ -168,13 +311,13 @@ sepconv_fused(const T* __restrict__ x,
                                 const int iw = ow * str_w - pad_w + j * dil_w;
                                 if ((unsigned)iw >= (unsigned)W) continue;
                                 const int tap = i * KW + j;
-                                const A w = dw_smem ? Wd[tap * SC_BK + kk] : dwk[(long long)tap * K + k];
-                                d = m_fma(to_acc(xc[(long long)ih * xs_h + (long long)iw * xs_w]), w, d);
+                                const A w = dw_smem ? Wd[tap * SC_BK + kk] : load_ro(dwk + (long long)tap * K + k);
+                                d = m_fma(to_acc(load_ro(xc + (long long)ih * xs_h + (long long)iw * xs_w)), w, d);
                             }
                         }
                     }
                 }
-                Ds[kk * BP + p] = d;
+                ds[p] = d;
             }
         }
         __syncthreads();
