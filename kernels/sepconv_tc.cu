@@ -92,7 +92,7 @@ template <> struct Tc<float> {
     typedef float Operand;               // tf32 bit patterns (the host pre-rounds B)
     static constexpr int kPerWord = 1;
     __device__ __forceinline__ static void unpack(unsigned w, float (&v)[1]) {
-        v[0] = __uint_as_float(w);
+        v[0] = __int_as_float(static_cast<int>(w));
     }
     __device__ __forceinline__ static unsigned operand(const float (&v)[1]) {
         return cvt_tf32(v[0]);

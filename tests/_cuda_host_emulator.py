@@ -106,21 +106,23 @@ class HostEmulator:
         self._entries[name](grid, block, int(shared_bytes), pointers)
 
 
-def separable_conv(emulator, x, depthwise, pointwise, bias, geom, activation):
-    """CupyOps.separable_conv with NumPy arrays and emulated launches."""
+def separable_conv(emulator, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False):
+    """CupyOps.separable_conv with NumPy arrays and emulated launches (the same kernel
+    choice, weight preparation and launch sequence)."""
     dtype = x.dtype.name
     y = np.empty(geom.output_shape, dtype=x.dtype)
     # poison the output: every element must be written by the kernel
     y.view(np.uint8).fill(0xFF)
     strides = cuda_kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
-    acc = np.float64 if dtype == "float64" else np.float32
-    dk = np.ascontiguousarray(depthwise, dtype=acc)
-    pk = np.ascontiguousarray(pointwise, dtype=acc)
-    b = None if bias is None else np.ascontiguousarray(bias, dtype=acc)
+    aligned = x.__array_interface__["data"][0] % 16 == 0
     launches, apply_after = cuda_kernels.launch_sequence(dtype, geom, activation, strides,
-                                                         b is not None)
+                                                         bias is not None, allow_tf32, aligned)
     for launch in launches:
-        arrays = (x, dk, pk, pk if b is None else b, y) if launch.kind == "fused" else (y,)
+        if launch.kind == "fused":
+            dk, pk, b = cuda_kernels.prepare_weights(np, launch.weights, depthwise, pointwise, bias)
+            arrays = (x, dk, pk, pk if b is None else b, y)
+        else:
+            arrays = (y,)
         emulator.launch(launch.name, launch.grid, launch.block, arrays + launch.scalars,
                         launch.shared_bytes)
     if apply_after:

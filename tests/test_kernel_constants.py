@@ -31,7 +31,15 @@ MIRRORED = {
         "SC_DW_SMEM_TAPS": cuda_kernels.DW_SMEM_TAPS,
     },
     os.path.join(KERNELS, "sepconv_tc.cu"): {
-        # TC_* constants the tensor-core planner mirrors go here
+        "TC_THREADS": cuda_kernels.TC_THREADS,
+        "TC_WARPS": cuda_kernels.TC_WARPS,
+        "TC_WARP_M": cuda_kernels.TC_WARP_M,
+        "TC_WARP_N": cuda_kernels.TC_WARP_N,
+        "TC_TILE_ELEMS": cuda_kernels.TC_TILE_ELEMS,
+        "TC_CHUNK_BYTES": cuda_kernels.TC_CHUNK_BYTES,
+        "TC_ROW_BYTES": cuda_kernels.TC_ROW_BYTES,
+        "TC_OUT_PAD": cuda_kernels.TC_OUT_PAD,
+        "TC_ACT_SLOTS": cuda_kernels.TC_ACT_SLOTS,
     },
     emu.RUNTIME: {
         "EMU_SMEM_LIMIT": emu.SMEM_LIMIT,
