@@ -1,5 +1,54 @@
-"""Random separable-convolution inputs shared by the backend tests."""
+"""What the backend tests share: random separable-convolution inputs and the one
+tolerance table for comparing against the float64 reference."""
 import math
+
+import numpy as np
+from hypothesis import settings
+
+from sepconv_gpu import activations
+
+# Activation names whose result has the shape of their input (all but glu, which halves
+# the last axis and so needs an even one): what random cases draw from.
+SHAPE_PRESERVING_ACTIVATIONS = tuple(
+    n for n in activations.NAMES if activations.get(n).output_shape((2, 4)) == (2, 4))
+
+# Largest error allowed against the float64 NumPy reference, relative to
+# max(1, max|reference|) (random_case keeps outputs O(1); the scale covers larger ones).
+# A wrong tap, channel or bias moves outputs by O(0.1): every value is far below that.
+TOLERANCE = {
+    # float16 in and out, float32 inside: rounding the output to float16 alone costs half
+    # an ulp, 2**-11 = 4.9e-4 relative. 4e-3 is eight of those: room for float32
+    # accumulation and for weights rounded to float16 (mixed_float16 computes with them).
+    "float16": 4e-3,
+    # float32: 2**-24 = 6e-8 per rounding; sums of up to ~10^3 products plus a few-ulp
+    # library activation (erf, tanh, expm1) stay well below ~300 ulps = 2e-5.
+    "float32": 2e-5,
+    # float64: the same sums in double err ~1e-13; 1e-10 leaves room for activations that
+    # amplify relative error (exponential of outputs up to ~10).
+    "float64": 1e-10,
+}
+# Against recorded Keras outputs (float32, computed by TensorFlow / XLA in their own
+# summation order): the bound the recordings were made to meet.
+KERAS_TOLERANCE = 1e-4
+
+
+def assert_matches(y, reference, dtype=None, tolerance=None):
+    """`y` equals `reference` within TOLERANCE[dtype] (default: y's dtype) relative to
+    max(1, max|reference|); NaN and infinities must sit at the same places."""
+    y = np.asarray(y)
+    reference = np.asarray(reference, dtype=np.float64)
+    assert y.shape == reference.shape, (y.shape, reference.shape)
+    if tolerance is None:
+        tolerance = TOLERANCE[np.dtype(dtype or y.dtype).name]
+    finite = np.isfinite(reference)
+    scale = max(1.0, float(np.max(np.abs(reference[finite]), initial=0.0)))
+    np.testing.assert_allclose(y.astype(np.float64), reference, rtol=0, atol=tolerance * scale)
+
+
+def examples(n):
+    """A property's example count: `n` under the "ci" hypothesis profile (tests/conftest.py),
+    proportionally more under "fuzz"."""
+    return max(1, n * settings.default.max_examples // settings.get_profile("ci").max_examples)
 
 
 def random_case(rng, rank, x_shape, kernel, multiplier, filters, dtype="float32", bias=True,

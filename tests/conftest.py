@@ -4,6 +4,15 @@ import pathlib
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Hypothesis profiles. "ci", the default: derandomized, no example database, so every run
+# draws the same examples (a failure reproduces; a pass means the same as last time).
+# "fuzz", by hand (`pytest --hypothesis-profile=fuzz tests/...`): random, and 50 times as
+# many examples per property (`_cases.examples`), thousands per test.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("fuzz", max_examples=50 * settings.get_profile("ci").max_examples,
+                          derandomize=False, database=None, deadline=None, print_blob=True)
 
 GOLDEN_DIR = pathlib.Path(__file__).parent / "data" / "keras_golden"
 MANIFEST = json.loads((GOLDEN_DIR / "manifest.json").read_text())
@@ -12,6 +21,11 @@ MANIFEST = json.loads((GOLDEN_DIR / "manifest.json").read_text())
 def golden_arrays(case):
     with np.load(GOLDEN_DIR / case["file"]) as z:
         return {k: z[k] for k in z.files}
+
+
+def pytest_configure(config):
+    if not config.getoption("hypothesis_profile", None):
+        settings.load_profile("ci")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import sepconv_gpu as sg
+from _cases import assert_matches
 from sepconv_gpu import ops
 
 
@@ -94,7 +95,7 @@ def test_dtype_policies(policy, var_dtype, out_dtype):
     y = layer(x)  # floating inputs are cast to the compute dtype, as Keras does
     assert y.dtype == out_dtype and all(w.dtype == var_dtype for w in layer.weights)
     ref = ops.reference_separable_conv(2, x.astype(out_dtype), *layer.get_weights())
-    np.testing.assert_allclose(y.astype(np.float64), ref, atol={"float16": 2e-2}.get(out_dtype, 1e-5))
+    assert_matches(y, ref)
 
 
 def test_compute_output_shape_with_unknown_dims():
@@ -121,7 +122,7 @@ def test_callable_activation_sees_the_whole_output(monkeypatch):
     y = layer(x)
     ref = ops.reference_separable_conv(2, x, *layer.get_weights(), padding="same",
                                        activation=lambda t: t - t.mean())
-    np.testing.assert_allclose(y, ref, rtol=0, atol=1e-4)
+    assert_matches(y, ref)
 
 
 def test_allow_tf32_travels_through_config_and_calls():
@@ -133,7 +134,7 @@ def test_allow_tf32_travels_through_config_and_calls():
     assert sg.SeparableConv1D.from_config(config, backend="numpy").allow_tf32 is True
     x = np.random.default_rng(5).standard_normal((2, 6, 4)).astype("float32")
     y = layer(x)  # the NumPy backend is exact either way
-    np.testing.assert_allclose(y, ops.reference_separable_conv(1, x, *layer.get_weights()), atol=1e-5)
+    assert_matches(y, ops.reference_separable_conv(1, x, *layer.get_weights()))
     np.testing.assert_array_equal(ops.separable_conv1d(x, *layer.get_weights(), allow_tf32=True), y)
     with pytest.raises(TypeError, match="`allow_tf32` must be a bool; received 'yes'"):
         ops.separable_conv1d(x, *layer.get_weights(), allow_tf32="yes")

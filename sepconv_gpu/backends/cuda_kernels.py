@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from ..geometry import INT32_MAX
+from ..geometry import INT32_MAX, ConvGeometry
 
 # --- constants mirrored from kernels/sepconv_fused.cu ---------------------------------
 THREADS = 256            # SC_THREADS
@@ -26,8 +26,6 @@ MAX_POSITIONS = 256      # largest BP = TILE_ELEMS // min(FILTER_BLOCKS) (Python
 DW_SMEM_TAPS = 64        # SC_DW_SMEM_TAPS
 FILTER_BLOCKS = (16, 32, 64)   # BF choices (BP = TILE_ELEMS // BF = 256, 128, 64)
 SMEM_BUDGET = 48 * 1024  # dynamic shared memory without an opt-in attribute
-SECTOR_COST = 64         # planner: one 32-byte global sector ~ this many FMAs (L2 bandwidth)
-STAGE_COST = 8           # planner: staging one halo element (index math, smem store)
 SOFTMAX_THREADS = 256   # sepconv_softmax_lastaxis block size (8 warps, a row each)
 NVRTC_OPTIONS = ("--std=c++17",)
 
@@ -165,17 +163,11 @@ class KernelPlan:
     use_halo: bool
     shared_bytes: int
     grid: int          # blocks
+    predicted_us: float = 0.0   # cost_model.predict (H100 constants; contiguous input)
 
     @property
     def th(self):
         return self.bp // self.tw
-
-
-def _halo_channels(channels, multiplier):
-    """Most input channels one chunk of CHUNK depthwise channels reads."""
-    if multiplier == 1:
-        return min(channels, CHUNK)
-    return min(channels, (CHUNK - 1) // multiplier + 2)
 
 
 def _halo_extent(tile, stride, dilation, k):
@@ -213,32 +205,54 @@ def _row_pitch(footprint, tw, stride_h, col_step, itemsize):
     if lane_bytes > 8 or tw * lane_bytes >= 128:
         return footprint
     for pitch in range(footprint, footprint + 2 * span * stride_h + 1):
-        step = stride_h * pitch
-        if step % span == 0 and (step // span) % 2 == 1:
+        if _rows_disjoint(pitch, tw, stride_h, col_step, itemsize):
             return pitch
     return footprint  # e.g. single-column tiles at an even row stride
+
+
+def _rows_disjoint(pitch, tw, stride_h, col_step, itemsize):
+    """Whether a warp's depthwise reads of one tap hit every bank at most once."""
+    lane_bytes = col_step * itemsize
+    span = tw * col_step
+    if lane_bytes > 8 or tw * lane_bytes >= 128:
+        return lane_bytes <= 8
+    step = stride_h * pitch
+    return step % span == 0 and (step // span) % 2 == 1
 
 
 @functools.lru_cache(maxsize=4096)
 def plan(dtype, batch, channels, multiplier, filters, in_size, out_size, kernel, strides,
          dilation, channels_first=False):
-    """Pick the filter block, tile shape, halo layout and halo mode for one convolution.
+    """Pick the filter block, tile shape, halo layout and halo mode for one convolution:
+    the candidate the cost model (`cost_model.simt_fused_work`, H100 constants) predicts
+    fastest, assuming a contiguous input.
 
-    Cost of a candidate (BF, tile width), per block and channel chunk, in FMA-equivalents:
-    BP depthwise outputs (taps FMAs each) and BP x BF pointwise outputs, plus the halo:
-    SECTOR_COST per 32-byte sector loaded (runs are contiguous along the channels for
-    channels_last, along the width for channels_first) and STAGE_COST per element staged.
-    Ragged tiles and filter blocks waste work. Only candidates whose shared memory fits
-    SMEM_BUDGET qualify, each with the bank-conflict-free row pitch if that fits, else
-    the tight one; if none does (huge dilated extents) the kernel gathers the depthwise
-    input from global memory (use_halo=False) with the least wasteful tile.
+    Candidates: BF in FILTER_BLOCKS x every power-of-two tile width, each with the
+    bank-conflict-free halo row pitch if its shared memory fits SMEM_BUDGET, else the
+    tight pitch. The model prices staging (halo and weights re-staged per block and chunk:
+    the depthwise recompute of FB > 1), the depthwise and pointwise issue, shared-memory
+    wavefronts, L2 and DRAM bytes, occupancy and waves, so ragged tiles and filter blocks
+    pay for their waste. If no halo fits (huge dilated extents) the kernel gathers the
+    depthwise input from global memory (use_halo=False) with the cheapest tile.
     """
+    from . import cost_model
+
     _, in_isz, acc_isz = DTYPES[dtype]
     (oh, ow), (kh, kw), (sh, sw), (dh, dw) = out_size, kernel, strides, dilation
     taps = kh * kw
     dw_bytes = taps * CHUNK * acc_isz if taps <= DW_SMEM_TAPS else 0
-    halo_channels = _halo_channels(channels, multiplier)
+    halo_channels = cost_model.simt_halo_channels(channels, multiplier, CHUNK)
     split = halo_split(in_isz, sw)
+    specialized = kernel_extent(dtype, kernel) != GENERIC_EXTENT
+    geom = ConvGeometry(rank=2, channels_first=channels_first, batch=batch, channels=channels,
+                        depth_multiplier=multiplier, filters=filters, in_size=tuple(in_size),
+                        kernel=tuple(kernel), strides=tuple(strides), dilation=tuple(dilation),
+                        pad_before=(0, 0), out_size=tuple(out_size), use_bias=True)
+
+    def priced(candidate, bank_ways):
+        work = cost_model.simt_fused_work(geom, candidate, in_isz, acc_isz, CHUNK, THREADS,
+                                          specialized=specialized, bank_ways=bank_ways)
+        return dataclasses.replace(candidate, predicted_us=cost_model.predict(work).us)
 
     best, fallback = None, None
     for bf in FILTER_BLOCKS:
@@ -247,34 +261,29 @@ def plan(dtype, batch, channels, multiplier, filters, in_size, out_size, kernel,
         fixed = CHUNK * (bp + bf) * acc_isz + dw_bytes
         for tw in _tile_widths(bp, ow, oh):
             tiles_w, tiles_h = -(-ow // tw), -(-oh // (bp // tw))
-            blocks = blocks_f * tiles_w * tiles_h
             hh, hw = _halo_extent(bp // tw, sh, dh, kh), _halo_extent(tw, sw, dw, kw)
             footprint = hw + (hw & 1) if split else hw
             col_step = 1 if split else sw
-            compute = blocks * bp * CHUNK * (taps + bf)
-            key = (bf, bp, tw, tiles_w, tiles_h, blocks_f)
+            tile = dict(bf=bf, bp=bp, tw=tw, tiles_w=tiles_w, tiles_img=tiles_w * tiles_h,
+                        filter_blocks=blocks_f, grid=batch * tiles_w * tiles_h * blocks_f)
             for pitch in dict.fromkeys((_row_pitch(footprint, tw, sh, col_step, in_isz), footprint)):
                 plane = hh * pitch | 1  # odd: conflict-free channel-strided smem stores
                 shared = fixed + halo_channels * plane * in_isz
                 if shared > SMEM_BUDGET:
                     continue
-                if channels_first:
-                    sectors = halo_channels * hh * (-(-hw * in_isz // 32) + 1)
-                else:
-                    sectors = hh * hw * -(-halo_channels * in_isz // 32)
-                halo = SECTOR_COST * sectors + STAGE_COST * halo_channels * hh * hw
-                cost = compute + blocks * halo
-                if best is None or cost < best[0]:
-                    best = (cost, key, (hh, hw, pitch, plane, shared, True))
+                ways = 1 if _rows_disjoint(pitch, tw, sh, col_step, in_isz) else 2
+                candidate = priced(KernelPlan(**tile, halo_h=hh, halo_w=hw, pitch=pitch,
+                                              plane=plane, use_halo=True, shared_bytes=shared),
+                                   ways)
+                if best is None or candidate.predicted_us < best.predicted_us:
+                    best = candidate
                 break
-            if fallback is None or compute < fallback[0]:
-                fallback = (compute, key, (1, 1, 1, 1, fixed, False))
-    _, (bf, bp, tw, tiles_w, tiles_h, blocks_f), (hh, hw, pitch, plane, shared, use_halo) = (
-        best or fallback)
-    return KernelPlan(bf=bf, bp=bp, tw=tw, tiles_w=tiles_w, tiles_img=tiles_w * tiles_h,
-                      filter_blocks=blocks_f, halo_h=hh, halo_w=hw, pitch=pitch, plane=plane,
-                      use_halo=use_halo, shared_bytes=shared,
-                      grid=batch * tiles_w * tiles_h * blocks_f)
+            if best is None:
+                candidate = priced(KernelPlan(**tile, halo_h=1, halo_w=1, pitch=1, plane=1,
+                                              use_halo=False, shared_bytes=fixed), 1)
+                if fallback is None or candidate.predicted_us < fallback.predicted_us:
+                    fallback = candidate
+    return best or fallback
 
 
 def check_launchable(geom, kernel_plan):
@@ -419,10 +428,8 @@ def _simt_launch(dtype, geom, kernel_id, x_strides, has_bias, act_param):
     extent = kernel_extent(dtype, geom.kernel) if kp.use_halo else GENERIC_EXTENT
     name = fused_name(dtype, kernel_id, geom.channels_first, extent)
     scalars = fused_scalar_args(geom, kp, x_strides, has_bias, act_param)
-    _, in_isz, acc_isz = DTYPES[dtype]
-    predicted = cost_model.predict(cost_model.simt_fused_work(geom, kp, in_isz, acc_isz)).us
     return Launch("fused", name, kp.grid, THREADS, kp.shared_bytes, scalars,
-                  weights_layout("simt", dtype), predicted)
+                  weights_layout("simt", dtype), kp.predicted_us)
 
 
 # --- tensor-core kernel (kernels/sepconv_tc.cu) ----------------------------------------
@@ -505,8 +512,7 @@ def tc_plan(dtype, geom, linear_activation=True):
     """The cheapest `TcPlan` by the cost model, or None when no tile fits TC_SMEM_LIMIT.
 
     Candidates: BN in TC_FILTER_BLOCKS (F <= 256 fits one filter block: no depthwise
-    recompute), every power-of-two tile width (the whole tile along the width for 1D),
-    TC_STAGES. Each is priced by `cost_model.tc_fused_work`: compulsory DRAM bytes, L2
+    recompute), every power-of-two tile width up to the output width, TC_STAGES. Each is priced by `cost_model.tc_fused_work`: compulsory DRAM bytes, L2
     bytes (halo + weights re-staged per block and chunk: the recompute factor), shared
     memory bytes, SIMT issue of the depthwise, tensor FLOPs including padding, waves.
     """
@@ -520,8 +526,10 @@ def tc_plan(dtype, geom, linear_activation=True):
     for bn in TC_FILTER_BLOCKS:
         bm = TC_TILE_ELEMS // bn
         blocks_f = -(-geom.filters // bn)
-        widths = (bm,) if oh == 1 else tuple(
-            1 << i for i in range(1, bm.bit_length()) if (1 << i) < 2 * ow or (1 << i) == 2)
+        # power-of-two widths up to the first that covers the output row (1D included:
+        # a single-row tile can need a halo too wide for shared memory)
+        widths = tuple(1 << i for i in range(1, bm.bit_length())
+                       if (1 << i) < 2 * ow or i == 1)
         for tw in widths:
             th = bm // tw
             tiles_w, tiles_h = -(-ow // tw), -(-oh // th)
