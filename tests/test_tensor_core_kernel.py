@@ -1,0 +1,339 @@
+"""The tensor-core kernel (kernels/sepconv_tc.cu) on the CPU, and the rule that picks it.
+
+The kernel runs in the host emulator (tests/_cuda_host_emulator.py: mma / ldmatrix as warp
+collectives with the PTX fragment layouts, cp.async destinations NaN until their wait,
+shared memory exactly the planned bytes) through the same kernel choice, weight
+preparation and launch sequence as the CUDA backend, and is compared with the float64
+NumPy reference. Compiled, emulated on the CPU, never run on a GPU here: the GPU half is
+tests/test_tensor_core_gpu.py.
+
+Tolerances (u = 2^-11, the unit roundoff of fp16 and of TF32 with round-to-nearest):
+* float16: x and the weights are fp16 already; the depthwise sums in fp32 (error ~taps *
+  2^-24, negligible) and is rounded once to the fp16 mma operand (<= u |d_k|); products
+  and sums in fp32 (~K * 2^-24); the output is rounded to fp16 (<= u |y|). So
+  |y - ref| <= L * u * A + u * |y| + tiny, where A = sum_k |d_k| |P_kf| (computed below as
+  the reference on |x|, |D|, |P|) and L bounds the activation's slope (<= 1.76 for selu;
+  the others <= 1.2; exponential: e^v, covered by the |y| term's factor because
+  e^(v + dv) - e^v ~ e^v dv). We allow 2u (A + |y|): tight enough that a wrong fragment,
+  tap or channel (errors ~ A) fails it.
+* TF32 (float32 with allow_tf32): both operands of the pointwise mma are rounded to TF32
+  (<= u each: 2u A), the depthwise and everything else stay fp32: 2u (A + |y|) again.
+A second check compares with a float64 model of exactly those roundings (operands
+rounded as the kernel rounds them), to within fp32 accumulation error and one output ulp.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+import pytest
+
+from sepconv_gpu import activations, geometry
+from sepconv_gpu.backends import cost_model, cuda_kernels
+from sepconv_gpu.backends.numpy_backend import reference_separable_conv
+
+from _cases import random_case
+
+try:
+    import _cuda_host_emulator as emu  # tests/ on sys.path (pytest's default rootdir import)
+except ImportError:  # tests/ as a package
+    from . import _cuda_host_emulator as emu
+
+needs_emulator = pytest.mark.skipif(
+    emu.compiler() is None or emu.cuda_include_dir() is None,
+    reason="needs a host C++ compiler and the CUDA headers")
+
+U = 2.0 ** -11
+LINEAR = activations.get(None)
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    names = cuda_kernels.tc_name_expressions() + [
+        cuda_kernels.softmax_name(dtype, log) for dtype in cuda_kernels.TC_DTYPES
+        for log in (False, True)]
+    return emu.HostEmulator(names)
+
+
+def make_case(rng, rank, x_shape, kernel, filters, strides=1, padding="same", dilation=1,
+              activation="relu", dtype="float16", bias=True):
+    strides, padding, data_format, dilation = geometry.normalize_call_args(
+        rank, strides, padding, "channels_last", dilation)
+    x, dk, pk, b = random_case(rng, rank, x_shape, kernel, 1, filters, dtype, bias)
+    geom = geometry.make_geometry(rank, x.shape, dk.shape, pk.shape,
+                                  None if b is None else b.shape, strides, padding,
+                                  data_format, dilation)
+    return x, dk, pk, b, geom, activations.get(activation)
+
+
+def rounding_model(x, dk, pk, b, geom, act):
+    """float64 result of the kernel's arithmetic with its roundings: the depthwise output
+    and the pointwise weights rounded to the mma operand type (fp16, or TF32 for float32),
+    everything else exact."""
+    f64 = np.float64
+    channels = geom.channels
+    identity = np.eye(channels).reshape((1,) * geom.rank + (channels, channels))
+    depthwise_only = dataclasses.replace(geom, filters=channels, use_bias=False)
+    d = reference_separable_conv(x.astype(f64), dk.astype(f64), identity, None, depthwise_only,
+                                 LINEAR)
+    if x.dtype == np.float16:
+        d, p = d.astype(np.float16).astype(f64), pk.astype(np.float16).astype(f64)
+    else:
+        d = cuda_kernels.round_to_tf32(np, d.astype(np.float32)).astype(f64)
+        p = cuda_kernels.round_to_tf32(np, pk.astype(np.float32)).astype(f64)
+    pointwise_only = dataclasses.replace(geom, kernel=(1, 1), strides=(1, 1), dilation=(1, 1),
+                                         pad_before=(0, 0), in_size=geom.out_size)
+    one_tap = np.ones((1,) * geom.rank + (channels, 1))
+    if act.kernel_id in cuda_kernels.FUSED_ACTIVATIONS:  # applied in fp32 in the epilogue
+        return reference_separable_conv(d, one_tap, p, None if b is None else b.astype(f64),
+                                        pointwise_only, act)
+    # applied afterwards (softmax kernel, callables) to the output rounded to x's dtype
+    y = reference_separable_conv(d, one_tap, p, None if b is None else b.astype(f64),
+                                 pointwise_only, LINEAR)
+    return np.asarray(act(y.astype(x.dtype).astype(f64)), dtype=f64)
+
+
+def check(emulator, x, dk, pk, b, geom, act, allow_tf32=False):
+    before = x.copy()
+    y, launches = emu.separable_conv(emulator, x, dk, pk, b, geom, act, allow_tf32=allow_tf32)
+    assert launches[0].name.startswith("sepconv_tc<"), launches[0].name
+    np.testing.assert_array_equal(x, before)  # the input is never written
+    ref = reference_separable_conv(x, dk, pk, b, geom, act)
+    assert y.shape == ref.shape and y.dtype == x.dtype
+    y64 = y.astype(np.float64)
+    magnitude = np.max(reference_separable_conv(
+        np.abs(x.astype(np.float64)), np.abs(dk.astype(np.float64)),
+        np.abs(pk.astype(np.float64)), None, geom, LINEAR))
+    excess = np.abs(y64 - ref) - 2 * U * (magnitude + np.abs(ref))
+    assert np.all(excess <= 1e-6), (float(np.max(excess)), launches[0].name, launches[0].scalars)
+    # Against the rounding model: fp32 accumulation order and one output ulp only. The
+    # kernel's fp32 depthwise and the model's float64 one can round a d_k to different
+    # sides of an operand tie (chance ~2^-13 each), so a few elements may miss.
+    model = rounding_model(x, dk, pk, b, geom, act)
+    ulp = np.spacing(np.abs(model).astype(x.dtype)).astype(np.float64)
+    off = np.abs(y64 - model) > ulp + 1e-5 * (magnitude + np.abs(model))
+    assert off.sum() <= 1 + off.size // 50, (int(off.sum()), off.size, launches[0].name)
+    return launches
+
+
+# --- the kernel in the emulator -----------------------------------------------------------
+
+GEOMETRIES = [
+    # rank, x_shape, kernel, F, strides, padding, dilation
+    (2, (1, 6, 6, 8), 3, 8, 1, "same", 1),              # one tile, F one n8 tile
+    (2, (2, 9, 11, 16), 3, 20, 2, "same", 1),           # stride 2, ragged tiles
+    (2, (1, 7, 9, 24), (2, 3), 70, 1, "same", (2, 1)),  # generic extent, dilation
+    (2, (1, 5, 13, 40), 5, 9, (1, 2), "valid", 1),      # K padded 40 -> 64, anisotropic
+    (2, (1, 1, 1, 8), 1, 3, 1, "valid", 1),             # 1x1 image, 1x1 kernel
+    (2, (1, 3, 70, 8), 3, 7, (2, 1), "same", 1),        # wide image, F < 8
+    (2, (1, 4, 4, 16), 3, 300, 1, "same", 1),           # F > 256: two filter blocks
+    (2, (1, 6, 5, 72), 3, 33, 1, "same", (1, 3)),       # several channel chunks
+    (1, (2, 40, 8), 4, 9, 1, "causal", 2),              # 1D, causal, dilated
+    (1, (1, 90, 16), 31, 16, 1, "same", 1),             # 1D long kernel (Conformer-like)
+]
+
+
+@needs_emulator
+@pytest.mark.parametrize("case", GEOMETRIES, ids=lambda c: f"{c[0]}d-{c[1]}-k{c[2]}-f{c[3]}-s{c[4]}")
+@pytest.mark.parametrize("mode", ["float16", "tf32"])
+def test_tensor_core_geometries(emulator, case, mode):
+    rank, shape, kernel, f, s, padding, d = case
+    dtype = "float16" if mode == "float16" else "float32"
+    rng = np.random.default_rng(abs(hash((case, mode))) % 2**32)
+    check(emulator, *make_case(rng, rank, shape, kernel, f, s, padding, d, "relu", dtype),
+          allow_tf32=mode == "tf32")
+
+
+def _random_geometry(seed):
+    """A random small TC-eligible geometry (channels a multiple of 8, any F)."""
+    rng = np.random.default_rng(seed)
+    rank = int(rng.integers(1, 3))
+    kernel = tuple(int(k) for k in rng.integers(1, 6, rank))
+    strided = rng.random() < 0.5
+    strides = tuple(int(s) for s in rng.integers(1, 3, rank)) if strided else (1,) * rank
+    dilation = (1,) * rank if strided else tuple(int(v) for v in rng.integers(1, 3, rank))
+    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilation)]
+    spatial = tuple(int(rng.integers(sp, sp + (12 if rank == 2 else 40))) for sp in span)
+    channels = 8 * int(rng.integers(1, 6))
+    filters = int(rng.choice([1, 5, 8, 13, 16, 31, 64, 65, 130]))
+    padding = str(rng.choice(["valid", "same"] + (["causal"] if rank == 1 else [])))
+    batch = int(rng.integers(1, 3))
+    return (rank, (batch,) + spatial + (channels,), kernel, filters, strides, padding, dilation,
+            seed)
+
+
+@needs_emulator
+@pytest.mark.parametrize("geometry_case", [_random_geometry(s) for s in range(12)],
+                         ids=lambda c: f"seed{c[-1]}")
+def test_tensor_core_random_geometries(emulator, geometry_case):
+    rank, shape, kernel, f, s, padding, d, seed = geometry_case
+    rng = np.random.default_rng(1000 + seed)
+    mode = "tf32" if seed % 3 == 0 else "float16"
+    dtype = "float32" if mode == "tf32" else "float16"
+    act = activations.NAMES[(7 * seed) % len(activations.NAMES)]
+    check(emulator, *make_case(rng, rank, shape, kernel, f, s, padding, d, act, dtype,
+                               bias=seed % 4 != 1), allow_tf32=mode == "tf32")
+
+
+@needs_emulator
+@pytest.mark.parametrize("name", activations.NAMES)
+def test_tensor_core_every_activation(emulator, name):
+    rng = np.random.default_rng(11)
+    launches = check(emulator, *make_case(rng, 2, (1, 5, 6, 16), 3, 12, 1, "same", 1, name))
+    kernel_id = activations.get(name).kernel_id
+    if kernel_id in cuda_kernels.LAST_AXIS_ACTIVATIONS:
+        assert launches[1].kind == "softmax"
+
+
+@needs_emulator
+def test_tensor_core_activation_parameter_and_no_bias(emulator):
+    rng = np.random.default_rng(12)
+    act = functools.partial(activations.leaky_relu, negative_slope=0.37)
+    x, dk, pk, _, geom, resolved = make_case(rng, 2, (1, 6, 6, 8), 3, 10, activation=act, bias=False)
+    assert resolved.kernel_param == 0.37
+    check(emulator, x, dk, pk, None, geom, resolved)
+
+
+@needs_emulator
+def test_tensor_core_strided_input_view(emulator):
+    # every other column of a wider image: channels stay contiguous, the kernel reads
+    # through the strides without a copy
+    rng = np.random.default_rng(13)
+    x, dk, pk, b, _, act = make_case(rng, 2, (2, 6, 14, 16), 3, 9)
+    view = x[:, :, ::2, :]
+    geom = geometry.make_geometry(2, view.shape, dk.shape, pk.shape, b.shape, (1, 1), "same",
+                                  "channels_last", (1, 1))
+    assert not view.flags.c_contiguous
+    check(emulator, view, dk, pk, b, geom, act)
+
+
+@needs_emulator
+def test_tensor_core_float32_without_tf32_stays_exact_on_simt(emulator):
+    rng = np.random.default_rng(14)
+    x, dk, pk, b, geom, act = make_case(rng, 2, (1, 6, 6, 8), 3, 8, dtype="float32")
+    strides = cuda_kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
+    launches, _ = cuda_kernels.launch_sequence("float32", geom, act, strides, True)
+    assert launches[0].name.startswith("sepconv_fused<float,")
+    assert launches[0].weights == "simt:float32"
+
+
+# --- the selection rule ---------------------------------------------------------------------
+
+def _geom(shape=(2, 8, 8, 16), kernel=3, filters=24, multiplier=1, data_format="channels_last",
+          strides=1, dilation=1):
+    channels = shape[1] if data_format == "channels_first" else shape[-1]
+    return geometry.make_geometry(2, shape, (kernel, kernel, channels, multiplier),
+                                  (1, 1, channels * multiplier, filters), None,
+                                  (strides,) * 2, "same", data_format, (dilation,) * 2)
+
+
+def _contiguous_strides(geom):
+    shape = geom.input_shape
+    strides = np.cumprod((1,) + shape[::-1][:-1])[::-1] * 2
+    return cuda_kernels.input_element_strides(shape, tuple(int(s) for s in strides), 2, geom)
+
+
+@pytest.mark.parametrize("dtype,allow_tf32,expected", [
+    ("float16", False, "tc"), ("float16", True, "tc"), ("float32", False, "simt"),
+    ("float32", True, "tc"), ("float64", True, "simt")])
+def test_tensor_core_selection_by_dtype(dtype, allow_tf32, expected):
+    geom = _geom()
+    assert cuda_kernels.select_kernel(dtype, geom, allow_tf32, _contiguous_strides(geom), True) == expected
+
+
+def test_tensor_core_selection_needs_layout_multiplier_and_alignment():
+    geom = _geom()
+    strides = _contiguous_strides(geom)
+    assert cuda_kernels.select_kernel("float16", geom, False, strides, True) == "tc"
+    assert cuda_kernels.select_kernel("float16", geom, False, strides, False) == "simt"
+    cf = _geom((2, 16, 8, 8), data_format="channels_first")
+    assert cuda_kernels.select_kernel("float16", cf, False, _contiguous_strides(cf), True) == "simt"
+    m2 = _geom(multiplier=2)
+    assert cuda_kernels.select_kernel("float16", m2, False, _contiguous_strides(m2), True) == "simt"
+    n, c, h, w = strides
+    assert cuda_kernels.select_kernel("float16", geom, False, (n, 2, h, w), True) == "simt"
+    assert cuda_kernels.select_kernel("float16", geom, False, (n, c, h, w + 4), True) == "simt"
+    assert cuda_kernels.select_kernel("float16", geom, False, (n, c, h, w + 8), True) == "tc"
+    assert cuda_kernels.select_kernel("float16", geom, False, (-n, c, -h, -w), True) == "tc"
+    # 12 channels: 24 bytes a pixel in half (no 16-byte granules), 48 in float
+    odd = _geom((1, 8, 8, 12))
+    assert cuda_kernels.select_kernel("float16", odd, False, (768, 1, 96, 12), True) == "simt"
+    assert cuda_kernels.select_kernel("float32", odd, True, (768, 1, 96, 12), True) == "tc"
+
+
+def test_tensor_core_selection_falls_back_when_no_tile_fits():
+    huge = _geom((1, 200, 200, 16), kernel=3, dilation=60)
+    assert cuda_kernels.tc_plan("float16", huge) is None
+    assert cuda_kernels.select_kernel("float16", huge, False, _contiguous_strides(huge), True) == "simt"
+
+
+# --- the planner ----------------------------------------------------------------------------
+
+SUITE_LIKE = [
+    ((32, 147, 147, 64), 128, 1), ((32, 74, 74, 256), 256, 1), ((32, 19, 19, 728), 728, 1),
+    ((32, 10, 10, 1536), 2048, 1), ((32, 112, 112, 32), 64, 1), ((32, 112, 112, 64), 128, 2),
+    ((32, 28, 28, 192), 32, 1), ((32, 7, 7, 960), 320, 1), ((8, 5, 5, 16), 3, 1),
+]
+
+
+@pytest.mark.parametrize("shape,filters,stride", SUITE_LIKE)
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_tensor_core_plan_is_consistent(shape, filters, stride, dtype):
+    geom = _geom(shape, 3, filters, strides=stride)
+    tp = cuda_kernels.tc_plan(dtype, geom)
+    (oh, ow) = geom.out_size
+    assert tp.bm * tp.bn == cuda_kernels.TC_TILE_ELEMS and tp.bn in cuda_kernels.TC_FILTER_BLOCKS
+    assert tp.tiles_w * tp.tw >= ow and (tp.tiles_img // tp.tiles_w) * tp.th >= oh
+    assert tp.grid == geom.batch * tp.tiles_img * tp.filter_blocks
+    assert tp.shared_bytes <= cuda_kernels.TC_SMEM_LIMIT
+    # no depthwise recompute while the filters fit one block
+    assert tp.filter_blocks == -(-filters // tp.bn)
+    if filters <= max(cuda_kernels.TC_FILTER_BLOCKS):
+        assert tp.filter_blocks == 1
+    work = cost_model.tc_fused_work(geom, tp, 2 if dtype == "float16" else 4)
+    assert tp.predicted_us == pytest.approx(cost_model.predict(work).us)
+    assert tp.predicted_us > cost_model.DEFAULT_DEVICE.launch_us
+    assert work.tensor_flops >= 2 * geom.output_positions * geom.channels * geom.filters
+
+
+def test_tensor_core_launch_reports_predicted_time():
+    geom = _geom((4, 16, 16, 32), 3, 48)
+    launches, _ = cuda_kernels.launch_sequence("float16", geom, activations.get("relu"),
+                                               _contiguous_strides(geom), False)
+    assert launches[0].predicted_us == cuda_kernels.tc_plan("float16", geom, False).predicted_us > 0
+
+
+def test_tensor_core_activation_slots_cover_every_fused_activation():
+    assert len(cuda_kernels.FUSED_ACTIVATIONS) <= cuda_kernels.TC_ACT_SLOTS
+
+
+# --- weights in the kernel's layout ---------------------------------------------------------
+
+def test_tensor_core_weights_layout():
+    rng = np.random.default_rng(15)
+    dk = rng.standard_normal((3, 3, 20, 1)).astype(np.float32)
+    pk = rng.standard_normal((1, 1, 20, 7)).astype(np.float32)
+    b = rng.standard_normal(7).astype(np.float32)
+    dw, pw, bias = cuda_kernels.prepare_weights(np, "tc:float16", dk, pk, b)
+    assert dw.dtype == pw.dtype == np.float16 and bias.dtype == np.float32
+    assert dw.shape == (9, 32) and pw.shape == (7, 32)
+    np.testing.assert_array_equal(dw[:, :20], dk.reshape(9, 20).astype(np.float16))
+    np.testing.assert_array_equal(pw[:, :20], pk.reshape(20, 7).T.astype(np.float16))
+    assert not dw[:, 20:].any() and not pw[:, 20:].any()
+    dw, pw, _ = cuda_kernels.prepare_weights(np, "tc:tf32", dk, pk, None)
+    np.testing.assert_array_equal(dw[:, :20], dk.reshape(9, 20))   # depthwise stays FP32
+    assert not (pw.view(np.uint32) & 0x1FFF).any()
+    np.testing.assert_allclose(pw[:, :20], pk.reshape(20, 7).T, rtol=U, atol=0)
+    dw, pw, bias = cuda_kernels.prepare_weights(np, "simt:float64", dk, pk, b)
+    assert dw.shape == (9, 20) and pw.shape == (20, 7) and bias.dtype == np.float64
+
+
+def test_tensor_core_tf32_rounding_is_nearest_ties_away():
+    step = 2.0 ** -10  # TF32 spacing in [1, 2)
+    values = np.array([1 + step / 2, -(1 + step / 2), 1 + step / 2 - 2**-23, 1 + 1.5 * step,
+                       np.inf, -np.inf, np.nan, 0.0, 3.0], dtype=np.float32)
+    out = cuda_kernels.round_to_tf32(np, values)
+    expected = np.array([1 + step, -(1 + step), 1.0, 1 + 2 * step, np.inf, -np.inf, np.nan,
+                         0.0, 3.0], dtype=np.float32)
+    np.testing.assert_array_equal(out, expected)
