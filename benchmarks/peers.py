@@ -8,7 +8,6 @@ in its natural layout, converted once outside the timed region.
 from __future__ import annotations
 
 import functools
-import inspect
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -86,21 +85,36 @@ def compute_dtype(mode):
 # ---------------------------------------------------------------- ours
 
 
-def tf32_option():
-    """The op keyword that opts into TF32, where the library offers one (else None)."""
-    from sepconv_gpu import ops
+def kernel_model(case, mode):
+    """What the CUDA dispatch runs for this case, and what the cost model predicts for it
+    (`sepconv_gpu.backends.cost_model`, H100 constants): {"kernel": "tc" | "simt",
+    "launches": kernel names, "predicted_us", "model_device"}. CuPy-free, so a CPU run
+    records it too; only a GPU run has a measured time to compare it with."""
+    from sepconv_gpu import activations
+    from sepconv_gpu.backends import cost_model, cuda_kernels
 
-    params = inspect.signature(ops.separable_conv2d).parameters
-    return {"allow_tf32": True} if "allow_tf32" in params else None
+    geom, x = case.geom, case.xs[0]
+    allow_tf32 = mode == "tf32"
+    strides = cuda_kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
+    if strides is None:
+        raise Skip("input strides are not whole elements (the backend copies it first)")
+    # fresh CuPy / NumPy buffers are 16-byte aligned
+    launches, _ = cuda_kernels.launch_sequence(
+        case.dtype, geom, activations.get(case.layer.activation), strides,
+        case.weights[2] is not None, allow_tf32=allow_tf32, x_aligned=True)
+    return {"kernel": cuda_kernels.select_kernel(case.dtype, geom, allow_tf32, strides, True),
+            "launches": [launch.name for launch in launches],
+            "predicted_us": sum(launch.predicted_us for launch in launches),
+            "model_device": cost_model.DEFAULT_DEVICE.name}
 
 
 def sepconv_gpu(case, mode):
     from sepconv_gpu import ops
 
     extra, note = {}, ""
-    if mode == "tf32":  # against the peers' TF32 we time our TF32 opt-in, else exact float32
-        extra = (tf32_option() if case.gpu else None) or {}
-        note = "TF32 opt-in" if extra else "no TF32 option: exact float32"
+    if mode == "tf32":  # against the peers' TF32 we time our TF32 opt-in (the GPU's only)
+        extra = {"allow_tf32": True} if case.gpu else {}
+        note = "TF32 opt-in" if case.gpu else "the NumPy backend is exact float32"
     xp = __import__("cupy") if case.gpu else np
     dk, pk, b = (None if w is None else xp.asarray(w, dtype=case.dtype) for w in case.weights)
     layer, op = case.layer, getattr(ops, f"separable_conv{case.layer.rank}d")

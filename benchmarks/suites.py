@@ -1,4 +1,5 @@
-"""The layer suites of DESIGN.md, as data: every layer knows its shapes, FLOPs and bytes.
+"""The benchmark layer suites (docs/design.md, Performance method), as data: every layer
+knows its shapes, FLOPs and bytes.
 
 All layers are `same`-padded with a stride on the depthwise stage, channels_last, depth
 multiplier 1. `repeat` is how often the layer occurs in its network: it is timed once and

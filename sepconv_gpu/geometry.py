@@ -185,7 +185,7 @@ def make_geometry(rank, x_shape, depthwise_shape, pointwise_shape, bias_shape,
     """Validate shapes of an (already normalized) call and compute its output geometry.
 
     `strides`, `dilation_rate` are normalized tuples, `padding`/`data_format` normalized
-    strings (see `normalize_conv_args`). `bias_shape` is None when there is no bias.
+    strings (see `normalize_call_args`). `bias_shape` is None when there is no bias.
     """
     x_shape = tuple(int(s) for s in x_shape)
     if len(x_shape) != rank + 2:

@@ -1,5 +1,7 @@
 """The backend rule: explicit > use_backend > set_backend > env var > auto."""
+import sys
 import threading
+import types
 import warnings
 
 import numpy as np
@@ -97,6 +99,30 @@ def test_ops_compute_where_x_lives():
     assert backends.lives_on_device(FakeCudaArray())
 
 
-def test_cuda_status_is_honest_here():
-    ok, reason = backends.cuda_status()
-    assert isinstance(ok, bool) and (ok or reason)
+def _fake_cupy(device_count):
+    """A stand-in for CuPy with `device_count` devices (an exception: the driver fails)."""
+    def count():
+        if isinstance(device_count, Exception):
+            raise device_count
+        return device_count
+
+    device = types.SimpleNamespace(compute_capability="90")
+    runtime = types.SimpleNamespace(getDeviceCount=count)
+    return types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime, Device=lambda i: device))
+
+
+@pytest.mark.parametrize("cupy_module, expected", [
+    (None, (False, "CuPy is not importable (")),
+    (_fake_cupy(0), (False, "CuPy found no CUDA device")),
+    (_fake_cupy(RuntimeError("cudaErrorNoDevice")), (False, "no CUDA device answers (RuntimeError: cudaErrorNoDevice)")),
+    (_fake_cupy(2), (True, "")),
+])
+def test_cuda_status_says_why(monkeypatch, cupy_module, expected):
+    monkeypatch.setitem(sys.modules, "cupy", cupy_module)  # None: `import cupy` fails
+    backends.cuda_status.cache_clear()
+    try:
+        ok, reason = backends.cuda_status()
+        assert ok is expected[0] and reason.startswith(expected[1]), reason
+        assert backends.cuda_available() is ok
+    finally:
+        backends.cuda_status.cache_clear()  # the real answer again

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from benchmarks import __main__ as cli  # importable through pytest's pythonpath (pyproject)
-from benchmarks import peers, runner, suites
+from benchmarks import peers, report, runner, suites
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,6 +58,68 @@ def test_summary_keys_and_arithmetic():
     assert summary["float32/sepconv_gpu"]["median_pct_of_floor"] == 200.0
 
 
+def _tiny_case(layer, dtype="float32"):
+    rng = np.random.default_rng(2)
+    xs = [rng.standard_normal(layer.input_shape(2), dtype=np.float32).astype(dtype)]
+    return peers.Case(layer, 2, False, dtype, xs, layer.weights(2))
+
+
+@pytest.mark.parametrize("mode", peers.MODES)
+def test_model_entry_is_the_dispatch_and_its_cost_model(mode):
+    """Our entry's `model`: the kernel the CUDA dispatch picks and the cost model's time
+    for exactly the launches it makes; with a measured time, the ratio to it."""
+    from sepconv_gpu import activations
+    from sepconv_gpu.backends import cost_model, cuda_kernels
+
+    for layer in suites.SUITES["tiny"]:
+        case = _tiny_case(layer, peers.compute_dtype(mode))
+        model = runner.model_entry(case, mode)
+        allow_tf32 = mode == "tf32"
+        strides = cuda_kernels.input_element_strides(case.xs[0].shape, case.xs[0].strides,
+                                                     case.xs[0].itemsize, case.geom)
+        launches, _ = cuda_kernels.launch_sequence(
+            case.dtype, case.geom, activations.get(layer.activation), strides,
+            layer.use_bias, allow_tf32=allow_tf32)
+        assert model["kernel"] == cuda_kernels.select_kernel(case.dtype, case.geom, allow_tf32,
+                                                             strides, True)
+        assert model["launches"] == [launch.name for launch in launches]
+        assert model["launches"][0].startswith("sepconv_tc<" if model["kernel"] == "tc"
+                                               else "sepconv_fused<")
+        assert model["predicted_us"] == pytest.approx(sum(l.predicted_us for l in launches))
+        assert cost_model.DEFAULT_DEVICE.launch_us < model["predicted_us"] < 1e6
+        assert model["model_device"] == cost_model.DEFAULT_DEVICE.name
+        assert "ratio" not in model and "measured_us" not in model  # nothing measured
+        timed = runner.model_entry(case, mode, measured_s=3e-5)
+        assert timed["measured_us"] == pytest.approx(30.0)
+        assert timed["ratio"] == pytest.approx(30.0 / model["predicted_us"])
+
+
+def test_exact_float32_runs_the_simt_kernel_and_tf32_may_not():
+    layer = suites.SUITES["tiny"][0]
+    case = _tiny_case(layer)
+    assert runner.model_entry(case, "float32")["kernel"] == "simt"  # exact FP32: never TF32
+    assert runner.model_entry(case, "tf32")["kernel"] in ("simt", "tc")
+
+
+def test_summary_and_table_carry_the_model():
+    def layer(ratio):
+        ours = {"median_s": 1e-3, "pct_of_floor": 150.0,
+                "model": {"kernel": "simt", "predicted_us": 1e3 / ratio, "measured_us": 1e3,
+                          "ratio": ratio, "launches": ["sepconv_fused<...>"]}}
+        return {"key": f"s/{ratio}", "repeat": 1, "modes": {"float32": {"impls": {"sepconv_gpu": ours}}}}
+
+    layers = [layer(2.0), layer(8.0)]
+    summary = runner.summarize(layers, ["float32"], [])
+    assert summary["float32/sepconv_gpu"]["model_ratio_geomean"] == pytest.approx(4.0)
+    record = {"peers": [], "device": {"kind": "gpu", "name": "test"}, "layers": layers,
+              "settings": {"modes": ["float32"], "batch": 1}, "summary": summary}
+    text = report.table(record)
+    assert "model ms" in text and "ours/mdl" in text
+    row = next(line for line in text.splitlines() if line.startswith("s/2.0"))
+    assert row.split()[4:7] == ["simt", "0.500", "2.00"]
+    assert "measured / cost model (ours, geomean): 4.00" in text
+
+
 def test_kernels_hash_is_find_sort_cat(tmp_path):
     files = {"kernels/b.cu": b"second", "kernels/a.cuh": b"first", "kernels/sub/c.cu": b"third"}
     for name, data in files.items():
@@ -86,6 +148,9 @@ def test_cpu_quick_run_writes_a_record(tmp_path, capsys):
         ours = impls["sepconv_gpu"]
         assert ours["p10_s"] <= ours["median_s"] <= ours["p90_s"]
         assert ours["peak_extra_bytes"] > 0 and ours["io_bytes"] > 0
+        # the CUDA kernel's cost model rides along; a CPU run has nothing to compare it with
+        assert ours["model"]["kernel"] in ("simt", "tc") and ours["model"]["predicted_us"] > 0
+        assert "ratio" not in ours["model"]
         for peer in saved["peers"]:  # every peer either ran and agreed, or says why not
             assert impls[peer].get("agrees") or "skipped" in impls[peer]
     try:

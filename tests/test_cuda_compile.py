@@ -9,15 +9,17 @@ any warning, a missing instantiation or a register spill fails the test. Needs n
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import os
 import re
 import shutil
 import subprocess
 import time
 
+import numpy as np
 import pytest
 
-from sepconv_gpu import activations
+from sepconv_gpu import activations, geometry
 from sepconv_gpu.backends import cuda_kernels
 
 ARCHS = ("sm_80", "sm_90")
@@ -112,21 +114,34 @@ def test_every_instantiation_built_without_spills(builds, arch):
     print(f"{arch}: max {max(v[0] for v in ours.values())} registers, no spills")
 
 
-def test_name_expressions_are_unique_and_cover_every_requestable_variant():
-    names = cuda_kernels.all_name_expressions()
-    assert len(names) == len(set(names))
-    # every activation the library knows has a kernel variant (fused or last-axis)
+# What the documentation promises is applied to the output after the kernel (activations
+# module docstring); every other activation name runs fused or with the last-axis kernel.
+APPLIED_AFTER_THE_KERNEL = {"glu", "sparsemax", "tf_keras_hard_sigmoid"}
+
+
+@pytest.mark.parametrize("dtype", sorted(cuda_kernels.DTYPES))
+def test_every_launch_requests_a_built_instantiation(dtype):
+    """The planner's requests (what NVRTC compiles at run time) are all among the
+    instantiations the nvcc test above builds: any activation, layout, kernel size, path."""
+    built = cuda_kernels.all_name_expressions()
+    assert len(built) == len(set(built))
+    after = set()
     for name in activations.NAMES:
-        kernel_id = activations.get(name).kernel_id
-        assert kernel_id in cuda_kernels.FUSED_ACTIVATIONS + cuda_kernels.LAST_AXIS_ACTIVATIONS, name
-    for dtype in cuda_kernels.DTYPES:
-        for channels_first in (False, True):
-            for kernel in ((3, 3), (1, 3), (7, 7), (1, 31), (2, 5)):
-                extent = cuda_kernels.kernel_extent(dtype, kernel)
-                for kernel_id in cuda_kernels.FUSED_ACTIVATIONS:
-                    assert cuda_kernels.fused_name(dtype, kernel_id, channels_first, extent) in names
-        for log in (False, True):
-            assert cuda_kernels.softmax_name(dtype, log) in names
+        act = activations.get(name)
+        for channels_first, kernel, allow_tf32 in itertools.product(
+                (False, True), ((3, 3), (5, 5), (1, 3), (7, 7), (2, 5)), (False, True)):
+            shape = (2, 4, 12, 10) if channels_first else (2, 12, 10, 4)
+            geom = geometry.make_geometry(2, shape, kernel + (4, 2), (1, 1, 8, 16), (16,), (1, 1),
+                                          "same", "channels_first" if channels_first else "channels_last", (1, 1))
+            strides = cuda_kernels.input_element_strides(shape, np.zeros(shape, dtype).strides,
+                                                         np.dtype(dtype).itemsize, geom)
+            launches, apply_after = cuda_kernels.launch_sequence(dtype, geom, act, strides, True,
+                                                                 allow_tf32=allow_tf32)
+            missing = [launch.name for launch in launches if launch.name not in built]
+            assert not missing, (name, missing)
+            if apply_after:
+                after.add(act.name)
+    assert after == APPLIED_AFTER_THE_KERNEL
 
 
 def test_activation_enum_matches_the_source():
