@@ -8,16 +8,27 @@ def _ms(seconds):
     return f"{seconds * 1e3:9.3f}"
 
 
+def _model(ours):
+    """Kernel kind, predicted time and measured / predicted of our entry's cost model."""
+    model = ours.get("model", {})
+    if "predicted_us" not in model:
+        return f" {'-':>6} {'-':>9} {'-':>8}"
+    ratio = f"{model['ratio']:.2f}" if "ratio" in model else "-"
+    return f" {model['kernel']:>6} {_ms(model['predicted_us'] * 1e-6)} {ratio:>8}"
+
+
 def table(record):
-    """Per mode: each layer's time, % of the roofline floor, on the CPU our peak extra
-    memory over input + output size, and the speedup vs each peer (peer time / ours; '!'
-    marks a peer whose output disagreed, '-' one that did not run)."""
+    """Per mode: each layer's time, % of the roofline floor, the CUDA kernel the dispatch
+    picks with the cost model's predicted time (and on a GPU measured / predicted), on the
+    CPU our peak extra memory over input + output size, and the speedup vs each peer (peer
+    time / ours; '!' marks a peer whose output disagreed, '-' one that did not run)."""
     peers, lines = record["peers"], []
     device = record["device"]
     memory = device["kind"] == "cpu"
     for mode in record["settings"]["modes"]:
         lines.append(f"\n{mode} | batch {record['settings']['batch']} | {device['kind']}: {device['name']}")
-        head = f"{'layer':38} {'x':>3} {'ours ms':>9} {'%floor':>7}" + f" {'mem/io':>6}" * memory
+        head = (f"{'layer':38} {'x':>3} {'ours ms':>9} {'%floor':>7} {'kernel':>6} "
+                f"{'model ms':>9} {'ours/mdl':>8}" + f" {'mem/io':>6}" * memory)
         head += "".join(f" {peer + ' ms':>18} {'speedup':>8}" for peer in peers)
         lines += [head, "-" * len(head)]
         for layer in record["layers"]:
@@ -25,6 +36,7 @@ def table(record):
             ours = impls.get(OURS, {})
             row = f"{layer['key']:38.38} {layer['repeat']:>3} "
             row += f"{_ms(ours['median_s'])} {ours['pct_of_floor']:6.0f}%" if "median_s" in ours else f"{'-':>9} {'-':>7}"
+            row += _model(ours)
             if memory:
                 row += f" {ours['peak_extra_bytes'] / ours['io_bytes']:6.2f}" if "io_bytes" in ours else f" {'-':>6}"
             for peer in peers:
@@ -37,7 +49,7 @@ def table(record):
             lines.append(row)
         for label, key in (("geomean speedup", "geomean_speedup"), ("min speedup", "min_speedup"),
                            ("network total (x repeat)", "total_speedup")):
-            row = f"{label:38} {'':>3} {'':>9} {'':>7}" + f" {'':>6}" * memory
+            row = f"{label:38} {'':>3} {'':>9} {'':>7} {'':>6} {'':>9} {'':>8}" + f" {'':>6}" * memory
             for peer in peers:
                 s = record["summary"].get(f"{mode}/{peer}", {})
                 row += f" {'':>18} {(f'{s[key]:.2f}x' if key in s else '-'):>8}"
@@ -45,6 +57,8 @@ def table(record):
         ours = record["summary"].get(f"{mode}/{OURS}")
         if ours:
             lines.append(f"median time / roofline floor (ours): {ours['median_pct_of_floor']:.0f}%")
+        if ours and "model_ratio_geomean" in ours:
+            lines.append(f"measured / cost model (ours, geomean): {ours['model_ratio_geomean']:.2f}")
     return "\n".join(lines)
 
 

@@ -243,6 +243,18 @@ def _attempt(fn):
         return None, f"failed: {type(why).__name__}: {why}"[:300]
 
 
+def model_entry(case, mode, measured_s=None):
+    """The cost model's view of our call (`peers.kernel_model`) and, given the time a GPU
+    measured for it, `measured_us` and `ratio` = measured / predicted; or `skipped`."""
+    model, why = _attempt(lambda: peers.kernel_model(case, mode))
+    if why:
+        return {"skipped": why}
+    if measured_s is not None:
+        model["measured_us"] = measured_s * 1e6
+        model["ratio"] = model["measured_us"] / model["predicted_us"]
+    return model
+
+
 def run_case(layer, batch, mode, device, settings, peer_names, seed=0, progress=None):
     """Ours and every peer on one layer in one mode: the layer's entry for that mode.
 
@@ -286,6 +298,7 @@ def run_case(layer, batch, mode, device, settings, peer_names, seed=0, progress=
         result |= {"note": impl.note, "pct_of_floor": 100 * result["median_s"] / floor}
         if name == peers.OURS:
             reference, ours = out, timers[name].samples
+            result["model"] = model_entry(case, mode, result["median_s"] if device.gpu else None)
             if not device.gpu:
                 result["peak_extra_bytes"] = peak_extra_bytes(lambda: impl.call(0))
                 result["io_bytes"] = case.xs[0].nbytes + out.size * np.dtype(dtype).itemsize
@@ -313,6 +326,10 @@ def summarize(layers, modes, peer_names):
         if pct:
             summary[f"{mode}/{peers.OURS}"] = {"median_pct_of_floor": float(np.median(pct)),
                                                "layers": len(pct)}
+            ratios = [o["model"]["ratio"] for o in ours if "ratio" in o.get("model", {})]
+            if ratios:  # GPU runs: how far the cost model is off, measured / predicted
+                summary[f"{mode}/{peers.OURS}"]["model_ratio_geomean"] = float(
+                    np.exp(np.mean(np.log(ratios))))
         for peer in peer_names:
             pairs = [(layer["repeat"], e["impls"][peers.OURS]["median_s"], e["impls"][peer])
                      for layer, e in zip(layers, entries)

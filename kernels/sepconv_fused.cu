@@ -290,7 +290,15 @@ sepconv_fused(const T* __restrict__ x,
                 const int p = lane + 32 * r;
                 const int pth = p >> tw_shift, ptw = p & (TW - 1);
                 A d = A(0);
-                if (use_halo) {
+                if (use_halo && dw_smem && !halo.split) {
+                    // runtime extents, the common case: walk the row and the weights
+                    const A* w = Wd + kk;
+                    for (int i = 0; i < KH; ++i) {
+                        const T* src = xs + (pth * str_h + i * dil_h) * pitch + ptw * str_w;
+                        for (int j = 0; j < KW; ++j, src += dil_w, w += SC_BK)
+                            d = m_fma(to_acc(*src), *w, d);
+                    }
+                } else if (use_halo) {
                     for (int i = 0; i < KH; ++i) {
                         const T* row = xs + (pth * str_h + i * dil_h) * pitch;
                         for (int j = 0; j < KW; ++j) {

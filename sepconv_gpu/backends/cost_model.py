@@ -139,34 +139,83 @@ def _sizes(geom, in_itemsize, weight_itemsize):
     return x, y, weights
 
 
-# SIMT kernel (kernels/sepconv_fused.cu) instruction counts from its sm_90 SASS
-# (KERNEL_PLAN.md): staging one halo element ~47 instructions; one depthwise tap ~7.7;
-# pointwise 1 FMA per multiply-add plus 2 LDS.128 per 16 FMAs; ~96 registers.
-SIMT_STAGE_INSTRUCTIONS = 47
-SIMT_TAP_INSTRUCTIONS = 7.7
-SIMT_POINTWISE_INSTRUCTIONS = 1.125
-SIMT_REGISTERS = 96
+# SIMT kernel (kernels/sepconv_fused.cu), thread-instructions counted in its sm_90 SASS
+# (nvcc 13.0, cuobjdump; 3x3 / 5x5 / 1x3 / generic, channels_last and channels_first):
+# - staging: per load unit (one element, or 16 bytes of consecutive channels for
+#   channels_last inputs with unit channel stride), keyed by (input itemsize, vector);
+# - depthwise: per output of one channel, SIMT_DW_BASE + taps x per-tap cost; the
+#   specialized extents keep the weights in registers and fold tap offsets into the LDS
+#   immediates (3x3 float: 29.5 instructions an output, half 37.8); the runtime-extent
+#   loop walks the halo row and the weights (4.3 a tap, 5.3 for half);
+# - pointwise: per multiply-add (16 FMAs + 2 LDS.128 + addressing per 16);
+# - weights: per 16-byte vector of pointwise weights, per depthwise weight.
+SIMT_STAGE_INSTRUCTIONS = {(2, False): 39, (4, False): 44, (8, False): 44,
+                           (2, True): 68, (4, True): 58, (8, True): 62}
+SIMT_DW_BASE = 10
+SIMT_DW_TAP_SPECIALIZED = {2: 3.4, 4: 2.2, 8: 2.2}
+SIMT_DW_TAP_GENERIC = {2: 5.3, 4: 4.3, 8: 4.3}
+SIMT_POINTWISE_INSTRUCTIONS = {4: 1.28, 8: 1.41}
+SIMT_WEIGHT_VECTOR_INSTRUCTIONS = 16
+SIMT_DW_WEIGHT_INSTRUCTIONS = 21
+# __launch_bounds__(256, 2) caps registers at 128 (ptxas: 95-128): 2 blocks per SM.
+SIMT_REGISTERS = 128
+SMEM_WAVEFRONT = 128     # bytes one shared-memory wavefront serves
+
+
+def simt_halo_channels(channels, multiplier, chunk=16):
+    """Most input channels one chunk of `chunk` depthwise channels reads."""
+    if multiplier == 1:
+        return min(channels, chunk)
+    return min(channels, (chunk - 1) // multiplier + 2)
 
 
 def simt_fused_work(geom, plan, in_itemsize, acc_itemsize, chunk=16, threads=256,
-                    stage_instructions=SIMT_STAGE_INSTRUCTIONS):
-    """`Work` of one `sepconv_fused` launch for a `cuda_kernels.KernelPlan`."""
+                    specialized=False, vector_staging=None, bank_ways=1):
+    """`Work` of one `sepconv_fused` launch for a `cuda_kernels.KernelPlan`.
+
+    `specialized`: the instantiation has compile-time extents; `vector_staging`: halo
+    loads are 16 bytes (None: as for a contiguous, aligned input); `bank_ways`: shared
+    memory wavefronts per depthwise read (1 when the halo pitch is conflict-free).
+    """
     x, y, weights = _sizes(geom, in_itemsize, acc_itemsize)
     taps = geom.kernel[0] * geom.kernel[1]
     chunks = math.ceil(geom.intermediate_channels / chunk)
-    per_chunk_halo = min(geom.channels, chunk) * plan.halo_h * plan.halo_w if plan.use_halo else 0
-    per_chunk_weights = chunk * (plan.bf + taps) * acc_itemsize
-    gathered = 0 if plan.use_halo else plan.bp * chunk * taps * in_itemsize
-    l2 = plan.grid * chunks * (per_chunk_halo * in_itemsize + per_chunk_weights + gathered) + y
-    instructions = plan.grid * chunks * (
-        per_chunk_halo * stage_instructions + plan.bp * chunk * taps * SIMT_TAP_INSTRUCTIONS
-        + plan.bp * plan.bf * chunk * SIMT_POINTWISE_INSTRUCTIONS)
-    smem = plan.grid * chunks * chunk * (
-        per_chunk_halo / chunk * in_itemsize + plan.bp * taps * in_itemsize
-        + plan.bp * acc_itemsize * (1 + plan.bf / 4) + plan.bf * acc_itemsize * plan.bp / 4)
+    nch = simt_halo_channels(geom.channels, geom.depth_multiplier, chunk)
+    if vector_staging is None:
+        vector_staging = (not geom.channels_first and geom.depth_multiplier == 1
+                          and geom.channels % (16 // in_itemsize) == 0)
+    halo = nch * plan.halo_h * plan.halo_w if plan.use_halo else 0   # elements a chunk
+    units = halo * in_itemsize / 16 if vector_staging else halo
+    outputs = plan.bp * chunk                                         # depthwise, a chunk
+    tap_cost = (SIMT_DW_TAP_SPECIALIZED if specialized and plan.use_halo
+                else SIMT_DW_TAP_GENERIC)[in_itemsize]
+    per_chunk_instr = (
+        units * SIMT_STAGE_INSTRUCTIONS[(in_itemsize, bool(vector_staging))]
+        + chunk * plan.bf * acc_itemsize / 16 * SIMT_WEIGHT_VECTOR_INSTRUCTIONS
+        + taps * chunk * SIMT_DW_WEIGHT_INSTRUCTIONS
+        + outputs * (SIMT_DW_BASE + taps * tap_cost)
+        + plan.bp * plan.bf * chunk * SIMT_POINTWISE_INSTRUCTIONS[acc_itemsize])
+    # Shared-memory wavefronts: staging stores and depthwise loads (one a warp-wide
+    # access of <= 4-byte elements), Ds stores, and per channel and warp the pointwise's
+    # two LDS.128, which touch only the distinct positions / filters of the warp's lanes.
+    warps = threads // 32
+    word_waves = lambda n: n / 32 * max(1, in_itemsize // 4)
+    if geom.channels_first:   # lanes along positions, one filter group a warp
+        positions, filters = 32, 1
+    else:                     # lanes along filters
+        filters = min(32, plan.bf // 4)
+        positions = 32 // filters
+    quad = 4 * acc_itemsize   # bytes of 4 accumulators
+    pw_waves = math.ceil(positions * quad / SMEM_WAVEFRONT) + math.ceil(filters * quad / SMEM_WAVEFRONT)
+    per_chunk_waves = (word_waves(halo) + word_waves(outputs * taps) * bank_ways
+                       + outputs / 32 + chunk * warps * pw_waves)
+    gathered = 0 if plan.use_halo else outputs * taps * in_itemsize
+    per_chunk_l2 = (halo * in_itemsize + chunk * (plan.bf + taps) * acc_itemsize + gathered)
     return Work(blocks=plan.grid, threads=threads, registers=SIMT_REGISTERS,
-                shared_bytes=plan.shared_bytes, hbm_bytes=x + y + weights, l2_bytes=l2,
-                smem_bytes=smem, simt_instructions=instructions)
+                shared_bytes=plan.shared_bytes, hbm_bytes=x + y + weights,
+                l2_bytes=plan.grid * chunks * per_chunk_l2 + y,
+                smem_bytes=plan.grid * chunks * per_chunk_waves * SMEM_WAVEFRONT,
+                simt_instructions=plan.grid * chunks * per_chunk_instr)
 
 
 # Tensor-core kernel (kernels/sepconv_tc.cu), thread-instructions: a depthwise tap on one
