@@ -172,18 +172,22 @@ def use_backend(name):
         _context_choice.reset(token)
 
 
-def _dlpack_device_type(x):
+def identity(a):
+    """What a backend gives back when the result is already of the caller's kind."""
+    return a
+
+
+def dlpack_on_cuda(x):
+    """True when x exports DLPack from CUDA memory (device, pinned host or managed)."""
     try:
-        return int(x.__dlpack_device__()[0])
+        return int(x.__dlpack_device__()[0]) in (2, 3, 13)  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
     except Exception:
-        return None
+        return False
 
 
 def lives_on_device(x):
     """True for CuPy arrays, torch CUDA tensors and other CUDA array-likes."""
-    if hasattr(x, "__cuda_array_interface__"):
-        return True
-    return _dlpack_device_type(x) in (2, 3, 13)  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
+    return hasattr(x, "__cuda_array_interface__") or dlpack_on_cuda(x)
 
 
 def ops_for_array(x, explicit=None):

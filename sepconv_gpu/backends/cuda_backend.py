@@ -26,6 +26,7 @@ import numpy as np
 
 from .._nvtx import annotate
 from . import cuda_kernels as _kernels
+from . import dlpack_on_cuda, identity
 from . import kernel_cache as _kernel_cache
 from . import nvrtc as _nvrtc
 
@@ -87,17 +88,6 @@ def _nvrtc_arch(compute_capability):
     return None
 
 
-def _identity(a):
-    return a
-
-
-def _dlpack_on_cuda(x):
-    try:
-        return int(x.__dlpack_device__()[0]) in (2, 3, 13)  # CUDA, CUDA host, managed
-    except Exception:
-        return False
-
-
 def _device_view(x):
     """A zero-copy CuPy view of a CUDA array-like (torch CUDA tensor, Numba array, any
     __cuda_array_interface__ / CUDA __dlpack__ object), or None for host data."""
@@ -105,7 +95,7 @@ def _device_view(x):
         return x
     if type(x).__module__.split(".")[0] == "torch" and getattr(x, "requires_grad", False):
         x = x.detach()  # DLPack refuses tensors that require grad; we read values only
-    if hasattr(x, "__dlpack__") and _dlpack_on_cuda(x):
+    if hasattr(x, "__dlpack__") and dlpack_on_cuda(x):
         # DLPack first: it orders the producer's stream before ours.
         return cupy.from_dlpack(x)
     if hasattr(x, "__cuda_array_interface__"):
@@ -125,7 +115,7 @@ def _give_back_like(x):
 
         return cuda.as_cuda_array
     from_dlpack = getattr(sys.modules.get(library), "from_dlpack", None)
-    return from_dlpack if callable(from_dlpack) else _identity
+    return from_dlpack if callable(from_dlpack) else identity
 
 
 def _give_back_host(x):
@@ -147,7 +137,7 @@ class CupyOps:
         """x as a CuPy array and a function giving a result back in x's kind: NumPy in ->
         copy to the device, NumPy out; CuPy in -> as is; CUDA array-likes -> zero-copy."""
         if isinstance(x, cupy.ndarray):
-            return x, _identity
+            return x, identity
         if isinstance(x, np.ndarray):
             return cupy.asarray(x), cupy.asnumpy
         view = _device_view(x)
@@ -186,15 +176,13 @@ class CupyOps:
         if x_strides is None:  # byte strides that are not whole elements: copy once
             x = cupy.ascontiguousarray(x)
             x_strides = _kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
-        # Weights in the accumulation type (fp32 for fp16 inputs), contiguous, on x's device.
-        acc = np.float64 if dtype == "float64" else np.float32
-        dk = _weight(depthwise, acc, x.device)
-        pk = _weight(pointwise, acc, x.device)
-        b = None if bias is None else _weight(bias, acc, x.device)
-        launches, apply_after = _kernels.launch_sequence(dtype, geom, activation, x_strides,
-                                                         b is not None)
+        launches, apply_after = _kernels.launch_sequence(
+            dtype, geom, activation, x_strides, bias is not None, allow_tf32,
+            x_aligned=x.data.ptr % 16 == 0)
         for launch in launches:
             if launch.kind == "fused":
+                dk, pk, b = _prepared_weights(launch.weights, depthwise, pointwise, bias,
+                                              x.device, weights_cache)
                 # bias=None still needs a valid pointer: pass pk, has_bias=0 ignores it
                 arrays = (x, dk, pk, pk if b is None else b, y)
             else:
@@ -207,9 +195,19 @@ class CupyOps:
         return y
 
 
+_DEFAULT_SHARED_LIMIT = 48 * 1024
+_shared_opt_in = {}  # CUfunction -> dynamic shared bytes it may use
+
+
 def _launch(launch, arrays):
     fn = get_function(launch.name)
     try:
+        if launch.shared_bytes > max(_DEFAULT_SHARED_LIMIT, _shared_opt_in.get(fn.ptr, 0)):
+            # above 48 KB a kernel must opt in (cudaFuncAttributeMaxDynamicSharedMemorySize)
+            cupy.cuda.driver.funcSetAttribute(
+                fn.ptr, getattr(cupy.cuda.driver, "CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES", 8),
+                launch.shared_bytes)
+            _shared_opt_in[fn.ptr] = launch.shared_bytes
         fn((launch.grid,), (launch.block,), arrays + launch.scalars,
            shared_mem=launch.shared_bytes)
         if _DEBUG_SYNC:  # surface asynchronous faults at the launch that caused them
@@ -220,10 +218,27 @@ def _launch(launch, arrays):
             f"{launch.shared_bytes} B shared memory) failed: {exc}") from exc
 
 
-def _weight(a, dtype, device):
+def _prepared_weights(layout, depthwise, pointwise, bias, device, cache):
+    """(depthwise, pointwise, bias) in the kernel's `layout` on `device`
+    (`cuda_kernels.prepare_weights`). With a cache (the layer's immutable weight snapshot
+    owns it) they are prepared once per layout and device; without one (ops-level calls
+    with the user's arrays, which may change between calls) on every call."""
+    key = (layout, device.id)
+    prepared = None if cache is None else cache.get(key)
+    if prepared is None:
+        prepared = _kernels.prepare_weights(
+            cupy, layout, _on_device(depthwise, device), _on_device(pointwise, device),
+            None if bias is None else _on_device(bias, device))
+        if cache is not None:
+            cache[key] = prepared  # a racing thread may prepare the same arrays: harmless
+    return prepared
+
+
+def _on_device(a, device):
+    """`a` as a CuPy array on `device` (the current one), without a copy when it is one."""
     view = _device_view(a)
     if view is None:
-        return cupy.asarray(np.ascontiguousarray(a, dtype=dtype))
+        return cupy.asarray(np.asarray(a))
     if view.device != device:
         view = cupy.array(view, copy=True)  # made on the current (x's) device
-    return cupy.ascontiguousarray(view, dtype=dtype)
+    return view

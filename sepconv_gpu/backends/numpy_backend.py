@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import lives_on_device
+from . import identity, lives_on_device
 
 # Bytes of depthwise intermediate per tile: large enough for an efficient BLAS call,
 # small enough to stay in a typical L2/L3 slice.
@@ -74,12 +74,12 @@ class NumpyOps:
 
     def take(self, x):
         if isinstance(x, np.ndarray):
-            return x, _identity
+            return x, identity
         if lives_on_device(x):
             import cupy
 
             return _device_to_host(x), cupy.asarray
-        return np.asarray(x), _identity
+        return np.asarray(x), identity
 
     def asarray(self, a, dtype=None):
         host = _device_to_host(a) if lives_on_device(a) else a
@@ -95,10 +95,6 @@ class NumpyOps:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             y = _fast_separable_conv(x, depthwise, pointwise, bias, geom, activation, compute)
         return y if y.dtype == x.dtype else y.astype(x.dtype)
-
-
-def _identity(a):
-    return a
 
 
 def _device_to_host(a):
