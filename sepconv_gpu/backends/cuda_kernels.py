@@ -418,8 +418,6 @@ def _launch_sequence(dtype, geom, kernel_id, kernel_param, x_strides, has_bias, 
 
 
 def _simt_launch(dtype, geom, kernel_id, x_strides, has_bias, act_param):
-    from . import cost_model
-
     kp = plan(dtype, geom.batch, geom.channels, geom.depth_multiplier, geom.filters,
               geom.in_size, geom.out_size, geom.kernel, geom.strides, geom.dilation,
               geom.channels_first)

@@ -1,0 +1,164 @@
+"""The tensor-core kernel on a real device: against the float64 reference, against the SIMT
+kernel on the same inputs, the shared-memory opt-in, the weight cache, predicted vs
+measured times.
+
+Marked `gpu`, skipped where no CUDA device answers. The tolerances are those of
+tests/test_tensor_core_kernel.py (derived there): 2u (A + |y|), u = 2^-11, A the
+magnitude of the pointwise sum; on the GPU the activations' libdevice math adds a few
+fp32 ulps, far below that.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sepconv_gpu import activations, geometry, ops
+from sepconv_gpu.backends import cuda_available, cuda_kernels
+from sepconv_gpu.backends.numpy_backend import reference_separable_conv
+
+from _cases import random_case
+
+GPU = cuda_available()
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not GPU, reason="no CUDA device answers (or CuPy is missing)")]
+if GPU:
+    import cupy
+
+    from sepconv_gpu.backends import cuda_backend
+
+U = 2.0 ** -11
+LINEAR = activations.get(None)
+
+
+def case(seed, shape, kernel, filters, strides=1, padding="same", dilation=1, dtype="float16",
+         activation="relu", rank=2):
+    rng = np.random.default_rng(seed)
+    x, dk, pk, b = random_case(rng, rank, shape, kernel, 1, filters, dtype, True)
+    s, p, df, d = geometry.normalize_call_args(rank, strides, padding, "channels_last", dilation)
+    geom = geometry.make_geometry(rank, x.shape, dk.shape, pk.shape, b.shape, s, p, df, d)
+    return x, dk, pk, b, geom, activations.get(activation)
+
+
+def run(kind, x, dk, pk, b, geom, act, allow_tf32=False):
+    """y from the kernel `kind` ("tc" or "simt", forced through x_aligned) on the device."""
+    xd = cupy.asarray(x)
+    strides = cuda_kernels.input_element_strides(xd.shape, xd.strides, xd.itemsize, geom)
+    aligned = kind == "tc"  # a misaligned base is one of the things that rules TC out
+    assert cuda_kernels.select_kernel(x.dtype.name, geom, allow_tf32, strides, aligned) == kind
+    launches, apply_after = cuda_kernels.launch_sequence(
+        x.dtype.name, geom, act, strides, True, allow_tf32, aligned)
+    assert launches[0].name.startswith("sepconv_tc<" if kind == "tc" else "sepconv_fused<")
+    y = cupy.empty(geom.output_shape, dtype=x.dtype)
+    for launch in launches:
+        if launch.kind == "fused":
+            w = cuda_backend._prepared_weights(launch.weights, dk, pk, b, xd.device, None)
+            arrays = (xd, w[0], w[1], w[2], y)
+        else:
+            arrays = (y,)
+        cuda_backend._launch(launch, arrays)
+    assert not apply_after
+    return cupy.asnumpy(y).astype(np.float64), launches
+
+
+def bound(x, dk, pk, geom, ref):
+    magnitude = np.max(reference_separable_conv(
+        np.abs(x.astype(np.float64)), np.abs(dk.astype(np.float64)),
+        np.abs(pk.astype(np.float64)), None, geom, LINEAR))
+    return 2 * U * (magnitude + np.abs(ref)) + 1e-6
+
+
+GEOMETRIES = [
+    ((2, 9, 11, 16), 3, 20, 1, "same", 1),
+    ((2, 17, 19, 32), 3, 64, 2, "same", 1),
+    ((1, 15, 13, 40), 5, 9, 1, "valid", 1),
+    ((2, 12, 12, 24), (2, 3), 70, 1, "same", (2, 1)),
+    ((1, 7, 7, 96), 3, 300, 1, "same", 1),            # two filter blocks
+    ((3, 14, 14, 128), 3, 256, 1, "same", 1),         # one 256-filter block, > 48 KB smem
+    ((4, 56, 56, 32), 3, 64, 1, "same", 1),
+    ((2, 1, 200, 64), (1, 31), 64, 1, "same", 1),     # Conformer-like 1D as 2D
+]
+
+
+@pytest.mark.parametrize("geom_case", GEOMETRIES, ids=lambda c: f"{c[0]}-k{c[1]}-f{c[2]}")
+@pytest.mark.parametrize("mode", ["float16", "tf32"])
+def test_tensor_core_matches_reference_and_simt(geom_case, mode):
+    shape, kernel, f, s, padding, d = geom_case
+    dtype = "float16" if mode == "float16" else "float32"
+    x, dk, pk, b, geom, act = case(5, shape, kernel, f, s, padding, d, dtype)
+    ref = reference_separable_conv(x, dk, pk, b, geom, act)
+    tc, launches = run("tc", x, dk, pk, b, geom, act, allow_tf32=mode == "tf32")
+    simt, _ = run("simt", x, dk, pk, b, geom, act)
+    tol = bound(x, dk, pk, geom, ref)
+    assert np.all(np.abs(tc - ref) <= tol), (float(np.max(np.abs(tc - ref) - tol)), launches[0])
+    # the SIMT kernel is exact up to its output rounding: the two differ by the
+    # tensor-core operand roundings and at most one more output rounding
+    assert np.all(np.abs(tc - simt) <= tol + U * np.abs(ref)), launches[0]
+
+
+@pytest.mark.parametrize("name", activations.NAMES)
+def test_tensor_core_every_activation_through_ops(name):
+    x, dk, pk, b, geom, act = case(6, (2, 8, 9, 16), 3, 24, activation=name)
+    y = ops.separable_conv(2, cupy.asarray(x), dk, pk, b, padding="same", activation=name,
+                           backend="cuda")
+    ref = reference_separable_conv(x, dk, pk, b, geom, act)
+    tol = bound(x, dk, pk, geom, ref)
+    assert np.all(np.abs(cupy.asnumpy(y).astype(np.float64) - ref) <= tol)
+
+
+def test_tensor_core_float32_default_is_exact_simt_and_tf32_is_opt_in():
+    x, dk, pk, b, geom, act = case(7, (2, 10, 10, 32), 3, 48, dtype="float32")
+    ref = reference_separable_conv(x, dk, pk, b, geom, act)
+    exact = ops.separable_conv(2, x, dk, pk, b, padding="same", activation="relu", backend="cuda")
+    np.testing.assert_allclose(exact, ref, rtol=0, atol=2e-5 * max(1.0, np.max(np.abs(ref))))
+    fast = ops.separable_conv(2, x, dk, pk, b, padding="same", activation="relu",
+                              backend="cuda", allow_tf32=True)
+    assert np.all(np.abs(fast - ref) <= bound(x, dk, pk, geom, ref))
+
+
+def test_tensor_core_misaligned_input_runs_simt_correctly():
+    x, dk, pk, b, geom, act = case(8, (1, 9, 9, 16), 3, 16)
+    flat = cupy.asarray(np.concatenate([np.zeros(1, x.dtype), x.ravel()]))
+    shifted = flat[1:].reshape(x.shape)   # 2 bytes off a 16-byte boundary
+    assert shifted.data.ptr % 16
+    y = ops.separable_conv(2, shifted, dk, pk, b, padding="same", activation="relu", backend="cuda")
+    ref = reference_separable_conv(x, dk, pk, b, geom, act)
+    assert np.all(np.abs(cupy.asnumpy(y).astype(np.float64) - ref) <= bound(x, dk, pk, geom, ref))
+
+
+def test_tensor_core_weights_prepared_once_per_cache():
+    x, dk, pk, b, geom, act = case(9, (1, 8, 8, 16), 3, 16)
+    cache = {}
+    y1 = ops.separable_conv(2, cupy.asarray(x), dk, pk, b, padding="same", activation="relu",
+                            backend="cuda", weights_cache=cache)
+    assert set(cache) == {("tc:float16", cupy.cuda.Device().id)}
+    prepared = cache[("tc:float16", cupy.cuda.Device().id)]
+    y2 = ops.separable_conv(2, cupy.asarray(x), dk, pk, b, padding="same", activation="relu",
+                            backend="cuda", weights_cache=cache)
+    assert cache[("tc:float16", cupy.cuda.Device().id)] is prepared
+    np.testing.assert_array_equal(cupy.asnumpy(y1), cupy.asnumpy(y2))
+
+
+def test_tensor_core_predicted_vs_measured(capsys):
+    """Prints the cost model's prediction beside the measured time (nothing asserted about
+    speed: the first GPU run calibrates the model)."""
+    for shape, f, s in (((32, 56, 56, 128), 128, 1), ((32, 112, 112, 64), 128, 2),
+                        ((32, 19, 19, 728), 728, 1), ((32, 7, 7, 960), 160, 1)):
+        x, dk, pk, b, geom, act = case(10, shape, 3, f, s)
+        xd = cupy.asarray(x)
+        cache = {}
+        call = lambda: ops.separable_conv(2, xd, dk, pk, b, strides=s, padding="same",  # noqa: E731
+                                          activation="relu", backend="cuda", weights_cache=cache)
+        call()
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        for _ in range(10):
+            call()
+        end.record()
+        end.synchronize()
+        measured = cupy.cuda.get_elapsed_time(start, end) * 1000 / 10
+        strides = cuda_kernels.input_element_strides(xd.shape, xd.strides, xd.itemsize, geom)
+        launch = cuda_kernels.launch_sequence("float16", geom, act, strides, True)[0][0]
+        with capsys.disabled():
+            print(f"\n{shape}->{f} s{s}: {launch.name} predicted {launch.predicted_us:.1f} us, "
+                  f"measured {measured:.1f} us")
+        assert measured > 0
