@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import sepconv_gpu as sg
+from _cases import assert_matches
 from sepconv_gpu import backends, ops
 from sepconv_gpu.compat import v1
 from sepconv_gpu.compat.v1 import layers as v1_layers
@@ -342,12 +343,12 @@ def test_matches_keras_layer_and_reference(backend, rank, kwargs):
         rank, x, weights[0], weights[1], weights[2] if len(weights) == 3 else None,
         layer.strides, layer.padding, layer.data_format, layer.dilation_rate, layer.activation)
     assert isinstance(y, np.ndarray) and y.dtype == np.float32
-    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    assert_matches(y, expected)
     # convolution_op: the same convolution with a given kernel pair, no bias or activation
     conv = layer.convolution_op(x, (layer.depthwise_kernel, layer.pointwise_kernel))
     expected_conv = ops.reference_separable_conv(
         rank, x, weights[0], weights[1], None, layer.strides, layer.padding, layer.data_format,
         layer.dilation_rate)
-    np.testing.assert_allclose(conv, expected_conv, rtol=1e-5, atol=1e-5)
+    assert_matches(conv, expected_conv)
     with pytest.raises(ValueError, match="pair"):
         layer.convolution_op(x, weights[0])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import sepconv_gpu as sg
+from _cases import assert_matches
 from sepconv_gpu import ops
 
 THREADS = 8
@@ -58,7 +59,7 @@ def test_concurrent_first_calls_build_once(busy_switching):
         assert len(built) == 1, f"trial {trial}: built {len(built)} times"
         ref = ops.reference_separable_conv(2, x, *layer.get_weights(), padding="same")
         for y in outputs:  # every output used the weights the layer holds now
-            np.testing.assert_allclose(y, ref, rtol=0, atol=1e-5)
+            assert_matches(y, ref)
 
 
 def _mixed_outputs_while_swapping(caller, writer, x, calls=60, threads=4):
@@ -118,10 +119,9 @@ def test_variable_assign_and_constraints_reach_the_next_call():
     layer(x)
     dk, pk, b = layer.get_weights()
     layer.pointwise_kernel.assign(2 * pk)
-    np.testing.assert_allclose(layer(x), ops.reference_separable_conv(2, x, dk, 2 * pk, b), atol=1e-5)
+    assert_matches(layer(x), ops.reference_separable_conv(2, x, dk, 2 * pk, b))
     layer.apply_constraints()
-    np.testing.assert_allclose(
-        layer(x), ops.reference_separable_conv(2, x, np.maximum(dk, 0), 2 * pk, b), atol=1e-5)
+    assert_matches(layer(x), ops.reference_separable_conv(2, x, np.maximum(dk, 0), 2 * pk, b))
 
 
 def test_use_backend_does_not_reach_pool_threads():
