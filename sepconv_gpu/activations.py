@@ -14,8 +14,8 @@ three ways (`sepconv_gpu/backends/cuda_kernels.py` holds the lists):
   parameters), `glu` (halves the last axis), `sparsemax` (sorts along the last axis),
   `tf_keras_hard_sigmoid` (old configs only), any parameter other than the fused
   variant's one (`relu(max_value=...)`, `softmax(axis=1)`, ...) and any other callable.
-  Each fused variant is compiled for every dtype, layout and kernel extent, so only
-  activations that pay for that are fused.
+  Each fused variant costs 18 more kernel instantiations (every dtype, layout and
+  specialized kernel extent); the multi-parameter and reshaping ones are not worth that.
 
 Keras's behaviour is kept where it is surprising:
 
