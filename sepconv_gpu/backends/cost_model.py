@@ -6,11 +6,12 @@ registers, shared memory per block). `predict` turns that into microseconds on a
 
     hbm    = compulsory DRAM bytes / DRAM bandwidth
     l2     = bytes through L2 (staging, recompute, re-read weights) / L2 bandwidth
-    per SM = shared-memory bytes / (128 B/clk), SIMT instructions / (4 warps x 32 per clk),
-             tensor FLOPs / achievable mma.sync rate; those three pipes overlap only across
-             resident blocks: sm = max + (sum - max) / blocks_per_sm
-    waves  = the per-SM time grows by the last wave's idle SMs (blocks / (waves x slots))
-    total  = max(hbm, l2, sm / wave efficiency) + launch overhead
+    pipes  = per SM: shared-memory bytes / (128 B/clk), SIMT instructions / (4 warps x 32
+             per clk), tensor FLOPs / achievable mma.sync rate
+    sm     = per SM, k resident blocks take max(k x one block's busiest pipe, one block's
+             serial time: the sum over its phases of each phase's busiest pipe); full
+             waves hold blocks_per_sm blocks an SM, the last one ceil(rest / SMs)
+    total  = max(hbm, l2, sm) + launch overhead
 
 Every constant is a published figure or a stated assumption (see H100 below); the numbers
 are predictions, not measurements: benchmarks print them beside what a GPU measures so the
@@ -72,6 +73,11 @@ class Work:
     simt_instructions: float = 0.0   # thread-level instructions on the SIMT pipes
     tensor_flops: float = 0.0    # 2 per multiply-add, padding included
     tensor_kind: str = "f16"     # "f16" or "tf32"
+    # Optional: the same totals split into phases a block runs one after the other
+    # (separated by barriers), each a (smem_bytes, simt_instructions, tensor_flops)
+    # triple. Within a phase the block's warps overlap the pipes; across phases only
+    # other resident blocks fill the gaps. Empty: each pipe is its own phase.
+    phases: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -99,28 +105,47 @@ def blocks_per_sm(threads, registers, shared_bytes, device=DEFAULT_DEVICE):
 
 
 def predict(work, device=DEFAULT_DEVICE):
-    """Predicted microseconds of one launch, with the time each resource alone would take."""
+    """Predicted microseconds of one launch, with the time each resource alone would take.
+
+    Per SM, k resident blocks (k <= blocks_per_sm) take max(k x the busiest pipe of one
+    block, the block's serial time): its phases run one after the other, each as long as
+    its busiest pipe, and the other resident blocks fill the gaps. Full waves put
+    blocks_per_sm blocks on every SM, the last wave ceil(rest / SMs).
+    """
     per_sm = blocks_per_sm(work.threads, work.registers, work.shared_bytes, device)
     if per_sm == 0:
         return Prediction(math.inf, 0, 0, {"occupancy": math.inf})
     slots = device.sms * per_sm
     waves = max(1, math.ceil(work.blocks / slots))
-    efficiency = work.blocks / (waves * slots)
     us = 1e6
-    tensor_rate = device.mma_f16_flops if work.tensor_kind == "f16" else device.mma_tf32_flops
-    chip_clk = device.sms * device.clock_hz
-    pipes = {
-        "smem": work.smem_bytes / (device.smem_bytes_per_clk * chip_clk) * us,
-        "simt": work.simt_instructions / (device.issue_per_clk * chip_clk) * us,
-        "tensor": work.tensor_flops / tensor_rate * us,
-    }
-    longest = max(pipes.values())
-    sm_time = longest + (sum(pipes.values()) - longest) / per_sm
+    tensor_rate = device.mma_f16_flops / device.sms if work.tensor_kind == "f16" \
+        else device.mma_tf32_flops / device.sms
+    smem_rate = device.smem_bytes_per_clk * device.clock_hz
+    issue_rate = device.issue_per_clk * device.clock_hz
+    blocks = max(work.blocks, 1)
+
+    def block_pipes(smem, simt, flops):   # one block's time on each pipe of one SM
+        return (smem / blocks / smem_rate * us, simt / blocks / issue_rate * us,
+                flops / blocks / tensor_rate * us)
+
+    busiest = max(block_pipes(work.smem_bytes, work.simt_instructions, work.tensor_flops))
+    phases = work.phases or tuple(   # no phases given: the pipes do not overlap in a block
+        tuple(v if i == j else 0.0 for j, v in enumerate(
+            (work.smem_bytes, work.simt_instructions, work.tensor_flops))) for i in range(3))
+    serial = sum(max(block_pipes(*phase)) for phase in phases)
+
+    def sm_time(k):
+        return max(k * busiest, serial) if k else 0.0
+
+    full, rest = divmod(work.blocks, slots)
+    sm = full * sm_time(per_sm) + sm_time(math.ceil(rest / device.sms))
     parts = {
         "hbm": work.hbm_bytes / device.hbm_bytes_per_s * us,
         "l2": work.l2_bytes / device.l2_bytes_per_s * us,
-        "sm": sm_time / efficiency,
-        **{k: v / efficiency for k, v in pipes.items()},
+        "sm": sm,
+        "smem": work.smem_bytes / (smem_rate * device.sms) * us,
+        "simt": work.simt_instructions / (issue_rate * device.sms) * us,
+        "tensor": work.tensor_flops / (tensor_rate * device.sms) * us,
     }
     total = max(parts["hbm"], parts["l2"], parts["sm"]) + device.launch_us
     return Prediction(total, per_sm, waves, parts)
@@ -230,7 +255,9 @@ TC_REGISTERS = 128
 
 
 def tc_fused_work(geom, plan, in_itemsize, linear_activation=True, threads=256):
-    """`Work` of one `sepconv_tc` launch for a `cuda_kernels.TcPlan`."""
+    """`Work` of one `sepconv_tc` launch for a `cuda_kernels.TcPlan`, in three phases:
+    staging + depthwise (cp.async stores, halo reads, A stores; SIMT issue), pointwise
+    (ldmatrix reads; tensor pipe), epilogue (once a block)."""
     x, y, weights = _sizes(geom, in_itemsize, in_itemsize)
     taps = geom.kernel[0] * geom.kernel[1]
     chunk = 64                                  # bytes of one position's channel chunk
@@ -239,20 +266,22 @@ def tc_fused_work(geom, plan, in_itemsize, linear_activation=True, threads=256):
     warps_m = 8 // warps_n
     halo = plan.halo_h * plan.halo_w * chunk
     staged = halo + taps * chunk + plan.bn * chunk     # bytes cp.async'ed a chunk
-    per_chunk_smem = (staged + plan.bm * taps * chunk + plan.bm * chunk
-                      + plan.bm * chunk * warps_n + plan.bn * chunk * warps_m)
-    granules = staged // 16
-    per_chunk_instr = (plan.bm * 16 * (taps * TC_TAP_INSTRUCTIONS[in_itemsize]
-                                       + TC_POSITION_INSTRUCTIONS)
-                       + granules * TC_GRANULE_INSTRUCTIONS)
+    dw_smem = staged + plan.bm * taps * chunk + plan.bm * chunk
+    mma_smem = plan.bm * chunk * warps_n + plan.bn * chunk * warps_m
+    dw_instr = (plan.bm * 16 * (taps * TC_TAP_INSTRUCTIONS[in_itemsize] + TC_POSITION_INSTRUCTIONS)
+                + staged // 16 * TC_GRANULE_INSTRUCTIONS)
     tile = plan.bm * plan.bn
-    epilogue_instr = tile * (3 + (0 if linear_activation else 20))
-    epilogue_smem = tile * 4 * (2 if linear_activation else 4)
+    mma_flops = 2.0 * tile * chunk // in_itemsize
+    epi_instr = tile * (3 + (0 if linear_activation else 20))
+    epi_smem = tile * 4 * (2 if linear_activation else 4)
+    blocks = plan.grid
+    phases = ((blocks * chunks * dw_smem, blocks * chunks * dw_instr, 0.0),
+              (blocks * chunks * mma_smem, 0.0, blocks * chunks * mma_flops),
+              (blocks * epi_smem, blocks * epi_instr, 0.0))
     return Work(
-        blocks=plan.grid, threads=threads, registers=TC_REGISTERS,
+        blocks=blocks, threads=threads, registers=TC_REGISTERS,
         shared_bytes=plan.shared_bytes, hbm_bytes=x + y + weights,
-        l2_bytes=plan.grid * chunks * staged + y,
-        smem_bytes=plan.grid * (chunks * per_chunk_smem + epilogue_smem),
-        simt_instructions=plan.grid * (chunks * per_chunk_instr + epilogue_instr),
-        tensor_flops=2.0 * plan.grid * tile * plan.k_pad,
-        tensor_kind="f16" if in_itemsize == 2 else "tf32")
+        l2_bytes=blocks * chunks * staged + y,
+        smem_bytes=sum(p[0] for p in phases), simt_instructions=sum(p[1] for p in phases),
+        tensor_flops=sum(p[2] for p in phases),
+        tensor_kind="f16" if in_itemsize == 2 else "tf32", phases=phases)
