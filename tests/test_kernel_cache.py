@@ -1,0 +1,189 @@
+"""The on-disk kernel cache (kernel_cache.py), on the CPU with the NVRTC wheels.
+
+A miss compiles and writes one entry; a hit returns the very same bytes without NVRTC;
+entries that are damaged in any way are compiled again and overwritten; the key moves
+with everything that changes the binary; processes racing on one key all end well.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import multiprocessing
+import os
+import time
+
+import pytest
+
+from sepconv_gpu.backends import cuda_kernels, kernel_cache, nvrtc
+
+SOURCE = "template <typename T> __global__ void scale(T* x, T a) { x[threadIdx.x] *= a; }\n"
+NAMES = ("scale<float>", "scale<double>")
+ARCH = 80
+OPTIONS = kernel_cache.CUPY_OPTIONS
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty cache directory, and a count of the NVRTC compilations in this process."""
+    directory = tmp_path / "cache"
+    monkeypatch.setenv(kernel_cache.ENV_VAR, str(directory))
+    compiles = []
+    real = nvrtc.compile_cubin
+
+    def counting(*args, **kwargs):
+        compiles.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nvrtc, "compile_cubin", counting)
+    return directory, compiles
+
+
+def _entries(directory):
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_miss_writes_one_entry_and_a_hit_returns_it_without_nvrtc(cache):
+    directory, compiles = cache
+    cold = kernel_cache.compile_cached(SOURCE, NAMES, ARCH, OPTIONS)
+    assert not cold.from_cache and len(compiles) == 1
+    key = kernel_cache.entry_key(SOURCE, NAMES, ARCH, OPTIONS)
+    assert _entries(directory) == [key + kernel_cache.SUFFIX]  # no temporary file left
+    warm = kernel_cache.compile_cached(SOURCE, tuple(reversed(NAMES)), ARCH, OPTIONS)
+    assert warm.from_cache and len(compiles) == 1
+    assert (warm.cubin, warm.lowered, warm.log) == (cold.cubin, cold.lowered, cold.log)
+
+
+def test_library_kernel_cold_and_warm(cache, capsys):
+    """A real instantiation through the path get_function uses; the times are printed."""
+    directory, compiles = cache
+    name = cuda_kernels.all_name_expressions()[0]
+    start = time.monotonic()
+    cold = kernel_cache.library_kernels((name,), ARCH)
+    cold_s = time.monotonic() - start
+    start = time.monotonic()
+    warm = kernel_cache.library_kernels((name,), ARCH)
+    warm_s = time.monotonic() - start
+    assert not cold.from_cache and warm.from_cache and len(compiles) == 1
+    assert warm.cubin == cold.cubin and warm.lowered == cold.lowered
+    assert warm_s < cold_s
+    with capsys.disabled():
+        print(f"\n[kernel cache] {name} for sm_{ARCH}: {cold_s * 1e3:.0f} ms compiled, "
+              f"{warm_s * 1e3:.1f} ms from the cache ({len(cold.cubin)} B)")
+
+
+def _corruptions(data):
+    header = len(kernel_cache.MAGIC) + 32
+    flipped = bytearray(data)
+    flipped[-100] ^= 0x01  # one bit of the CUBIN
+    return {
+        "one bit flipped": bytes(flipped),
+        "truncated": data[:len(data) // 2],
+        "empty": b"",
+        "only the magic": kernel_cache.MAGIC,
+        "checksum zeroed": data[:len(kernel_cache.MAGIC)] + bytes(32) + data[header:],
+        "not an entry": b"\x7fELF" + bytes(200),
+    }
+
+
+@pytest.mark.parametrize("damage", sorted(_corruptions(b"x" * 300)))
+def test_a_damaged_entry_is_compiled_again_and_replaced(cache, damage, caplog):
+    directory, compiles = cache
+    good = kernel_cache.compile_cached(SOURCE, NAMES, ARCH, OPTIONS)
+    (entry,) = directory.iterdir()
+    entry.write_bytes(_corruptions(entry.read_bytes())[damage])
+    with caplog.at_level(logging.WARNING, logger="sepconv_gpu"):
+        rebuilt = kernel_cache.compile_cached(SOURCE, NAMES, ARCH, OPTIONS)
+    assert not rebuilt.from_cache and len(compiles) == 2
+    assert rebuilt.cubin == good.cubin and rebuilt.lowered == good.lowered
+    assert "damaged" in caplog.text
+    again = kernel_cache.compile_cached(SOURCE, NAMES, ARCH, OPTIONS)  # the rewrite is valid
+    assert again.from_cache and again.cubin == good.cubin and len(compiles) == 2
+
+
+def test_an_entry_stored_under_another_key_is_not_trusted(cache):
+    """A whole, well-formed entry renamed onto a key it was not built for."""
+    directory, compiles = cache
+    kernel_cache.compile_cached(SOURCE, NAMES[:1], ARCH, OPTIONS)
+    (foreign,) = directory.iterdir()
+    key = kernel_cache.entry_key(SOURCE, NAMES[1:], ARCH, OPTIONS)
+    os.replace(foreign, directory / (key + kernel_cache.SUFFIX))
+    result = kernel_cache.compile_cached(SOURCE, NAMES[1:], ARCH, OPTIONS)
+    assert not result.from_cache and set(result.lowered) == {NAMES[1]} and len(compiles) == 2
+
+
+def test_the_key_moves_with_everything_that_changes_the_binary(monkeypatch, tmp_path):
+    base = kernel_cache.entry_key(SOURCE, NAMES, ARCH, OPTIONS)
+    assert kernel_cache.entry_key(SOURCE, NAMES[::-1], ARCH, OPTIONS) == base  # a set
+    toolkit = nvrtc.toolkit()
+    variants = {
+        "source": kernel_cache.entry_key(SOURCE + " ", NAMES, ARCH, OPTIONS),
+        "name expressions": kernel_cache.entry_key(SOURCE, NAMES[:1], ARCH, OPTIONS),
+        "options": kernel_cache.entry_key(SOURCE, NAMES, ARCH, OPTIONS + ("-DX=1",)),
+        "option order": kernel_cache.entry_key(SOURCE, NAMES, ARCH, OPTIONS[::-1]),
+        "architecture": kernel_cache.entry_key(SOURCE, NAMES, 90, OPTIONS),
+    }
+    monkeypatch.setattr(nvrtc, "toolkit",
+                        lambda: dataclasses.replace(toolkit, version=(toolkit.version[0], 99)))
+    variants["NVRTC version"] = kernel_cache.entry_key(SOURCE, NAMES, ARCH, OPTIONS)
+    # the same headers at another place, then one of them rewritten in place
+    headers = tmp_path / "include"
+    headers.mkdir()
+    (headers / nvrtc.HEADER).write_text("// a header\n")
+    monkeypatch.setattr(nvrtc, "toolkit", lambda: dataclasses.replace(toolkit, include_dir=str(headers)))
+    variants["include directory"] = moved = kernel_cache.entry_key(SOURCE, NAMES, ARCH, OPTIONS)
+    (headers / nvrtc.HEADER).write_text("// a header, changed\n")
+    kernel_cache._headers_stamp.cache_clear()
+    variants["header contents"] = kernel_cache.entry_key(SOURCE, NAMES, ARCH, OPTIONS)
+    kernel_cache._headers_stamp.cache_clear()
+    keys = [base, moved] + [k for label, k in variants.items() if label != "include directory"]
+    assert len(set(keys)) == len(keys), variants
+
+
+def _compile_after(start_at, names):
+    """Worker: wait for a common start time, then go through the cache."""
+    time.sleep(max(0.0, start_at - time.time()))
+    compiled = kernel_cache.compile_cached(SOURCE, names, ARCH, OPTIONS)
+    return compiled.cubin, compiled.lowered
+
+
+def test_processes_racing_on_one_key(tmp_path, monkeypatch):
+    """Several processes compile the same kernels into an empty cache at the same moment,
+    then several read them at once: one valid entry, every process the same result."""
+    directory = tmp_path / "cache"
+    monkeypatch.setenv(kernel_cache.ENV_VAR, str(directory))  # inherited by the workers
+    workers = 4
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        list(pool.map(time.sleep, [0.0] * workers))  # started and imported before the race
+        for _ in range(2):  # the first round writes, the second reads
+            start_at = time.time() + 1.0
+            results = list(pool.map(_compile_after, [start_at] * workers, [NAMES] * workers))
+            assert all(r == results[0] for r in results)
+    key = kernel_cache.entry_key(SOURCE, NAMES, ARCH, OPTIONS)
+    assert _entries(directory) == [key + kernel_cache.SUFFIX]
+    entry = kernel_cache.decode_entry((directory / _entries(directory)[0]).read_bytes(), key, NAMES)
+    assert entry is not None and (entry.cubin, entry.lowered) == results[0]
+
+
+def test_an_unwritable_cache_costs_only_the_recompilation(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv(kernel_cache.ENV_VAR, str(blocker / "cache"))
+    monkeypatch.setattr(kernel_cache, "_write_failure_said", False)
+    with caplog.at_level(logging.WARNING, logger="sepconv_gpu"):
+        first = kernel_cache.compile_cached(SOURCE, NAMES, ARCH, OPTIONS)
+        second = kernel_cache.compile_cached(SOURCE, NAMES, ARCH, OPTIONS)
+    assert not first.from_cache and not second.from_cache and first.cubin == second.cubin
+    assert caplog.text.count("cannot write the kernel cache") == 1
+
+
+def test_cache_location(monkeypatch, tmp_path):
+    monkeypatch.setenv(kernel_cache.ENV_VAR, str(tmp_path / "mine"))
+    assert kernel_cache.cache_dir() == str(tmp_path / "mine")
+    monkeypatch.delenv(kernel_cache.ENV_VAR)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert kernel_cache.cache_dir() == str(tmp_path / "xdg" / "sepconv_gpu")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert kernel_cache.cache_dir() == str(tmp_path / "home" / ".cache" / "sepconv_gpu")

@@ -1,0 +1,126 @@
+"""Every kernel instantiation compiles through the run-time NVRTC path, without a GPU.
+
+`cuda_backend.get_function(name)` builds a kernel with
+`kernel_cache.library_kernels((name,), arch)`: our ctypes NVRTC binding, the libnvrtc and
+CUDA headers of the nvidia wheels (the `test`, `cuda12` and `cuda13` extras install
+them), the library's options (`-ftz=true` included). Here the same function builds every
+name expression (`cuda_kernels.all_name_expressions()`) for sm_80 and sm_90, a few dozen
+per NVRTC program, the programs spread over processes (NVRTC serializes threads). Any
+compile error, any line in an NVRTC log or a kernel missing from its CUBIN fails.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import sys
+import time
+
+import pytest
+
+from sepconv_gpu.backends import cuda_kernels, kernel_cache, nvrtc
+
+ARCHS = (80, 90)
+NAMES_PER_PROGRAM = 24  # ~0.03 s of NVRTC overhead per program; ~0.3 s per kernel
+
+needs_linux = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                 reason="the nvidia NVRTC wheels are found by their Linux layout")
+
+
+@needs_linux
+def test_nvrtc_comes_from_the_wheels():
+    """CI has a system toolkit in /usr/local/cuda too; the build must not depend on it."""
+    toolkit = nvrtc.toolkit()  # NvrtcNotFoundError (a failure) where the wheels are absent
+    assert toolkit.from_wheel, (
+        f"libnvrtc found at {toolkit.library}, not in an nvidia wheel: install the test "
+        "extra (pip install '.[test]'), which brings cuda-toolkit[nvrtc,cudart]")
+    assert "-packages" in toolkit.include_dir, toolkit.include_dir
+    assert os.path.isfile(os.path.join(toolkit.include_dir, nvrtc.HEADER))
+    assert set(ARCHS) <= set(toolkit.archs)
+
+
+def _chunks(names, size):
+    return [tuple(names[i:i + size]) for i in range(0, len(names), size)]
+
+
+@pytest.fixture(scope="module")
+def all_built(tmp_path_factory):
+    """{arch: (results of every program, seconds)} for every instantiation, built in a
+    fresh cache directory, then read back once from it."""
+    names = cuda_kernels.all_name_expressions()
+    jobs = [(chunk, arch) for arch in ARCHS for chunk in _chunks(names, NAMES_PER_PROGRAM)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(kernel_cache.ENV_VAR, str(tmp_path_factory.mktemp("kernel-cache")))
+        start = time.monotonic()
+        # spawn: workers inherit the environment (the cache directory), not pytest's threads
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(os.cpu_count() or 1, mp_context=context) as pool:
+            results = list(pool.map(kernel_cache.library_kernels, *zip(*jobs)))
+        cold = time.monotonic() - start
+        start = time.monotonic()
+        again = [kernel_cache.library_kernels(chunk, arch) for chunk, arch in jobs]
+        warm = time.monotonic() - start
+    return names, jobs, results, again, cold, warm
+
+
+@needs_linux
+@pytest.mark.parametrize("arch", ARCHS)
+def test_nvrtc_builds_every_instantiation_without_a_word(all_built, arch, capsys):
+    names, jobs, results, _, cold, warm = all_built
+    built = {}
+    for (chunk, job_arch), compiled in zip(jobs, results):
+        if job_arch != arch:
+            continue
+        assert compiled.log == "", f"NVRTC said, for sm_{arch} and {chunk[0]}...:\n{compiled.log}"
+        assert compiled.cubin.startswith(b"\x7fELF")
+        for name in chunk:
+            assert compiled.lowered[name].encode() in compiled.cubin, f"{name} not in the CUBIN"
+        built.update(compiled.lowered)
+    assert sorted(built) == sorted(names)
+    with capsys.disabled():
+        print(f"\n[nvrtc] {len(names)} instantiations x {len(ARCHS)} archs "
+              f"(NVRTC {'.'.join(map(str, nvrtc.toolkit().version))}): {cold:.1f} s cold on "
+              f"{os.cpu_count()} processes, {warm:.2f} s from the kernel cache")
+
+
+@needs_linux
+def test_nvrtc_kernel_cache_returns_what_was_built(all_built):
+    _, _, results, again, _, _ = all_built
+    assert all(c.from_cache for c in again)
+    assert [c.cubin for c in again] == [c.cubin for c in results]
+    assert [c.lowered for c in again] == [c.lowered for c in results]
+
+
+# --- the binding reports what NVRTC says ------------------------------------------------
+
+TINY = "template <typename T> __global__ void scale(T* x, T a) { x[threadIdx.x] *= a; }\n"
+
+
+def test_nvrtc_compile_error_carries_the_log():
+    with pytest.raises(nvrtc.NvrtcCompileError) as info:
+        nvrtc.compile_cubin(TINY + "__global__ void broken() { undeclared = 1; }\n",
+                            ["scale<float>"], 80, kernel_cache.CUPY_OPTIONS)
+    assert "undeclared" in info.value.log
+
+
+def test_nvrtc_warnings_reach_the_log():
+    """What makes the empty-log check above able to fail."""
+    compiled = nvrtc.compile_cubin(TINY + '#warning "sepconv-test-warning"\n',
+                                   ["scale<float>"], 80, kernel_cache.CUPY_OPTIONS)
+    assert "sepconv-test-warning" in compiled.log
+
+
+def test_nvrtc_lowered_names_are_the_instantiations():
+    compiled = nvrtc.compile_cubin(TINY, ["scale<float>", "scale<double>"], 90,
+                                   kernel_cache.CUPY_OPTIONS)
+    assert compiled.log == ""
+    lowered = compiled.lowered
+    assert set(lowered) == {"scale<float>", "scale<double>"}
+    assert lowered["scale<float>"] != lowered["scale<double>"]
+    for mangled in lowered.values():  # Itanium C++ ABI names of the two instantiations
+        assert mangled.startswith("_Z5scaleI") and mangled.encode() in compiled.cubin
+
+
+def test_nvrtc_rejects_an_architecture_it_cannot_emit():
+    with pytest.raises(ValueError, match="sm_1"):
+        nvrtc.compile_cubin(TINY, ["scale<float>"], 1, ())
