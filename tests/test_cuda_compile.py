@@ -114,6 +114,35 @@ def test_every_instantiation_built_without_spills(builds, arch):
     print(f"{arch}: max {max(v[0] for v in ours.values())} registers, no spills")
 
 
+def _find_cuobjdump():
+    for candidate in (shutil.which("cuobjdump"),
+                      os.path.join(os.path.dirname(os.path.realpath(NVCC or "")), "cuobjdump")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tensor_core_kernels_use_tensor_cores(builds, arch, tmp_path_factory):
+    """Every sepconv_tc instantiation's SASS has the mma (HMMA), ldmatrix (LDSM) and
+    cp.async (LDGSTS) instructions it is written around."""
+    cuobjdump = _find_cuobjdump()
+    if cuobjdump is None:
+        pytest.skip("cuobjdump not found")
+    names, results = builds
+    assert results[arch][0].returncode == 0
+    cubin = next(tmp_path_factory.getbasetemp().glob(f"nvcc*/{arch}.cubin"))
+    sass = subprocess.run([cuobjdump, "-sass", str(cubin)], capture_output=True, text=True,
+                          check=True).stdout
+    functions = re.split(r"\n\s*Function : ", sass)[1:]
+    tc = {f.split("\n", 1)[0].strip(): f for f in functions if "sepconv_tc" in f.split("\n", 1)[0]}
+    assert len(tc) == len(cuda_kernels.tc_name_expressions())
+    for name, body in tc.items():
+        for opcode in ("HMMA", "LDSM", "LDGSTS"):
+            assert opcode in body, f"{opcode} missing from {name} on {arch}"
+
+
 # What the documentation promises is applied to the output after the kernel (activations
 # module docstring); every other activation name runs fused or with the last-axis kernel.
 APPLIED_AFTER_THE_KERNEL = {"glu", "sparsemax", "tf_keras_hard_sigmoid"}
@@ -161,66 +190,5 @@ def test_source_lines_point_at_real_files():
         assert banned not in source, f"host standard header {banned} breaks NVRTC"
 
 
-# --- NVRTC (what CuPy uses at run time), where libnvrtc can be found -------------------
-
-def _find_nvrtc():
-    import ctypes.util
-    import glob
-
-    candidates = [os.environ.get("SEPCONV_NVRTC_LIBRARY"), ctypes.util.find_library("nvrtc")]
-    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if root:
-            candidates += sorted(glob.glob(os.path.join(root, "lib*", "libnvrtc.so*")))
-    try:  # pip wheels (nvidia-cuda-nvrtc), as CuPy finds them
-        from cuda.pathfinder import load_nvidia_dynamic_lib
-
-        candidates.append(load_nvidia_dynamic_lib("nvrtc").abs_path)
-    except Exception:
-        pass
-    for path in filter(None, candidates):
-        try:
-            return ctypes.CDLL(path)
-        except OSError:
-            continue
-    return None
-
-
-def _nvrtc_compile(lib, names, options):
-    import ctypes
-
-    prog = ctypes.c_void_p()
-    assert lib.nvrtcCreateProgram(ctypes.byref(prog), cuda_kernels.source().encode(),
-                                  b"sepconv_fused.cu", 0, None, None) == 0
-    try:
-        for name in names:
-            assert lib.nvrtcAddNameExpression(prog, name.encode()) == 0
-        opts = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
-        status = lib.nvrtcCompileProgram(prog, len(options), opts)
-        size = ctypes.c_size_t()
-        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-        log = ctypes.create_string_buffer(max(size.value, 1))
-        lib.nvrtcGetProgramLog(prog, log)
-        return status, log.value.decode(errors="replace")
-    finally:
-        lib.nvrtcDestroyProgram(ctypes.byref(prog))
-
-
-def test_nvrtc_compiles_with_cupy_like_options():
-    lib = _find_nvrtc()
-    if lib is None:
-        pytest.skip("libnvrtc not found (set SEPCONV_NVRTC_LIBRARY to its path)")
-    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
-    if NVCC:
-        roots.append(os.path.dirname(os.path.dirname(os.path.realpath(NVCC))))
-    include = next((os.path.join(r, "include") for r in roots
-                    if r and os.path.isfile(os.path.join(r, "include", "cuda_fp16.h"))), None)
-    names = [n for n in cuda_kernels.all_name_expressions()
-             if "ACT_GELU," in n or "ACT_MISH" in n or "softmax" in n]
-    # what CuPy's RawModule adds to ours (CuPy 13/14): default device space, -ftz, the arch
-    options = list(cuda_kernels.NVRTC_OPTIONS) + [
-        "--device-as-default-execution-space", "-ftz=true", "-arch=compute_80"]
-    if include:  # CuPy passes its CUDA include directory the same way
-        options.append(f"-I{include}")
-    status, log = _nvrtc_compile(lib, names, options)
-    assert status == 0, log
-    assert "warning" not in log.lower(), log
+# The run-time NVRTC build of every instantiation (the wheels' libnvrtc, the exact
+# options) is tests/test_nvrtc.py.
