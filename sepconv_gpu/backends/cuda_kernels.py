@@ -117,8 +117,9 @@ _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 def _inline(directory, filename, seen):
     """The file's text with `#line` markers, local `#include "..."` files inlined.
 
-    Inlining (rather than an -I option) makes the text CuPy hashes for its on-disk cache
-    cover the headers too, and keeps NVRTC error locations pointing at the real files.
+    Inlining (rather than an -I option) makes the text the kernel cache hashes
+    (kernel_cache.py) cover the headers too, and keeps NVRTC error locations pointing at
+    the real files.
     """
     tag = f"kernels/{filename}"
     with open(os.path.join(directory, filename), encoding="utf-8") as fh:
