@@ -17,12 +17,16 @@ three ways (`sepconv_gpu/backends/cuda_kernels.py` holds the lists):
   Each fused variant costs 18 more kernel instantiations (every dtype, layout and
   specialized kernel extent); the multi-parameter and reshaping ones are not worth that.
 
-Keras's behaviour is kept where it is surprising:
+Where Keras 3.15 is surprising:
 
-- `glu` halves the last axis of the output as laid out; the layers' `compute_output_shape`
-  describes the convolution and does not halve it (as Keras 3.15's does not);
-- `sparsemax` uses Keras 3.15's threshold, (sum over the support of the running sums - 1)
-  / support size, which is the paper's only when the support has one element;
+- `glu` halves the last axis of the output as laid out. Keras 3.15's layers then report
+  the unhalved shape from `compute_output_shape`; ours report the shape a call returns
+  (a Keras bug is not copied, as with its channels_first padding).
+- `sparsemax` is the paper's (Martins & Astudillo 2016): tau = (sum of the k largest - 1)
+  / k over the support size k, so every row sums to 1. Keras 3.15 (every backend) sums the
+  running sums over the support instead, which agrees only when k = 1 and otherwise gives
+  rows that do not sum to 1; that bug is not copied either (tests/test_activations.py
+  shows where the two differ).
 - `threshold` has no defaults in Keras: the bare name is refused here with a message
   saying what to pass (Keras fails later, on the first call).
 
@@ -209,7 +213,7 @@ def log_softmax(x, axis=-1):
 
 
 def sparsemax(x, axis=-1):
-    """Keras 3.15's sparsemax, threshold included (see the module docstring)."""
+    """Sparsemax over `axis`: max(x - tau, 0), rows summing to 1 (see the module docstring)."""
     xp, t = array_module(x), x.dtype.type
     ranked = -xp.sort(-x, axis=axis)
     running = xp.cumsum(ranked, axis=axis)
@@ -218,7 +222,9 @@ def sparsemax(x, axis=-1):
     rank = xp.arange(1, x.shape[axis] + 1, dtype=x.dtype).reshape(shape)
     support = ranked - (running - t(1)) / rank > 0
     size = support.sum(axis=axis, keepdims=True).astype(x.dtype)
-    tau = (xp.where(support, running, t(0)).sum(axis=axis, keepdims=True) - t(1)) / size
+    # the running sum at the last element of the support (the support is a prefix)
+    top = xp.take_along_axis(running, size.astype(xp.int64) - 1, axis=axis)
+    tau = (top - t(1)) / size
     return xp.maximum(x - tau, t(0))
 
 

@@ -327,9 +327,15 @@ class BaseSeparableConv:
                 f"ndim={self.rank + 2}, found ndim={len(shape)}. Full shape received: {tuple(shape)}")
 
     def compute_output_shape(self, input_shape):
-        return _geometry.compute_output_shape(
+        """The shape a call returns (glu's halved last axis included, where Keras 3.15
+        reports the convolution's shape)."""
+        shape = _geometry.compute_output_shape(
             self.rank, input_shape, self.filters, self.kernel_size, self.strides, self.padding,
             self.data_format, self.dilation_rate)
+        if None in shape:  # unknown batch: only the last axis can change
+            known = self.activation.output_shape(tuple(1 if n is None else n for n in shape))
+            return tuple(None if n is None else m for n, m in zip(shape, known))
+        return self.activation.output_shape(shape)
 
     def __call__(self, inputs):
         with annotate(f"{type(self).__name__}:{self.name}"):
