@@ -192,3 +192,59 @@ def test_plan_fits_shared_memory_and_covers_the_output(dtype, channels, multipli
         assert p.halo_h == (p.th - 1) * strides[0] + (kernel[0] - 1) * dilation[0] + 1
         assert p.halo_w == (p.tw - 1) * strides[1] + (kernel[1] - 1) * dilation[1] + 1
         assert p.plane % 2 == 1 and p.plane >= p.halo_h * p.halo_w
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+@pytest.mark.parametrize("layout", ["vector", "ragged_channels", "misaligned", "stride2"])
+def test_halo_staging_paths(emulator, dtype, layout):
+    # channels_last with unit channel stride stages 16 bytes of channels per load when the
+    # pixels are 16-byte aligned and the chunk's channels fill whole vectors; anything
+    # else (a last chunk of 4 channels, a base address off by one element) stages element
+    # by element. Stride 2 stores 4- and 8-byte halos even columns first.
+    rng = np.random.default_rng(11)
+    channels = 20 if layout == "ragged_channels" else 32
+    strides = 2 if layout == "stride2" else 1
+    x, dk, pk, b, geom, act = make_case(rng, 2, (2, 9, 10, channels), 3, 1, 20, strides, "same",
+                                        "channels_last", 1, "relu", dtype)
+    if layout == "misaligned":
+        shifted = np.empty(x.size + 1, x.dtype)[1:].reshape(x.shape)
+        shifted[...] = x
+        x = shifted
+        assert x.ctypes.data % 16 != 0
+    check(emulator, x, dk, pk, b, geom, act)
+
+
+def _warp_bank_conflicts(plan, itemsize, strides):
+    """Most distinct words one shared-memory bank serves in one depthwise read (tap 0) of
+    any warp, simulated from the kernel's halo layout (sepconv_fused.cu, Shared memory)."""
+    sh, sw = strides
+    split = cuda_kernels.halo_split(itemsize, sw)
+    wsub = (plan.halo_w + 1) // 2
+    lanes_per_pass = 16 if itemsize == 8 else 32   # 8-byte loads: a half-warp per pass
+    worst = 1
+    for first in range(0, plan.bp, lanes_per_pass):
+        banks = {}
+        for p in range(first, first + lanes_per_pass):
+            row, col = divmod(p, plan.tw)
+            q = col * sw
+            slot = (q & 1) * wsub + (q >> 1) if split else q
+            word = (row * sh * plan.pitch + slot) * itemsize // 4
+            banks.setdefault(word % 32, set()).add(word)
+        worst = max(worst, max(len(words) for words in banks.values()))
+    return worst
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+@pytest.mark.parametrize("size, stride", [(112, 1), (112, 2), (56, 1), (28, 2), (14, 1), (7, 1),
+                                          (19, 1), (37, 1), (10, 2)])
+def test_halo_pitch_makes_depthwise_reads_conflict_free(dtype, size, stride):
+    out = -(-size // stride)
+    itemsize = cuda_kernels.DTYPES[dtype][1]
+    p = cuda_kernels.plan(dtype, 8, 64, 1, 128, (size, size), (out, out), (3, 3),
+                          (stride, stride), (1, 1))
+    if dtype == "float64" and stride == 2:
+        # no 8-byte stride-2 halo of 16 channels fits 48 KB: gathered from global memory
+        assert not p.use_halo
+        return
+    assert p.use_halo and p.pitch >= p.halo_w
+    assert _warp_bank_conflicts(p, itemsize, (stride, stride)) == 1, p
