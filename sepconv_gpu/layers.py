@@ -145,6 +145,10 @@ class BaseSeparableConv:
 
     _auto_name = "separable_conv"  # unnamed layers get this, then _1, _2, ...
 
+    # Activation names mean Keras 3's functions; the TF1 layers (compat.v1) set this so
+    # that "hard_sigmoid" keeps tf.keras 2.x's meaning there, as in TensorFlow.
+    _tf_keras_names = False
+
     def __init__(self, rank, filters, kernel_size, strides=1, padding="valid", data_format=None,
                  dilation_rate=1, depth_multiplier=1, activation=None, use_bias=True,
                  depthwise_initializer="glorot_uniform", pointwise_initializer="glorot_uniform",
@@ -161,7 +165,7 @@ class BaseSeparableConv:
         self.strides, self.padding, self.data_format, self.dilation_rate = \
             _geometry.normalize_call_args(rank, strides, padding, data_format, dilation_rate)
         self.depth_multiplier = _geometry.normalize_positive_int(depth_multiplier, "depth_multiplier")
-        self.activation = _activations.get(activation)
+        self.activation = _activations.get(activation, tf_keras=self._tf_keras_names)
         if not isinstance(use_bias, (bool, np.bool_)):
             raise TypeError(f"`use_bias` must be a bool; received {use_bias!r}.")
         self.use_bias = bool(use_bias)

@@ -352,3 +352,18 @@ def test_matches_keras_layer_and_reference(backend, rank, kwargs):
     assert_matches(conv, expected_conv)
     with pytest.raises(ValueError, match="pair"):
         layer.convolution_op(x, weights[0])
+
+
+def test_hard_sigmoid_by_name_is_tf_keras_s_in_tf1_layers():
+    """TF1 layers resolve names through tf.keras 2.x: clip(0.2·x + 0.5, 0, 1), not Keras 3's
+    relu6(x + 3) / 6 (up to 0.08 apart); the Keras 3 layer keeps Keras 3's."""
+    x = np.linspace(-4, 4, 2 * 5 * 5 * 2).reshape(2, 5, 5, 2).astype("float64")
+    v1 = v1_layers.SeparableConv2D(3, 3, activation="hard_sigmoid", dtype="float64", backend="numpy")
+    y = v1.apply(x)
+    keras3 = sg.SeparableConv2D(3, 3, activation="hard_sigmoid", dtype="float64", backend="numpy")
+    keras3.build(x.shape)
+    keras3.set_weights(v1.get_weights())
+    linear = sg.ops.separable_conv2d(x, *v1.get_weights())
+    np.testing.assert_allclose(y, np.clip(0.2 * linear + 0.5, 0, 1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(keras3(x), np.clip(linear + 3, 0, 6) / 6, rtol=1e-12, atol=1e-12)
+    assert np.max(np.abs(y - keras3(x))) > 1e-3

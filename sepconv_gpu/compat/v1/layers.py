@@ -40,6 +40,8 @@ def _weak(obj):
 class _TF1Layer:
     """The TF1 layer surface, mixed in front of a Keras-like separable convolution class."""
 
+    _tf_keras_names = True  # TF1 layers resolve activation names as tf.keras 2.x did
+
     def __init__(self, filters, kernel_size, *args, depthwise_initializer=None,
                  pointwise_initializer=None, name=None, _scope=None, _reuse=None, **kwargs):
         # TF1's kernel default: the variable scope's initializer, else glorot_uniform.
