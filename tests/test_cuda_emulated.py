@@ -248,3 +248,37 @@ def test_halo_pitch_makes_depthwise_reads_conflict_free(dtype, size, stride):
         return
     assert p.use_halo and p.pitch >= p.halo_w
     assert _warp_bank_conflicts(p, itemsize, (stride, stride)) == 1, p
+
+
+def geometry_of(batch, c, m, f, size_in, size_out, kernel, strides, dilation, cf):
+    return geometry.ConvGeometry(rank=2, channels_first=cf, batch=batch, channels=c,
+                                 depth_multiplier=m, filters=f, in_size=size_in, kernel=kernel,
+                                 strides=strides, dilation=dilation, pad_before=(0, 0),
+                                 out_size=size_out, use_bias=True)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+@pytest.mark.parametrize("shape", [
+    # batch, C, M, F, in, out, kernel, strides, dilation, channels_first
+    (32, 128, 1, 128, (56, 56), (56, 56), (3, 3), (1, 1), (1, 1), False),
+    (32, 728, 1, 1024, (19, 19), (19, 19), (3, 3), (1, 1), (1, 1), False),
+    (8, 256, 1, 256, (1, 1024), (1, 1024), (1, 31), (1, 1), (1, 1), False),
+    (4, 24, 3, 40, (30, 30), (15, 15), (5, 5), (2, 2), (1, 1), True),
+])
+def test_plan_is_priced_by_the_cost_model(dtype, shape):
+    """The SIMT planner's predicted time (what launches and the benchmark record carry) is
+    the cost model's for the chosen plan: layout, specialization and bank conflicts."""
+    from sepconv_gpu.backends import cost_model
+
+    batch, c, m, f, size_in, size_out, kernel, strides, dilation, cf = shape
+    p = cuda_kernels.plan(dtype, batch, c, m, f, size_in, size_out, kernel, strides, dilation, cf)
+    geom = geometry_of(batch, c, m, f, size_in, size_out, kernel, strides, dilation, cf)
+    _, in_isz, acc_isz = cuda_kernels.DTYPES[dtype]
+    specialized = cuda_kernels.kernel_extent(dtype, kernel) != cuda_kernels.GENERIC_EXTENT
+    ways = 1 if cuda_kernels._rows_disjoint(
+        p.pitch, p.tw, strides[0], 1 if cuda_kernels.halo_split(in_isz, strides[1]) else strides[1],
+        in_isz) else 2
+    work = cost_model.simt_fused_work(geom, p, in_isz, acc_isz, specialized=specialized,
+                                      bank_ways=ways)
+    assert p.predicted_us == pytest.approx(cost_model.predict(work).us)
+    assert cost_model.DEFAULT_DEVICE.launch_us < p.predicted_us < 1e6
