@@ -217,7 +217,10 @@ sepconv_tc(const T* __restrict__ x,
     auto col_offset = [&](int j) {
         return str_w == 1 ? j * dil_w : (j % str_w) * HWs + j / str_w;
     };
-    constexpr int STAPS = KH_ * KW_ > 0 ? KH_ * KW_ : 1;
+    constexpr int SKH = KH_ > 0 ? KH_ : 1, SKW = KW_ > 0 ? KW_ : 1;
+    // Sliding-window strips (cuda_kernels.tc_uses_strips mirrors this condition).
+    const bool strips = KH_ > 0 && str_w == 1 && dil_w == 1 && str_h == 1 && TW >= 4 &&
+                        ((BM >> tw_shift) & 1) == 0;
 
     // Pointwise mapping: warp (wm, wn) multiplies A rows wm*32.. and B rows wn*64..
     const int wm = warp / WN, wn = warp - (warp / WN) * WN;
@@ -252,41 +255,65 @@ sepconv_tc(const T* __restrict__ x,
         const unsigned* wk = reinterpret_cast<const unsigned*>(base + halo_bytes);
 
         // ---- 2. depthwise of the chunk -> As ----
-        // specialized extents: this lane's weight word of every tap in registers
-        unsigned wreg[STAPS];
-        if constexpr (KH_ > 0) {
-#pragma unroll
-            for (int tp = 0; tp < STAPS; ++tp) wreg[tp] = wk[tp * 16 + dw_word];
-        }
+        if (strips) {
+            // Strips of 4 outputs along a row: the KW taps of a row slide over 3 + KW
+            // loaded pixels (6 loads for 12 taps at 3x3). The half-warps take vertically
+            // adjacent rows: an odd row pitch keeps them on distinct banks.
 #pragma unroll 1
-        for (int p = 2 * warp + dw_half; p < BM; p += 2 * TC_WARPS) {
-            const int tr = p >> tw_shift, tc = p & (TW - 1);
-            const unsigned* src = xw + (tr * str_h * HWp + tc) * (TC_CHUNK_BYTES / 4) + dw_word;
-            float d[PW];
+            for (int item = warp; item < BM / 8; item += TC_WARPS) {
+                const int tr = 2 * (item >> (tw_shift - 2)) + dw_half;
+                const int c0 = (item & ((TW >> 2) - 1)) * 4;
+                const unsigned* src = xw + (tr * HWp + c0) * (TC_CHUNK_BYTES / 4) + dw_word;
+                float d[4][PW];
 #pragma unroll
-            for (int e = 0; e < PW; ++e) d[e] = 0.f;
-            if constexpr (KH_ > 0) {
+                for (int r = 0; r < 4; ++r)
 #pragma unroll
-                for (int i = 0; i < KH_; ++i)
+                    for (int e = 0; e < PW; ++e) d[r][e] = 0.f;
 #pragma unroll
-                    for (int j = 0; j < KW_; ++j) {
-                        float v[PW], w[PW];
-                        Op::unpack(src[(i * dil_h * HWp + col_offset(j)) * (TC_CHUNK_BYTES / 4)], v);
-                        Op::unpack(wreg[i * KW_ + j], w);
+                for (int i = 0; i < SKH; ++i) {
+                    float w[SKW][PW];
 #pragma unroll
-                        for (int e = 0; e < PW; ++e) d[e] = fmaf(v[e], w[e], d[e]);
+                    for (int j = 0; j < SKW; ++j) Op::unpack(wk[(i * SKW + j) * 16 + dw_word], w[j]);
+                    const unsigned* row = src + i * dil_h * HWp * (TC_CHUNK_BYTES / 4);
+#pragma unroll
+                    for (int t = 0; t < 3 + SKW; ++t) {
+                        float v[PW];
+                        Op::unpack(row[t * (TC_CHUNK_BYTES / 4)], v);
+#pragma unroll
+                        for (int r = 0; r < 4; ++r) {
+                            if (t - r < 0 || t - r >= SKW) continue;
+#pragma unroll
+                            for (int e = 0; e < PW; ++e) d[r][e] = fmaf(v[e], w[t - r][e], d[r][e]);
+                        }
                     }
-            } else {
-                for (int i = 0; i < KH; ++i)
+                }
+#pragma unroll
+                for (int r = 0; r < 4; ++r)
+                    *reinterpret_cast<unsigned*>(As + (tr * TW + c0 + r) * TC_ROW_BYTES + dw_word * 4) =
+                        Op::operand(d[r]);
+            }
+        } else {
+            // One output a thread at a time, every tap and weight loaded (any stride and
+            // dilation; weights in registers would spill next to the 64 accumulators);
+            // the half-warps take horizontally adjacent outputs (adjacent pixels in the
+            // residue-ordered halo: distinct banks).
+#pragma unroll 1
+            for (int p = 2 * warp + dw_half; p < BM; p += 2 * TC_WARPS) {
+                const int tr = p >> tw_shift, tc = p & (TW - 1);
+                const unsigned* src = xw + (tr * str_h * HWp + tc) * (TC_CHUNK_BYTES / 4) + dw_word;
+                float d[PW];
+#pragma unroll
+                for (int e = 0; e < PW; ++e) d[e] = 0.f;
+                for (int i = 0; i < KH; ++i)       // unrolled for the specialized extents
                     for (int j = 0; j < KW; ++j) {
                         float v[PW], w[PW];
                         Op::unpack(src[(i * dil_h * HWp + col_offset(j)) * (TC_CHUNK_BYTES / 4)], v);
-                        Op::unpack(wk[(i * KW + j) * 16 + dw_word], w);
+                        Op::unpack(wk[(i * KW + j) * 16 + dw_word], w);   // a broadcast
 #pragma unroll
                         for (int e = 0; e < PW; ++e) d[e] = fmaf(v[e], w[e], d[e]);
                     }
+                *reinterpret_cast<unsigned*>(As + p * TC_ROW_BYTES + dw_word * 4) = Op::operand(d);
             }
-            *reinterpret_cast<unsigned*>(As + p * TC_ROW_BYTES + dw_word * 4) = Op::operand(d);
         }
         __syncthreads();
 

@@ -88,10 +88,13 @@ def rounding_model(x, dk, pk, b, geom, act):
     if act.kernel_id in cuda_kernels.FUSED_ACTIVATIONS:  # applied in fp32 in the epilogue
         return reference_separable_conv(d, one_tap, p, None if b is None else b.astype(f64),
                                         pointwise_only, act)
-    # applied afterwards (softmax kernel, callables) to the output rounded to x's dtype
+    # applied afterwards to the output rounded to x's dtype: by the softmax kernel (in
+    # fp32: modelled in float64), or by the activation itself in x's dtype
     y = reference_separable_conv(d, one_tap, p, None if b is None else b.astype(f64),
-                                 pointwise_only, LINEAR)
-    return np.asarray(act(y.astype(x.dtype).astype(f64)), dtype=f64)
+                                 pointwise_only, LINEAR).astype(x.dtype)
+    if act.kernel_id in cuda_kernels.LAST_AXIS_ACTIVATIONS:
+        return np.asarray(act(y.astype(f64)), dtype=f64)
+    return np.asarray(act(y), dtype=x.dtype).astype(f64)
 
 
 def check(emulator, x, dk, pk, b, geom, act, allow_tf32=False):
@@ -143,6 +146,24 @@ def test_tensor_core_geometries(emulator, case, mode):
     rng = np.random.default_rng(abs(hash((case, mode))) % 2**32)
     check(emulator, *make_case(rng, rank, shape, kernel, f, s, padding, d, "relu", dtype),
           allow_tf32=mode == "tf32")
+
+
+@needs_emulator
+@pytest.mark.parametrize("shape,strides,dilation,strips", [
+    ((1, 8, 16, 16), 1, 1, True),          # sliding-window strips
+    ((2, 10, 9, 24), 1, (2, 1), True),     # strips with a dilated height
+    ((1, 9, 9, 16), 2, 1, False),          # stride 2: one output a thread
+    ((1, 8, 12, 16), 1, (1, 2), False),    # dilated width
+])
+@pytest.mark.parametrize("mode", ["float16", "tf32"])
+def test_tensor_core_depthwise_paths(emulator, shape, strides, dilation, strips, mode):
+    dtype = "float16" if mode == "float16" else "float32"
+    rng = np.random.default_rng(21)
+    case = make_case(rng, 2, shape, 3, 40, strides, "same", dilation, "relu6", dtype)
+    geom = case[4]
+    tp = cuda_kernels.tc_plan(dtype, geom, False)
+    assert cuda_kernels.tc_uses_strips(geom, tp.tw, tp.th) == strips
+    check(emulator, *case, allow_tf32=mode == "tf32")
 
 
 def _random_geometry(seed):
@@ -291,7 +312,8 @@ def test_tensor_core_plan_is_consistent(shape, filters, stride, dtype):
     assert tp.filter_blocks == -(-filters // tp.bn)
     if filters <= max(cuda_kernels.TC_FILTER_BLOCKS):
         assert tp.filter_blocks == 1
-    work = cost_model.tc_fused_work(geom, tp, 2 if dtype == "float16" else 4)
+    work = cost_model.tc_fused_work(geom, tp, 2 if dtype == "float16" else 4,
+                                    strips=cuda_kernels.tc_uses_strips(geom, tp.tw, tp.th))
     assert tp.predicted_us == pytest.approx(cost_model.predict(work).us)
     assert tp.predicted_us > cost_model.DEFAULT_DEVICE.launch_us
     assert work.tensor_flops >= 2 * geom.output_positions * geom.channels * geom.filters

@@ -244,20 +244,24 @@ def simt_fused_work(geom, plan, in_itemsize, acc_itemsize, chunk=16, threads=256
 
 
 # Tensor-core kernel (kernels/sepconv_tc.cu), thread-instructions: a depthwise tap on one
-# 4-byte word is LDS + unpack (2 conversions of x and 2 of the weight for half2, none for
-# float) + FMAs; a position's word costs ~6 more (addressing, the operand store); a
+# 4-byte word is 2 LDS (pixel, weight) + unpack (2 conversions of each for half2, none
+# for float) + FMAs; a position's word costs ~6 more (addressing, the operand store); a
 # 16-byte cp.async granule ~12 (index math, predicate, LDGSTS); an output element ~3
 # (+ ~20 through a non-linear activation).
-TC_TAP_INSTRUCTIONS = {2: 7, 4: 2}          # by input itemsize
+TC_TAP_INSTRUCTIONS = {2: 8, 4: 3}          # by input itemsize
+# Sliding-window strips (4 outputs, stride 1): a row of KW taps loads 3 + KW pixels and
+# KW weight words, converts them once (half2) and issues 4 x KW FMA pairs.
 TC_POSITION_INSTRUCTIONS = 6
 TC_GRANULE_INSTRUCTIONS = 12
 TC_REGISTERS = 128
 
 
-def tc_fused_work(geom, plan, in_itemsize, linear_activation=True, threads=256):
+def tc_fused_work(geom, plan, in_itemsize, linear_activation=True, threads=256,
+                  strips=False):
     """`Work` of one `sepconv_tc` launch for a `cuda_kernels.TcPlan`, in three phases:
     staging + depthwise (cp.async stores, halo reads, A stores; SIMT issue), pointwise
-    (ldmatrix reads; tensor pipe), epilogue (once a block)."""
+    (ldmatrix reads; tensor pipe), epilogue (once a block). `strips`: the depthwise
+    runs sliding-window strips (cuda_kernels.tc_uses_strips)."""
     x, y, weights = _sizes(geom, in_itemsize, in_itemsize)
     taps = geom.kernel[0] * geom.kernel[1]
     chunk = 64                                  # bytes of one position's channel chunk
@@ -266,9 +270,17 @@ def tc_fused_work(geom, plan, in_itemsize, linear_activation=True, threads=256):
     warps_m = 8 // warps_n
     halo = plan.halo_h * plan.halo_w * chunk
     staged = halo + taps * chunk + plan.bn * chunk     # bytes cp.async'ed a chunk
-    dw_smem = staged + plan.bm * taps * chunk + plan.bm * chunk
+    kh, kw = geom.kernel
+    if strips:   # per 4 outputs of a word: kh rows of (3 + kw) pixels and kw weights
+        loads = kh * (3 + kw + kw) / 4
+        converts = kh * (3 + kw + kw) / 4 * (2 if in_itemsize == 2 else 0)
+        word_instr = loads + converts + taps * (4 // in_itemsize)
+    else:        # every tap loads a pixel and a weight (and unpacks both for half2)
+        loads = 2 * taps
+        word_instr = taps * TC_TAP_INSTRUCTIONS[in_itemsize]
+    dw_smem = staged + plan.bm * loads * chunk + plan.bm * chunk
     mma_smem = plan.bm * chunk * warps_n + plan.bn * chunk * warps_m
-    dw_instr = (plan.bm * 16 * (taps * TC_TAP_INSTRUCTIONS[in_itemsize] + TC_POSITION_INSTRUCTIONS)
+    dw_instr = (plan.bm * 16 * (word_instr + TC_POSITION_INSTRUCTIONS)
                 + staged // 16 * TC_GRANULE_INSTRUCTIONS)
     tile = plan.bm * plan.bn
     mma_flops = 2.0 * tile * chunk // in_itemsize

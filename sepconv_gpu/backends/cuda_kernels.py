@@ -259,7 +259,7 @@ def plan(dtype, batch, channels, multiplier, filters, in_size, out_size, kernel,
     for bf in FILTER_BLOCKS:
         bp = TILE_ELEMS // bf
         blocks_f = -(-filters // bf)
-        fixed = CHUNK * (bp + bf) * acc_isz + dw_bytes
+        fixed = CHUNK * (bp + 2 * bf) * acc_isz + dw_bytes   # Ds, Ws pair, Wd
         for tw in _tile_widths(bp, ow, oh):
             tiles_w, tiles_h = -(-ow // tw), -(-oh // (bp // tw))
             hh, hw = _halo_extent(bp // tw, sh, dh, kh), _halo_extent(tw, sw, dw, kw)
@@ -510,10 +510,12 @@ def _tc_shared_bytes(bm, bn, stages, halo_h, halo_pitch, taps):
 def tc_plan(dtype, geom, linear_activation=True):
     """The cheapest `TcPlan` by the cost model, or None when no tile fits TC_SMEM_LIMIT.
 
-    Candidates: BN in TC_FILTER_BLOCKS (F <= 256 fits one filter block: no depthwise
-    recompute), every power-of-two tile width up to the output width, TC_STAGES. Each is priced by `cost_model.tc_fused_work`: compulsory DRAM bytes, L2
-    bytes (halo + weights re-staged per block and chunk: the recompute factor), shared
-    memory bytes, SIMT issue of the depthwise, tensor FLOPs including padding, waves.
+    Candidates: BN in TC_FILTER_BLOCKS (only those holding all F when F <= 256: no
+    depthwise recompute then; the model weighs it above), every power-of-two tile width up to the output width, TC_STAGES. Each
+    is priced by `cost_model.tc_fused_work`: compulsory DRAM bytes, L2 bytes (halo and
+    weights re-staged per block and chunk: the recompute factor), shared-memory bytes
+    and SIMT issue of the depthwise (sliding-window strips where they apply), tensor
+    FLOPs including padding, resident blocks and waves.
     """
     from . import cost_model
 
@@ -525,6 +527,8 @@ def tc_plan(dtype, geom, linear_activation=True):
     for bn in TC_FILTER_BLOCKS:
         bm = TC_TILE_ELEMS // bn
         blocks_f = -(-geom.filters // bn)
+        if blocks_f > 1 and geom.filters <= max(TC_FILTER_BLOCKS):
+            continue  # the rule: no depthwise recompute while one block can hold F
         # power-of-two widths up to the first that covers the output row (1D included:
         # a single-row tile can need a halo too wide for shared memory)
         widths = tuple(1 << i for i in range(1, bm.bit_length())
@@ -533,7 +537,9 @@ def tc_plan(dtype, geom, linear_activation=True):
             th = bm // tw
             tiles_w, tiles_h = -(-ow // tw), -(-oh // th)
             hh, hw = _halo_extent(th, sh, dh, kh), _halo_extent(tw, sw, dw, kw)
-            hws = -(-hw // sw)
+            # columns per stride residue; an odd row pitch at stride 1 keeps the
+            # depthwise strips of vertically adjacent rows on distinct banks
+            hws = -(-hw // sw) if sw > 1 else hw | 1
             for stages in TC_STAGES:
                 shared = _tc_shared_bytes(bm, bn, stages, hh, hws * sw, taps)
                 if shared > TC_SMEM_LIMIT:
@@ -544,11 +550,20 @@ def tc_plan(dtype, geom, linear_activation=True):
                     k_pad=k_pad, shared_bytes=shared,
                     grid=geom.batch * tiles_w * tiles_h * blocks_f, predicted_us=0.0)
                 us = cost_model.predict(cost_model.tc_fused_work(
-                    geom, candidate, itemsize, linear_activation)).us
+                    geom, candidate, itemsize, linear_activation,
+                    strips=tc_uses_strips(geom, tw, th))).us
                 if best is None or us < best.predicted_us:
                     best = dataclasses.replace(candidate, predicted_us=us)
                 break  # the deepest pipeline that fits
     return best
+
+
+def tc_uses_strips(geom, tw, th):
+    """Whether sepconv_tc's depthwise runs sliding-window strips of 4 outputs (the
+    kernel's `strips` condition): a specialized extent, unit stride and dilation along
+    the width, unit stride along the height, tiles at least 4 wide and an even height."""
+    return (tc_extent(geom.kernel) != GENERIC_EXTENT and geom.strides == (1, 1)
+            and geom.dilation[1] == 1 and tw >= 4 and th % 2 == 0)
 
 
 def select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned):
