@@ -52,15 +52,16 @@ def cache_dir():
     return os.path.join(base, "sepconv_gpu")
 
 
-def library_kernels(name_expressions, arch):
-    """The library's kernels (`cuda_kernels.source()`), `name_expressions` instantiated,
-    as SASS for sm_`arch`: an nvrtc.Compiled, from the disk cache when it is there.
+def library_kernels(name_expressions, arch, source=None):
+    """The library's kernels, `name_expressions` instantiated, as SASS for sm_`arch`: an
+    nvrtc.Compiled, from the disk cache when it is there. `source` defaults to
+    `cuda_kernels.source()` (a test passes one snapshot to all its worker processes).
 
     This is the one build path: `cuda_backend.get_function` loads what it returns, and the
     NVRTC test compiles every instantiation through it.
     """
-    return compile_cached(cuda_kernels.source(), name_expressions, arch,
-                          cuda_kernels.NVRTC_OPTIONS + CUPY_OPTIONS)
+    return compile_cached(cuda_kernels.source() if source is None else source,
+                          name_expressions, arch, cuda_kernels.NVRTC_OPTIONS + CUPY_OPTIONS)
 
 
 def compile_cached(source, name_expressions, arch, options):
