@@ -93,7 +93,7 @@ def _include_dir(library):
     root = os.path.dirname(lib_dir)
     candidates = [os.path.join(root, "include"),                    # cu13 wheel, system
                   os.path.join(os.path.dirname(root), "cuda_runtime", "include"),  # cu12 wheels
-                  os.path.join(root, "targets", "x86_64-linux", "include")]
+                  *sorted(glob.glob(os.path.join(root, "targets", "*", "include")))]
     if not _is_wheel(library):
         candidates += [os.path.join(r, "include") for r in
                        (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda") if r]
