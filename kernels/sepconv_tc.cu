@@ -7,23 +7,29 @@
 //   y[n, p, f] = act(b[f] + sum_c P[f, c] * sum_t x[n, p*s + t*d - pad, c] * D[t, c])
 //
 // Block: TC_THREADS = 256 threads (8 warps), a tile of BM output positions (a TH x TW patch
-// of one image, TW a power of two, TH = BM / TW; 1D: TH = 1) x BN filters. Every warp owns
+// of one image, TW a power of two, TH = BM / TW) x BN filters; 1-D grid, filter blocks of
+// a tile adjacent. Every warp owns
 // a 32 x 64 piece of it (2 x 8 mma tiles, 64 fp32 accumulators a thread); the planner picks
 // BN in {64, 128, 256} and the warps are arranged (8/WN) x WN, WN = BN/64, so that
 // BM x BN = TC_TILE_ELEMS: BM = 256, 128, 64. F <= 256 fits one filter block: the
 // depthwise is never recomputed; F > 256 takes FB = ceil(F / 256) filter blocks, each
-// redoing the depthwise of its tile (the recompute factor the planner charges for).
+// redoing the depthwise of its tile (the recompute factor the planner charges for). The
+// planner (cuda_kernels.tc_plan) prices every (BN, TW, S) with cost_model.tc_fused_work
+// and keeps the cheapest that fits TC_SMEM_LIMIT; its prediction travels with the launch.
 //
 // Channels go in chunks of TC_CHUNK_BYTES = 64 bytes a position (BK = 32 half or 16 float
 // channels; the weights are zero-padded to K_pad = a multiple of 32 channels). Chunk kc:
 //   1. cp.async (16 bytes, zero-fill outside the image / past C) into pipeline stage
 //      kc % S (S = 2 or 3, the planner's choice): the input halo of the tile, the chunk's
-//      depthwise weights (fp32) and its pointwise rows P[f0 : f0+BN, chunk]. Loads run
-//      S - 1 chunks ahead of the compute.
+//      depthwise weights and its pointwise rows P[f0 : f0+BN, chunk]. Loads run S - 1
+//      chunks ahead of the compute.
 //   2. depthwise: lane (l & 15) owns one 4-byte word of a position's chunk (a half2 or one
-//      float), the two half-warps take horizontally adjacent positions; taps accumulate in
-//      fp32 (weights in registers for the specialized 3x3), the result is rounded once to
-//      the mma operand type (half, or tf32 with cvt.rna) and written as row p of A.
+//      float); taps accumulate in fp32 and the result is rounded once to the mma operand
+//      type (half, or tf32 with cvt.rna) and written as row p of A. Specialized extents at
+//      unit width stride and dilation (and unit height stride) run sliding-window strips:
+//      4 outputs a thread, a row of KW taps from 3 + KW loaded pixels, the two half-warps
+//      on vertically adjacent rows. Otherwise one output a thread, every tap loaded, the
+//      half-warps on horizontally adjacent outputs.
 //   3. pointwise: each warp ldmatrix.x4's its A rows (2 m16 tiles) and B rows (4 x 2 n8
 //      tiles) and issues 2 k-steps x 16 mma.sync.
 // One __syncthreads between 2 and 3 and one per chunk; the tensor pipe of one block
@@ -31,10 +37,12 @@
 //
 // Shared memory (dynamic, > 48 KB needs the opt-in attribute; cuda_kernels.tc_plan sizes it):
 //   stage s (S times) : Xs [HH][HWp][64 B]  input halo; columns stored by residue
-//                                           (ww % s_w, then ww / s_w) so that the two
-//                                           half-warps' positions (adjacent outputs) read
-//                                           adjacent 64-byte pixels: no bank conflict
-//                       Ws [taps][BK] fp32  depthwise weights of the chunk
+//                                           (ww % s_w, then ww / s_w) so that horizontally
+//                                           adjacent outputs read adjacent 64-byte pixels;
+//                                           HWp odd at s_w = 1 so that vertically adjacent
+//                                           rows do too: the half-warps never share banks
+//                       Ws [taps][64 B]     depthwise weights of the chunk (half for fp16,
+//                                           exact fp32 for the TF32 path)
 //                       Bs [BN][80 B]       pointwise rows (64 B + 16 B pad: the 8 rows of
 //                                           an ldmatrix hit 8 distinct 16-byte bank groups)
 //   then              : As [BM][80 B]       depthwise outputs = the mma A operand

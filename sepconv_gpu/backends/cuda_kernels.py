@@ -452,9 +452,11 @@ TC_SOURCE = "sepconv_tc.cu"
 # dtype -> C++ type. float32 runs only with allow_tf32 (mma.m16n8k8.tf32).
 TC_DTYPES = {"float16": "__half", "float32": "float"}
 # Specialized extents (weights in registers, taps unrolled); others: generic (0, 0).
-# Measured with nvcc 13.0, sm_90, one core: ~0.6 s per TC instantiation, so both dtypes x
-# (generic, 3x3) = 4 kernels add ~2.5 s per architecture to the compile test, while a
-# template activation would make them 4 x len(FUSED_ACTIVATIONS) (~100, ~60 s more).
+# Measured with nvcc 13.0 -arch=sm_90 (a loaded 2-core machine): ~0.5 s per TC
+# instantiation (SIMT: ~0.3 s), so both dtypes x (generic, 3x3) = 4 kernels add ~2 s per
+# architecture to the compile test; a template activation (as sepconv_fused has) would
+# make them 4 x len(FUSED_ACTIVATIONS) (~100: ~50 s more per architecture), hence the
+# runtime activation switch in the TC epilogue.
 TC_EXTENTS = ((3, 3),)
 
 
