@@ -126,3 +126,15 @@ def test_nvrtc_lowered_names_are_the_instantiations():
 def test_nvrtc_rejects_an_architecture_it_cannot_emit():
     with pytest.raises(ValueError, match="sm_1"):
         nvrtc.compile_cubin(TINY, ["scale<float>"], 1, ())
+
+
+def test_nvrtc_library_override_is_obeyed(monkeypatch):
+    monkeypatch.setenv("SEPCONV_NVRTC_LIBRARY", "/nonexistent/libnvrtc.so.13")
+    nvrtc._load.cache_clear()
+    try:
+        with pytest.raises(nvrtc.NvrtcNotFoundError, match="/nonexistent/libnvrtc.so.13"):
+            nvrtc.toolkit()
+    finally:
+        monkeypatch.undo()
+        nvrtc._load.cache_clear()
+    assert nvrtc.toolkit().version  # found again without the override
