@@ -198,13 +198,18 @@ sepconv_tc(const T* __restrict__ x,
         const int k0 = kc * BK;
         const int c = k0 + granule * VEC;
         const bool channel_ok = c < C;
+        // (hh, ww) of pixel tid/4, then stepped by TC_THREADS/4 pixels without dividing
+        int hh = (tid >> 2) / HW, ww = (tid >> 2) - hh * HW;
+        const int step_h = (TC_THREADS / 4) / HW, step_w = (TC_THREADS / 4) - step_h * HW;
         for (int pix = tid >> 2; pix < HH * HW; pix += TC_THREADS / 4) {
-            const int hh = pix / HW, ww = pix - hh * HW;
             const int ih = ih0 + hh, iw = iw0 + ww;
             const bool valid = channel_ok && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W;
             const T* src = valid ? xn + (long long)ih * xs_h + (long long)iw * xs_w + c : xn;
             const int col = str_w == 1 ? ww : (ww % str_w) * HWs + ww / str_w;
             cp_async16(base + (hh * HWp + col) * TC_CHUNK_BYTES + granule * 16, src, valid);
+            ww += step_w;
+            hh += step_h;
+            if (ww >= HW) { ww -= HW; ++hh; }
         }
         unsigned char* ws = base + halo_bytes;
         for (int tap = tid >> 2; tap < taps; tap += TC_THREADS / 4)

@@ -9,8 +9,9 @@ registers, shared memory per block). `predict` turns that into microseconds on a
     pipes  = per SM: shared-memory bytes / (128 B/clk), SIMT instructions / (4 warps x 32
              per clk), tensor FLOPs / achievable mma.sync rate
     sm     = per SM, k resident blocks take max(k x one block's busiest pipe, one block's
-             serial time: the sum over its phases of each phase's busiest pipe); full
-             waves hold blocks_per_sm blocks an SM, the last one ceil(rest / SMs)
+             serial time: the sum over its phases of each phase's busiest pipe) when the
+             work gives phases, else k x busiest + the block's other pipes; full waves
+             hold blocks_per_sm blocks an SM, the last one ceil(rest / SMs)
     total  = max(hbm, l2, sm) + launch overhead
 
 Every constant is a published figure or a stated assumption (see H100 below); the numbers
@@ -76,7 +77,7 @@ class Work:
     # Optional: the same totals split into phases a block runs one after the other
     # (separated by barriers), each a (smem_bytes, simt_instructions, tensor_flops)
     # triple. Within a phase the block's warps overlap the pipes; across phases only
-    # other resident blocks fill the gaps. Empty: each pipe is its own phase.
+    # other resident blocks fill the gaps. Empty: see `predict`.
     phases: tuple = ()
 
 
@@ -128,14 +129,16 @@ def predict(work, device=DEFAULT_DEVICE):
         return (smem / blocks / smem_rate * us, simt / blocks / issue_rate * us,
                 flops / blocks / tensor_rate * us)
 
-    busiest = max(block_pipes(work.smem_bytes, work.simt_instructions, work.tensor_flops))
-    phases = work.phases or tuple(   # no phases given: the pipes do not overlap in a block
-        tuple(v if i == j else 0.0 for j, v in enumerate(
-            (work.smem_bytes, work.simt_instructions, work.tensor_flops))) for i in range(3))
-    serial = sum(max(block_pipes(*phase)) for phase in phases)
+    pipes = block_pipes(work.smem_bytes, work.simt_instructions, work.tensor_flops)
+    busiest = max(pipes)
+    if work.phases:
+        serial = sum(max(block_pipes(*phase)) for phase in work.phases)
 
-    def sm_time(k):
-        return max(k * busiest, serial) if k else 0.0
+        def sm_time(k):
+            return max(k * busiest, serial) if k else 0.0
+    else:  # the pipes of a block do not overlap; the other blocks hide all but one pipe
+        def sm_time(k):
+            return k * busiest + sum(pipes) - busiest if k else 0.0
 
     full, rest = divmod(work.blocks, slots)
     sm = full * sm_time(per_sm) + sm_time(math.ceil(rest / device.sms))
