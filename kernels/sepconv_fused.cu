@@ -48,7 +48,8 @@
 
 // Shared memory (dynamic), in this order:
 //   Ds [SC_BK][BP]        accumulator type   depthwise outputs of the chunk
-//   Ws [SC_BK][BF]        accumulator type   pointwise weights of the chunk
+//   Ws [2][SC_BK][BF]     accumulator type   pointwise weights, chunks alternating between
+//                                            two buffers (see the end of the chunk loop)
 //   Wd [taps][SC_BK]      accumulator type   depthwise weights (only if taps <= SC_DW_SMEM_TAPS)
 //   Xs [nch][plane]       input type         halo: row hh of channel cc at cc*plane + hh*pitch.
 //       A row holds the HWd halo columns in order, or, when halo_split (stride-2 columns,
@@ -185,8 +186,8 @@ sepconv_fused(const T* __restrict__ x,
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
     A* Ds = reinterpret_cast<A*>(smem_raw);
-    A* Ws = Ds + SC_BK * BP;
-    A* Wd = Ws + SC_BK * BF;
+    A* const Ws_pair = Ds + SC_BK * BP;
+    A* Wd = Ws_pair + 2 * SC_BK * BF;
     T* Xs = reinterpret_cast<T*>(Wd + (dw_smem ? taps * SC_BK : 0));
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -225,6 +226,7 @@ sepconv_fused(const T* __restrict__ x,
         for (int j = 0; j < 4; ++j) acc[i][j] = A(0);
 
     for (int k0 = 0; k0 < K; k0 += SC_BK) {
+        A* Ws = Ws_pair + ((k0 / SC_BK) & 1) * (SC_BK * BF);
         const int kend = min(K, k0 + SC_BK);
         const int c_lo = k0 / M;
         const int nch = (kend - 1) / M - c_lo + 1;   // input channels this chunk reads
@@ -341,7 +343,11 @@ sepconv_fused(const T* __restrict__ x,
 #pragma unroll
                 for (int j = 0; j < 4; ++j) acc[i][j] = m_fma(a[i], b[j], acc[i][j]);
         }
-        __syncthreads();   // the next chunk overwrites the shared buffers
+        // No barrier here: a thread done with this pointwise may start staging the next
+        // chunk while others still multiply. It writes Xs and Wd (read only before the
+        // barrier above) and the other Ws buffer; Ds and this Ws are next written after
+        // the next chunk's first barrier, which every thread reaches only after its
+        // pointwise. Two barriers a chunk, and the next loads overlap this compute.
     }
 
     // ---- epilogue: bias, activation, store ----
