@@ -20,9 +20,9 @@
 // Channels go in chunks of TC_CHUNK_BYTES = 64 bytes a position (BK = 32 half or 16 float
 // channels; the weights are zero-padded to K_pad = a multiple of 32 channels). Chunk kc:
 //   1. cp.async (16 bytes, zero-fill outside the image / past C) into pipeline stage
-//      kc % S (S = 2 or 3, the planner's choice): the input halo of the tile, the chunk's
-//      depthwise weights and its pointwise rows P[f0 : f0+BN, chunk]. Loads run S - 1
-//      chunks ahead of the compute.
+//      kc % S (S = 3 or 4, the planner's choice): the input halo of the tile, the chunk's
+//      depthwise weights and its pointwise rows P[f0 : f0+BN, chunk]. Loads run S - 2
+//      chunks ahead of the depthwise.
 //   2. depthwise: lane (l & 15) owns one 4-byte word of a position's chunk (a half2 or one
 //      float); taps accumulate in fp32 and the result is rounded once to the mma operand
 //      type (half, or tf32 with cvt.rna) and written as row p of A. Specialized extents at
@@ -32,8 +32,10 @@
 //      half-warps on horizontally adjacent outputs.
 //   3. pointwise: each warp ldmatrix.x4's its A rows (2 m16 tiles) and B rows (4 x 2 n8
 //      tiles) and issues 2 k-steps x 16 mma.sync.
-// One __syncthreads between 2 and 3 and one per chunk; the tensor pipe of one block
-// overlaps the depthwise of the other resident block (__launch_bounds__(256, 2)).
+// One __syncthreads a chunk: in the interval after it every warp runs the depthwise of
+// chunk kc + 1 (into the other A buffer) and then the mma of chunk kc, so one warp's FMAs
+// overlap another's mma inside the block, and across the two resident blocks
+// (__launch_bounds__(256, 2)).
 //
 // Shared memory (dynamic, > 48 KB needs the opt-in attribute; cuda_kernels.tc_plan sizes it):
 //   stage s (S times) : Xs [HH][HWp][64 B]  input halo; columns stored by residue
@@ -45,7 +47,8 @@
 //                                           exact fp32 for the TF32 path)
 //                       Bs [BN][80 B]       pointwise rows (64 B + 16 B pad: the 8 rows of
 //                                           an ldmatrix hit 8 distinct 16-byte bank groups)
-//   then              : As [BM][80 B]       depthwise outputs = the mma A operand
+//   then              : As [2][BM][80 B]    depthwise outputs = the mma A operand, double
+//                                           buffered (chunk kc and kc + 1)
 //   epilogue (reusing it all): Cs [BM][BN + 4] fp32 = acc + bias, activation applied in
 //   place, then copied out with 16-byte stores (scalar ones when F is not a multiple of
 //   16 bytes' worth of elements).
@@ -249,25 +252,11 @@ sepconv_tc(const T* __restrict__ x,
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
 
-    for (int s = 0; s < stages - 1; ++s) {
-        if (s < chunks) load_chunk(s, smem_raw + s * stage_bytes);
-        cp_async_commit();
-    }
-
-    for (int kc = 0; kc < chunks; ++kc) {
-        // chunk kc has landed (at most stages - 2 younger groups in flight) ...
-        if (stages == 3) cp_async_wait<1>(); else cp_async_wait<0>();
-        // ... for every thread, and nobody still reads stage (kc - 1) % stages or As
-        __syncthreads();
-        if (kc + stages - 1 < chunks)
-            load_chunk(kc + stages - 1, smem_raw + ((kc + stages - 1) % stages) * stage_bytes);
-        cp_async_commit();   // possibly empty: keeps the group count uniform
-
+    // ---- 2. depthwise of chunk kc (in its stage) -> the A buffer `as` ----
+    auto depthwise = [&](int kc, unsigned char* as) {
         const unsigned char* base = smem_raw + (kc % stages) * stage_bytes;
         const unsigned* xw = reinterpret_cast<const unsigned*>(base);
         const unsigned* wk = reinterpret_cast<const unsigned*>(base + halo_bytes);
-
-        // ---- 2. depthwise of the chunk -> As ----
         if (strips) {
             // Strips of 4 outputs along a row: the KW taps of a row slide over 3 + KW
             // loaded pixels (6 loads for 12 taps at 3x3). The half-warps take vertically
@@ -302,7 +291,7 @@ sepconv_tc(const T* __restrict__ x,
                 }
 #pragma unroll
                 for (int r = 0; r < 4; ++r)
-                    *reinterpret_cast<unsigned*>(As + (tr * TW + c0 + r) * TC_ROW_BYTES + dw_word * 4) =
+                    *reinterpret_cast<unsigned*>(as + (tr * TW + c0 + r) * TC_ROW_BYTES + dw_word * 4) =
                         Op::operand(d[r]);
             }
         } else {
@@ -325,19 +314,20 @@ sepconv_tc(const T* __restrict__ x,
 #pragma unroll
                         for (int e = 0; e < PW; ++e) d[e] = fmaf(v[e], w[e], d[e]);
                     }
-                *reinterpret_cast<unsigned*>(As + p * TC_ROW_BYTES + dw_word * 4) = Op::operand(d);
+                *reinterpret_cast<unsigned*>(as + p * TC_ROW_BYTES + dw_word * 4) = Op::operand(d);
             }
         }
-        __syncthreads();
+    };
 
-        // ---- 3. pointwise: acc += A[wm rows] x B[wn rows]^T, 2 k-steps of 32 bytes ----
-        const unsigned char* bs = base + halo_bytes + w_bytes;
+    // ---- 3. pointwise of chunk kc: acc += A[wm rows] x B[wn rows]^T, 2 k-steps of 32 B ----
+    auto pointwise = [&](int kc, const unsigned char* as) {
+        const unsigned char* bs = smem_raw + (kc % stages) * stage_bytes + halo_bytes + w_bytes;
 #pragma unroll
         for (int ks = 0; ks < 2; ++ks) {
             unsigned a[2][4];
 #pragma unroll
             for (int mt = 0; mt < 2; ++mt)
-                ldsm_x4(a[mt], As + (a_row + mt * 16) * TC_ROW_BYTES + ks * 32 + a_byte);
+                ldsm_x4(a[mt], as + (a_row + mt * 16) * TC_ROW_BYTES + ks * 32 + a_byte);
 #pragma unroll
             for (int np = 0; np < 4; ++np) {
                 unsigned b[4];
@@ -350,6 +340,27 @@ sepconv_tc(const T* __restrict__ x,
                 }
             }
         }
+    };
+
+    // Pipeline: chunk kc + 1's depthwise and chunk kc's mma share one barrier interval
+    // (A double-buffered), so each warp's FMA and tensor work interleave with the other
+    // warps'; loads run stages - 2 chunks ahead of the depthwise. Iteration -1 only
+    // computes the first depthwise.
+    for (int s = 0; s < stages - 2; ++s) {
+        if (s < chunks) load_chunk(s, smem_raw + s * stage_bytes);
+        cp_async_commit();
+    }
+    for (int kc = -1; kc < chunks; ++kc) {
+        // chunk kc + 1 has landed (stages - 3 younger groups may be in flight) ...
+        if (stages == 4) cp_async_wait<1>(); else cp_async_wait<0>();
+        // ... for every thread; A[kc & 1] is complete; nobody reads stage (kc - 1) %
+        // stages or A[(kc + 1) & 1] any more
+        __syncthreads();
+        if (kc + stages - 1 < chunks)
+            load_chunk(kc + stages - 1, smem_raw + ((kc + stages - 1) % stages) * stage_bytes);
+        cp_async_commit();   // possibly empty: keeps the group count uniform
+        if (kc + 1 < chunks) depthwise(kc + 1, As + ((kc + 1) & 1) * BM * TC_ROW_BYTES);
+        if (kc >= 0) pointwise(kc, As + (kc & 1) * BM * TC_ROW_BYTES);
     }
     cp_async_wait_all();
     __syncthreads();   // every warp is done with the pipeline buffers: Cs reuses them

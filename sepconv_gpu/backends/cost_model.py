@@ -261,9 +261,9 @@ TC_REGISTERS = 128
 
 def tc_fused_work(geom, plan, in_itemsize, linear_activation=True, threads=256,
                   strips=False):
-    """`Work` of one `sepconv_tc` launch for a `cuda_kernels.TcPlan`, in three phases:
-    staging + depthwise (cp.async stores, halo reads, A stores; SIMT issue), pointwise
-    (ldmatrix reads; tensor pipe), epilogue (once a block). `strips`: the depthwise
+    """`Work` of one `sepconv_tc` launch for a `cuda_kernels.TcPlan`, in two phases: the
+    chunk loop (cp.async stores, halo reads, A stores, ldmatrix reads; SIMT issue of the
+    staging and depthwise; tensor pipe), and the epilogue (once a block). `strips`: the depthwise
     runs sliding-window strips (cuda_kernels.tc_uses_strips)."""
     x, y, weights = _sizes(geom, in_itemsize, in_itemsize)
     taps = geom.kernel[0] * geom.kernel[1]
@@ -290,8 +290,9 @@ def tc_fused_work(geom, plan, in_itemsize, linear_activation=True, threads=256,
     epi_instr = tile * (3 + (0 if linear_activation else 20))
     epi_smem = tile * 4 * (2 if linear_activation else 4)
     blocks = plan.grid
-    phases = ((blocks * chunks * dw_smem, blocks * chunks * dw_instr, 0.0),
-              (blocks * chunks * mma_smem, 0.0, blocks * chunks * mma_flops),
+    # chunk kc + 1's depthwise and chunk kc's mma share a barrier interval: one phase
+    phases = ((blocks * chunks * (dw_smem + mma_smem), blocks * chunks * dw_instr,
+               blocks * chunks * mma_flops),
               (blocks * epi_smem, blocks * epi_instr, 0.0))
     return Work(
         blocks=blocks, threads=threads, registers=TC_REGISTERS,

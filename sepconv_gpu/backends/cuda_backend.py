@@ -178,7 +178,7 @@ class CupyOps:
             x_strides = _kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
         launches, apply_after = _kernels.launch_sequence(
             dtype, geom, activation, x_strides, bias is not None, allow_tf32,
-            x_aligned=x.data.ptr % 16 == 0)
+            x_aligned=x.data.ptr % 16 == 0, smem_limit=_shared_memory_limit(x.device.id))
         for launch in launches:
             if launch.kind == "fused":
                 dk, pk, b = _prepared_weights(launch.weights, depthwise, pointwise, bias,
@@ -196,6 +196,13 @@ class CupyOps:
 
 
 _DEFAULT_SHARED_LIMIT = 48 * 1024
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_memory_limit(device_id):
+    """Dynamic shared memory one block may opt in to on this device."""
+    attribute = getattr(cupy.cuda.runtime, "cudaDevAttrMaxSharedMemoryPerBlockOptin", 97)
+    return cupy.cuda.runtime.deviceGetAttribute(attribute, device_id)
 _shared_opt_in = {}  # CUfunction -> dynamic shared bytes it may use
 
 

@@ -376,12 +376,14 @@ class Launch:
 
 
 def launch_sequence(dtype, geom, activation, x_strides, has_bias, allow_tf32=False,
-                    x_aligned=True):
+                    x_aligned=True, smem_limit=None):
     """The launches computing one separable convolution, and whether `activation(y)` must
     still be applied afterwards (activations without a kernel variant).
 
     `allow_tf32`: float32 may run on the tensor-core kernel with TF32 operands;
-    `x_aligned`: the input's base address is 16-byte aligned (see `select_kernel`).
+    `x_aligned`: the input's base address is 16-byte aligned (see `select_kernel`);
+    `smem_limit`: the device's opt-in dynamic shared memory per block (None:
+    TC_SMEM_LIMIT).
 
     Array-agnostic: the CUDA backend runs it with CuPy arrays; the host-emulation test runs
     the very same sequence with NumPy arrays. Memoized: a layer called again with the same
@@ -389,19 +391,20 @@ def launch_sequence(dtype, geom, activation, x_strides, has_bias, allow_tf32=Fal
     """
     return _launch_sequence(dtype, geom, activation.kernel_id, activation.kernel_param,
                             tuple(int(s) for s in x_strides), bool(has_bias),
-                            bool(allow_tf32), bool(x_aligned))
+                            bool(allow_tf32), bool(x_aligned),
+                            TC_SMEM_LIMIT if smem_limit is None else int(smem_limit))
 
 
 @functools.lru_cache(maxsize=1024)
 def _launch_sequence(dtype, geom, kernel_id, kernel_param, x_strides, has_bias, allow_tf32,
-                     x_aligned):
+                     x_aligned, smem_limit):
     if dtype not in DTYPES:
         raise TypeError(f"sepconv_gpu CUDA backend: unsupported dtype {dtype}; expected one of {tuple(DTYPES)}.")
     fused = kernel_id in FUSED_ACTIVATIONS
     normalize = kernel_id in LAST_AXIS_ACTIVATIONS
-    if select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned) == "tc":
+    if select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned, smem_limit) == "tc":
         act = kernel_id if fused else "linear"
-        tp = tc_plan(dtype, geom, act == "linear")
+        tp = tc_plan(dtype, geom, act == "linear", smem_limit)
         scalars = tc_scalar_args(geom, tp, x_strides, has_bias, act,
                                  kernel_param if fused else 0.0)
         launches = [Launch("fused", tc_name(dtype, tc_extent(geom.kernel)), tp.grid,
@@ -443,11 +446,11 @@ TC_ROW_BYTES = 80        # TC_ROW_BYTES: shared pitch of an A / B row
 TC_OUT_PAD = 4           # TC_OUT_PAD: extra floats per epilogue row
 TC_ACT_SLOTS = 32        # TC_ACT_SLOTS: activation enum values the runtime switch covers
 TC_FILTER_BLOCKS = (64, 128, 256)   # BN choices (multiples of TC_WARP_N, <= 8 warps)
-TC_STAGES = (3, 2)       # cp.async pipeline depths, deepest first
+TC_STAGES = (4, 3)       # cp.async pipeline depths, deepest first (the kernel needs >= 3)
 TC_K_ALIGN = 32          # prepared weights: channels zero-padded to a multiple of this
-# Shared memory the planner may use: fits one block on every sm_80+ part (99 KB on
-# sm_86/89) and two on an A100 (164 KB/SM) or H100 (228 KB/SM) when plans stay small.
-TC_SMEM_LIMIT = 99 * 1024
+# Dynamic shared memory a block may opt in to on the planner's default device (H100/H200,
+# sm_90); the CUDA backend passes its device's own limit (A100 163 KB, sm_86/89 99 KB).
+TC_SMEM_LIMIT = 227 * 1024
 TC_SOURCE = "sepconv_tc.cu"
 # dtype -> C++ type. float32 runs only with allow_tf32 (mma.m16n8k8.tf32).
 TC_DTYPES = {"float16": "__half", "float32": "float"}
@@ -503,14 +506,15 @@ class TcPlan:
 
 def _tc_shared_bytes(bm, bn, stages, halo_h, halo_pitch, taps):
     stage = halo_h * halo_pitch * TC_CHUNK_BYTES + taps * TC_CHUNK_BYTES + bn * TC_ROW_BYTES
-    pipeline = stages * stage + bm * TC_ROW_BYTES
+    pipeline = stages * stage + 2 * bm * TC_ROW_BYTES   # A double-buffered
     epilogue = bm * (bn + TC_OUT_PAD) * 4
     return max(pipeline, epilogue)
 
 
 @functools.lru_cache(maxsize=4096)
-def tc_plan(dtype, geom, linear_activation=True):
-    """The cheapest `TcPlan` by the cost model, or None when no tile fits TC_SMEM_LIMIT.
+def tc_plan(dtype, geom, linear_activation=True, smem_limit=TC_SMEM_LIMIT):
+    """The cheapest `TcPlan` by the cost model, or None when no tile fits `smem_limit`
+    bytes of shared memory.
 
     Candidates: BN in TC_FILTER_BLOCKS (only those holding all F when F <= 256: no
     depthwise recompute then; the model weighs it above), every power-of-two tile width up to the output width, TC_STAGES. Each
@@ -544,7 +548,7 @@ def tc_plan(dtype, geom, linear_activation=True):
             hws = -(-hw // sw) if sw > 1 else hw | 1
             for stages in TC_STAGES:
                 shared = _tc_shared_bytes(bm, bn, stages, hh, hws * sw, taps)
-                if shared > TC_SMEM_LIMIT:
+                if shared > smem_limit:
                     continue
                 candidate = TcPlan(
                     bn=bn, bm=bm, tw=tw, tiles_w=tiles_w, tiles_img=tiles_w * tiles_h,
@@ -554,9 +558,8 @@ def tc_plan(dtype, geom, linear_activation=True):
                 us = cost_model.predict(cost_model.tc_fused_work(
                     geom, candidate, itemsize, linear_activation,
                     strips=tc_uses_strips(geom, tw, th))).us
-                if best is None or us < best.predicted_us:
+                if best is None or us < best.predicted_us:  # ties: the deeper pipeline
                     best = dataclasses.replace(candidate, predicted_us=us)
-                break  # the deepest pipeline that fits
     return best
 
 
@@ -568,7 +571,7 @@ def tc_uses_strips(geom, tw, th):
             and geom.dilation[1] == 1 and tw >= 4 and th % 2 == 0)
 
 
-def select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned):
+def select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned, smem_limit=TC_SMEM_LIMIT):
     """"tc" (sepconv_tc) or "simt" (sepconv_fused): the one rule that picks the kernel.
 
     The tensor-core kernel needs: float16, or float32 with allow_tf32 (default: exact
@@ -576,7 +579,7 @@ def select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned):
     input: contiguous channels, C and every other element stride (`x_strides`, (n, c, h,
     w)) a multiple of 16 bytes, a 16-byte aligned base (`x_aligned`, which the memoized
     planner cannot see in the strides); sizes within 32-bit indexing; a tile that fits
-    TC_SMEM_LIMIT. Everything else runs the SIMT kernel.
+    the device's `smem_limit`. Everything else runs the SIMT kernel.
     """
     if dtype not in TC_DTYPES or (dtype == "float32" and not allow_tf32):
         return "simt"
@@ -586,7 +589,7 @@ def select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned):
     n_stride, c_stride, h_stride, w_stride = (int(s) for s in x_strides)
     if c_stride != 1 or any(s % vec for s in (geom.channels, n_stride, h_stride, w_stride)):
         return "simt"
-    tp = tc_plan(dtype, geom)
+    tp = tc_plan(dtype, geom, smem_limit=smem_limit)
     if tp is None:
         return "simt"
     (oh, ow), (sh, sw), (dh, dw), (kh, kw) = geom.out_size, geom.strides, geom.dilation, geom.kernel
