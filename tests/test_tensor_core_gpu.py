@@ -44,9 +44,11 @@ def run(kind, x, dk, pk, b, geom, act, allow_tf32=False):
     xd = cupy.asarray(x)
     strides = cuda_kernels.input_element_strides(xd.shape, xd.strides, xd.itemsize, geom)
     aligned = kind == "tc"  # a misaligned base is one of the things that rules TC out
-    assert cuda_kernels.select_kernel(x.dtype.name, geom, allow_tf32, strides, aligned) == kind
+    assert cuda_kernels.select_kernel(x.dtype.name, geom, allow_tf32, strides, aligned,
+                                      cuda_backend._shared_memory_limit(xd.device.id)) == kind
     launches, apply_after = cuda_kernels.launch_sequence(
-        x.dtype.name, geom, act, strides, True, allow_tf32, aligned)
+        x.dtype.name, geom, act, strides, True, allow_tf32, aligned,
+        cuda_backend._shared_memory_limit(xd.device.id))
     assert launches[0].name.startswith("sepconv_tc<" if kind == "tc" else "sepconv_fused<")
     y = cupy.empty(geom.output_shape, dtype=x.dtype)
     for launch in launches:
@@ -157,7 +159,9 @@ def test_tensor_core_predicted_vs_measured(capsys):
         end.synchronize()
         measured = cupy.cuda.get_elapsed_time(start, end) * 1000 / 10
         strides = cuda_kernels.input_element_strides(xd.shape, xd.strides, xd.itemsize, geom)
-        launch = cuda_kernels.launch_sequence("float16", geom, act, strides, True)[0][0]
+        launch = cuda_kernels.launch_sequence(
+            "float16", geom, act, strides, True,
+            smem_limit=cuda_backend._shared_memory_limit(xd.device.id))[0][0]
         with capsys.disabled():
             print(f"\n{shape}->{f} s{s}: {launch.name} predicted {launch.predicted_us:.1f} us, "
                   f"measured {measured:.1f} us")
