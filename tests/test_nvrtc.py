@@ -16,11 +16,15 @@ import os
 import sys
 import time
 
+import re
+
 import pytest
+from _cubin import kernel_resources
 
 from sepconv_gpu.backends import cuda_kernels, kernel_cache, nvrtc
 
 ARCHS = (80, 90)
+MAX_REGISTERS = 128  # __launch_bounds__(256, 2)
 NAMES_PER_PROGRAM = 24  # ~0.03 s of NVRTC overhead per program; ~0.3 s per kernel
 WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -86,6 +90,24 @@ def test_nvrtc_builds_every_instantiation_without_a_word(all_built, arch, capsys
 
 
 @needs_linux
+@pytest.mark.parametrize("arch", ARCHS)
+def test_nvrtc_kernels_have_no_local_memory_and_fit_the_register_budget(all_built, arch):
+    """What `ptxas -v` would say (no stack frame: no spills, no local arrays), read from the
+    very CUBINs the run-time path loads."""
+    _, jobs, results, _, _, _ = all_built
+    resources = {}
+    for (_, job_arch, _), compiled in zip(jobs, results):
+        if job_arch == arch:
+            found = kernel_resources(compiled.cubin)
+            assert set(compiled.lowered.values()) <= set(found), "a kernel without its records"
+            resources.update(found)
+    framed = {name: frame for name, (_, frame) in resources.items() if frame}
+    assert not framed, f"stack frames (spills or local memory) on sm_{arch}: {framed}"
+    registers = max(regs for regs, _ in resources.values())
+    assert registers <= MAX_REGISTERS, f"sm_{arch}: a kernel uses {registers} registers"
+
+
+@needs_linux
 def test_nvrtc_kernel_cache_returns_what_was_built(all_built):
     _, _, results, again, _, _ = all_built
     assert all(c.from_cache for c in again)
@@ -121,6 +143,23 @@ def test_nvrtc_lowered_names_are_the_instantiations():
     assert lowered["scale<float>"] != lowered["scale<double>"]
     for mangled in lowered.values():  # Itanium C++ ABI names of the two instantiations
         assert mangled.startswith("_Z5scaleI") and mangled.encode() in compiled.cubin
+
+
+def test_cubin_resources_agree_with_ptxas():
+    """tests/_cubin.py reads what ptxas reports: registers, and a stack frame where a
+    dynamically indexed local array forces one."""
+    source = TINY + ("__global__ void local_array(float* x, int i) { float a[256];\n"
+                     "  for (int k = 0; k < 256; ++k) a[k] = x[k * i];\n"
+                     "  x[i] = a[x[1] > 0 ? i & 255 : 0]; }\n")
+    names = ["scale<float>", "scale<double>", "local_array"]
+    compiled = nvrtc.compile_cubin(source, names, 80,
+                                   kernel_cache.CUPY_OPTIONS + ("--ptxas-options=-v",))
+    reported = {}
+    for entry, body in re.findall(r"entry function '(\w+)'(.*?)(?=entry function|$)", compiled.log, re.S):
+        frame = int(re.search(r"(\d+) bytes stack frame", body).group(1))
+        reported[entry] = (int(re.search(r"Used (\d+) registers", body).group(1)), frame)
+    assert kernel_resources(compiled.cubin) == reported
+    assert reported[compiled.lowered["local_array"]][1] >= 256 * 4
 
 
 def test_nvrtc_rejects_an_architecture_it_cannot_emit():

@@ -1,0 +1,62 @@
+"""Per-kernel resources read from a CUBIN (ELF64): what `ptxas -v` reports, taken from
+the very binary the run-time path loads, with no second compile.
+
+The `.nv.info` section holds attribute records `format (u8), attribute (u8), payload`; the
+two read here have format 4 (a u16 size, then (symbol index u32, value u32)):
+EIATTR_REGCOUNT (0x2f, registers per thread) and EIATTR_FRAME_SIZE (0x11, bytes of stack
+frame: local memory, register spills included). tests/test_nvrtc.py checks them against
+NVRTC's own `--ptxas-options=-v` report.
+"""
+from __future__ import annotations
+
+import struct
+
+EIATTR_FRAME_SIZE = 0x11
+EIATTR_REGCOUNT = 0x2F
+_PAYLOAD_SIZE = {1: 0, 2: 1, 3: 2}  # formats without a size field: NVAL, BVAL, HVAL
+
+
+def _sections(data):
+    if data[:4] != b"\x7fELF" or data[4] != 2:
+        raise ValueError("not an ELF64 CUBIN")
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
+    entry_size, count, names_index = struct.unpack_from("<HHH", data, 0x3A)
+    headers = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * entry_size) for i in range(count)]
+    names = headers[names_index]
+
+    def name(offset):
+        start = names[4] + offset
+        return data[start:data.index(b"\0", start)].decode()
+
+    return {name(h[0]): data[h[4]:h[4] + h[5]] for h in headers}
+
+
+def _attributes(body):
+    pos = 0
+    while pos < len(body):
+        fmt, attribute = body[pos], body[pos + 1]
+        pos += 2
+        if fmt == 4:
+            (size,) = struct.unpack_from("<H", body, pos)
+            yield attribute, body[pos + 2:pos + 2 + size]
+            pos += 2 + size
+        else:
+            pos += _PAYLOAD_SIZE[fmt]
+
+
+def kernel_resources(cubin):
+    """{mangled kernel name: (registers, stack frame bytes)} of every kernel in `cubin`."""
+    sections = _sections(cubin)
+    symbols, strings = sections[".symtab"], sections[".strtab"]
+
+    def symbol_name(index):
+        (offset,) = struct.unpack_from("<I", symbols, 24 * index)
+        return strings[offset:strings.index(b"\0", offset)].decode()
+
+    found = {}
+    for attribute, payload in _attributes(sections[".nv.info"]):
+        if attribute in (EIATTR_REGCOUNT, EIATTR_FRAME_SIZE) and len(payload) == 8:
+            index, value = struct.unpack("<II", payload)
+            slot = 0 if attribute == EIATTR_REGCOUNT else 1
+            found.setdefault(symbol_name(index), [None, None])[slot] = value
+    return {name: tuple(v) for name, v in found.items() if v[0] is not None}
