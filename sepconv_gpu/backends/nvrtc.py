@@ -103,6 +103,18 @@ def _include_dir(library):
     return None
 
 
+def _load_builtins_beside(library):
+    """Load libnvrtc-builtins from libnvrtc's own directory first: libnvrtc opens it by
+    soname at compile time, which some wheels' RPATH does not find (13.0: "failed to open
+    libnvrtc-builtins.so.13.0"); an already loaded soname is found."""
+    directory = os.path.dirname(os.path.realpath(library))
+    for builtins in glob.glob(os.path.join(directory, "libnvrtc-builtins.so.*")):
+        try:
+            ctypes.CDLL(builtins, mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            pass  # then libnvrtc's own search decides, and NVRTC says so if it fails
+
+
 def _bind(lib):
     """Declare the argument types of the NVRTC calls used here (pointers stay 64-bit)."""
     p, vp, sz = ctypes.POINTER, ctypes.c_void_p, ctypes.c_size_t
@@ -139,6 +151,7 @@ def _load():
     tried = []
     for path in dict.fromkeys(filter(None, candidates)):  # in order, without repeats
         try:
+            _load_builtins_beside(path)
             lib = _bind(ctypes.CDLL(path))
         except (OSError, AttributeError) as exc:
             tried.append(f"{path}: {exc}")
