@@ -13,7 +13,10 @@
 // BN in {64, 128, 256} and the warps are arranged (8/WN) x WN, WN = BN/64, so that
 // BM x BN = TC_TILE_ELEMS: BM = 256, 128, 64. F <= 256 fits one filter block: the
 // depthwise is never recomputed; F > 256 takes FB = ceil(F / 256) filter blocks, each
-// redoing the depthwise of its tile (the recompute factor the planner charges for). The
+// redoing the depthwise of its tile (the recompute factor the planner charges for). Grids
+// too small for the GPU may split the channels: 2^split_shift blocks per tile and filter
+// block each sum a contiguous range of chunks into fp32 `partial`, and sepconv_tc_reduce
+// adds the splits, the bias and the activation (no atomics, deterministic). The
 // planner (cuda_kernels.tc_plan) prices every (BN, TW, S) with cost_model.tc_fused_work
 // and keeps the cheapest that fits TC_SMEM_LIMIT; its prediction travels with the launch.
 //
@@ -153,13 +156,14 @@ sepconv_tc(const T* __restrict__ x,
            const typename sepconv::Tc<T>::Operand* __restrict__ pwp,       // [F][K_pad]
            const float* __restrict__ bias,                                 // [F] if has_bias
            T* __restrict__ y,                                              // [N][OH][OW][F]
+           float* __restrict__ partial,               // [k_splits][N*OH*OW][F] if k_splits > 1
            long long xs_n, long long xs_h, long long xs_w,
            int C, int H, int W, int F, int OH, int OW,
            int kh_rt, int kw_rt, int str_h, int str_w, int dil_h, int dil_w,
            int pad_h, int pad_w,
            int BN, int tw_shift, int tiles_w, int tiles_img, int FB,
            int HH, int HW, int HWs, int stages, int K_pad, int has_bias, int act,
-           float act_param) {
+           float act_param, int split_shift) {
     using namespace sepconv;
     typedef Tc<T> Op;
     constexpr int PW = Op::kPerWord;
@@ -184,21 +188,24 @@ sepconv_tc(const T* __restrict__ x,
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int bid = blockIdx.x;
-    const int fb = bid % FB;                 // filter blocks of a tile are launch neighbours
-    const int tile = bid / FB;
+    const int fb = (bid >> split_shift) % FB;   // channel ranges, then filter blocks of a
+    const int tile = (bid >> split_shift) / FB; // tile are launch neighbours
     const int n = tile / tiles_img;
     const int t = tile - n * tiles_img;
     const int oh0 = (t / tiles_w) * (BM >> tw_shift), ow0 = (t % tiles_w) * TW;
     const int f0 = fb * BN;
     const int ih0 = oh0 * str_h - pad_h, iw0 = ow0 * str_w - pad_w;
     const T* __restrict__ xn = x + (long long)n * xs_n;
-    const int chunks = K_pad / BK;
+    // this block's channel chunks: [chunk0, chunk0 + chunks) of K_pad / BK
+    const int per_split = ((K_pad / BK - 1) >> split_shift) + 1;
+    const int chunk0 = (bid & ((1 << split_shift) - 1)) * per_split;
+    const int chunks = min(K_pad / BK - chunk0, per_split);
 
     // ---- 1. asynchronous loads of chunk kc into stage kc % stages ----
     // Each thread copies 16-byte granule (tid & 3) of every 64th pixel / B row.
     const int granule = tid & 3;
     auto load_chunk = [&](int kc, unsigned char* base) {
-        const int k0 = kc * BK;
+        const int k0 = (chunk0 + kc) * BK;
         const int c = k0 + granule * VEC;
         const bool channel_ok = c < C;
         // (hh, ww) of pixel tid/4, then stepped by TC_THREADS/4 pixels without dividing
@@ -365,7 +372,9 @@ sepconv_tc(const T* __restrict__ x,
     cp_async_wait_all();
     __syncthreads();   // every warp is done with the pipeline buffers: Cs reuses them
 
-    // ---- epilogue: Cs = acc + bias, activation in place, 16-byte stores ----
+    // ---- epilogue: Cs = acc + bias, activation in place, 16-byte stores; with several
+    // channel splits the raw partial sums go to `partial` for sepconv_tc_reduce ----
+    const bool finish = split_shift == 0;
     float* Cs = reinterpret_cast<float*>(smem_raw);
     const int cs_pitch = BN + TC_OUT_PAD;
     const int g = lane >> 2, q = lane & 3;
@@ -373,8 +382,8 @@ sepconv_tc(const T* __restrict__ x,
     for (int nt = 0; nt < 8; ++nt) {
         const int col = wn * TC_WARP_N + nt * 8 + 2 * q;
         const int f = f0 + col;
-        const float b0 = has_bias && f < F ? bias[f] : 0.f;
-        const float b1 = has_bias && f + 1 < F ? bias[f + 1] : 0.f;
+        const float b0 = finish && has_bias && f < F ? bias[f] : 0.f;
+        const float b1 = finish && has_bias && f + 1 < F ? bias[f + 1] : 0.f;
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
             const int row = wm * TC_WARP_M + mt * 16 + g;
@@ -385,7 +394,7 @@ sepconv_tc(const T* __restrict__ x,
         }
     }
     __syncthreads();
-    if (act != ACT_LINEAR) {
+    if (finish && act != ACT_LINEAR) {
 #pragma unroll 1
         for (int i = tid; i < BM * BN; i += TC_THREADS) {
             float* c = Cs + (i / BN) * cs_pitch + i % BN;
@@ -401,11 +410,32 @@ sepconv_tc(const T* __restrict__ x,
         const int f = f0 + cv * VEC;
         if (oh >= OH || ow >= OW || f >= F) continue;
         const float* v = Cs + r * cs_pitch + cv * VEC;
-        T* dst = y + (((long long)n * OH + oh) * OW + ow) * F + f;
-        if (vector_rows) {
-            store16(dst, v);
+        const long long at = (((long long)n * OH + oh) * OW + ow) * F + f;
+        if (!finish) {   // split s of the [k_splits][N*OH*OW*F] partial sums
+            const long long outputs = (long long)(gridDim.x >> split_shift) / (FB * tiles_img) * OH * OW * F;
+            float* dst = partial + (bid & ((1 << split_shift) - 1)) * outputs + at;
+            for (int e = 0; e < VEC && f + e < F; ++e) dst[e] = v[e];
+        } else if (vector_rows) {
+            store16(y + at, v);
         } else {
-            for (int e = 0; e < VEC && f + e < F; ++e) dst[e] = from_float(v[e], T());
+            for (int e = 0; e < VEC && f + e < F; ++e) y[at + e] = from_float(v[e], T());
         }
+    }
+}
+
+// y = act(bias + the sum of k_splits channel splits' partial sums), elementwise over the
+// count = N*OH*OW*F outputs (the second launch of a split sepconv_tc).
+template <typename T>
+__global__ void __launch_bounds__(TC_THREADS)
+sepconv_tc_reduce(const float* __restrict__ partial, const float* __restrict__ bias,
+                  T* __restrict__ y, long long count, int F, int k_splits, int has_bias, int act,
+                  float act_param) {
+    using namespace sepconv;
+    const long long step = (long long)gridDim.x * TC_THREADS;
+    for (long long i = (long long)blockIdx.x * TC_THREADS + threadIdx.x; i < count; i += step) {
+        float v = has_bias ? bias[i % F] : 0.f;
+        for (int s = 0; s < k_splits; ++s) v += partial[s * count + i];
+        if (act != ACT_LINEAR) v = ActivationSwitch<0, TC_ACT_SLOTS - 1>::apply(act, v, act_param);
+        y[i] = from_float(v, T());
     }
 }

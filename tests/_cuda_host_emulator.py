@@ -117,12 +117,13 @@ def separable_conv(emulator, x, depthwise, pointwise, bias, geom, activation, al
     aligned = x.__array_interface__["data"][0] % 16 == 0
     launches, apply_after = cuda_kernels.launch_sequence(dtype, geom, activation, strides,
                                                          bias is not None, allow_tf32, aligned)
+    weights = partial = None
     for launch in launches:
-        if launch.kind == "fused":
-            dk, pk, b = cuda_kernels.prepare_weights(np, launch.weights, depthwise, pointwise, bias)
-            arrays = (x, dk, pk, pk if b is None else b, y)
-        else:
-            arrays = (y,)
+        if launch.weights and weights is None:
+            weights = cuda_kernels.prepare_weights(np, launch.weights, depthwise, pointwise, bias)
+        if launch.partial:  # poisoned like y: every partial sum must be written
+            partial = np.full(launch.partial, np.nan, dtype=np.float32)
+        arrays = cuda_kernels.launch_arrays(launch, x, weights, y, partial)
         emulator.launch(launch.name, launch.grid, launch.block, arrays + launch.scalars,
                         launch.shared_bytes)
     if apply_after:

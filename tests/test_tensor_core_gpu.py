@@ -49,15 +49,12 @@ def run(kind, x, dk, pk, b, geom, act, allow_tf32=False):
     launches, apply_after = cuda_kernels.launch_sequence(
         x.dtype.name, geom, act, strides, True, allow_tf32, aligned,
         cuda_backend._shared_memory_limit(xd.device.id))
-    assert launches[0].name.startswith("sepconv_tc<" if kind == "tc" else "sepconv_fused<")
+    assert launches[0].kind == ("tc" if kind == "tc" else "fused")
     y = cupy.empty(geom.output_shape, dtype=x.dtype)
+    weights = cuda_backend._prepared_weights(launches[0].weights, dk, pk, b, xd.device, None)
+    partial = cupy.empty(max(launches[0].partial, 1), dtype=cupy.float32)
     for launch in launches:
-        if launch.kind == "fused":
-            w = cuda_backend._prepared_weights(launch.weights, dk, pk, b, xd.device, None)
-            arrays = (xd, w[0], w[1], w[2], y)
-        else:
-            arrays = (y,)
-        cuda_backend._launch(launch, arrays)
+        cuda_backend._launch(launch, cuda_kernels.launch_arrays(launch, xd, weights, y, partial))
     assert not apply_after
     return cupy.asnumpy(y).astype(np.float64), launches
 

@@ -166,6 +166,22 @@ def test_tensor_core_depthwise_paths(emulator, shape, strides, dilation, strips,
     check(emulator, *case, allow_tf32=mode == "tf32")
 
 
+@needs_emulator
+@pytest.mark.parametrize("activation", [None, "gelu"])
+@pytest.mark.parametrize("mode", ["float16", "tf32"])
+def test_tensor_core_channel_splits(emulator, mode, activation):
+    """A grid far smaller than the GPU: the planner splits the channels and the reduce
+    launch adds the partial sums, the bias and the activation."""
+    dtype = "float16" if mode == "float16" else "float32"
+    rng = np.random.default_rng(22)
+    case = make_case(rng, 2, (2, 7, 7, 256), 3, 40, 1, "same", 1, activation, dtype)
+    tp = cuda_kernels.tc_plan(dtype, case[4], activation is None)
+    assert tp.k_splits > 1
+    launches = check(emulator, *case, allow_tf32=mode == "tf32")
+    assert [launch.kind for launch in launches] == ["tc", "tc_reduce"]
+    assert launches[0].partial == tp.k_splits * case[4].output_positions * 40
+
+
 def _random_geometry(seed):
     """A random small TC-eligible geometry (channels a multiple of 8, any F)."""
     rng = np.random.default_rng(seed)
@@ -308,15 +324,21 @@ def test_tensor_core_plan_is_consistent(shape, filters, stride, dtype):
     (oh, ow) = geom.out_size
     assert tp.bm * tp.bn == cuda_kernels.TC_TILE_ELEMS and tp.bn in cuda_kernels.TC_FILTER_BLOCKS
     assert tp.tiles_w * tp.tw >= ow and (tp.tiles_img // tp.tiles_w) * tp.th >= oh
-    assert tp.grid == geom.batch * tp.tiles_img * tp.filter_blocks
+    assert tp.grid == geom.batch * tp.tiles_img * tp.filter_blocks * tp.k_splits
+    assert tp.k_splits in cuda_kernels.TC_SPLITS
     assert tp.shared_bytes <= cuda_kernels.TC_SMEM_LIMIT
     # no depthwise recompute while the filters fit one block
     assert tp.filter_blocks == -(-filters // tp.bn)
     if filters <= max(cuda_kernels.TC_FILTER_BLOCKS):
         assert tp.filter_blocks == 1
-    work = cost_model.tc_fused_work(geom, tp, 2 if dtype == "float16" else 4,
+    itemsize = 2 if dtype == "float16" else 4
+    work = cost_model.tc_fused_work(geom, tp, itemsize,
                                     strips=cuda_kernels.tc_uses_strips(geom, tp.tw, tp.th))
-    assert tp.predicted_us == pytest.approx(cost_model.predict(work).us)
+    predicted = cost_model.predict(work).us
+    if tp.k_splits > 1:
+        predicted += cost_model.predict(cost_model.tc_reduce_work(
+            geom, tp.k_splits, itemsize, *cuda_kernels.tc_reduce_grid(geom))).us
+    assert tp.predicted_us == pytest.approx(predicted)
     assert tp.predicted_us > cost_model.DEFAULT_DEVICE.launch_us
     assert work.tensor_flops >= 2 * geom.output_positions * geom.channels * geom.filters
 

@@ -263,12 +263,16 @@ def tc_fused_work(geom, plan, in_itemsize, linear_activation=True, threads=256,
                   strips=False):
     """`Work` of one `sepconv_tc` launch for a `cuda_kernels.TcPlan`, in two phases: the
     chunk loop (cp.async stores, halo reads, A stores, ldmatrix reads; SIMT issue of the
-    staging and depthwise; tensor pipe), and the epilogue (once a block). `strips`: the depthwise
-    runs sliding-window strips (cuda_kernels.tc_uses_strips)."""
+    staging and depthwise; tensor pipe), and the epilogue (once a block). `strips`: the
+    depthwise runs sliding-window strips (cuda_kernels.tc_uses_strips). With channel
+    splits each block runs its share of the chunks and writes fp32 partial sums."""
     x, y, weights = _sizes(geom, in_itemsize, in_itemsize)
     taps = geom.kernel[0] * geom.kernel[1]
     chunk = 64                                  # bytes of one position's channel chunk
-    chunks = plan.k_pad * in_itemsize // chunk
+    splits = getattr(plan, "k_splits", 1)
+    chunks = -(-(plan.k_pad * in_itemsize // chunk) // splits)   # a block's chunks
+    if splits > 1:   # fp32 partial sums instead of the output
+        y = splits * geom.output_positions * geom.filters * 4
     warps_n = plan.bn // 64
     warps_m = 8 // warps_n
     halo = plan.halo_h * plan.halo_w * chunk
@@ -301,3 +305,12 @@ def tc_fused_work(geom, plan, in_itemsize, linear_activation=True, threads=256,
         smem_bytes=sum(p[0] for p in phases), simt_instructions=sum(p[1] for p in phases),
         tensor_flops=sum(p[2] for p in phases),
         tensor_kind="f16" if in_itemsize == 2 else "tf32", phases=phases)
+
+
+def tc_reduce_work(geom, splits, in_itemsize, blocks, threads):
+    """`Work` of `sepconv_tc_reduce`: reads the splits' fp32 partial sums (L2-resident
+    right after the first launch, counted as DRAM to stay conservative), writes y."""
+    count = geom.output_positions * geom.filters
+    traffic = count * (4 * splits + in_itemsize)
+    return Work(blocks=blocks, threads=threads, registers=32, shared_bytes=0,
+                hbm_bytes=traffic, l2_bytes=traffic, simt_instructions=count * (4 + 3 * splits))

@@ -179,15 +179,14 @@ class CupyOps:
         launches, apply_after = _kernels.launch_sequence(
             dtype, geom, activation, x_strides, bias is not None, allow_tf32,
             x_aligned=x.data.ptr % 16 == 0, smem_limit=_shared_memory_limit(x.device.id))
+        weights = partial = None
         for launch in launches:
-            if launch.kind == "fused":
-                dk, pk, b = _prepared_weights(launch.weights, depthwise, pointwise, bias,
-                                              x.device, weights_cache)
-                # bias=None still needs a valid pointer: pass pk, has_bias=0 ignores it
-                arrays = (x, dk, pk, pk if b is None else b, y)
-            else:
-                arrays = (y,)
-            _launch(launch, arrays)
+            if launch.weights and weights is None:
+                weights = _prepared_weights(launch.weights, depthwise, pointwise, bias,
+                                            x.device, weights_cache)
+            if launch.partial:
+                partial = cupy.empty(launch.partial, dtype=cupy.float32)
+            _launch(launch, _kernels.launch_arrays(launch, x, weights, y, partial))
         if apply_after:  # an activation without a kernel variant (any callable)
             y = activation(y)
             if not isinstance(y, cupy.ndarray) or y.dtype != x.dtype:

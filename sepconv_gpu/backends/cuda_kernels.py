@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import os
 import re
@@ -362,8 +363,11 @@ def softmax_launch(rows, length):
 @dataclass(frozen=True)
 class Launch:
     """One kernel launch: `kind` "fused" takes (x, depthwise, pointwise, bias, y) before
-    `scalars`, the weights prepared in layout `weights` (`prepare_weights`); kind "softmax"
-    takes (y,). `predicted_us`: the cost model's time for it (0 where there is none)."""
+    `scalars`, the weights prepared in layout `weights` (`prepare_weights`); "tc" the same
+    and then `partial`, a float32 buffer of `partial` elements (any valid pointer when 0);
+    "tc_reduce" takes (partial, bias, y); "softmax" takes (y,). `predicted_us`: the cost
+    model's time for the launch (0 where there is none; a split TC launch carries the
+    time of both)."""
 
     kind: str
     name: str
@@ -373,6 +377,23 @@ class Launch:
     scalars: tuple
     weights: str = ""
     predicted_us: float = 0.0
+    partial: int = 0
+
+
+def launch_arrays(launch, x, weights, y, partial):
+    """The array arguments of `launch` by its kind (see `Launch`), for CuPy or NumPy
+    arrays alike: `weights` from `prepare_weights` in the launch's layout, `partial` the
+    float32 buffer of `launch.partial` elements a split "tc" launch and its "tc_reduce"
+    share (None otherwise)."""
+    if launch.kind == "softmax":
+        return (y,)
+    dk, pk, b = weights
+    bias = pk if b is None else b  # has_bias = 0 never reads it, but it must be valid
+    if launch.kind == "fused":
+        return (x, dk, pk, bias, y)
+    if launch.kind == "tc":
+        return (x, dk, pk, bias, y, y if partial is None else partial)
+    return (partial, bias, y)      # tc_reduce
 
 
 def launch_sequence(dtype, geom, activation, x_strides, has_bias, allow_tf32=False,
@@ -405,11 +426,17 @@ def _launch_sequence(dtype, geom, kernel_id, kernel_param, x_strides, has_bias, 
     if select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned, smem_limit) == "tc":
         act = kernel_id if fused else "linear"
         tp = tc_plan(dtype, geom, act == "linear", smem_limit)
-        scalars = tc_scalar_args(geom, tp, x_strides, has_bias, act,
-                                 kernel_param if fused else 0.0)
-        launches = [Launch("fused", tc_name(dtype, tc_extent(geom.kernel)), tp.grid,
-                           TC_THREADS, tp.shared_bytes, scalars,
-                           weights_layout("tc", dtype), tp.predicted_us)]
+        param = kernel_param if fused else 0.0
+        partial = tp.k_splits * geom.output_positions * geom.filters if tp.k_splits > 1 else 0
+        launches = [Launch("tc", tc_name(dtype, tc_extent(geom.kernel)), tp.grid,
+                           TC_THREADS, tp.shared_bytes,
+                           tc_scalar_args(geom, tp, x_strides, has_bias, act, param),
+                           weights_layout("tc", dtype), tp.predicted_us, partial)]
+        if partial:
+            grid, block = tc_reduce_grid(geom)
+            launches.append(Launch("tc_reduce", tc_reduce_name(dtype), grid, block, 0,
+                                   tc_reduce_scalar_args(geom, tp, has_bias, act, param),
+                                   weights_layout("tc", dtype)))
     else:
         launches = [_simt_launch(dtype, geom, kernel_id if fused else "linear", x_strides,
                                  has_bias, kernel_param if fused else 0.0)]
@@ -448,6 +475,7 @@ TC_ACT_SLOTS = 32        # TC_ACT_SLOTS: activation enum values the runtime swit
 TC_FILTER_BLOCKS = (64, 128, 256)   # BN choices (multiples of TC_WARP_N, <= 8 warps)
 TC_STAGES = (4, 3)       # cp.async pipeline depths, deepest first (the kernel needs >= 3)
 TC_K_ALIGN = 32          # prepared weights: channels zero-padded to a multiple of this
+TC_SPLITS = (1, 2, 4, 8) # channel splits (powers of two) for grids too small for the GPU
 # Dynamic shared memory a block may opt in to on the planner's default device (H100/H200,
 # sm_90); the CUDA backend passes its device's own limit (A100 163 KB, sm_86/89 99 KB).
 TC_SMEM_LIMIT = 227 * 1024
@@ -469,9 +497,13 @@ def tc_name(dtype, extent):
     return f"sepconv_tc<{TC_DTYPES[dtype]}, {kh}, {kw}>"
 
 
+def tc_reduce_name(dtype):
+    return f"sepconv_tc_reduce<{TC_DTYPES[dtype]}>"
+
+
 def tc_name_expressions():
     return [tc_name(dtype, extent) for dtype in TC_DTYPES
-            for extent in (GENERIC_EXTENT,) + TC_EXTENTS]
+            for extent in (GENERIC_EXTENT,) + TC_EXTENTS] + [tc_reduce_name(d) for d in TC_DTYPES]
 
 
 def tc_extent(kernel):
@@ -496,8 +528,10 @@ class TcPlan:
     stages: int
     k_pad: int           # channels rounded up to TC_K_ALIGN (the prepared weights' K)
     shared_bytes: int
-    grid: int
-    predicted_us: float  # cost_model.predict on the default device (H100 constants)
+    grid: int            # batch x tiles x filter blocks x k_splits
+    predicted_us: float  # cost_model.predict on the default device (H100 constants), both
+                         # launches when split
+    k_splits: int = 1    # channel splits (then sepconv_tc_reduce finishes the sum)
 
     @property
     def th(self):
@@ -529,6 +563,7 @@ def tc_plan(dtype, geom, linear_activation=True, smem_limit=TC_SMEM_LIMIT):
     (oh, ow), (kh, kw), (sh, sw), (dh, dw) = geom.out_size, geom.kernel, geom.strides, geom.dilation
     taps = kh * kw
     k_pad = -(-geom.channels // TC_K_ALIGN) * TC_K_ALIGN
+    chunks = k_pad * itemsize // TC_CHUNK_BYTES
     best = None
     for bn in TC_FILTER_BLOCKS:
         bm = TC_TILE_ELEMS // bn
@@ -546,21 +581,31 @@ def tc_plan(dtype, geom, linear_activation=True, smem_limit=TC_SMEM_LIMIT):
             # columns per stride residue; an odd row pitch at stride 1 keeps the
             # depthwise strips of vertically adjacent rows on distinct banks
             hws = -(-hw // sw) if sw > 1 else hw | 1
-            for stages in TC_STAGES:
+            for stages, splits in itertools.product(TC_STAGES, TC_SPLITS):
                 shared = _tc_shared_bytes(bm, bn, stages, hh, hws * sw, taps)
-                if shared > smem_limit:
-                    continue
+                per_split = -(-chunks // splits)
+                if shared > smem_limit or (splits - 1) * per_split >= chunks:
+                    continue  # too big, or a split without channels
                 candidate = TcPlan(
                     bn=bn, bm=bm, tw=tw, tiles_w=tiles_w, tiles_img=tiles_w * tiles_h,
                     filter_blocks=blocks_f, halo_h=hh, halo_w=hw, halo_ws=hws, stages=stages,
-                    k_pad=k_pad, shared_bytes=shared,
-                    grid=geom.batch * tiles_w * tiles_h * blocks_f, predicted_us=0.0)
+                    k_pad=k_pad, shared_bytes=shared, k_splits=splits, predicted_us=0.0,
+                    grid=geom.batch * tiles_w * tiles_h * blocks_f * splits)
                 us = cost_model.predict(cost_model.tc_fused_work(
                     geom, candidate, itemsize, linear_activation,
                     strips=tc_uses_strips(geom, tw, th))).us
-                if best is None or us < best.predicted_us:  # ties: the deeper pipeline
+                if splits > 1:
+                    us += cost_model.predict(cost_model.tc_reduce_work(
+                        geom, splits, itemsize, *tc_reduce_grid(geom))).us
+                if best is None or us < best.predicted_us:  # ties: the earlier candidate
                     best = dataclasses.replace(candidate, predicted_us=us)
     return best
+
+
+def tc_reduce_grid(geom):
+    """(grid, block) of sepconv_tc_reduce: a grid-stride loop over the outputs."""
+    count = geom.output_positions * geom.filters
+    return max(1, min(-(-count // TC_THREADS), 8 * 132)), TC_THREADS
 
 
 def tc_uses_strips(geom, tw, th):
@@ -617,7 +662,17 @@ def tc_scalar_args(geom, tp, x_strides, has_bias, kernel_id, act_param):
         i32(tp.filter_blocks), i32(tp.halo_h), i32(tp.halo_w), i32(tp.halo_ws),
         i32(tp.stages), i32(tp.k_pad), i32(bool(has_bias)),
         i32(FUSED_ACTIVATIONS.index(kernel_id)), np.float32(act_param),
+        i32(tp.k_splits.bit_length() - 1),
     )
+
+
+def tc_reduce_scalar_args(geom, tp, has_bias, kernel_id, act_param):
+    """Scalars of `sepconv_tc_reduce` after its three pointers."""
+    import numpy as np
+
+    return (np.int64(geom.output_positions * geom.filters), np.int32(geom.filters),
+            np.int32(tp.k_splits), np.int32(bool(has_bias)),
+            np.int32(FUSED_ACTIVATIONS.index(kernel_id)), np.float32(act_param))
 
 
 # --- weights in each kernel's layout ------------------------------------------------------
