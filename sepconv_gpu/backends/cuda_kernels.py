@@ -5,7 +5,10 @@ can enumerate and build every kernel instantiation with nvcc on a machine withou
 a GPU. `cuda_backend.py` uses the same functions to request kernels through NVRTC.
 
 Kept in step with kernels/sepconv_fused.cu: the SC_* constants, the template parameters
-of `sepconv_fused` / `sepconv_softmax_lastaxis`, and the shared-memory layout.
+of `sepconv_fused` / `sepconv_softmax_lastaxis`, and the shared-memory layout; and with
+kernels/sepconv_tc.cu (the tensor-core kernel): the TC_* constants, `sepconv_tc` /
+`sepconv_tc_reduce`, its shared memory (`_tc_shared_bytes`). `select_kernel` is the one
+rule that picks between the two kernels; `prepare_weights` lays the weights out for each.
 """
 from __future__ import annotations
 
