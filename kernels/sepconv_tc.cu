@@ -7,18 +7,18 @@
 //   y[n, p, f] = act(b[f] + sum_c P[f, c] * sum_t x[n, p*s + t*d - pad, c] * D[t, c])
 //
 // Block: TC_THREADS = 256 threads (8 warps), a tile of BM output positions (a TH x TW patch
-// of one image, TW a power of two, TH = BM / TW) x BN filters; 1-D grid, filter blocks of
-// a tile adjacent. Every warp owns
-// a 32 x 64 piece of it (2 x 8 mma tiles, 64 fp32 accumulators a thread); the planner picks
-// BN in {64, 128, 256} and the warps are arranged (8/WN) x WN, WN = BN/64, so that
-// BM x BN = TC_TILE_ELEMS: BM = 256, 128, 64. F <= 256 fits one filter block: the
-// depthwise is never recomputed; F > 256 takes FB = ceil(F / 256) filter blocks, each
-// redoing the depthwise of its tile (the recompute factor the planner charges for). Grids
-// too small for the GPU may split the channels: 2^split_shift blocks per tile and filter
-// block each sum a contiguous range of chunks into fp32 `partial`, and sepconv_tc_reduce
-// adds the splits, the bias and the activation (no atomics, deterministic). The
-// planner (cuda_kernels.tc_plan) prices every (BN, TW, S) with cost_model.tc_fused_work
-// and keeps the cheapest that fits TC_SMEM_LIMIT; its prediction travels with the launch.
+// of one image, TW a power of two, TH = BM / TW) x BN filters; 1-D grid, the channel
+// splits and filter blocks of a tile adjacent. Every warp owns a 32 x 64 piece of it (2 x 8
+// mma tiles, 64 fp32 accumulators a thread); the planner picks BN in {64, 128, 256} and
+// the warps are arranged (8/WN) x WN, WN = BN/64, so that BM x BN = TC_TILE_ELEMS:
+// BM = 256, 128, 64. F <= 256 fits one filter block: the depthwise is never recomputed;
+// F > 256 takes FB = ceil(F / 256) filter blocks, each redoing the depthwise of its tile
+// (the recompute factor the planner charges for). Grids too small for the GPU may split
+// the channels: 2^split_shift blocks per tile and filter block each sum a contiguous range
+// of chunks into fp32 `partial`, and sepconv_tc_reduce adds the splits, the bias and the
+// activation (no atomics, deterministic). The planner (cuda_kernels.tc_plan) prices every
+// (BN, TW, S, splits) with cost_model.tc_fused_work and keeps the cheapest that fits the
+// device's shared memory; its prediction travels with the launch (Launch.predicted_us).
 //
 // Channels go in chunks of TC_CHUNK_BYTES = 64 bytes a position (BK = 32 half or 16 float
 // channels; the weights are zero-padded to K_pad = a multiple of 32 channels). Chunk kc:
