@@ -7,7 +7,8 @@ them), the library's options (`-ftz=true` included). Here the same function buil
 name expression (`cuda_kernels.all_name_expressions()`) for sm_80 and sm_90, a few dozen
 per NVRTC program, the programs spread over processes (threads did not compile in
 parallel). Any compile error, any line in an NVRTC log, a kernel missing from its CUBIN,
-a stack frame (spills, local memory) or more than MAX_REGISTERS registers fails.
+or a stack frame (register spills, local memory) in the CUBIN fails. (Register counts
+need no check: ptxas holds each kernel to its __launch_bounds__, spilling if it must.)
 
 Linux only (the wheels are found by their Linux layout); there, a missing NVRTC wheel is
 a failure, not a skip: `pip install ".[test]"` installs it.
@@ -27,7 +28,6 @@ from _cubin import kernel_resources
 from sepconv_gpu.backends import cuda_kernels, kernel_cache, nvrtc
 
 ARCHS = (80, 90)
-MAX_REGISTERS = 128  # __launch_bounds__(256, 2)
 NAMES_PER_PROGRAM = 24  # ~0.03 s of NVRTC overhead per program; ~0.3 s per kernel
 WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -53,27 +53,36 @@ def _chunks(names, size):
 @pytest.fixture(scope="module")
 def all_built(tmp_path_factory):
     """Every instantiation built in a fresh cache directory (cold), then read back from it
-    (warm): names, jobs, cold results, warm results, cold seconds, warm seconds."""
+    (warm): names, jobs, cold results, warm results, (cold seconds, the workers' CPU
+    seconds, warm seconds)."""
     names = cuda_kernels.all_name_expressions()
     source = cuda_kernels.source()  # one snapshot for every process
     jobs = [(chunk, arch, source) for arch in ARCHS for chunk in _chunks(names, NAMES_PER_PROGRAM)]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(kernel_cache.ENV_VAR, str(tmp_path_factory.mktemp("kernel-cache")))
-        start = time.monotonic()
+        start, children_before = time.monotonic(), _children_cpu_seconds()
         # spawn: workers inherit the environment (the cache directory), not pytest's threads
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(WORKERS, mp_context=context) as pool:
             results = list(pool.map(kernel_cache.library_kernels, *zip(*jobs)))
         cold = time.monotonic() - start
+        cpu = _children_cpu_seconds() - children_before
         start = time.monotonic()
         again = [kernel_cache.library_kernels(*job) for job in jobs]
         warm = time.monotonic() - start
-    return names, jobs, results, again, cold, warm
+    return names, jobs, results, again, (cold, cpu, warm)
+
+
+def _children_cpu_seconds():
+    import resource  # Unix only, as this module
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_nvrtc_builds_every_instantiation_without_a_word(all_built, arch, capsys):
-    names, jobs, results, _, cold, warm = all_built
+def test_nvrtc_builds_every_instantiation_without_a_word(all_built, arch):
+    names, jobs, results, _, _ = all_built
     built = {}
     for (chunk, job_arch, _), compiled in zip(jobs, results):
         if job_arch != arch:
@@ -84,17 +93,13 @@ def test_nvrtc_builds_every_instantiation_without_a_word(all_built, arch, capsys
             assert compiled.lowered[name].encode() in compiled.cubin, f"{name} not in the CUBIN"
         built.update(compiled.lowered)
     assert sorted(built) == sorted(names)
-    with capsys.disabled():
-        print(f"\n[nvrtc] {len(names)} instantiations x {len(ARCHS)} archs "
-              f"(NVRTC {'.'.join(map(str, nvrtc.toolkit().version))}): {cold:.1f} s cold on "
-              f"{WORKERS} processes, {warm:.2f} s from the kernel cache")
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_nvrtc_kernels_have_no_local_memory_and_fit_the_register_budget(all_built, arch):
+def test_nvrtc_kernels_have_no_stack_frame(all_built, arch, capsys):
     """What `ptxas -v` would say (no stack frame: no spills, no local arrays), read from the
     very CUBINs the run-time path loads."""
-    _, jobs, results, _, _, _ = all_built
+    _, jobs, results, _, _ = all_built
     resources = {}
     for (_, job_arch, _), compiled in zip(jobs, results):
         if job_arch == arch:
@@ -103,15 +108,22 @@ def test_nvrtc_kernels_have_no_local_memory_and_fit_the_register_budget(all_buil
             resources.update(found)
     framed = {name: frame for name, (_, frame) in resources.items() if frame}
     assert not framed, f"stack frames (spills or local memory) on sm_{arch}: {framed}"
-    registers = max(regs for regs, _ in resources.values())
-    assert registers <= MAX_REGISTERS, f"sm_{arch}: a kernel uses {registers} registers"
+    registers = sorted(regs for regs, _ in resources.values())
+    with capsys.disabled():
+        print(f"\n[nvrtc] sm_{arch}: {len(registers)} kernels, no stack frame; registers "
+              f"median {registers[len(registers) // 2]}, max {registers[-1]}")
 
 
-def test_nvrtc_kernel_cache_returns_what_was_built(all_built):
-    _, _, results, again, _, _ = all_built
+def test_nvrtc_kernel_cache_returns_what_was_built(all_built, capsys):
+    names, _, results, again, (cold, cpu, warm) = all_built
     assert all(c.from_cache for c in again)
     assert [c.cubin for c in again] == [c.cubin for c in results]
     assert [c.lowered for c in again] == [c.lowered for c in results]
+    with capsys.disabled():
+        print(f"\n[nvrtc] {len(names)} instantiations x {len(ARCHS)} archs "
+              f"(NVRTC {'.'.join(map(str, nvrtc.toolkit().version))}): compiled in {cold:.1f} s "
+              f"on {WORKERS} processes ({cpu:.0f} CPU-s), read back from the kernel cache "
+              f"in {warm:.2f} s")
 
 
 # --- the binding reports what NVRTC says ------------------------------------------------
