@@ -8,10 +8,11 @@
 //
 // Block: TC_THREADS = 256 threads (8 warps), a tile of BM output positions (a TH x TW patch
 // of one image, TW a power of two, TH = BM / TW) x BN filters; 1-D grid, the channel
-// splits and filter blocks of a tile adjacent. Every warp owns a 32 x 64 piece of it (2 x 8
-// mma tiles, 64 fp32 accumulators a thread); the planner picks BN in {64, 128, 256} and
-// the warps are arranged (8/WN) x WN, WN = BN/64, so that BM x BN = TC_TILE_ELEMS:
-// BM = 256, 128, 64. F <= 256 fits one filter block: the depthwise is never recomputed;
+// splits and filter blocks of a tile adjacent. Every warp owns a 16 MT x 64 piece of it
+// (MT x 8 mma tiles, 32 MT fp32 accumulators a thread; template MT = 2: two blocks an SM,
+// MT = 4: one, twice the positions per block for the same weight traffic); the planner
+// picks MT and BN in {64, 128, 256}, and the warps are arranged (8/WN) x WN, WN = BN/64,
+// so that BM x BN = TC_TILE_ELEMS x MT / 2 (MT = 2: BM = 256, 128, 64). F <= 256 fits one filter block: the depthwise is never recomputed;
 // F > 256 takes FB = ceil(F / 256) filter blocks, each redoing the depthwise of its tile
 // (the recompute factor the planner charges for). Grids too small for the GPU may split
 // the channels: 2^split_shift blocks per tile and filter block each sum a contiguous range
@@ -37,8 +38,7 @@
 //      tiles) and issues 2 k-steps x 16 mma.sync.
 // One __syncthreads a chunk: in the interval after it every warp runs the depthwise of
 // chunk kc + 1 (into the other A buffer) and then the mma of chunk kc, so one warp's FMAs
-// overlap another's mma inside the block, and across the two resident blocks
-// (__launch_bounds__(256, 2)).
+// overlap another's mma inside the block, and (MT = 2) across the two resident blocks.
 //
 // Shared memory (dynamic, > 48 KB needs the opt-in attribute; cuda_kernels.tc_plan sizes it):
 //   stage s (S times) : Xs [HH][HWp][64 B]  input halo; columns stored by residue
@@ -70,9 +70,9 @@
 
 #define TC_THREADS 256
 #define TC_WARPS 8
-#define TC_WARP_M 32          // positions a warp multiplies (2 m16 tiles)
+#define TC_WARP_M 32          // positions a warp multiplies per MT / 2 (MT m16 tiles)
 #define TC_WARP_N 64          // filters a warp multiplies (8 n8 tiles)
-#define TC_TILE_ELEMS 16384   // BM * BN = TC_WARPS * TC_WARP_M * TC_WARP_N
+#define TC_TILE_ELEMS 16384   // BM * BN = TC_WARPS * TC_WARP_M * TC_WARP_N (x MT / 2)
 #define TC_CHUNK_BYTES 64     // one position's channel chunk
 #define TC_ROW_BYTES 80       // shared pitch of an A or B row
 #define TC_OUT_PAD 4          // extra floats a Cs row
@@ -149,8 +149,8 @@ template <int A> struct ActivationSwitch<A, A> {
 
 }  // namespace sepconv
 
-template <typename T, int KH_, int KW_>
-__global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
+template <typename T, int KH_, int KW_, int MT>
+__global__ void __launch_bounds__(TC_THREADS, MT == 2 ? TC_MIN_BLOCKS : 1)
 sepconv_tc(const T* __restrict__ x,
            const typename sepconv::Tc<T>::Operand* __restrict__ dwp,       // [taps][K_pad]
            const typename sepconv::Tc<T>::Operand* __restrict__ pwp,       // [F][K_pad]
@@ -174,7 +174,8 @@ sepconv_tc(const T* __restrict__ x,
     const int KH = KH_ > 0 ? KH_ : kh_rt;
     const int KW = KW_ > 0 ? KW_ : kw_rt;
     const int taps = KH * KW;
-    const int BM = TC_TILE_ELEMS / BN;
+    const int BM = TC_TILE_ELEMS / 2 * MT / BN;
+    constexpr int WARP_M = TC_WARP_M / 2 * MT;
     const int WN = BN / TC_WARP_N;
     const int TW = 1 << tw_shift;
     const int HWp = HWs * str_w;
@@ -247,13 +248,13 @@ sepconv_tc(const T* __restrict__ x,
 
     // Pointwise mapping: warp (wm, wn) multiplies A rows wm*32.. and B rows wn*64..
     const int wm = warp / WN, wn = warp - (warp / WN) * WN;
-    const int a_row = wm * TC_WARP_M + (lane & 15), a_byte = (lane >> 4) * 16;
+    const int a_row = wm * WARP_M + (lane & 15), a_byte = (lane >> 4) * 16;
     const int b_row = wn * TC_WARP_N + (lane & 7) + ((lane >> 4) << 3);
     const int b_byte = ((lane >> 3) & 1) * 16;
 
-    float acc[2][8][4];
+    float acc[MT][8][4];
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
+    for (int i = 0; i < MT; ++i)
 #pragma unroll
         for (int j = 0; j < 8; ++j)
 #pragma unroll
@@ -331,9 +332,9 @@ sepconv_tc(const T* __restrict__ x,
         const unsigned char* bs = smem_raw + (kc % stages) * stage_bytes + halo_bytes + w_bytes;
 #pragma unroll
         for (int ks = 0; ks < 2; ++ks) {
-            unsigned a[2][4];
+            unsigned a[MT][4];
 #pragma unroll
-            for (int mt = 0; mt < 2; ++mt)
+            for (int mt = 0; mt < MT; ++mt)
                 ldsm_x4(a[mt], as + (a_row + mt * 16) * TC_ROW_BYTES + ks * 32 + a_byte);
 #pragma unroll
             for (int np = 0; np < 4; ++np) {
@@ -341,7 +342,7 @@ sepconv_tc(const T* __restrict__ x,
                 ldsm_x4(b, bs + (b_row + np * 16) * TC_ROW_BYTES + ks * 32 + b_byte);
                 const unsigned b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
 #pragma unroll
-                for (int mt = 0; mt < 2; ++mt) {
+                for (int mt = 0; mt < MT; ++mt) {
                     Op::mma(acc[mt][2 * np], a[mt], b0);
                     Op::mma(acc[mt][2 * np + 1], a[mt], b1);
                 }
@@ -385,8 +386,8 @@ sepconv_tc(const T* __restrict__ x,
         const float b0 = finish && has_bias && f < F ? bias[f] : 0.f;
         const float b1 = finish && has_bias && f + 1 < F ? bias[f + 1] : 0.f;
 #pragma unroll
-        for (int mt = 0; mt < 2; ++mt) {
-            const int row = wm * TC_WARP_M + mt * 16 + g;
+        for (int mt = 0; mt < MT; ++mt) {
+            const int row = wm * WARP_M + mt * 16 + g;
             *reinterpret_cast<float2*>(Cs + row * cs_pitch + col) =
                 make_float2(acc[mt][nt][0] + b0, acc[mt][nt][1] + b1);
             *reinterpret_cast<float2*>(Cs + (row + 8) * cs_pitch + col) =

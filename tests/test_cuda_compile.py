@@ -109,8 +109,11 @@ def test_every_instantiation_built_without_spills(builds, arch):
     spills = {k: v for k, v in ours.items() if v[1] or v[2]}
     assert not spills, f"register spills on {arch}: {spills}"
     assert all(v[0] is not None for v in ours.values())
-    # __launch_bounds__(256, 2) caps the fused kernels at 128 registers
-    assert max(v[0] for v in ours.values()) <= 128
+    # __launch_bounds__(256, 2) caps the fused kernels at 128 registers; the tensor-core
+    # kernel's 64 x 64 warp tiles (MT = 4) run one block an SM: 255
+    tall = {k for k in ours if re.search(r"sepconv_tcI.*Li4EEv", k)}
+    assert max(v[0] for k, v in ours.items() if k not in tall) <= 128
+    assert all(ours[k][0] <= 255 for k in tall)
     print(f"{arch}: max {max(v[0] for v in ours.values())} registers, no spills")
 
 

@@ -182,6 +182,39 @@ def test_tensor_core_channel_splits(emulator, mode, activation):
     assert launches[0].partial == tp.k_splits * case[4].output_positions * 40
 
 
+@needs_emulator
+@pytest.mark.parametrize("shape,kernel,filters,strides", [
+    ((1, 16, 16, 32), 3, 200, 1),     # strips; tiles of 128 valid positions
+    ((2, 17, 30, 16), (2, 3), 70, 2), # generic extent, stride 2
+])
+@pytest.mark.parametrize("mode", ["float16", "tf32"])
+def test_tensor_core_tall_warp_tiles(emulator, shape, kernel, filters, strides, mode):
+    """The 64 x 64 warp-tile instantiations (MT = 4), whatever the planner prefers here."""
+    dtype = "float16" if mode == "float16" else "float32"
+    rng = np.random.default_rng(23)
+    x, dk, pk, b, geom, act = make_case(rng, 2, shape, kernel, filters, strides, "same", 1,
+                                        "silu", dtype)
+    tp = cuda_kernels.tc_plan(dtype, geom, False, m_tiles=(4,))
+    assert tp.m_tiles == 4 and tp.bm * tp.bn == 2 * cuda_kernels.TC_TILE_ELEMS
+    strides_x = cuda_kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
+    y = np.full(geom.output_shape, np.nan, dtype=x.dtype)
+    weights = cuda_kernels.prepare_weights(np, cuda_kernels.weights_layout("tc", dtype), dk, pk, b)
+    partial = np.full(max(tp.k_splits * geom.output_positions * filters, 1), np.nan, np.float32)
+    launch = cuda_kernels.Launch(
+        "tc", cuda_kernels.tc_name(dtype, cuda_kernels.tc_extent(geom.kernel), 4), tp.grid,
+        cuda_kernels.TC_THREADS, tp.shared_bytes,
+        cuda_kernels.tc_scalar_args(geom, tp, strides_x, True, act.kernel_id, act.kernel_param))
+    emulator.launch(launch.name, launch.grid, launch.block,
+                    cuda_kernels.launch_arrays(launch, x, weights, y, partial) + launch.scalars,
+                    launch.shared_bytes)
+    assert tp.k_splits == 1  # the reduce launch is covered by test_tensor_core_channel_splits
+    ref = reference_separable_conv(x, dk, pk, b, geom, act)
+    magnitude = np.max(reference_separable_conv(
+        np.abs(x.astype(np.float64)), np.abs(dk.astype(np.float64)),
+        np.abs(pk.astype(np.float64)), None, geom, LINEAR))
+    assert np.all(np.abs(y.astype(np.float64) - ref) <= 2 * U * (magnitude + np.abs(ref)) + 1e-6)
+
+
 def _random_geometry(seed):
     """A random small TC-eligible geometry (channels a multiple of 8, any F)."""
     rng = np.random.default_rng(seed)
@@ -322,7 +355,8 @@ def test_tensor_core_plan_is_consistent(shape, filters, stride, dtype):
     geom = _geom(shape, 3, filters, strides=stride)
     tp = cuda_kernels.tc_plan(dtype, geom)
     (oh, ow) = geom.out_size
-    assert tp.bm * tp.bn == cuda_kernels.TC_TILE_ELEMS and tp.bn in cuda_kernels.TC_FILTER_BLOCKS
+    assert tp.bm * tp.bn == cuda_kernels.TC_TILE_ELEMS * tp.m_tiles // 2
+    assert tp.bn in cuda_kernels.TC_FILTER_BLOCKS and tp.m_tiles in cuda_kernels.TC_M_TILES
     assert tp.tiles_w * tp.tw >= ow and (tp.tiles_img // tp.tiles_w) * tp.th >= oh
     assert tp.grid == geom.batch * tp.tiles_img * tp.filter_blocks * tp.k_splits
     assert tp.k_splits in cuda_kernels.TC_SPLITS

@@ -256,7 +256,7 @@ TC_TAP_INSTRUCTIONS = {2: 8, 4: 3}          # by input itemsize
 # KW weight words, converts them once (half2) and issues 4 x KW FMA pairs.
 TC_POSITION_INSTRUCTIONS = 6
 TC_GRANULE_INSTRUCTIONS = 12
-TC_REGISTERS = 128
+TC_REGISTERS = {2: 128, 4: 212}             # by m16 tiles per warp (ptxas, sm_90)
 
 
 def tc_fused_work(geom, plan, in_itemsize, linear_activation=True, threads=256,
@@ -299,7 +299,7 @@ def tc_fused_work(geom, plan, in_itemsize, linear_activation=True, threads=256,
                blocks * chunks * mma_flops),
               (blocks * epi_smem, blocks * epi_instr, 0.0))
     return Work(
-        blocks=blocks, threads=threads, registers=TC_REGISTERS,
+        blocks=blocks, threads=threads, registers=TC_REGISTERS[getattr(plan, "m_tiles", 2)],
         shared_bytes=plan.shared_bytes, hbm_bytes=x + y + weights,
         l2_bytes=blocks * chunks * staged + y,
         smem_bytes=sum(p[0] for p in phases), simt_instructions=sum(p[1] for p in phases),

@@ -431,7 +431,7 @@ def _launch_sequence(dtype, geom, kernel_id, kernel_param, x_strides, has_bias, 
         tp = tc_plan(dtype, geom, act == "linear", smem_limit)
         param = kernel_param if fused else 0.0
         partial = tp.k_splits * geom.output_positions * geom.filters if tp.k_splits > 1 else 0
-        launches = [Launch("tc", tc_name(dtype, tc_extent(geom.kernel)), tp.grid,
+        launches = [Launch("tc", tc_name(dtype, tc_extent(geom.kernel), tp.m_tiles), tp.grid,
                            TC_THREADS, tp.shared_bytes,
                            tc_scalar_args(geom, tp, x_strides, has_bias, act, param),
                            weights_layout("tc", dtype), tp.predicted_us, partial)]
@@ -479,6 +479,9 @@ TC_FILTER_BLOCKS = (64, 128, 256)   # BN choices (multiples of TC_WARP_N, <= 8 w
 TC_STAGES = (4, 3)       # cp.async pipeline depths, deepest first (the kernel needs >= 3)
 TC_K_ALIGN = 32          # prepared weights: channels zero-padded to a multiple of this
 TC_SPLITS = (1, 2, 4, 8) # channel splits (powers of two) for grids too small for the GPU
+# m16 tiles per warp (template MT): 2 = 32 x 64 warp tiles, 64 accumulators, 2 blocks an
+# SM; 4 = 64 x 64, twice the tile per block (half the weight traffic per output), 1 block.
+TC_M_TILES = (2, 4)
 # Dynamic shared memory a block may opt in to on the planner's default device (H100/H200,
 # sm_90); the CUDA backend passes its device's own limit (A100 163 KB, sm_86/89 99 KB).
 TC_SMEM_LIMIT = 227 * 1024
@@ -487,17 +490,17 @@ TC_SOURCE = "sepconv_tc.cu"
 TC_DTYPES = {"float16": "__half", "float32": "float"}
 # Specialized extents (weights in registers, taps unrolled); others: generic (0, 0).
 # Measured with nvcc 13.0 -arch=sm_90 (a loaded 2-core machine): ~0.5 s per TC
-# instantiation (SIMT: ~0.3 s), so both dtypes x (generic, 3x3) = 4 kernels add ~2 s per
-# architecture to the compile test; a template activation (as sepconv_fused has) would
-# make them 4 x len(FUSED_ACTIVATIONS) (~100: ~50 s more per architecture), hence the
-# runtime activation switch in the TC epilogue.
+# instantiation (SIMT: ~0.3 s), so 2 dtypes x (generic, 3x3) x 2 warp tiles = 8 kernels
+# add ~4 s per architecture to the compile test; a template activation (as sepconv_fused
+# has) would make them 8 x len(FUSED_ACTIVATIONS) (~200: ~100 s more per architecture),
+# hence the runtime activation switch in the TC epilogue.
 TC_EXTENTS = ((3, 3),)
 
 
-def tc_name(dtype, extent):
+def tc_name(dtype, extent, m_tiles=2):
     """Name expression of one `sepconv_tc` instantiation."""
     kh, kw = extent
-    return f"sepconv_tc<{TC_DTYPES[dtype]}, {kh}, {kw}>"
+    return f"sepconv_tc<{TC_DTYPES[dtype]}, {kh}, {kw}, {m_tiles}>"
 
 
 def tc_reduce_name(dtype):
@@ -505,7 +508,7 @@ def tc_reduce_name(dtype):
 
 
 def tc_name_expressions():
-    return [tc_name(dtype, extent) for dtype in TC_DTYPES
+    return [tc_name(dtype, extent, m_tiles) for dtype in TC_DTYPES for m_tiles in TC_M_TILES
             for extent in (GENERIC_EXTENT,) + TC_EXTENTS] + [tc_reduce_name(d) for d in TC_DTYPES]
 
 
@@ -520,7 +523,7 @@ class TcPlan:
     sepconv_tc.cu), and what the cost model predicts for it."""
 
     bn: int              # filters per block (64, 128, 256)
-    bm: int              # output positions per block (TC_TILE_ELEMS // bn)
+    bm: int              # output positions per block (TC_TILE_ELEMS // 2 * m_tiles // bn)
     tw: int              # tile width, a power of two; tile height = bm // tw
     tiles_w: int
     tiles_img: int
@@ -535,6 +538,7 @@ class TcPlan:
     predicted_us: float  # cost_model.predict on the default device (H100 constants), both
                          # launches when split
     k_splits: int = 1    # channel splits (then sepconv_tc_reduce finishes the sum)
+    m_tiles: int = 2     # m16 tiles per warp (the MT template argument)
 
     @property
     def th(self):
@@ -549,9 +553,9 @@ def _tc_shared_bytes(bm, bn, stages, halo_h, halo_pitch, taps):
 
 
 @functools.lru_cache(maxsize=4096)
-def tc_plan(dtype, geom, linear_activation=True, smem_limit=TC_SMEM_LIMIT):
+def tc_plan(dtype, geom, linear_activation=True, smem_limit=TC_SMEM_LIMIT, m_tiles=TC_M_TILES):
     """The cheapest `TcPlan` by the cost model, or None when no tile fits `smem_limit`
-    bytes of shared memory.
+    bytes of shared memory. `m_tiles`: the warp-tile heights to consider.
 
     Candidates: BN in TC_FILTER_BLOCKS (only those holding all F when F <= 256: no
     depthwise recompute then; the model weighs it above), every power-of-two tile width up to the output width, TC_STAGES. Each
@@ -568,8 +572,8 @@ def tc_plan(dtype, geom, linear_activation=True, smem_limit=TC_SMEM_LIMIT):
     k_pad = -(-geom.channels // TC_K_ALIGN) * TC_K_ALIGN
     chunks = k_pad * itemsize // TC_CHUNK_BYTES
     best = None
-    for bn in TC_FILTER_BLOCKS:
-        bm = TC_TILE_ELEMS // bn
+    for bn, mt in itertools.product(TC_FILTER_BLOCKS, m_tiles):
+        bm = TC_TILE_ELEMS // 2 * mt // bn
         blocks_f = -(-geom.filters // bn)
         if blocks_f > 1 and geom.filters <= max(TC_FILTER_BLOCKS):
             continue  # the rule: no depthwise recompute while one block can hold F
@@ -592,7 +596,8 @@ def tc_plan(dtype, geom, linear_activation=True, smem_limit=TC_SMEM_LIMIT):
                 candidate = TcPlan(
                     bn=bn, bm=bm, tw=tw, tiles_w=tiles_w, tiles_img=tiles_w * tiles_h,
                     filter_blocks=blocks_f, halo_h=hh, halo_w=hw, halo_ws=hws, stages=stages,
-                    k_pad=k_pad, shared_bytes=shared, k_splits=splits, predicted_us=0.0,
+                    k_pad=k_pad, shared_bytes=shared, k_splits=splits, m_tiles=mt,
+                    predicted_us=0.0,
                     grid=geom.batch * tiles_w * tiles_h * blocks_f * splits)
                 us = cost_model.predict(cost_model.tc_fused_work(
                     geom, candidate, itemsize, linear_activation,
