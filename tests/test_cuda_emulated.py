@@ -247,7 +247,14 @@ def test_halo_pitch_makes_depthwise_reads_conflict_free(dtype, size, stride):
         assert not p.use_halo
         return
     assert p.use_halo and p.pitch >= p.halo_w
-    assert _warp_bank_conflicts(p, itemsize, (stride, stride)) == 1, p
+    ways = _warp_bank_conflicts(p, itemsize, (stride, stride))
+    # the planner's own belief (what its cost model prices) matches the simulated banks
+    col_step = 1 if cuda_kernels.halo_split(itemsize, stride) else stride
+    assert (ways == 1) == cuda_kernels._rows_disjoint(p.pitch, p.tw, stride, col_step, itemsize), p
+    if dtype != "float64":
+        # float16 / float32: the planner always lands on a conflict-free pitch for these
+        # layers (float64 may trade a 2-way conflict for occupancy where the model says so)
+        assert ways == 1, p
 
 
 def geometry_of(batch, c, m, f, size_in, size_out, kernel, strides, dilation, cf):
