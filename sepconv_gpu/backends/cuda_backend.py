@@ -202,6 +202,8 @@ def _shared_memory_limit(device_id):
     """Dynamic shared memory one block may opt in to on this device."""
     attribute = getattr(cupy.cuda.runtime, "cudaDevAttrMaxSharedMemoryPerBlockOptin", 97)
     return cupy.cuda.runtime.deviceGetAttribute(attribute, device_id)
+
+
 _shared_opt_in = {}  # CUfunction -> dynamic shared bytes it may use
 
 
