@@ -113,3 +113,140 @@ def test_every_kernel_is_parsed():
     assert set(names) == {"sepconv_fused", "sepconv_softmax_lastaxis", "sepconv_tc",
                           "sepconv_tc_reduce"}
     assert all(names.values())
+
+
+# --- cuda_backend against a fake CuPy ----------------------------------------------------
+# The fake takes arguments as CuPy's Cython signatures do (cupy/cuda/function.pyx,
+# cupy_backends/cuda/api/driver.pyx, runtime.pyx) and records every call.
+
+class _FakeFunction:
+    def __init__(self, name, calls):
+        self.name, self.ptr, self.calls = name, 0x1000 + len(calls), calls
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        assert isinstance(grid, tuple) and isinstance(block, tuple)  # `tuple grid, tuple block`
+        self.calls.append(("launch", self.name, grid, block, tuple(args), shared_mem))
+
+
+def _fake_cupy(compute_capability, driver_version=13000):
+    calls = []
+
+    class Module:
+        def load(self, cubin):
+            assert isinstance(cubin, bytes)  # `cpdef load(self, bytes cubin)`
+            calls.append(("load", cubin))
+
+        def get_function(self, name):
+            calls.append(("get_function", name))
+            return _FakeFunction(name, calls)
+
+    class RawModule:
+        def __init__(self, *, code, options=(), name_expressions=None):
+            assert isinstance(code, str) and isinstance(options, tuple)
+            calls.append(("RawModule", options, tuple(name_expressions)))
+
+        def get_function(self, name):
+            return types.SimpleNamespace(kernel=_FakeFunction(name, calls))
+
+    class Device:
+        def __init__(self, device_id=0):
+            self.id = device_id
+            self.compute_capability = compute_capability  # a string, e.g. "90"
+
+    runtime = types.SimpleNamespace(
+        getDevice=lambda: 0, driverGetVersion=lambda: driver_version,
+        deviceGetAttribute=lambda attribute, device: calls.append(("attribute", attribute, device))
+        or 232448)
+    driver = types.SimpleNamespace(
+        CUDADriverError=type("CUDADriverError", (RuntimeError,), {}),
+        CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES=8,
+        funcSetAttribute=lambda ptr, attribute, value: calls.append(("setattr", ptr, attribute, value)))
+    cuda = types.SimpleNamespace(runtime=runtime, driver=driver, Device=Device,
+                                 function=types.SimpleNamespace(Module=Module))
+    fake = types.ModuleType("cupy")
+    fake.cuda, fake.RawModule, fake.ndarray, fake.calls = cuda, RawModule, type("ndarray", (), {}), calls
+    return fake
+
+
+@pytest.fixture
+def fake_backend(monkeypatch):
+    """cuda_backend imported against a fake CuPy: (module, fake). The real module (if one
+    was imported) is put back afterwards, so no later test sees the fake."""
+    import importlib
+
+    import sepconv_gpu.backends as package
+
+    name = "sepconv_gpu.backends.cuda_backend"
+    saved_module, saved_attribute = sys.modules.pop(name, None), package.__dict__.get("cuda_backend")
+
+    def load(compute_capability="90", driver_version=13000):
+        monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(compute_capability, driver_version))
+        sys.modules.pop(name, None)
+        return importlib.import_module(name), sys.modules["cupy"]
+
+    try:
+        yield load
+    finally:
+        sys.modules.pop(name, None)
+        package.__dict__.pop("cuda_backend", None)
+        if saved_module is not None:
+            sys.modules[name] = saved_module
+        if saved_attribute is not None:
+            package.cuda_backend = saved_attribute
+
+
+def test_tensor_core_kernel_is_not_planned_below_sm80(fake_backend):
+    """sepconv_tc needs sm_80 (cp.async): on sm_75 the planner gets no shared memory for it."""
+    backend, cupy = fake_backend("75")
+    assert backend._shared_memory_limit(0) == 0
+    x, dk, pk, b, geom, act = _case((2, 19, 21, 64), 3, 72, "float16", "relu")
+    strides = cuda_kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
+    assert [launch.kind for launch in cuda_kernels.launch_sequence(
+        "float16", geom, act, strides, True, smem_limit=0)[0]] == ["fused"]
+    backend, cupy = fake_backend("90")
+    assert backend._shared_memory_limit(0) == 232448
+    assert cupy.calls == [("attribute", 97, 0)]  # cudaDevAttrMaxSharedMemoryPerBlockOptin
+
+
+def _launch(shared_bytes, name="sepconv_tc<__half, 3, 3, 2>"):
+    return cuda_kernels.Launch("tc", name, 7, 256, shared_bytes, (np.int32(1), np.float32(2)))
+
+
+def test_launch_loads_the_cubin_and_opts_in_above_48_kb_once(fake_backend, monkeypatch):
+    from sepconv_gpu.backends import nvrtc
+
+    backend, cupy = fake_backend("90")
+    toolkit = nvrtc.Toolkit(library="libnvrtc.so.13", include_dir="/include", version=(13, 0),
+                            archs=(75, 80, 90), from_wheel=True)
+    monkeypatch.setattr(backend._nvrtc, "toolkit", lambda: toolkit)
+    built = []
+    monkeypatch.setattr(backend._kernel_cache, "library_kernels", lambda names, arch: built.append(
+        (names, arch)) or nvrtc.Compiled(cubin=b"ELF", lowered={n: "_Z6mangled" for n in names}, log=""))
+    arrays = ("x", "dw", "pw", "b", "y", "partial")
+    backend._launch(_launch(100 * 1024), arrays)
+    backend._launch(_launch(100 * 1024), arrays)
+    backend._launch(_launch(40 * 1024, "sepconv_tc_reduce<__half>"), arrays[:3])
+    assert built == [(("sepconv_tc<__half, 3, 3, 2>",), 90), (("sepconv_tc_reduce<__half>",), 90)]
+    steps = [c[0] for c in cupy.calls]
+    assert steps == ["load", "get_function", "setattr", "launch", "launch",
+                     "load", "get_function", "launch"]
+    assert cupy.calls[1] == ("get_function", "_Z6mangled")  # the lowered name, not the expression
+    _, ptr, attribute, value = cupy.calls[2]
+    assert (attribute, value) == (8, 100 * 1024)  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    _, _, grid, block, args, shared = cupy.calls[3]
+    assert (grid, block, shared) == ((7,), (256,), 100 * 1024)
+    assert args == arrays + (np.int32(1), np.float32(2))
+
+
+def test_cupy_compiles_when_nvrtc_is_newer_than_the_driver(fake_backend, monkeypatch):
+    from sepconv_gpu.backends import nvrtc
+
+    backend, cupy = fake_backend("90", driver_version=12040)
+    toolkit = nvrtc.Toolkit(library="libnvrtc.so.13", include_dir="/include", version=(13, 0),
+                            archs=(75, 80, 90), from_wheel=True)
+    monkeypatch.setattr(backend._nvrtc, "toolkit", lambda: toolkit)
+    monkeypatch.setattr(backend._kernel_cache, "library_kernels", None)  # must not be used
+    monkeypatch.setattr(backend._kernels, "source", lambda: "// the kernels")
+    backend._launch(_launch(0), ("x",))
+    assert cupy.calls[0] == ("RawModule", cuda_kernels.NVRTC_OPTIONS, ("sepconv_tc<__half, 3, 3, 2>",))
+    assert cupy.calls[1][0] == "launch"

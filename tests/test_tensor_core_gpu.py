@@ -26,6 +26,9 @@ if GPU:
 
     from sepconv_gpu.backends import cuda_backend
 
+    if int(cupy.cuda.Device().compute_capability) < cuda_backend.TENSOR_CORE_MIN_ARCH:
+        pytestmark.append(pytest.mark.skip(reason="the tensor-core kernel needs sm_80 or newer"))
+
 U = 2.0 ** -11
 LINEAR = activations.get(None)
 

@@ -195,11 +195,17 @@ class CupyOps:
 
 
 _DEFAULT_SHARED_LIMIT = 48 * 1024
+# sepconv_tc's cp.async and mma.m16n8k16 need sm_80; NVRTC still targets sm_75 (Turing).
+TENSOR_CORE_MIN_ARCH = 80
 
 
 @functools.lru_cache(maxsize=None)
 def _shared_memory_limit(device_id):
-    """Dynamic shared memory one block may opt in to on this device."""
+    """Dynamic shared memory one block of the tensor-core kernel may opt in to on this
+    device (the planner's smem_limit); 0 below sm_80, which no tensor-core tile fits, so
+    every launch there runs the SIMT kernel."""
+    if int(cupy.cuda.Device(device_id).compute_capability) < TENSOR_CORE_MIN_ARCH:
+        return 0
     attribute = getattr(cupy.cuda.runtime, "cudaDevAttrMaxSharedMemoryPerBlockOptin", 97)
     return cupy.cuda.runtime.deviceGetAttribute(attribute, device_id)
 
