@@ -250,3 +250,20 @@ def test_cupy_compiles_when_nvrtc_is_newer_than_the_driver(fake_backend, monkeyp
     backend._launch(_launch(0), ("x",))
     assert cupy.calls[0] == ("RawModule", cuda_kernels.NVRTC_OPTIONS, ("sepconv_tc<__half, 3, 3, 2>",))
     assert cupy.calls[1][0] == "launch"
+
+
+@pytest.mark.parametrize("device_type,on_device", [(1, False), (2, True), (3, False), (13, True)])
+def test_dlpack_device_types_are_those_cupy_imports(device_type, on_device):
+    """cupy.from_dlpack takes kDLCUDA (2) and kDLCUDAManaged (13) only (cupy/_core/dlpack.pyx);
+    pinned host memory (kDLCUDAHost, 3) must take the host path, not fail in CuPy."""
+    from sepconv_gpu import backends
+
+    class Exporter:
+        def __dlpack__(self, stream=None):
+            raise AssertionError("not read here")
+
+        def __dlpack_device__(self):
+            return (device_type, 0)
+
+    assert backends.dlpack_on_cuda(Exporter()) is on_device
+    assert backends.lives_on_device(Exporter()) is on_device

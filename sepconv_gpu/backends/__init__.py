@@ -178,9 +178,10 @@ def identity(a):
 
 
 def dlpack_on_cuda(x):
-    """True when x exports DLPack from CUDA memory (device, pinned host or managed)."""
+    """True when x exports DLPack from CUDA device or managed memory: what cupy.from_dlpack
+    imports (it refuses pinned host memory, kDLCUDAHost, which is read as host data)."""
     try:
-        return int(x.__dlpack_device__()[0]) in (2, 3, 13)  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
+        return int(x.__dlpack_device__()[0]) in (2, 13)  # kDLCUDA, kDLCUDAManaged
     except Exception:
         return False
 
