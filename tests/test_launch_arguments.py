@@ -154,6 +154,7 @@ def _fake_cupy(compute_capability, driver_version=13000):
             self.compute_capability = compute_capability  # a string, e.g. "90"
 
     runtime = types.SimpleNamespace(
+        CUDARuntimeError=type("CUDARuntimeError", (RuntimeError,), {}),
         getDevice=lambda: 0, driverGetVersion=lambda: driver_version,
         deviceGetAttribute=lambda attribute, device: calls.append(("attribute", attribute, device))
         or 232448)
@@ -267,3 +268,18 @@ def test_dlpack_device_types_are_those_cupy_imports(device_type, on_device):
 
     assert backends.dlpack_on_cuda(Exporter()) is on_device
     assert backends.lives_on_device(Exporter()) is on_device
+
+
+def test_a_fault_found_by_the_debug_synchronize_names_the_kernel(fake_backend, monkeypatch):
+    """SEPCONV_GPU_DEBUG_SYNC=1: the stream's synchronize raises CUDARuntimeError (CuPy's
+    runtime.streamSynchronize), which must come back naming the kernel like launch errors."""
+    monkeypatch.setenv("SEPCONV_GPU_DEBUG_SYNC", "1")
+    backend, cupy = fake_backend("75", driver_version=12040)  # CuPy compiles: no NVRTC needed
+    monkeypatch.setattr(backend._kernels, "source", lambda: "// the kernels")
+
+    def synchronize():
+        raise cupy.cuda.runtime.CUDARuntimeError("cudaErrorIllegalAddress")
+
+    cupy.cuda.get_current_stream = lambda: types.SimpleNamespace(synchronize=synchronize)
+    with pytest.raises(RuntimeError, match=r"sepconv_tc<__half, 3, 3, 2> .*cudaErrorIllegalAddress"):
+        backend._launch(_launch(0), ("x",))

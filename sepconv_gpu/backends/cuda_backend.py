@@ -226,7 +226,8 @@ def _launch(launch, arrays):
            shared_mem=launch.shared_bytes)
         if _DEBUG_SYNC:  # surface asynchronous faults at the launch that caused them
             cupy.cuda.get_current_stream().synchronize()
-    except cupy.cuda.driver.CUDADriverError as exc:
+    except (cupy.cuda.driver.CUDADriverError, cupy.cuda.runtime.CUDARuntimeError) as exc:
+        # driver: load, opt-in, launch; runtime: the debug synchronize (a fault in the kernel)
         raise RuntimeError(
             f"sepconv_gpu: kernel {launch.name} (grid {launch.grid}, block {launch.block}, "
             f"{launch.shared_bytes} B shared memory) failed: {exc}") from exc
