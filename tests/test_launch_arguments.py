@@ -121,7 +121,8 @@ def test_every_kernel_is_parsed():
 
 class _FakeFunction:
     def __init__(self, name, calls):
-        self.name, self.ptr, self.calls = name, 0x1000 + len(calls), calls
+        # one handle per name, as a driver may hand a freed handle out again
+        self.name, self.ptr, self.calls = name, 0x1000 + len(name), calls
 
     def __call__(self, grid, block, args, shared_mem=0):
         assert isinstance(grid, tuple) and isinstance(block, tuple)  # `tuple grid, tuple block`
@@ -237,6 +238,10 @@ def test_launch_loads_the_cubin_and_opts_in_above_48_kb_once(fake_backend, monke
     _, _, grid, block, args, shared = cupy.calls[3]
     assert (grid, block, shared) == ((7,), (256,), 100 * 1024)
     assert args == arrays + (np.int32(1), np.float32(2))
+    # reloaded (the cache cleared, the handle reused): the new Function opts in again
+    backend._functions.clear()
+    backend._launch(_launch(100 * 1024), arrays)
+    assert [c[0] for c in cupy.calls[-4:]] == ["load", "get_function", "setattr", "launch"]
 
 
 def test_cupy_compiles_when_nvrtc_is_newer_than_the_driver(fake_backend, monkeypatch):

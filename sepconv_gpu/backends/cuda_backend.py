@@ -210,18 +210,21 @@ def _shared_memory_limit(device_id):
     return cupy.cuda.runtime.deviceGetAttribute(attribute, device_id)
 
 
-_shared_opt_in = {}  # CUfunction -> dynamic shared bytes it may use
+# Function -> dynamic shared bytes it may use. Keyed by the object, not its CUfunction
+# handle: the reference keeps the module loaded, so a handle freed by clearing
+# _functions cannot come back for another kernel that never opted in.
+_shared_opt_in = {}
 
 
 def _launch(launch, arrays):
     fn = get_function(launch.name)
     try:
-        if launch.shared_bytes > max(_DEFAULT_SHARED_LIMIT, _shared_opt_in.get(fn.ptr, 0)):
+        if launch.shared_bytes > max(_DEFAULT_SHARED_LIMIT, _shared_opt_in.get(fn, 0)):
             # above 48 KB a kernel must opt in (cudaFuncAttributeMaxDynamicSharedMemorySize)
             cupy.cuda.driver.funcSetAttribute(
                 fn.ptr, getattr(cupy.cuda.driver, "CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES", 8),
                 launch.shared_bytes)
-            _shared_opt_in[fn.ptr] = launch.shared_bytes
+            _shared_opt_in[fn] = launch.shared_bytes
         fn((launch.grid,), (launch.block,), arrays + launch.scalars,
            shared_mem=launch.shared_bytes)
         if _DEBUG_SYNC:  # surface asynchronous faults at the launch that caused them
