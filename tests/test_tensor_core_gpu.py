@@ -47,11 +47,13 @@ def run(kind, x, dk, pk, b, geom, act, allow_tf32=False):
     xd = cupy.asarray(x)
     strides = cuda_kernels.input_element_strides(xd.shape, xd.strides, xd.itemsize, geom)
     aligned = kind == "tc"  # a misaligned base is one of the things that rules TC out
-    assert cuda_kernels.select_kernel(x.dtype.name, geom, allow_tf32, strides, aligned,
-                                      cuda_backend._shared_memory_limit(xd.device.id)) == kind
+    limit = cuda_backend._shared_memory_limit(xd.device.id)
+    chosen = cuda_kernels.select_kernel(x.dtype.name, geom, allow_tf32, strides, aligned, limit)
+    if chosen != kind and limit < cuda_kernels.TC_SMEM_LIMIT:  # e.g. sm_86 / sm_89: 99 KB
+        pytest.skip(f"no tensor-core tile of this case fits {limit} B of shared memory")
+    assert chosen == kind
     launches, apply_after = cuda_kernels.launch_sequence(
-        x.dtype.name, geom, act, strides, True, allow_tf32, aligned,
-        cuda_backend._shared_memory_limit(xd.device.id))
+        x.dtype.name, geom, act, strides, True, allow_tf32, aligned, limit)
     assert launches[0].kind == ("tc" if kind == "tc" else "fused")
     y = cupy.empty(geom.output_shape, dtype=x.dtype)
     weights = cuda_backend._prepared_weights(launches[0].weights, dk, pk, b, xd.device, None)
