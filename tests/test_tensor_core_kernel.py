@@ -182,6 +182,28 @@ def test_tensor_core_channel_splits(emulator, mode, activation):
     assert launches[0].partial == tp.k_splits * case[4].output_positions * 40
 
 
+def launch_plan(emulator, x, dk, pk, b, geom, act, tp):
+    """One sepconv_tc launch with the given plan (no reduce: tp.k_splits must be 1),
+    checked against the float64 reference with the tolerance derived above."""
+    assert tp.k_splits == 1  # the reduce launch is covered by test_tensor_core_channel_splits
+    dtype = x.dtype.name
+    strides_x = cuda_kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
+    y = np.full(geom.output_shape, np.nan, dtype=x.dtype)
+    weights = cuda_kernels.prepare_weights(np, cuda_kernels.weights_layout("tc", dtype), dk, pk, b)
+    launch = cuda_kernels.Launch(
+        "tc", cuda_kernels.tc_name(dtype, cuda_kernels.tc_extent(geom.kernel), tp.m_tiles),
+        tp.grid, cuda_kernels.TC_THREADS, tp.shared_bytes,
+        cuda_kernels.tc_scalar_args(geom, tp, strides_x, True, act.kernel_id, act.kernel_param))
+    emulator.launch(launch.name, launch.grid, launch.block,
+                    cuda_kernels.launch_arrays(launch, x, weights, y, None) + launch.scalars,
+                    launch.shared_bytes)
+    ref = reference_separable_conv(x, dk, pk, b, geom, act)
+    magnitude = np.max(reference_separable_conv(
+        np.abs(x.astype(np.float64)), np.abs(dk.astype(np.float64)),
+        np.abs(pk.astype(np.float64)), None, geom, LINEAR))
+    assert np.all(np.abs(y.astype(np.float64) - ref) <= 2 * U * (magnitude + np.abs(ref)) + 1e-6)
+
+
 @needs_emulator
 @pytest.mark.parametrize("shape,kernel,filters,strides", [
     ((1, 16, 16, 32), 3, 200, 1),     # strips; tiles of 128 valid positions
@@ -196,23 +218,30 @@ def test_tensor_core_tall_warp_tiles(emulator, shape, kernel, filters, strides, 
                                         "silu", dtype)
     tp = cuda_kernels.tc_plan(dtype, geom, False, m_tiles=(4,))
     assert tp.m_tiles == 4 and tp.bm * tp.bn == 2 * cuda_kernels.TC_TILE_ELEMS
-    strides_x = cuda_kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
-    y = np.full(geom.output_shape, np.nan, dtype=x.dtype)
-    weights = cuda_kernels.prepare_weights(np, cuda_kernels.weights_layout("tc", dtype), dk, pk, b)
-    partial = np.full(max(tp.k_splits * geom.output_positions * filters, 1), np.nan, np.float32)
-    launch = cuda_kernels.Launch(
-        "tc", cuda_kernels.tc_name(dtype, cuda_kernels.tc_extent(geom.kernel), 4), tp.grid,
-        cuda_kernels.TC_THREADS, tp.shared_bytes,
-        cuda_kernels.tc_scalar_args(geom, tp, strides_x, True, act.kernel_id, act.kernel_param))
-    emulator.launch(launch.name, launch.grid, launch.block,
-                    cuda_kernels.launch_arrays(launch, x, weights, y, partial) + launch.scalars,
-                    launch.shared_bytes)
-    assert tp.k_splits == 1  # the reduce launch is covered by test_tensor_core_channel_splits
-    ref = reference_separable_conv(x, dk, pk, b, geom, act)
-    magnitude = np.max(reference_separable_conv(
-        np.abs(x.astype(np.float64)), np.abs(dk.astype(np.float64)),
-        np.abs(pk.astype(np.float64)), None, geom, LINEAR))
-    assert np.all(np.abs(y.astype(np.float64) - ref) <= 2 * U * (magnitude + np.abs(ref)) + 1e-6)
+    launch_plan(emulator, x, dk, pk, b, geom, act, tp)
+
+
+@needs_emulator
+@pytest.mark.parametrize("stages", cuda_kernels.TC_STAGES)
+@pytest.mark.parametrize("mode", ["float16", "tf32"])
+def test_tensor_core_every_pipeline_depth(emulator, stages, mode):
+    """Both cp.async pipeline depths over more chunks than stages, so every stage is
+    reused: the planner picks 3 stages only when 4 do not fit (large halos), which no
+    small case reaches, and the 3-stage wait (wait_group 0) differs from the 4-stage one.
+    The emulator performs a copy only at the wait that covers it: a wait that lets the
+    chunk about to be read stay in flight leaves NaN in the result."""
+    dtype = "float16" if mode == "float16" else "float32"
+    rng = np.random.default_rng(24)
+    channels = 5 * cuda_kernels.TC_CHUNK_BYTES // np.dtype(dtype).itemsize   # 5 chunks
+    x, dk, pk, b, geom, act = make_case(rng, 2, (1, 6, 7, channels), 3, 24, 1, "same", 1,
+                                        "relu", dtype)
+    tp = cuda_kernels.tc_plan(dtype, geom, False, m_tiles=(2,))
+    tp = dataclasses.replace(
+        tp, stages=stages, k_splits=1, grid=tp.grid // tp.k_splits,
+        shared_bytes=cuda_kernels._tc_shared_bytes(tp.bm, tp.bn, stages, tp.halo_h,
+                                                   tp.halo_ws * geom.strides[1], 9))
+    assert tp.k_pad // (cuda_kernels.TC_CHUNK_BYTES // x.itemsize) > stages
+    launch_plan(emulator, x, dk, pk, b, geom, act, tp)
 
 
 def _random_geometry(seed):
