@@ -8,7 +8,7 @@
 #   SKIP_SANITIZER=1 bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python}
+PYTHON=${PYTHON:-python3}
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p benchmarks/results
 record=benchmarks/results/gpu_check-$stamp.json
@@ -68,11 +68,17 @@ try:
         "compute_capability": dev.compute_capability,
         "driver_version": cupy.cuda.runtime.driverGetVersion(),
         "cuda_runtime_version": cupy.cuda.runtime.runtimeGetVersion(),
-        "nvrtc_version": list(cupy.cuda.nvrtc.getVersion()),
+        "nvrtc_version": list(cupy.cuda.nvrtc.getVersion()),  # CuPy's (its fallback compiles)
         "cupy_version": cupy.__version__,
     }
 except Exception as exc:
     info = {"device": f"unavailable ({type(exc).__name__}: {exc})"}
+try:  # the NVRTC that builds the kernels (sepconv_gpu/backends/nvrtc.py)
+    from sepconv_gpu.backends import nvrtc
+    toolkit = nvrtc.toolkit()
+    info["sepconv_nvrtc"] = {"version": list(toolkit.version), "library": toolkit.library}
+except Exception as exc:
+    info["sepconv_nvrtc"] = f"unavailable ({type(exc).__name__}: {exc})"
 record = {
     "kind": "gpu_check",
     "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
