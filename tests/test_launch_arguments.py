@@ -4,7 +4,8 @@ CuPy passes a NumPy scalar by its exact type and never checks it against the ker
 np.int64 where the kernel declares `int` shifts every later parameter), so each
 `__global__` signature is parsed from kernels/*.cu and compared, position by position,
 with what `launch_sequence` + `launch_arrays` build: arrays where the kernel takes
-pointers (with the pointee's dtype), NumPy scalars of exactly the declared type elsewhere.
+pointers (with the pointee's dtype), NumPy scalars of exactly the declared type elsewhere,
+and the block size its `__launch_bounds__` names.
 The second half runs cuda_backend against a fake CuPy: the shared-memory opt-in, the
 device limit the planner gets, and how a compiled kernel is loaded.
 """
@@ -27,17 +28,28 @@ except ImportError:  # tests/ as a package
     from ._cases import random_case
 
 SCALAR_TYPES = {"int": np.int32, "long long": np.int64, "float": np.float32, "double": np.float64}
-_GLOBAL = re.compile(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s*)?(\w+)\s*\(([^)]*)\)",
-                     re.S)
+_GLOBAL = re.compile(
+    r"__global__\s+void\s+(?:__launch_bounds__\((\w+)[^)]*\)\s*)?(\w+)\s*\(([^)]*)\)", re.S)
+# the block sizes __launch_bounds__ names (tests/test_kernel_constants.py checks the values)
+_BLOCK_CONSTANTS = {"SC_THREADS": cuda_kernels.THREADS, "TC_THREADS": cuda_kernels.TC_THREADS}
+
+
+def _globals():
+    """(launch bound, name, parameter text) of every __global__ in kernels/*.cu."""
+    for filename in ("sepconv_fused.cu", "sepconv_tc.cu"):
+        with open(os.path.join(cuda_kernels.kernels_dir(), filename), encoding="utf-8") as fh:
+            yield from _GLOBAL.findall(re.sub(r"//[^\n]*", "", fh.read()))
+
+
+def launch_bounds():
+    """{kernel name: the block size its __launch_bounds__ allows}."""
+    return {name: int(_BLOCK_CONSTANTS.get(bound, bound)) for bound, name, _ in _globals()}
 
 
 def kernel_parameters():
     """{kernel name: [(C++ type, is_pointer), ...]} for every __global__ in kernels/*.cu."""
     found = {}
-    for filename in ("sepconv_fused.cu", "sepconv_tc.cu"):
-        with open(os.path.join(cuda_kernels.kernels_dir(), filename), encoding="utf-8") as fh:
-            text = re.sub(r"//[^\n]*", "", fh.read())
-        for name, params in _GLOBAL.findall(text):
+    for _, name, params in _globals():
             parsed = []
             for param in params.split(","):
                 declaration = " ".join(param.replace("__restrict__", "").split())
@@ -96,6 +108,8 @@ def test_launch_arguments_match_kernel_signatures(shape, kernel, filters, dtype,
         args = cuda_kernels.launch_arrays(launch, x, weights, y, partial) + launch.scalars
         kernel_name = launch.name.split("<")[0]
         params = signatures[kernel_name]
+        # a larger block fails to launch; the kernels' loops assume exactly this size
+        assert launch.block == launch_bounds()[kernel_name], launch.name
         assert len(args) == len(params), (launch.name, len(args), len(params))
         for i, (arg, (ctype, pointer)) in enumerate(zip(args, params)):
             where = f"{launch.name} parameter {i} ({ctype}{' *' if pointer else ''})"
