@@ -1,7 +1,8 @@
 """The arguments the CUDA backend launches each kernel with match the kernel's parameters.
 
-CuPy passes a NumPy scalar by its exact type and never checks it against the kernel (an
-np.int64 where the kernel declares `int` shifts every later parameter), so each
+CuPy passes a pointer to each NumPy scalar's bytes and the driver reads as many as the
+kernel's parameter has, unchecked (np.int32 for a `long long` or np.float32 for a `double`
+reads garbage; np.float64 for a `float` reinterprets bits), so each
 `__global__` signature is parsed from kernels/*.cu and compared, position by position,
 with what `launch_sequence` + `launch_arrays` build: arrays where the kernel takes
 pointers (with the pointee's dtype), NumPy scalars of exactly the declared type elsewhere,
