@@ -226,10 +226,10 @@ def test_tensor_core_tall_warp_tiles(emulator, shape, kernel, filters, strides, 
 @pytest.mark.parametrize("mode", ["float16", "tf32"])
 def test_tensor_core_every_pipeline_depth(emulator, stages, mode):
     """Both cp.async pipeline depths over more chunks than stages, so every stage is
-    reused: the planner picks 3 stages only when 4 do not fit (large halos), which no
-    small case reaches, and the 3-stage wait (wait_group 0) differs from the 4-stage one.
-    The emulator performs a copy only at the wait that covers it: a wait that lets the
-    chunk about to be read stay in flight leaves NaN in the result."""
+    reused: the other cases reach 3 stages (the planner's choice when 4 do not fit) only
+    with one or two chunks, and the 3-stage wait (wait_group 0) differs from the 4-stage
+    one. The emulator performs a copy only at the wait that covers it: a wait that lets
+    the chunk about to be read stay in flight leaves NaN in the result."""
     dtype = "float16" if mode == "float16" else "float32"
     rng = np.random.default_rng(24)
     channels = 5 * cuda_kernels.TC_CHUNK_BYTES // np.dtype(dtype).itemsize   # 5 chunks
