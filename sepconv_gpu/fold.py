@@ -8,7 +8,8 @@ At inference BatchNormalization is a per-channel affine map,
 and the pointwise convolution is linear in each output channel, so `s` scales the
 pointwise kernel's columns and the shift becomes the bias:
     pointwise' = pointwise * s,   bias' = (bias - moving_mean) * s + beta.
-Only the public layer API is used (get_config / from_config / build / get/set_weights).
+The layer is read through its public API (get_config / get_weights) and the new one
+made with from_config and built from the folded weights.
 """
 from __future__ import annotations
 
@@ -61,11 +62,7 @@ def fold_batch_norm(layer, batch_norm, activation=None):
     folded = type(layer).from_config(
         {**config, "use_bias": True, "activation": activation, "name": f"{config['name']}_folded"},
         backend=layer.backend)
-    channels = depthwise.shape[-2]  # depthwise kernel: kernel_size + (channels, depth_multiplier)
-    spatial = (None,) * layer.rank
-    folded.build((None, channels) + spatial if config["data_format"] == "channels_first"
-                 else (None,) + spatial + (channels,))
-    folded.set_weights([depthwise, folded_pointwise, folded_bias])  # cast to the layer's dtype
+    folded._build_with_weights([depthwise, folded_pointwise, folded_bias])  # cast to its dtype
     return folded
 
 

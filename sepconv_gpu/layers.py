@@ -436,11 +436,16 @@ class BaseSeparableConv:
         layer = cls.from_config({**config, "allow_tf32": allow_tf32}, backend=backend)
         weights = list(keras_layer.get_weights())
         if weights:
-            input_shape = [None] * (layer.rank + 2)
-            input_shape[layer._channel_axis] = np.shape(weights[0])[-2]  # (*kernel, C, M)
-            layer.build(tuple(input_shape))
-            layer.set_weights(weights)
+            layer._build_with_weights(weights)
         return layer
+
+    def _build_with_weights(self, weights):
+        """Build for the input channel count the depthwise kernel (*kernel, C, M) implies,
+        then take `weights` (Keras order) as set_weights does."""
+        input_shape = [None] * (self.rank + 2)
+        input_shape[self._channel_axis] = np.shape(weights[0])[-2]
+        self.build(tuple(input_shape))
+        self.set_weights(weights)
 
     def __repr__(self):
         built = f", built on {self.backend}" if self.built else ""

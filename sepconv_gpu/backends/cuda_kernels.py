@@ -685,7 +685,7 @@ def tc_reduce_scalar_args(geom, tp, has_bias, kernel_id, act_param):
 
 # --- weights in each kernel's layout ------------------------------------------------------
 
-def weights_layout(kind, dtype, allow_tf32=False):
+def weights_layout(kind, dtype):
     """Key of the weight layout a kernel reads: "simt:<accumulator dtype>",
     "tc:float16" or "tc:tf32" (also the key under which a layer caches them)."""
     if kind == "tc":
