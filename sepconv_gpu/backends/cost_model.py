@@ -269,7 +269,7 @@ def tc_fused_work(geom, plan, in_itemsize, linear_activation=True, threads=256,
     x, y, weights = _sizes(geom, in_itemsize, in_itemsize)
     taps = geom.kernel[0] * geom.kernel[1]
     chunk = 64                                  # bytes of one position's channel chunk
-    splits = getattr(plan, "k_splits", 1)
+    splits = plan.k_splits
     chunks = -(-(plan.k_pad * in_itemsize // chunk) // splits)   # a block's chunks
     if splits > 1:   # fp32 partial sums instead of the output
         y = splits * geom.output_positions * geom.filters * 4
@@ -299,7 +299,7 @@ def tc_fused_work(geom, plan, in_itemsize, linear_activation=True, threads=256,
                blocks * chunks * mma_flops),
               (blocks * epi_smem, blocks * epi_instr, 0.0))
     return Work(
-        blocks=blocks, threads=threads, registers=TC_REGISTERS[getattr(plan, "m_tiles", 2)],
+        blocks=blocks, threads=threads, registers=TC_REGISTERS[plan.m_tiles],
         shared_bytes=plan.shared_bytes, hbm_bytes=x + y + weights,
         l2_bytes=blocks * chunks * staged + y,
         smem_bytes=sum(p[0] for p in phases), simt_instructions=sum(p[1] for p in phases),
