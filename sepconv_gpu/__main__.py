@@ -30,6 +30,9 @@ STACK_2D = [
     (256, 1, "swish", True),
 ]
 TOLERANCE = {"float32": 1e-4, "float16": 2e-2, "float64": 1e-10}
+_CUDA_HINT = ("The cuda backend needs an NVIDIA GPU with its driver and CuPy: "
+              "pip install 'sepconv_gpu[cuda13]' (CUDA 13 driver) or 'sepconv_gpu[cuda12]' (CUDA 12); "
+              "--backend numpy runs anywhere.")
 
 
 def _sync(backend):
@@ -112,7 +115,10 @@ def main(argv=None):
             parser.error(f"--{name} must be positive; received {getattr(args, name)}")
 
     rng = np.random.default_rng(args.seed)
-    layers, conformer = build_stack(args)
+    try:
+        layers, conformer = build_stack(args)
+    except sg.BackendUnavailableError as exc:  # one line, exit 2, as argparse says a bad argument
+        parser.exit(2, f"{parser.prog}: error: {' '.join(str(exc).split())} {_CUDA_HINT}\n")
     backend = layers[0][0].backend
     x = rng.standard_normal((args.batch, args.size, args.size, args.channels)).astype(args.dtype)
     x = sg.backends.get_ops(backend).asarray(x)  # time the layers, not host transfers

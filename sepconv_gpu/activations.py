@@ -201,8 +201,19 @@ def exponential(x):
 
 
 def softmax(x, axis=-1):
+    """exp(x - m) / sum, m the row's maximum. A row holding NaN or +inf is computed as
+    Keras (TensorFlow) computes it: m is the row's largest finite value and NaN terms
+    are left out of the sum, so NaN and +inf entries give NaN (inf / inf) and every other
+    entry exp(x - m) / inf = 0: [nan, inf, -inf, 0, 1e30, -1e30] -> [nan, nan, 0, 0, 0, 0]."""
     xp = array_module(x)
-    e = xp.exp(x - x.max(axis=axis, keepdims=True))
+    m = x.max(axis=axis, keepdims=True)
+    if bool(xp.isnan(m).any() | xp.isposinf(m).any()):  # only rows with NaN / +inf pay for this
+        t = x.dtype.type
+        m = xp.where(xp.isfinite(x), x, t(-np.inf)).max(axis=axis, keepdims=True)
+        m = xp.where(xp.isfinite(m), m, t(0))  # no finite entry: nothing to shift by
+        e = xp.exp(x - m)
+        return e / xp.where(xp.isnan(e), t(0), e).sum(axis=axis, keepdims=True)
+    e = xp.exp(x - m)
     return e / e.sum(axis=axis, keepdims=True)
 
 

@@ -62,6 +62,7 @@ def fold_batch_norm(layer, batch_norm, activation=None):
     folded = type(layer).from_config(
         {**config, "use_bias": True, "activation": activation, "name": f"{config['name']}_folded"},
         backend=layer.backend)
+    folded._graph_layer = False  # a TF1 layer's fold is no new graph layer (others ignore it)
     folded._build_with_weights([depthwise, folded_pointwise, folded_bias])  # cast to its dtype
     return folded
 
@@ -89,7 +90,11 @@ def _batch_norm_parameters(batch_norm, layer, filters):
     arrays = []
     for name, value, default in (("gamma", gamma, 1.0), ("beta", beta, 0.0),
                                  ("moving_mean", mean, None), ("moving_variance", variance, None)):
-        array = np.full(filters, default) if value is None else np.asarray(value, dtype=np.float64)
+        array = np.full(filters, default) if value is None else np.asarray(value)
+        if array.dtype.kind not in "fiu":
+            raise TypeError(f"`batch_norm` {name} must be numbers, one per filter of layer '{layer.name}'; "
+                            f"received {_short(value)} of dtype {array.dtype}.")
+        array = array.astype(np.float64)
         if array.shape != (filters,):
             raise ValueError(f"`batch_norm` {name} must have shape ({filters},), one value per filter of "
                              f"layer '{layer.name}'; received shape {array.shape}.")
@@ -98,6 +103,11 @@ def _batch_norm_parameters(batch_norm, layer, filters):
         raise ValueError("`batch_norm` moving_variance + epsilon must be positive everywhere; received "
                          f"minimum {float(np.min(arrays[3] + epsilon))!r}.")
     return (*arrays, float(epsilon))
+
+
+def _short(value):
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _from_keras_layer(batch_norm, layer):

@@ -6,6 +6,7 @@ never re-derive it. A 1D convolution is described as a 2D one with height 1.
 from __future__ import annotations
 
 import numbers
+import os
 from dataclasses import dataclass
 
 PADDINGS = {1: ("valid", "same", "causal"), 2: ("valid", "same")}
@@ -103,6 +104,34 @@ def normalize_call_args(rank, strides, padding, data_format, dilation_rate):
     data_format = normalize_data_format(data_format)
     check_strides_dilation(strides, dilation_rate)
     return strides, padding, data_format, dilation_rate
+
+
+def check_receptive_field(kernel, dilation_rate):
+    """The span of one output's taps, dilation * (k - 1) + 1, must be an int32 on every
+    axis (as every input axis must on the GPU): past that no input can hold it."""
+    for axis, (k, d) in enumerate(zip(kernel, dilation_rate)):
+        span = d * (k - 1) + 1
+        if span > INT32_MAX:
+            raise ValueError(
+                f"`dilation_rate`={tuple(dilation_rate)} with `kernel_size`={tuple(kernel)} spans {span} "
+                f"input positions along spatial axis {axis}; at most {INT32_MAX} (2^31 - 1) are supported.")
+
+
+def host_memory_bytes():
+    """This machine's physical memory (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_host_memory(nbytes, what):
+    """ValueError before allocating `nbytes` of host memory that this machine does not have."""
+    limit = host_memory_bytes()
+    if limit is not None and nbytes > limit:
+        raise ValueError(
+            f"{what} needs {nbytes} bytes ({nbytes / 2**30:.3g} GiB) of memory, more than this "
+            f"machine has ({limit} bytes).")
 
 
 def output_length(n, k, stride, dilation, padding):
@@ -222,6 +251,7 @@ def make_geometry(rank, x_shape, depthwise_shape, pointwise_shape, bias_shape,
             f"`pointwise_kernel` of shape {_shape_str(pk)} expects {pk[rank]} input channels, but the "
             f"depthwise stage produces {channels} * {multiplier} = {channels * multiplier}."
         )
+    check_receptive_field(kernel, dilation_rate)
     filters = pk[rank + 1]
     if filters <= 0:
         raise ValueError(f"`pointwise_kernel` of shape {_shape_str(pk)} has no filters.")
@@ -255,6 +285,7 @@ def compute_output_shape(rank, input_shape, filters, kernel_size, strides, paddi
         raise ValueError(
             f"Input of a {rank}D separable convolution must have rank {rank + 2}; received shape {input_shape}."
         )
+    check_receptive_field(kernel_size, dilation_rate)
     channels_first = data_format == "channels_first"
     spatial = input_shape[2:] if channels_first else input_shape[1:-1]
     out = []

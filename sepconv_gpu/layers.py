@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
+import numbers
 import threading
 
 import numpy as np
@@ -221,26 +223,55 @@ class BaseSeparableConv:
         with self._build_lock:
             if self.built:
                 return
-            input_shape = tuple(input_shape)
+            try:
+                input_shape = tuple(input_shape)
+            except TypeError:
+                raise TypeError(
+                    f"Layer '{self.name}' `build` expects `input_shape`, a tuple of {self.rank + 2} "
+                    f"dimensions; received {input_shape!r}.") from None
             self._check_rank(input_shape)
             channels = input_shape[self._channel_axis]
             if channels is None:
                 raise ValueError(
                     f"The channel dimension of the inputs to layer '{self.name}' should be defined. "
                     f"Received input_shape={input_shape}.")
-            channels = int(channels)
+            channels = self._check_channels(channels, input_shape)
+            self._check_weight_sizes(channels)
             with _WEIGHTS_LOCK:
                 self._create_weights(channels)
             self._input_channels = channels
             self.built = True  # last: a call that sees it sees every weight
 
-    def _create_weights(self, channels):
-        """The weights' Variables as attributes (compat.v1 layers look them up by scope)."""
-        shapes = {
+    def _check_channels(self, channels, input_shape):
+        if not isinstance(channels, numbers.Integral) or isinstance(channels, bool) or channels <= 0:
+            raise ValueError(
+                f"Input 0 of layer '{self.name}' is incompatible with the layer: its channel axis "
+                f"{self._channel_axis} must be a positive size; received input with shape {tuple(input_shape)}")
+        return int(channels)
+
+    def _weight_shapes(self, channels):
+        return {
             "depthwise_kernel": self.kernel_size + (channels, self.depth_multiplier),
             "pointwise_kernel": (1,) * self.rank + (channels * self.depth_multiplier, self.filters),
             "bias": (self.filters,),
         }
+
+    def _check_weight_sizes(self, channels):
+        """Refuse weights this machine cannot hold before an initializer tries (initializers
+        draw float64, then cast)."""
+        arguments = {"depthwise_kernel": f"`kernel_size`={self.kernel_size}, `depth_multiplier`={self.depth_multiplier}",
+                     "pointwise_kernel": f"`depth_multiplier`={self.depth_multiplier}, `filters`={self.filters}",
+                     "bias": f"`filters`={self.filters}"}
+        shapes = self._weight_shapes(channels)
+        for weight_name in self._weight_names():
+            nbytes = math.prod(shapes[weight_name]) * (8 + np.dtype(self.dtype).itemsize)
+            _geometry.check_host_memory(
+                nbytes, f"Layer '{self.name}' weight '{weight_name}' of shape {shapes[weight_name]} "
+                        f"({arguments[weight_name]}, {channels} input channels)")
+
+    def _create_weights(self, channels):
+        """The weights' Variables as attributes (compat.v1 layers look them up by scope)."""
+        shapes = self._weight_shapes(channels)
         for weight_name in self._weight_names():
             init = getattr(self, f"{_role(weight_name)}_initializer")
             value = np.asarray(init(shapes[weight_name], dtype=self.dtype), dtype=self.dtype)
@@ -281,7 +312,12 @@ class BaseSeparableConv:
     def set_weights(self, weights):
         """Replace every weight at once; checks count and each shape before touching any."""
         current = self.weights
-        weights = list(weights)
+        try:
+            weights = list(weights)
+        except TypeError:
+            raise TypeError(
+                f"Layer '{self.name}' `set_weights` expects a list of {len(current)} arrays; "
+                f"received {weights!r}.") from None
         if len(weights) != len(current):
             raise ValueError(
                 f"Layer '{self.name}' expects {len(current)} weights "
@@ -330,6 +366,16 @@ class BaseSeparableConv:
                 f"Input 0 of layer '{self.name}' is incompatible with the layer: expected "
                 f"ndim={self.rank + 2}, found ndim={len(shape)}. Full shape received: {tuple(shape)}")
 
+    def _check_call_shape(self, shape):
+        """Every check of a call on `shape` against the weights it would build: a refused
+        input (no channels, a kernel larger than the input, ...) builds nothing."""
+        channels = self._check_channels(shape[self._channel_axis], shape)
+        shapes = self._weight_shapes(channels)
+        _geometry.make_geometry(
+            self.rank, shape, shapes["depthwise_kernel"], shapes["pointwise_kernel"],
+            shapes["bias"] if self.use_bias else None, self.strides, self.padding, self.data_format,
+            self.dilation_rate)
+
     def compute_output_shape(self, input_shape):
         """The shape a call returns (glu's halved last axis included, where Keras 3.15
         reports the convolution's shape)."""
@@ -347,12 +393,13 @@ class BaseSeparableConv:
 
     def call(self, inputs):
         x, give_back = self._ops.take(inputs)
-        if getattr(x, "dtype", None) is None or x.dtype.kind != "f":
+        if not _ops.is_float_dtype(getattr(x, "dtype", None)):  # float128 too, as Keras
             raise TypeError(
-                f"Layer '{self.name}' expects a floating-point input; received dtype "
-                f"{getattr(x, 'dtype', type(inputs).__name__)}.")
+                f"Layer '{self.name}' expects a floating-point input ({', '.join(_ops.FLOAT_DTYPES)}); "
+                f"received dtype {getattr(x, 'dtype', type(inputs).__name__)}.")
         self._check_rank(x.shape)
         if not self.built:
+            self._check_call_shape(x.shape)
             self.build(x.shape)
         channels = x.shape[self._channel_axis]
         if channels != self._input_channels:
@@ -360,8 +407,7 @@ class BaseSeparableConv:
                 f"Input 0 of layer '{self.name}' is incompatible with the layer: expected axis "
                 f"{self._channel_axis} of input shape to have value {self._input_channels}, but received "
                 f"input with shape {tuple(x.shape)}")
-        if x.dtype != self.compute_dtype:
-            x = x.astype(self.compute_dtype)  # Keras autocasts floating inputs
+        x = _ops.cast(x, self.compute_dtype)  # Keras autocasts floating inputs
         weights = self._weights_snapshot()
         y = _ops.separable_conv(
             self.rank, x, weights.depthwise, weights.pointwise, weights.bias, self.strides,
@@ -455,12 +501,20 @@ class BaseSeparableConv:
     # -- pickling (dask and multiprocessing workers get a copy of the layer) ----------------
 
     def __getstate__(self):
-        """Weights travel by value; the backend by name, resolved again where unpickled;
-        the build lock and the snapshot cache (derived arrays) are made anew there."""
-        return {**self.__dict__, "_build_lock": None, "_snapshot": None, "_ops": self._ops.name}
+        """Weights travel by value, one whole set (read under the weights lock, as a call
+        reads them); the backend by name, resolved again where unpickled; the build lock
+        and the snapshot cache (derived arrays) are made anew there."""
+        with _WEIGHTS_LOCK:
+            values = tuple(w.value for w in self.weights)
+        return {**self.__dict__, "_build_lock": None, "_snapshot": None, "_ops": self._ops.name,
+                "_weight_values": values}
 
     def __setstate__(self, state):
+        state = dict(state)
+        values = state.pop("_weight_values", ())
         self.__dict__.update(state, _build_lock=threading.Lock(), _ops=_backends.resolve(state["_ops"]))
+        for var, value in zip(self.weights, values):  # the set read together, not each Variable's own
+            var.value = value
 
 
 def _role(weight_name):

@@ -23,10 +23,36 @@ FLOAT_DTYPES = ("float16", "float32", "float64")
 _NO_ACTIVATION = _activations.get(None)
 
 
+def is_float_dtype(dtype):
+    """One of FLOAT_DTYPES, in either byte order (">f4" is float32 stored big-endian)."""
+    return isinstance(dtype, np.dtype) and dtype.kind == "f" and dtype.newbyteorder("=").name in FLOAT_DTYPES
+
+
+def cast(a, dtype):
+    """`a` in `dtype`, native byte order. A host broadcast view (zero strides) is cast in
+    its compact form and broadcast again: the cast of an 8 GiB broadcast of one row is one
+    row. Any other host view is materialised, refused first when this machine cannot hold it."""
+    dtype = np.dtype(dtype).newbyteorder("=")
+    if a.dtype == dtype or not isinstance(a, np.ndarray):
+        return a if a.dtype == dtype else a.astype(dtype)
+    if 0 in a.strides and a.size:
+        compact = a[tuple(slice(0, 1) if s == 0 else slice(None) for s in a.strides)]
+        return np.broadcast_to(compact.astype(dtype), a.shape)
+    _geometry.check_host_memory(a.size * dtype.itemsize, f"Casting an array of shape {a.shape} to {dtype}")
+    return a.astype(dtype)
+
+
+def _native(a):
+    """A host float array in native byte order (what every backend computes on)."""
+    if isinstance(a, np.ndarray) and is_float_dtype(a.dtype) and not a.dtype.isnative:
+        return cast(a, a.dtype)
+    return a
+
+
 def _check_float(a, name):
     dtype = getattr(a, "dtype", None)
     dtype_name = str(dtype)
-    if dtype is None or dtype_name not in FLOAT_DTYPES:
+    if dtype is None or not is_float_dtype(dtype):
         raise TypeError(
             f"`{name}` must be a floating-point array ({', '.join(FLOAT_DTYPES)}); "
             f"received dtype {dtype_name if dtype is not None else type(a).__name__}."
@@ -39,9 +65,9 @@ def _as_backend_array(ops, a, name, optional=False):
             return None
         raise TypeError(f"`{name}` must be an array; received None.")
     if not ops.owns(a):
-        a = ops.take(a)[0]
+        a = ops.take(_native(a))[0]
     _check_float(a, name)
-    return a
+    return _native(a)
 
 
 def check_allow_tf32(allow_tf32):
@@ -101,7 +127,7 @@ def _apply_to_whole_output(ops, act, y):
 def _prepare(ops, rank, x, depthwise_kernel, pointwise_kernel, bias, strides, padding,
              data_format, dilation_rate):
     """Arrays on `ops`' device, checked, and the call's geometry: the one validation step."""
-    xb, give_back = ops.take(x)
+    xb, give_back = ops.take(_native(x))
     _check_float(xb, "x")
     dk = _as_backend_array(ops, depthwise_kernel, "depthwise_kernel")
     pk = _as_backend_array(ops, pointwise_kernel, "pointwise_kernel")

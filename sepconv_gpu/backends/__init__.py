@@ -149,9 +149,10 @@ def get_backend():
 def set_backend(name):
     """Set the process-wide default ("auto", "numpy" or "cuda"); None clears it."""
     global _global_choice
-    _global_choice = None if name is None else _check_name(name, "backend")
-    if _global_choice == "cuda":
-        _cuda_ops()  # fail now, clearly, rather than at the first call
+    choice = None if name is None else _check_name(name, "backend")
+    if choice == "cuda":
+        _cuda_ops()  # fail now, clearly, rather than at the first call; a failed set changes nothing
+    _global_choice = choice
 
 
 @contextlib.contextmanager

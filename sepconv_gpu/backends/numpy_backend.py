@@ -6,8 +6,11 @@ no input copy is made beyond one padded tile at a time.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from .. import geometry as _geometry
 from . import identity, lives_on_device
 
 # Bytes of depthwise intermediate per tile: large enough for an efficient BLAS call,
@@ -105,42 +108,89 @@ def _device_to_host(a):
     return cupy.asnumpy(view)
 
 
+class _Axis:
+    """How one spatial axis of the input reaches a tile of `n` outputs, from output `o0`.
+
+    dense: the tile holds the padded input positions the outputs' windows cover, each once
+    (windows overlap or nearly touch: the usual case). sparse: the tile holds each output's
+    k taps side by side, n·k positions, when that is fewer (strides or dilations far larger
+    than the kernel, where most of the covered span is never read: a stride of 2^30 over
+    2^31 inputs needs 3·k positions, not 2^31). Either way padding is zeros in the tile, so
+    the taps multiply it (IEEE: 0 · inf is NaN) exactly as the reference does.
+    """
+
+    def __init__(self, size, kernel, stride, dilation, pad, outputs):
+        self.size, self.k, self.s, self.d, self.pad = size, kernel, stride, dilation, pad
+        self.span = dilation * (kernel - 1) + 1
+        self.sparse = outputs * kernel < (outputs - 1) * stride + self.span
+
+    def extent(self, n):
+        """Tile positions for n outputs."""
+        return n * self.k if self.sparse else (n - 1) * self.s + self.span
+
+    def tap(self, t, n):
+        """The tile positions tap t reads for the n outputs."""
+        if self.sparse:
+            return slice(t, t + (n - 1) * self.k + 1, self.k)
+        return slice(t * self.d, t * self.d + (n - 1) * self.s + 1, self.s)
+
+    def copies(self, o0, n):
+        """(tile slice, input slice) pairs that fill the tile; the rest is padding."""
+        if not self.sparse:
+            top = o0 * self.s - self.pad  # input position of tile position 0
+            src0, src1 = max(top, 0), min(top + self.extent(n), self.size)
+            return [(slice(src0 - top, src1 - top), slice(src0, src1))] if src1 > src0 else []
+        pairs = []
+        for t in range(self.k):
+            first = t * self.d - self.pad  # input position of output o0 + o, tap t: first + (o0 + o)·s
+            lo = max(0, -((first + o0 * self.s) // self.s))  # outputs whose tap is inside the input
+            hi = min(n, (self.size - 1 - first) // self.s - o0 + 1)
+            if hi > lo:
+                src = first + (o0 + lo) * self.s
+                pairs.append((slice(lo * self.k + t, (hi - 1) * self.k + t + 1, self.k),
+                              slice(src, src + (hi - lo - 1) * self.s + 1, self.s)))
+        return pairs
+
+
 def _fast_separable_conv(x, depthwise, pointwise, bias, geom, activation, dtype):
     """Cache-tiled rows: per tile, depthwise taps into a reused buffer, one BLAS matmul
     straight into the output slice, then bias and activation in place. Extra memory is
-    O(tile), never O(input · k²)."""
+    O(tile), never O(input · k²); only the input positions the outputs read are copied."""
     dk, pk, b = _weights(depthwise, pointwise, bias, geom, dtype)
     x4 = _channels_last_4d(x, geom)
-    y = np.empty(geom.output_shape, dtype=dtype)
-    y4 = _channels_last_4d(y, geom)
     n, (h, w), c, m = geom.batch, geom.in_size, geom.channels, geom.depth_multiplier
     (oh, ow), (pt, pl) = geom.out_size, geom.pad_before
-    row_bytes = ow * c * m * np.dtype(dtype).itemsize
+    itemsize = np.dtype(dtype).itemsize
+    row_bytes = ow * c * m * itemsize
     rows = max(1, min(oh, TILE_BYTES // max(row_bytes, 1)))
     images = max(1, min(n, TILE_BYTES // max(row_bytes * oh, 1))) if rows == oh else 1
-    sh = geom.strides[0]
-    in_rows = _input_extent(geom, 0, rows)
-    in_cols = max(_input_extent(geom, 1, ow), pl + w)
-    padded = np.zeros((images, in_rows, in_cols, c), dtype=dtype)
+    axis_h = _Axis(h, geom.kernel[0], geom.strides[0], geom.dilation[0], pt, rows)
+    axis_w = _Axis(w, geom.kernel[1], geom.strides[1], geom.dilation[1], pl, ow)
+    tile_shape = (images, axis_h.extent(rows), axis_w.extent(ow), c)
+    _geometry.check_host_memory(
+        (math.prod(geom.output_shape) + math.prod(tile_shape) + 2 * images * rows * row_bytes // itemsize)
+        * itemsize, f"A separable convolution with output shape {geom.output_shape} (NumPy backend, {dtype.__name__})")
+    y = np.empty(geom.output_shape, dtype=dtype)
+    y4 = _channels_last_4d(y, geom)
+    padded = np.zeros(tile_shape, dtype=dtype)
     acc = np.empty((images, rows, ow, c, m), dtype=dtype)
     prod = np.empty_like(acc)
+    col_copies = axis_w.copies(0, ow)
     for n0 in range(0, n, images):
         nb = min(images, n - n0)
         for r0 in range(0, oh, rows):
             nr = min(rows, oh - r0)
-            # Input rows [top, top + need) of the padded image feed output rows [r0, r0 + nr).
-            top = r0 * sh - pt
-            need = _input_extent(geom, 0, nr)
-            src0, src1 = max(top, 0), min(top + need, h)
-            tile = padded[:nb, :need]
+            tile = padded[:nb, :axis_h.extent(nr)]
             tile.fill(0)
-            if src1 > src0:
-                tile[:, src0 - top:src1 - top, pl:pl + w] = x4[n0:n0 + nb, src0:src1]
+            for dst_r, src_r in axis_h.copies(r0, nr):
+                for dst_c, src_c in col_copies:
+                    tile[:, dst_r, dst_c] = x4[n0:n0 + nb, src_r, src_c]
             out = acc[:nb, :nr]
             tmp = prod[:nb, :nr]
             for t, (i, j) in enumerate(np.ndindex(*geom.kernel)):
                 # the first tap initializes the accumulator; the others add to it
-                np.multiply(_tap(tile, geom, i, j, nr)[..., None], dk[i, j], out=tmp if t else out)
+                tap = tile[:, axis_h.tap(i, nr), axis_w.tap(j, ow)]
+                np.multiply(tap[..., None], dk[i, j], out=tmp if t else out)
                 if t:
                     out += tmp
             _pointwise_into(y, y4, out, pk, b, geom, n0, nb, r0, nr)

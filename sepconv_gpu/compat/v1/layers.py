@@ -25,7 +25,7 @@ import weakref
 from ... import initializers as _initializers
 from ... import layers as _keras_layers
 from ... import ops as _ops
-from ._scope import get_default_graph, variable_scope
+from ._scope import V1Variable, VariableScope, get_default_graph, variable_scope
 
 __all__ = ["SeparableConv1D", "SeparableConv2D", "separable_conv1d", "separable_conv2d"]
 
@@ -42,8 +42,14 @@ class _TF1Layer:
 
     _tf_keras_names = True  # TF1 layers resolve activation names as tf.keras 2.x did
 
+    # False: the weights are made outside the default graph, under the layer's name (a
+    # folded copy of a TF1 layer, `sg.fold_batch_norm`, is no new graph layer).
+    _graph_layer = True
+
     def __init__(self, filters, kernel_size, *args, depthwise_initializer=None,
                  pointwise_initializer=None, name=None, _scope=None, _reuse=None, **kwargs):
+        if name == "":  # TF: an empty name is no name (default scope `separable_conv2d`, ...)
+            name = _scope = None
         # TF1's kernel default: the variable scope's initializer, else glorot_uniform.
         self._initializers_from_scope = [
             role for role, init in (("depthwise", depthwise_initializer),
@@ -82,6 +88,12 @@ class _TF1Layer:
         Runs inside the base class's `build`, which marks the layer built only after this
         returns: a refusal (ValueError) leaves it unbuilt, so a later call may try again.
         """
+        if not self._graph_layer:
+            super()._create_weights(channels)
+            for weight_name in self._weight_names():
+                setattr(self, weight_name, V1Variable(getattr(self, weight_name), f"{self.name}/{weight_name}"))
+            self._scope = VariableScope(self.name)
+            return
         with self._open_scope() as scope:
             if not self._named:
                 self.name = scope.name.rsplit("/", 1)[-1]
@@ -115,6 +127,10 @@ class _TF1Layer:
         self._last_inputs = _weak(inputs)
         return outputs
 
+    def __getstate__(self):
+        """As the base class's; the last call's inputs (a weak reference) stay behind."""
+        return {**super().__getstate__(), "_last_inputs": None}
+
     def apply(self, inputs):
         """TF1's name for calling the layer."""
         return self(inputs)
@@ -127,10 +143,13 @@ class _TF1Layer:
         `kernel` is the pair `(depthwise_kernel, pointwise_kernel)`: arrays or variables,
         e.g. `(layer.depthwise_kernel, layer.pointwise_kernel)`.
         """
-        try:
-            depthwise, pointwise = kernel
-        except (TypeError, ValueError):
-            raise ValueError("`kernel` must be the pair (depthwise_kernel, pointwise_kernel).") from None
+        if not isinstance(kernel, (tuple, list)) or len(kernel) != 2:  # one array is no pair
+            shown = (f"an array of shape {tuple(kernel.shape)}" if hasattr(kernel, "shape") else
+                     f"a {type(kernel).__name__} of {len(kernel)} items" if isinstance(kernel, (tuple, list))
+                     else type(kernel).__name__)
+            raise ValueError("`kernel` must be the pair (depthwise_kernel, pointwise_kernel); "
+                             f"received {shown}.")
+        depthwise, pointwise = kernel
         depthwise, pointwise = (k.value if isinstance(k, _keras_layers.Variable) else k
                                 for k in (depthwise, pointwise))
         return _ops.separable_conv(
