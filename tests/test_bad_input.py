@@ -215,3 +215,219 @@ def test_past_2_to_31_elements_the_cuda_plan_keeps_64_bit_offsets():
                          (1,), "same", "channels_last", (1,))
     with pytest.raises(ValueError, match=r"exceed 2\^31 - 1.*input width reach"):
         cuda_kernels.launch_sequence("float32", wide, activations.get(None), (2**31, 1, 0, 1), False)
+
+
+# -- issue 18: robustness, round 3 ---------------------------------------------------------
+
+def test_big_endian_floats_are_accepted_by_ops_as_by_the_layer():
+    x, dk, pk, b = _x(), _x((3, 3, 3, 2), seed=1), _x((1, 1, 6, 4), seed=2), _x((4,), seed=3)
+    native = ops.separable_conv2d(x, dk, pk, b, padding="same")
+    swapped = ops.separable_conv2d(x.astype(">f4"), dk.astype(">f4"), pk.astype(">f4"), b.astype(">f4"),
+                                   padding="same")
+    assert swapped.dtype == np.float32 and swapped.dtype.isnative
+    np.testing.assert_array_equal(swapped, native)
+    assert ops.separable_conv2d(x.astype(">f8"), dk.astype(">f8"), pk, padding="same").dtype == np.float64
+    layer = _layer(depth_multiplier=2)
+    np.testing.assert_array_equal(layer(x.astype(">f4")), layer(x))
+
+
+def test_zero_channel_call_builds_nothing():
+    layer = _layer()
+    with pytest.raises(ValueError, match="channel axis -1 must be a positive size.*\\(2, 6, 7, 0\\)"):
+        layer(np.zeros((2, 6, 7, 0), "float32"))
+    assert not layer.built and layer.weights == []
+    assert layer(_x()).shape == (2, 6, 7, 4)  # the next valid call builds for its 3 channels
+    with pytest.raises(ValueError, match="channel axis 1 must be a positive size"):
+        _layer(data_format="channels_first").build((None, 0, 5, 5))
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_kernel_larger_than_input_is_refused_before_any_weight_exists(padding):
+    """kernel_size=100000 on an 8x8 input: `valid` has no output; `same` would need a
+    depthwise kernel of 10^10 * 3 values. Neither may reach the initializer (MemoryError
+    or "array is too big" before)."""
+    layer = _layer(kernel_size=100000, padding=padding)
+    match = "Computed output size would be zero" if padding == "valid" else "`kernel_size`=\\(100000, 100000\\).*bytes"
+    with pytest.raises(ValueError, match=match):
+        layer(_x((1, 8, 8, 3)))
+    assert not layer.built
+
+
+@pytest.mark.parametrize("kwargs, named", [
+    ({"depth_multiplier": 2**40}, "weight 'depthwise_kernel' of shape \\(3, 3, 3, 1099511627776\\).*`depth_multiplier`=1099511627776"),
+    ({"filters": 2**62}, "weight 'pointwise_kernel' .*`filters`=4611686018427387904"),
+    ({"filters": 2**62, "use_bias": False}, "`filters`=4611686018427387904"),
+])
+def test_impossible_weight_sizes_are_refused_naming_the_argument(kwargs, named):
+    layer = _layer(**kwargs)
+    with pytest.raises(ValueError, match=f"{named}.* needs \\d+ bytes"):
+        layer(_x())
+    assert not layer.built
+    with pytest.raises(ValueError, match=named):
+        layer.build((None, 6, 7, 3))
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_huge_dilation_names_the_argument(rank):
+    """dilation_rate=2**62 with `same` padding used to fail inside the backend with NumPy's
+    "Maximum allowed dimension exceeded"."""
+    x = _x((1, 9, 3) if rank == 1 else (1, 9, 9, 3))
+    cls = sg.SeparableConv1D if rank == 1 else sg.SeparableConv2D
+    layer = cls(4, 3, padding="same", dilation_rate=2**62, backend="numpy")
+    with pytest.raises(ValueError, match="`dilation_rate`=.*4611686018427387904.*`kernel_size`=.*2147483647"):
+        layer(x)
+    assert not layer.built
+    with pytest.raises(ValueError, match="`dilation_rate`"):
+        ops.separable_conv(rank, x, np.ones((3,) * rank + (3, 1), "f4"), np.ones((1,) * rank + (3, 2), "f4"),
+                           padding="same", dilation_rate=2**62)
+    with pytest.raises(ValueError, match="`dilation_rate`"):
+        layer.compute_output_shape(x.shape)
+
+
+def test_set_weights_and_build_name_what_they_received():
+    layer = _layer()
+    with pytest.raises(TypeError, match="`build` expects `input_shape`.*received 5"):
+        layer.build(5)
+    layer.build((None, 6, 7, 3))
+    with pytest.raises(TypeError, match="`set_weights` expects a list of 3 arrays; received None"):
+        layer.set_weights(None)
+
+
+def test_float128_input_is_refused_by_the_layer_as_by_ops():
+    """Keras refuses float128 inputs (issue 18 records it); the layer used to cast them to
+    float32 silently while the ops refused them."""
+    if np.dtype(np.longdouble).itemsize <= 8:
+        pytest.skip("long double is float64 on this platform")
+    x = _x().astype(np.longdouble)
+    with pytest.raises(TypeError, match="floating-point input \\(float16, float32, float64\\); received dtype float128"):
+        _layer()(x)
+    with pytest.raises(TypeError, match="`x` must be a floating-point array"):
+        ops.separable_conv2d(x, np.ones((3, 3, 3, 1), "f4"), np.ones((1, 1, 3, 2), "f4"))
+
+
+def _inf_weight_case(data_format="channels_last", rank=2):
+    """Positive inputs, positive weights, one +inf depthwise weight at the first tap of
+    channel 0: inside the image that tap gives +inf, at the top/left border it meets the
+    zero padding."""
+    rng = np.random.default_rng(4)
+    shape = (1, 5, 6, 3) if rank == 2 else (1, 7, 3)
+    x = rng.uniform(1, 2, shape).astype("float32")
+    dk = rng.uniform(0.5, 1, (3,) * rank + (3, 1)).astype("float32")
+    dk[(0,) * rank + (0, 0)] = np.inf
+    pk = rng.uniform(0.5, 1, (1,) * rank + (3, 2)).astype("float32")
+    if data_format == "channels_first":
+        x = np.moveaxis(x, -1, 1).copy()
+    return x, dk, pk
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("rank", [1, 2])
+def test_inf_depthwise_weight_meets_zero_padding_as_ieee_says(rank, data_format):
+    """The chosen semantics (README, Semantics): `same` padding is zeros that the taps
+    multiply, so 0 * inf = NaN where the inf tap falls in the padding. Keras (TF's CPU
+    kernel) skips padded taps and keeps those border outputs finite; we do not match that
+    (the CUDA kernels stage zero padding in shared memory the same way)."""
+    x, dk, pk = _inf_weight_case(data_format, rank)
+    with np.errstate(invalid="ignore"):
+        y = ops.separable_conv(rank, x, dk, pk, None, padding="same", data_format=data_format)
+        ref = ops.reference_separable_conv(rank, x, dk, pk, None, padding="same", data_format=data_format)
+    y = np.moveaxis(y, 1, -1) if data_format == "channels_first" else y
+    border = np.zeros(y.shape[1:-1], bool)
+    border[0] = True  # tap (0, 0) reads the padding for the first row (and, in 2D, column)
+    if rank == 2:
+        border[:, 0] = True
+    assert np.isnan(y[0][border]).all()
+    assert np.isposinf(y[0][~border]).all()
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(np.moveaxis(ref, 1, -1) if data_format == "channels_first" else ref))
+    valid = ops.separable_conv(rank, x, dk, pk, None, padding="valid", data_format=data_format)
+    assert np.isposinf(valid).all()  # no padding, no NaN
+
+
+def _peak_bytes(fn):
+    """Peak of NumPy's (and Python's) allocations while fn runs (NumPy reports its data
+    buffers to tracemalloc): no need to allocate gigabytes to see that none are."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = fn()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+BIG = 2**31 + 8  # elements: an 8 GiB float32 (16 GiB float64) array were it materialised
+
+
+def test_huge_stride_over_a_broadcast_input_computes_only_its_outputs():
+    """(1, 2^31 + 8, 1) broadcast, strides 2^30: 3 outputs, which read 9 input values; the
+    tile used to span the whole padded row (8 GiB)."""
+    x = np.broadcast_to(np.float32(1.5), (1, BIG, 1))
+    dk, pk = np.full((3, 1, 1), 2, "f4"), np.full((1, 1, 2), 3, "f4")
+    y, peak = _peak_bytes(lambda: ops.separable_conv1d(x, dk, pk, strides=2**30, padding="same"))
+    assert y.shape == (1, 3, 2) and peak < 2**20
+    small = np.full((1, 2 * 2**4 + 8, 1), 1.5, "f4")  # the same geometry scaled down
+    np.testing.assert_array_equal(y[0, 1:], ops.separable_conv1d(small, dk, pk, strides=2**4, padding="same")[0, 1:])
+    np.testing.assert_array_equal(y, np.full((1, 3, 2), 2 * 1.5 * 3 * 3))  # 3 taps inside the input
+
+
+def test_huge_strides_over_an_as_strided_view_compute_only_their_outputs():
+    """A (1, 65536, 65536, 1) view of 128 Ki floats (x[h, w] = base[h + w]), strides 2^14:
+    a 4x4 output, computed as from the same values materialised at a small size."""
+    base = np.arange(2 * 65536, dtype="float32") / 65536
+    x = np.lib.stride_tricks.as_strided(base, (1, 65536, 65536, 1), (0, 4, 4, 4), writeable=False)
+    dk, pk = _x((3, 3, 1, 2), seed=5), _x((1, 1, 2, 3), seed=6)
+    layer = _layer(filters=3, strides=2**14, depth_multiplier=2)
+    layer.build(x.shape)
+    layer.set_weights([dk, pk, np.zeros(3, "f4")])
+    y, peak = _peak_bytes(lambda: layer(x))
+    assert y.shape == (1, 4, 4, 3) and peak < 2**20
+    pad = sg.geometry.pad_before(65536, 3, 2**14, 1, "same")
+    rows = np.arange(4)[:, None] * 2**14 + np.arange(3) - pad  # the rows (columns) each output reads
+    expected = np.zeros((1, 4, 4, 3))
+    for i in range(4):
+        for j in range(4):
+            r, c = rows[i], rows[j]
+            inside = (r[:, None] >= 0) & (r[:, None] < 65536) & (c >= 0) & (c < 65536)
+            patch = np.where(inside, base[np.clip(r[:, None] + c, 0, base.size - 1)], 0)
+            expected[0, i, j] = ops.reference_separable_conv(2, patch[None, :, :, None], dk, pk, padding="valid")[0, 0, 0]
+    assert_matches(y, expected)
+
+
+def test_float64_broadcast_into_a_float32_layer_is_not_materialised():
+    """Keras casts the input to the layer's dtype; the cast of a broadcast is done on its
+    compact form (one value here), not on 2^31 + 8 of them (8 GiB)."""
+    x = np.broadcast_to(np.float64(0.25), (1, BIG, 1))
+    layer = sg.SeparableConv1D(2, 3, strides=2**30, backend="numpy")
+    y, peak = _peak_bytes(lambda: layer(x))
+    assert y.dtype == np.float32 and y.shape == (1, 3, 2) and peak < 2**20
+    dk, pk, b = layer.get_weights()
+    np.testing.assert_allclose(y, np.broadcast_to(0.25 * dk.sum(axis=0) @ pk[0] + b, (1, 3, 2)), rtol=1e-6)
+
+
+def test_what_cannot_fit_is_refused_with_the_bytes_it_needs():
+    import re
+
+    from sepconv_gpu import geometry
+
+    memory = geometry.host_memory_bytes()
+    if memory is None:
+        pytest.skip("this OS does not say how much memory it has")
+    n = memory // 8 + 1  # a float32 output of n * 2 values: more than the machine has
+    x = np.broadcast_to(np.float32(1), (1, n, 1))
+    with pytest.raises(ValueError, match=f"output shape \\(1, {n}, 2\\).* needs \\d+ bytes") as info:
+        ops.separable_conv1d(x, np.ones((1, 1, 1), "f4"), np.ones((1, 1, 2), "f4"))
+    assert int(re.search(r"needs (\d+) bytes", str(info.value)).group(1)) >= 8 * n
+
+
+def test_a_cast_that_cannot_fit_is_refused_with_the_bytes_it_needs(monkeypatch):
+    """A view that is no broadcast must be materialised to be cast to the layer's dtype:
+    refused first when the machine cannot hold it (here a machine of 1 MiB)."""
+    from sepconv_gpu import geometry
+
+    monkeypatch.setattr(geometry, "host_memory_bytes", lambda: 2**20)
+    x = np.zeros((1, 2**19, 2))[:, :, :1]  # 2^19 float64 values, no zero stride
+    layer = sg.SeparableConv1D(2, 3, backend="numpy")
+    with pytest.raises(ValueError, match=f"Casting an array of shape \\(1, {2**19}, 1\\) to float32 needs "
+                                         f"{2**21} bytes \\(.*GiB\\) of memory, more than this machine has \\(1048576"):
+        layer(x)
