@@ -281,3 +281,22 @@ def test_keras3_config_with_hard_sigmoid_keeps_keras3_function():
     layer = sg.SeparableConv2D.from_config(dict(case["config"], activation="hard_sigmoid"),
                                            backend="numpy")
     assert layer.activation.name == "hard_sigmoid"
+
+
+def test_softmax_of_a_row_with_nan_and_infinities_is_keras_s():
+    """Keras gives [nan, nan, 0, 0, 0, 0] for [nan, inf, -inf, 0, 1e30, -1e30] (issue 18
+    records it; Keras is not installed here): NaN and +inf entries give NaN, the others 0.
+    We used to give NaN everywhere. Rows without NaN / +inf are untouched by the rule."""
+    row = [np.nan, np.inf, -np.inf, 0, 1e30, -1e30]
+    expected = np.array([np.nan, np.nan, 0, 0, 0, 0])
+    finite = np.array([[1.0, 2.0, -3.0, 0.5, 4.0, -np.inf]])
+    for dtype in ("float32", "float64"):
+        x = np.array([row, finite[0]], dtype=dtype)
+        with np.errstate(all="ignore"):
+            y = A.softmax(x)
+            by_layer_path = A.get("softmax")(x)  # what the NumPy backend applies, tile by tile
+        for got in (y, by_layer_path):
+            np.testing.assert_array_equal(got[0], expected.astype(dtype))
+            assert got.dtype == dtype
+        e = np.exp(finite - finite.max())
+        np.testing.assert_allclose(y[1], (e / e.sum())[0], rtol=1e-6)

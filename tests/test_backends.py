@@ -126,3 +126,17 @@ def test_cuda_status_says_why(monkeypatch, cupy_module, expected):
         assert backends.cuda_available() is ok
     finally:
         backends.cuda_status.cache_clear()  # the real answer again
+
+
+def test_failed_set_backend_changes_nothing(no_cuda):
+    """It used to raise as documented but leave the default at "cuda", so every later
+    layer raised until set_backend(None)."""
+    sg.set_backend("numpy")
+    with pytest.raises(sg.BackendUnavailableError):
+        sg.set_backend("cuda")
+    assert backends.requested_backend() == "numpy"
+    assert sg.SeparableConv2D(2, 3).backend == "numpy"
+    sg.set_backend(None)
+    with pytest.raises(sg.BackendUnavailableError):
+        sg.set_backend("cuda")
+    assert backends._global_choice is None

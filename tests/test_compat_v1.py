@@ -367,3 +367,43 @@ def test_hard_sigmoid_by_name_is_tf_keras_s_in_tf1_layers():
     np.testing.assert_allclose(y, np.clip(0.2 * linear + 0.5, 0, 1), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(keras3(x), np.clip(linear + 3, 0, 6) / 6, rtol=1e-12, atol=1e-12)
     assert np.max(np.abs(y - keras3(x))) > 1e-3
+
+
+# -- issue 18 --------------------------------------------------------------------------------
+
+def test_empty_name_is_no_name_as_in_tf(images):
+    """TF 2.21 accepts `separable_conv2d(x, 8, 3, name="")`: the scope is the default
+    `separable_conv2d` (made unique), as for no name (issue 18 records it)."""
+    functional(images, 8, 3, name="")
+    functional(images, 8, 3, name="")
+    layer = v1_layers.SeparableConv2D(8, 3, name="")
+    layer(images)
+    assert layer.name == layer.scope_name == "separable_conv2d_2"
+    assert sorted({v.path.rsplit("/", 1)[0] for v in v1.global_variables()}) == [
+        "separable_conv2d", "separable_conv2d_1", "separable_conv2d_2"]
+
+
+def test_called_layer_pickles_and_keeps_its_weights(images):
+    """The last call's inputs are kept by weak reference, which cannot be pickled: a called
+    TF1 layer could not be pickled (nor sent to dask's processes scheduler)."""
+    import pickle
+
+    layer = v1_layers.SeparableConv2D(8, 3, padding="same")
+    y = layer(images)
+    copy = pickle.loads(pickle.dumps(layer))
+    np.testing.assert_array_equal(copy(images), y)
+    assert names(copy.variables) == names(layer.variables) and copy.scope_name == layer.scope_name
+    assert copy.get_losses_for(images) == []  # the copy was never called on these inputs
+
+
+def test_convolution_op_wants_the_pair_not_one_array(images):
+    layer = v1_layers.SeparableConv2D(8, 3)
+    layer(images)
+    for kernel, shown in ((layer.depthwise_kernel.numpy(), "an array of shape \\(3, 3, 4, 1\\)"),
+                          (np.ones((2, 3, 4, 1), "f4"), "an array of shape \\(2, 3, 4, 1\\)"),  # unpacks into 2
+                          ((layer.depthwise_kernel,) * 3, "a tuple of 3 items")):
+        with pytest.raises(ValueError, match=f"`kernel` must be the pair \\(depthwise_kernel, "
+                                             f"pointwise_kernel\\); received {shown}"):
+            layer.convolution_op(images, kernel)
+    y = layer.convolution_op(images, [layer.depthwise_kernel, layer.pointwise_kernel])
+    assert y.shape == (5, 5, 7, 8)

@@ -190,3 +190,38 @@ def test_mapping_without_gamma_and_beta_is_identity_affine():
     x = np.random.default_rng(1).standard_normal((1, 6, 6, 3))
     stats = {"moving_mean": np.full(4, 0.25), "moving_variance": np.full(4, 4.0), "epsilon": 0.0}
     np.testing.assert_allclose(sg.fold_batch_norm(layer, stats)(x), (layer(x) - 0.25) / 2.0, rtol=1e-12, atol=1e-12)
+
+
+def test_fold_of_a_tf1_layer_is_no_new_graph_layer():
+    """Folding reads a TF1 layer; it must not add the folded layer's variables to the TF1
+    graph (`global_variables()`), where a later model would find them."""
+    from sepconv_gpu.compat import v1
+
+    v1.reset_default_graph()
+    try:
+        layer = v1_layers.SeparableConv2D(5, 3, padding="same", backend="numpy", use_bias=False)
+        x = np.random.default_rng(1).standard_normal((1, 6, 6, 3)).astype("float32")
+        layer(x)
+        before = v1.global_variables()
+        stats = _random_stats(np.random.default_rng(2), 5)
+        folded = sg.fold_batch_norm(layer, stats)
+        assert v1.global_variables() == before and len(before) == 2
+        assert [v.name for v in folded.variables] == [
+            "separable_conv2d_folded/depthwise_kernel:0", "separable_conv2d_folded/pointwise_kernel:0",
+            "separable_conv2d_folded/bias:0"]
+        assert folded.losses == [] and folded.scope_name == "separable_conv2d_folded"
+        scale = stats["gamma"] / np.sqrt(stats["moving_variance"] + stats["epsilon"])
+        expected = (layer(x).astype(np.float64) - stats["moving_mean"]) * scale + stats["beta"]
+        np.testing.assert_allclose(folded(x), expected, rtol=1e-5, atol=1e-5)
+    finally:
+        v1.reset_default_graph()
+
+
+@pytest.mark.parametrize("name", ["gamma", "beta", "moving_mean", "moving_variance"])
+def test_non_numeric_batch_norm_parameter_is_named(name):
+    layer = sg.SeparableConv2D(4, 3, backend="numpy")
+    layer.build((None, 5, 5, 2))
+    stats = {**_random_stats(np.random.default_rng(0), 4), name: list("abcd")}
+    with pytest.raises(TypeError, match=f"`batch_norm` {name} must be numbers, one per filter of layer "
+                                        f"'{layer.name}'; received \\['a', 'b', 'c', 'd'\\] of dtype <U1"):
+        sg.fold_batch_norm(layer, stats)

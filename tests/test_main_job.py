@@ -30,3 +30,33 @@ def test_main_job_float16_and_help():
 def test_main_job_rejects_bad_arguments():
     run = subprocess.run([sys.executable, "-m", "sepconv_gpu", "--batch", "0"], capture_output=True, text=True)
     assert run.returncode == 2 and "--batch must be positive" in run.stderr
+
+
+def test_main_job_without_cuda_says_why_in_one_line(monkeypatch, capsys):
+    """`--backend cuda` where CuPy does not import: one line on stderr saying what to
+    install, exit status 2 as for the other argument errors (it was a 26-line traceback)."""
+    import pytest
+
+    from sepconv_gpu import backends
+
+    reason = "CuPy is not importable (ModuleNotFoundError: No module named 'cupy')"
+    monkeypatch.setattr(backends, "cuda_status", lambda: (False, reason))
+    backends._cuda_ops.cache_clear()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--backend", "cuda", "--batch", "1", "--size", "8"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("python -m sepconv_gpu: error: ") and reason in err
+    assert "pip install 'sepconv_gpu[cuda13]'" in err and "--backend numpy" in err
+
+
+def test_main_job_without_cuda_in_a_fresh_process():
+    import pytest
+
+    from sepconv_gpu.backends import cuda_available
+
+    if cuda_available():
+        pytest.skip("this machine runs the cuda backend")
+    run = subprocess.run([sys.executable, "-m", "sepconv_gpu", "--backend", "cuda"], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "pip install" in run.stderr
