@@ -289,3 +289,63 @@ def test_plan_is_priced_by_the_cost_model(dtype, shape):
                                       bank_ways=ways)
     assert p.predicted_us == pytest.approx(cost_model.predict(work).us)
     assert cost_model.DEFAULT_DEVICE.launch_us < p.predicted_us < 1e6
+
+
+# -- an inf depthwise weight meets `same` padding (issue 18) ---------------------------------
+# (rank, x_shape, data_format, dtype, dilation): the SIMT kernel with its shared-memory
+# halo in both layouts, the tensor-core kernel (float16, channels_last, C = 8), and the
+# SIMT kernel's no-halo path (dilation 40: no halo fits).
+INF_CASES = {
+    "simt_halo_channels_last": (2, (1, 6, 7, 4), "channels_last", "float32", 1),
+    "simt_halo_channels_first": (2, (1, 4, 6, 7), "channels_first", "float64", 1),
+    "simt_halo_1d": (1, (2, 9, 3), "channels_last", "float32", 1),
+    "tensor_core": (2, (1, 6, 7, 8), "channels_last", "float16", 1),
+    "simt_no_halo": (2, (1, 90, 85, 4), "channels_last", "float32", 40),
+}
+
+
+def _inf_case(name):
+    rank, shape, data_format, dtype, dilation = INF_CASES[name]
+    rng = np.random.default_rng(12)
+    x, dk, pk, _ = random_case(rng, rank, shape, 3, 1, 5, dtype, False,
+                               channels_first=data_format == "channels_first")
+    x, dk, pk = np.abs(x) + 1, np.abs(dk) + 0.5, np.abs(pk) + 0.5  # every product positive
+    dk[(0,) * rank + (0, 0)] = np.inf  # the first tap of channel 0
+    strides, padding, data_format, dilation = geometry.normalize_call_args(
+        rank, 1, "same", data_format, dilation)
+    geom = geometry.make_geometry(rank, x.shape, dk.shape, pk.shape, None, strides, padding,
+                                  data_format, dilation)
+    return x, dk, pk, geom
+
+
+@pytest.fixture(scope="module")
+def inf_emulator():
+    """Only the instantiations these cases launch (a few seconds of host compilation)."""
+    names = []
+    for case in INF_CASES:
+        x, dk, pk, geom = _inf_case(case)
+        strides = cuda_kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
+        launches, _ = cuda_kernels.launch_sequence(x.dtype.name, geom, activations.get(None), strides, False)
+        names += [launch.name for launch in launches]
+    return emu.HostEmulator(names)
+
+
+@pytest.mark.parametrize("case", sorted(INF_CASES))
+def test_inf_depthwise_weight_with_same_padding(inf_emulator, case):
+    """The chosen semantics (README, Semantics): zero padding that the taps multiply, so
+    outputs whose inf tap falls in the padding are NaN (0 * inf), as the NumPy backend
+    and the reference give; Keras (TF's CPU kernel) skips padded taps and keeps them
+    finite. The exception, documented: the SIMT kernel's no-halo path (very large dilated
+    extents) gathers from global memory and skips padded taps, so there they are finite."""
+    x, dk, pk, geom = _inf_case(case)
+    with np.errstate(invalid="ignore", over="ignore"):
+        y, launches = emu.separable_conv(inf_emulator, x, dk, pk, None, geom, activations.get(None))
+        ref = reference_separable_conv(x, dk, pk, None, geom, activations.get(None))
+    assert launches[0].name.startswith("sepconv_tc" if case == "tensor_core" else "sepconv_fused")
+    padded_tap = np.isnan(ref)  # where tap (0, 0) of channel 0 reads the padding
+    assert padded_tap.any() and (np.isposinf(ref) | padded_tap).all()
+    if case == "simt_no_halo":
+        assert np.isposinf(y[~padded_tap]).all() and np.isfinite(y[padded_tap]).all()
+    else:
+        np.testing.assert_array_equal(np.isnan(y), padded_tap)
+        assert np.isposinf(y[~padded_tap]).all()
