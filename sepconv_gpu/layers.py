@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import numbers
+import operator
 import threading
 
 import numpy as np
@@ -243,11 +243,15 @@ class BaseSeparableConv:
             self.built = True  # last: a call that sees it sees every weight
 
     def _check_channels(self, channels, input_shape):
-        if not isinstance(channels, numbers.Integral) or isinstance(channels, bool) or channels <= 0:
+        try:
+            channels = None if isinstance(channels, bool) else operator.index(channels)
+        except TypeError:
+            channels = None
+        if channels is None or channels <= 0:
             raise ValueError(
                 f"Input 0 of layer '{self.name}' is incompatible with the layer: its channel axis "
                 f"{self._channel_axis} must be a positive size; received input with shape {tuple(input_shape)}")
-        return int(channels)
+        return channels
 
     def _weight_shapes(self, channels):
         return {
