@@ -81,3 +81,19 @@ def test_map_layer_bad_input():
         sg.dask.map_layer(layer, x)
     with pytest.raises(ValueError, match=r"`darr` must have ndim=4 .*received shape \(6, 9, 8\)"):
         sg.dask.map_layer(layer, darr[..., 0])
+
+
+def test_called_compat_v1_layer_under_the_processes_scheduler():
+    """A called TF1 layer keeps its last inputs by weak reference; pickling it (as dask's
+    processes scheduler does) used to fail with "cannot pickle 'weakref.ReferenceType'"."""
+    from sepconv_gpu.compat import v1
+
+    v1.reset_default_graph()
+    try:
+        layer, x = _layer_and_input(cls=v1.layers.SeparableConv2D, padding="same")
+        layer(x)
+        y = sg.dask.map_layer(layer, da.from_array(x, chunks=(3, -1, -1, -1)))
+        with dask.config.set(scheduler="processes", num_workers=2):
+            _assert_close(y.compute(), layer, x)
+    finally:
+        v1.reset_default_graph()
