@@ -5,6 +5,7 @@ never re-derive it. A 1D convolution is described as a 2D one with height 1.
 """
 from __future__ import annotations
 
+import functools
 import numbers
 import os
 from dataclasses import dataclass
@@ -117,6 +118,7 @@ def check_receptive_field(kernel, dilation_rate):
                 f"input positions along spatial axis {axis}; at most {INT32_MAX} (2^31 - 1) are supported.")
 
 
+@functools.lru_cache(maxsize=None)
 def host_memory_bytes():
     """This machine's physical memory (None where the OS does not say)."""
     try:
