@@ -371,6 +371,23 @@ def test_huge_stride_over_a_broadcast_input_computes_only_its_outputs():
     np.testing.assert_array_equal(y, np.full((1, 3, 2), 2 * 1.5 * 3 * 3))  # 3 taps inside the input
 
 
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("rank, kernel, strides, dilation, padding", [
+    (2, 1, 2, 1, "same"), (2, 2, (5, 3), 1, "valid"), (2, 3, (9, 1), 1, "same"), (2, 3, 1, (7, 2), "same"), (2, 3, 1, (9, 2), "valid"),
+    (1, 2, 7, 1, "same"), (1, 3, 1, 11, "causal"), (1, 3, 1, 10, "valid"),
+])
+def test_strides_and_dilations_far_larger_than_the_kernel_match_the_reference(rank, kernel, strides, dilation,
+                                                                               padding, data_format):
+    """The tiles that copy only each output's taps (used when that is fewer positions than
+    the span the outputs cover) compute what the float64 reference computes."""
+    shape = (2, 3, 23) if rank == 1 else (2, 3, 23, 19)
+    x = _x(shape if data_format == "channels_first" else (shape[0],) + shape[2:] + (3,), seed=7)
+    dk, pk, b = _x((kernel,) * rank + (3, 2), seed=8), _x((1,) * rank + (6, 5), seed=9), _x((5,), seed=10)
+    args = (b, strides, padding, data_format, dilation)
+    y = ops.separable_conv(rank, x, dk, pk, *args, activation="softmax")
+    assert_matches(y, ops.reference_separable_conv(rank, x, dk, pk, *args, activation="softmax"))
+
+
 def test_huge_strides_over_an_as_strided_view_compute_only_their_outputs():
     """A (1, 65536, 65536, 1) view of 128 Ki floats (x[h, w] = base[h + w]), strides 2^14:
     a 4x4 output, computed as from the same values materialised at a small size."""
