@@ -263,7 +263,8 @@ class BaseSeparableConv:
     def _check_weight_sizes(self, channels):
         """Refuse weights this machine cannot hold before an initializer tries (initializers
         draw float64, then cast)."""
-        arguments = {"depthwise_kernel": f"`kernel_size`={self.kernel_size}, `depth_multiplier`={self.depth_multiplier}",
+        arguments = {"depthwise_kernel": f"`kernel_size`={self.kernel_size}, "
+                                         f"`depth_multiplier`={self.depth_multiplier}",
                      "pointwise_kernel": f"`depth_multiplier`={self.depth_multiplier}, `filters`={self.filters}",
                      "bias": f"`filters`={self.filters}"}
         shapes = self._weight_shapes(channels)
