@@ -162,7 +162,7 @@ def test_calls_share_one_snapshot_until_a_weight_is_replaced(monkeypatch):
 
 
 @pytest.mark.parametrize("copy_layer", ["pickle", "deepcopy"])
-def test_pickle_and_deepcopy_capture_one_whole_weight_set(copy_layer):
+def test_pickle_and_deepcopy_capture_one_whole_weight_set(copy_layer, busy_switching):
     """While another thread swaps the weights, a pickled or deep-copied layer holds one
     set, never depthwise from one and pointwise / bias from the other (it used to, 1-8
     times in 1000 with a 1e-5 s switch interval; here 1e-6 s)."""
@@ -181,8 +181,6 @@ def test_pickle_and_deepcopy_capture_one_whole_weight_set(copy_layer):
             for ws in (second, first):
                 layer.set_weights(ws)
 
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
     swapper = threading.Thread(target=swap)
     swapper.start()
     try:
@@ -190,7 +188,6 @@ def test_pickle_and_deepcopy_capture_one_whole_weight_set(copy_layer):
     finally:
         stop.set()
         swapper.join()
-        sys.setswitchinterval(before)
     mixed = sum(not any(all(np.array_equal(a, b) for a, b in zip(got, ws)) for ws in (first, second))
                 for got in copies)
     assert mixed == 0
