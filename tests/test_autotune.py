@@ -317,3 +317,33 @@ def test_tensor_core_every_candidate_computes_the_reference(mode):
                                          allow_tf32=mode == "tf32", plan=plan)
         excess = np.abs(y.astype(np.float64) - ref) - 2 * 2.0 ** -11 * (magnitude + np.abs(ref))
         assert np.all(excess <= 1e-6), (float(np.max(excess)), plan)
+
+
+# --- on a GPU: the backend times, keeps and reuses (skipped without one) -----------------
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not sg.cuda_available(), reason="no CUDA device answers (or CuPy is missing)")
+def test_gpu_autotuned_calls_agree_and_the_choice_is_cached(tmp_path):
+    import cupy
+
+    from _cases import assert_matches, random_case
+
+    rng = np.random.default_rng(3)
+    x, dk, pk, b = random_case(rng, 2, (4, 19, 19, 64), 3, 1, 300, "float16")
+    ref = reference_separable_conv(x, dk, pk, b, call(4, 19, 64, 300)[1], activations.get("relu"))
+    xd = cupy.asarray(x)
+
+    def run():
+        return cupy.asnumpy(sg.ops.separable_conv2d(xd, dk, pk, b, padding="same",
+                                                    activation="relu", backend="cuda"))
+
+    sg.set_autotune(True)
+    tuned = run()          # times the candidates
+    again = run()          # the remembered choice
+    sg.set_autotune(False)
+    for y in (tuned, again, run()):
+        assert_matches(y, ref, "float16")
+    [entry] = json.loads((tmp_path / autotune.FILENAME).read_text())["entries"].values()
+    assert len(entry["timed"]) >= 2 and entry["timed"][-1]["plan"]["kernel"] == "simt"
+    assert all(0 < t["measured_us"] < 1e6 for t in entry["timed"])
+    assert entry["measured_us"] == min(t["measured_us"] for t in entry["timed"])
