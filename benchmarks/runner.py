@@ -28,12 +28,15 @@ DISTRIBUTIONS = {
     "jax": ["jax"], "jaxlib": ["jaxlib"], "nvtx": ["nvtx"], "matplotlib": ["matplotlib"],
 }
 # Per device: samples per timing, warm-up calls, least sample length, pause between
-# implementations, and (CPU) retries of a layer other processes disturbed, with the
-# longest wait for a quiet machine before each.
+# implementations, (CPU) retries of a layer other processes disturbed, with the
+# longest wait for a quiet machine before each, and whether our CUDA backend autotunes
+# (its first call of a layer times the planner's candidates, during the warm-up).
 DEFAULTS = {"gpu": {"batch": 32, "dtypes": "float32,tf32,float16", "repeats": 100, "warmup": 10,
-                    "min_sample_s": 2e-3, "settle_s": 0.0, "retries": 0, "quiet_wait_s": 0},
+                    "min_sample_s": 2e-3, "settle_s": 0.0, "retries": 0, "quiet_wait_s": 0,
+                    "autotune": True},
             "cpu": {"batch": 8, "dtypes": "float32", "repeats": 9, "warmup": 1,
-                    "min_sample_s": 0.05, "settle_s": 0.1, "retries": 3, "quiet_wait_s": 120}}
+                    "min_sample_s": 0.05, "settle_s": 0.1, "retries": 3, "quiet_wait_s": 120,
+                    "autotune": False}}
 QUICK = {"repeats": 3, "warmup": 1, "min_sample_s": 0.0, "settle_s": 0.0, "retries": 0,
          "quiet_wait_s": 0}
 
