@@ -398,4 +398,8 @@ def run(device_kind, layers, modes, batch, peer_names, settings, progress=None):
     disturbed = [l["other_processes_cpu_s"] for l in record["layers"]]
     record["other_processes_cpu_s"] = None if None in disturbed else sum(disturbed)
     record["summary"] = summarize(record["layers"], modes, peer_names)
+    if settings.get("autotune"):  # what the device chose, every candidate's times
+        from sepconv_gpu.backends import autotune
+
+        record["autotune"] = autotune.Tuner().entries()
     return record

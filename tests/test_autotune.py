@@ -135,6 +135,7 @@ def test_picks_the_fastest_and_caches_it(tmp_path, fastest):
     assert saved["format"] == autotune.FORMAT
     [(key, entry)] = saved["entries"].items()
     assert json.loads(key)["device"] == "GPU A" and json.loads(key)["dtype"] == "float16"
+    assert autotune.Tuner().entries() == saved["entries"]   # what a benchmark record keeps
     assert entry["plan"] == autotune.describe(chosen)
     assert entry["measured_us"] == pytest.approx(10.0)
     assert [t["measured_us"] for t in entry["timed"]] == pytest.approx(

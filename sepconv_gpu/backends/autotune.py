@@ -163,6 +163,11 @@ class Tuner:
             logger.warning("sepconv_gpu autotune: plan %s failed (%s); not a candidate", plan, exc)
             return math.inf
 
+    def entries(self):
+        """Every choice in the file now, {key: entry} (each entry with its candidates'
+        measured and predicted times: what a refit of the cost model needs)."""
+        return self._read()
+
     def _read(self):
         """The file's entries; {} when it is absent, unreadable or damaged."""
         try:
