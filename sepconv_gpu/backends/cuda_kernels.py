@@ -431,12 +431,13 @@ def _launch_sequence(dtype, geom, kernel_id, kernel_param, x_strides, has_bias, 
     act = kernel_id if fused else "linear"
     param = kernel_param if fused else 0.0
     tc_allowed = select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned, smem_limit) == "tc"
+    if isinstance(chosen, TcPlan) and not (
+            tc_allowed and chosen.shared_bytes <= smem_limit and tc_fits_int32(geom, chosen)):
+        raise ValueError(f"sepconv_gpu: plan {chosen} cannot serve this call on the "
+                         "tensor-core kernel")
     if chosen is None and tc_allowed:
         chosen = tc_plan(dtype, geom, act == "linear", smem_limit)
     if isinstance(chosen, TcPlan):
-        if not (tc_allowed and chosen.shared_bytes <= smem_limit and tc_fits_int32(geom, chosen)):
-            raise ValueError(f"sepconv_gpu: plan {chosen} cannot serve this call on the "
-                             "tensor-core kernel")
         tp = chosen
         partial = tp.k_splits * geom.output_positions * geom.filters if tp.k_splits > 1 else 0
         launches = [Launch("tc", tc_name(dtype, tc_extent(geom.kernel), tp.m_tiles), tp.grid,
