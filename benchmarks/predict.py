@@ -16,7 +16,6 @@ import math
 from sepconv_gpu import activations
 from sepconv_gpu.backends import autotune, cost_model, cuda_kernels
 
-from . import suites
 from .torch_eager_estimates import BATCH, TORCH_EAGER_F16_US
 
 MODES = ("float16", "tf32")
@@ -43,7 +42,8 @@ def torch_eager_us(layer, mode):
     if mode == "float16":
         return f16
     launch = DEVICE.launch_us
-    return f16 * (floor_us(layer, BATCH, "tf32") - launch) / (floor_us(layer, BATCH, "float16") - launch)
+    tf32_floor, f16_floor = (floor_us(layer, BATCH, m) - launch for m in ("tf32", "float16"))
+    return f16 * tf32_floor / f16_floor
 
 
 def contiguous_strides(shape):
@@ -57,7 +57,8 @@ def plan_label(plan):
     """A plan's short form: kernel family and tile sizes."""
     if isinstance(plan, cuda_kernels.TcPlan):
         split = f" K{plan.k_splits}" if plan.k_splits > 1 else ""
-        return f"tc BN{plan.bn} BM{plan.bm} FB{plan.filter_blocks} S{plan.stages} MT{plan.m_tiles}{split}"
+        return (f"tc BN{plan.bn} BM{plan.bm} FB{plan.filter_blocks} S{plan.stages} "
+                f"MT{plan.m_tiles}{split}")
     return f"simt BF{plan.bf} BP{plan.bp} FB{plan.filter_blocks}"
 
 
