@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sepconv_gpu._progress import Progress
 
-from . import peers, report, runner, suites
+from . import peers, predict, report, runner, suites
 
 
 def parse_args(argv=None):
@@ -40,6 +40,10 @@ def parse_args(argv=None):
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--replot", type=Path, metavar="JSON",
                    help="time nothing: print the table and redraw the plots of a result file")
+    p.add_argument("--predict", action="store_true",
+                   help="time nothing, no GPU needed: the cost model's plan and time per layer "
+                        "at batch 32 in float16 and TF32, vs PyTorch-eager estimates and the "
+                        "model's floor")
     return p.parse_args(argv)
 
 
@@ -55,6 +59,11 @@ def main(argv=None):
     args = parse_args(argv)
     if args.replot:
         return replot(args.replot)
+    if args.predict:
+        try:
+            return predict.main(suites.select(args.suite))
+        except ValueError as why:
+            sys.exit(str(why))
     if args.device is None:
         from sepconv_gpu.backends import cuda_available
 
@@ -78,6 +87,10 @@ def main(argv=None):
     except ValueError as why:
         sys.exit(str(why))
     batch = args.batch or defaults["batch"]
+    if settings["autotune"]:  # the device picks among the planner's candidates (README)
+        from sepconv_gpu.backends import autotune
+
+        autotune.set_autotune(True)
 
     with Progress(len(layers) * len(modes) * (1 + len(chosen)), label="benchmark") as progress:
         record = runner.run(args.device, layers, modes, batch, chosen, settings, progress)

@@ -28,12 +28,15 @@ DISTRIBUTIONS = {
     "jax": ["jax"], "jaxlib": ["jaxlib"], "nvtx": ["nvtx"], "matplotlib": ["matplotlib"],
 }
 # Per device: samples per timing, warm-up calls, least sample length, pause between
-# implementations, and (CPU) retries of a layer other processes disturbed, with the
-# longest wait for a quiet machine before each.
+# implementations, (CPU) retries of a layer other processes disturbed, with the
+# longest wait for a quiet machine before each, and whether our CUDA backend autotunes
+# (its first call of a layer times the planner's candidates, during the warm-up).
 DEFAULTS = {"gpu": {"batch": 32, "dtypes": "float32,tf32,float16", "repeats": 100, "warmup": 10,
-                    "min_sample_s": 2e-3, "settle_s": 0.0, "retries": 0, "quiet_wait_s": 0},
+                    "min_sample_s": 2e-3, "settle_s": 0.0, "retries": 0, "quiet_wait_s": 0,
+                    "autotune": True},
             "cpu": {"batch": 8, "dtypes": "float32", "repeats": 9, "warmup": 1,
-                    "min_sample_s": 0.05, "settle_s": 0.1, "retries": 3, "quiet_wait_s": 120}}
+                    "min_sample_s": 0.05, "settle_s": 0.1, "retries": 3, "quiet_wait_s": 120,
+                    "autotune": False}}
 QUICK = {"repeats": 3, "warmup": 1, "min_sample_s": 0.0, "settle_s": 0.0, "retries": 0,
          "quiet_wait_s": 0}
 
@@ -395,4 +398,8 @@ def run(device_kind, layers, modes, batch, peer_names, settings, progress=None):
     disturbed = [l["other_processes_cpu_s"] for l in record["layers"]]
     record["other_processes_cpu_s"] = None if None in disturbed else sum(disturbed)
     record["summary"] = summarize(record["layers"], modes, peer_names)
+    if settings.get("autotune"):  # what the device chose, every candidate's times
+        from sepconv_gpu.backends import autotune
+
+        record["autotune"] = autotune.Tuner().entries()
     return record

@@ -7,6 +7,7 @@
 from . import activations, backends, constraints, initializers, ops, regularizers
 from .backends import (BackendUnavailableError, NumpyFallbackWarning, cuda_available,
                        get_backend, set_backend, use_backend)
+from .backends.autotune import get_autotune, set_autotune
 from .layers import (BaseSeparableConv, SeparableConv1D, SeparableConv2D,
                      SeparableConvolution1D, SeparableConvolution2D)
 from . import compat  # noqa: E402  (needs the layers above)
@@ -18,6 +19,6 @@ __version__ = "0.1.0"
 __all__ = [
     "activations", "backends", "compat", "constraints", "initializers", "ops", "regularizers",
     "BackendUnavailableError", "NumpyFallbackWarning", "cuda_available", "get_backend",
-    "set_backend", "use_backend", "BaseSeparableConv", "SeparableConv1D", "SeparableConv2D",
+    "set_backend", "use_backend", "get_autotune", "set_autotune", "BaseSeparableConv", "SeparableConv1D", "SeparableConv2D",
     "SeparableConvolution1D", "SeparableConvolution2D", "fold_batch_norm",
 ]

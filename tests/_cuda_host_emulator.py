@@ -106,9 +106,10 @@ class HostEmulator:
         self._entries[name](grid, block, int(shared_bytes), pointers)
 
 
-def separable_conv(emulator, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False):
+def separable_conv(emulator, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False,
+                   plan=None):
     """CupyOps.separable_conv with NumPy arrays and emulated launches (the same kernel
-    choice, weight preparation and launch sequence)."""
+    choice, weight preparation and launch sequence); `plan`: launch_sequence's."""
     dtype = x.dtype.name
     y = np.empty(geom.output_shape, dtype=x.dtype)
     # poison the output: every element must be written by the kernel
@@ -116,7 +117,8 @@ def separable_conv(emulator, x, depthwise, pointwise, bias, geom, activation, al
     strides = cuda_kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
     aligned = x.__array_interface__["data"][0] % 16 == 0
     launches, apply_after = cuda_kernels.launch_sequence(dtype, geom, activation, strides,
-                                                         bias is not None, allow_tf32, aligned)
+                                                         bias is not None, allow_tf32, aligned,
+                                                         plan=plan)
     weights = partial = None
     for launch in launches:
         if launch.weights and weights is None:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from benchmarks import __main__ as cli  # importable through pytest's pythonpath (pyproject)
-from benchmarks import peers, report, runner, suites
+from benchmarks import peers, predict, report, runner, suites
+from sepconv_gpu.backends import cost_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -203,3 +204,108 @@ def test_dockerfile_structure():
 def test_dockerfile_hadolint():
     result = subprocess.run(["hadolint", str(DOCKERFILE)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- python -m benchmarks --predict (the cost model, no GPU) ------------------------------
+
+PREDICT_LINE = re.compile(
+    r"^predict: fp16 geomean (\d+\.\d\d) min (\d+\.\d\d) \((.+)\) of-floor geomean (\d+\.\d\d) "
+    r"worst (\d+\.\d\d) \((.+)\); tf32 geomean (\d+\.\d\d)$")
+
+
+def _printed_rows(text, keys):
+    """{mode: {layer key: (model, torch, speedup, floor, model/floor)}} read from the table."""
+    rows, mode = {}, None
+    for line in text.splitlines():
+        if line.rstrip(":") in predict.MODES and line.endswith(":"):
+            mode = line[:-1]
+            rows[mode] = {}
+            continue
+        key = next((k for k in sorted(keys, key=len, reverse=True) if line.startswith(k + "  ")), None)
+        if key and mode:
+            rows[mode][key] = tuple(float(v) for v in line.split()[-5:])
+    return rows
+
+
+def test_predict_prints_every_layer_and_a_consistent_last_line(capsys):
+    returned = cli.main(["--predict"])
+    out = capsys.readouterr().out
+    keys = [layer.key for layer in suites.select("all")]
+    rows = _printed_rows(out, keys)
+    assert set(rows) == set(predict.MODES)
+    assert all(list(rows[mode]) == keys for mode in predict.MODES)
+    for mode in predict.MODES:
+        for key, (model, torch, speedup, floor, of_floor) in rows[mode].items():
+            assert speedup == pytest.approx(torch / model, rel=0.01, abs=0.006)
+            assert of_floor == pytest.approx(model / floor, rel=0.01, abs=0.006)
+            assert of_floor >= 0.995   # nothing beats the floor in the model
+            assert floor > cost_model.DEFAULT_DEVICE.launch_us
+    match = PREDICT_LINE.match(out.rstrip().splitlines()[-1])
+    assert match, out.rstrip().splitlines()[-1]
+    g, m, m_layer, f, w, w_layer, t = match.groups()
+    f16, tf32 = rows["float16"], rows["tf32"]
+    geo = lambda values: float(np.exp(np.mean(np.log(values))))
+    assert float(g) == pytest.approx(geo([r[2] for r in f16.values()]), abs=0.011)
+    assert float(m) == pytest.approx(min(r[2] for r in f16.values()), abs=0.006)
+    assert f16[m_layer][2] == pytest.approx(float(m), abs=0.006)
+    assert float(f) == pytest.approx(geo([r[4] for r in f16.values()]), abs=0.011)
+    assert float(w) == pytest.approx(max(r[4] for r in f16.values()), abs=0.006)
+    assert f16[w_layer][4] == pytest.approx(float(w), abs=0.006)
+    assert float(t) == pytest.approx(geo([r[2] for r in tf32.values()]), abs=0.011)
+    assert len(returned) == 2 * len(keys)
+
+
+def test_predict_rows_are_the_untuned_dispatch_and_the_model_s_floor():
+    """Each row's plan is what a call without autotuning launches (launch_sequence with no
+    plan), its time the cost model's for those launches; the floor by hand."""
+    from sepconv_gpu import activations
+    from sepconv_gpu.backends import cuda_kernels
+
+    device = cost_model.DEFAULT_DEVICE
+    for layer in suites.select("all"):
+        strides = predict.contiguous_strides(layer.input_shape(32))
+        for mode in predict.MODES:
+            r = predict.row(layer, mode)
+            dtype = "float16" if mode == "float16" else "float32"
+            launches, _ = cuda_kernels.launch_sequence(
+                dtype, layer.geometry(32), activations.get(layer.activation), strides,
+                layer.use_bias, mode == "tf32")
+            assert r["predicted_us"] == pytest.approx(sum(l.predicted_us for l in launches))
+            assert r["plan"].split()[0] == launches[0].name.split("<")[0].replace(
+                "sepconv_fused", "simt").replace("sepconv_tc", "tc")
+    layer = next(l for l in suites.SUITES["mobilenet_v2"] if l.name == "56x56x144->24")
+    positions = 32 * 56 * 56
+    elements = 32 * 56 * 56 * 144 + positions * 24 + (9 * 144 + 144 * 24 + 24)
+    flops = 2.0 * positions * 144 * 24
+    for mode, itemsize, rate in (("float16", 2, device.mma_f16_flops),
+                                 ("tf32", 4, device.mma_tf32_flops)):
+        expected = 1e6 * max(itemsize * elements / device.hbm_bytes_per_s, flops / rate)
+        assert predict.floor_us(layer, 32, mode) == pytest.approx(expected + device.launch_us)
+
+
+def test_predict_torch_estimates_cover_the_suites_and_tf32_is_derived():
+    from benchmarks import torch_eager_estimates as est
+
+    assert set(est.TORCH_EAGER_F16_US) == {layer.key for layer in suites.select("all")}
+    assert "not measured" in est.ASSUMPTIONS and est.BATCH == 32
+    device = cost_model.DEFAULT_DEVICE
+    # today's constants: TF32 moves twice the bytes at half the tensor rate, so x2
+    assert device.mma_f16_flops == 2 * device.mma_tf32_flops
+    for layer in suites.select("all"):
+        assert predict.torch_eager_us(layer, "float16") == est.TORCH_EAGER_F16_US[layer.key]
+        assert predict.torch_eager_us(layer, "tf32") == pytest.approx(
+            2 * est.TORCH_EAGER_F16_US[layer.key])
+
+
+def test_predict_contiguous_strides_are_the_backend_s():
+    from sepconv_gpu.backends import cuda_kernels
+
+    for layer in suites.SUITES["tiny"] + suites.SUITES["conformer1d"]:
+        x = np.zeros(layer.input_shape(2), dtype=np.float16)
+        assert predict.contiguous_strides(x.shape) == cuda_kernels.input_element_strides(
+            x.shape, x.strides, x.itemsize, layer.geometry(2))
+
+
+def test_predict_refuses_layers_without_an_estimate():
+    with pytest.raises(SystemExit, match="no torch-eager estimate"):
+        cli.main(["--predict", "--suite", "tiny"])

@@ -25,6 +25,7 @@ import cupy
 import numpy as np
 
 from .._nvtx import annotate
+from . import autotune as _autotune
 from . import cuda_kernels as _kernels
 from . import dlpack_on_cuda, identity
 from . import kernel_cache as _kernel_cache
@@ -176,22 +177,48 @@ class CupyOps:
         if x_strides is None:  # byte strides that are not whole elements: copy once
             x = cupy.ascontiguousarray(x)
             x_strides = _kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
-        launches, apply_after = _kernels.launch_sequence(
-            dtype, geom, activation, x_strides, bias is not None, allow_tf32,
-            x_aligned=x.data.ptr % 16 == 0, smem_limit=_shared_memory_limit(x.device.id))
-        weights = partial = None
-        for launch in launches:
-            if launch.weights and weights is None:
-                weights = _prepared_weights(launch.weights, depthwise, pointwise, bias,
-                                            x.device, weights_cache)
-            if launch.partial:
-                partial = cupy.empty(launch.partial, dtype=cupy.float32)
-            _launch(launch, _kernels.launch_arrays(launch, x, weights, y, partial))
+        call = (dtype, geom, activation, x_strides, bias is not None, allow_tf32,
+                x.data.ptr % 16 == 0, _shared_memory_limit(x.device.id))
+        run = lambda launches: _run(launches, x, y, (depthwise, pointwise, bias), weights_cache)
+        plan = _autotune.plan_for(  # None unless autotuning is on
+            _device_name(x.device.id), *call, clock=_event_seconds,
+            run=lambda p: run(_kernels.launch_sequence(*call, plan=p)[0]))
+        launches, apply_after = _kernels.launch_sequence(*call, plan=plan)
+        run(launches)
         if apply_after:  # an activation without a kernel variant (any callable)
             y = activation(y)
             if not isinstance(y, cupy.ndarray) or y.dtype != x.dtype:
                 y = cupy.asarray(y, dtype=x.dtype)
         return y
+
+
+def _run(launches, x, y, weights, weights_cache):
+    """Enqueues `launches` on x and y (weights: the user's depthwise, pointwise, bias)."""
+    prepared = partial = None
+    for launch in launches:
+        if launch.weights and prepared is None:
+            prepared = _prepared_weights(launch.weights, *weights, x.device, weights_cache)
+        if launch.partial:
+            partial = cupy.empty(launch.partial, dtype=cupy.float32)
+        _launch(launch, _kernels.launch_arrays(launch, x, prepared, y, partial))
+
+
+@functools.lru_cache(maxsize=None)
+def _device_name(device_id):
+    """The device's name, e.g. "NVIDIA H100 80GB HBM3" (autotune's key)."""
+    name = cupy.cuda.runtime.getDeviceProperties(device_id)["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def _event_seconds(body):
+    """Seconds `body()`'s launches take on the current stream, by CUDA events (autotune's
+    clock; it synchronizes, which only the first call of a shape pays)."""
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    body()
+    end.record()
+    end.synchronize()
+    return cupy.cuda.get_elapsed_time(start, end) / 1e3
 
 
 _DEFAULT_SHARED_LIMIT = 48 * 1024

@@ -400,14 +400,16 @@ def launch_arrays(launch, x, weights, y, partial):
 
 
 def launch_sequence(dtype, geom, activation, x_strides, has_bias, allow_tf32=False,
-                    x_aligned=True, smem_limit=None):
+                    x_aligned=True, smem_limit=None, plan=None):
     """The launches computing one separable convolution, and whether `activation(y)` must
     still be applied afterwards (activations without a kernel variant).
 
     `allow_tf32`: float32 may run on the tensor-core kernel with TF32 operands;
     `x_aligned`: the input's base address is 16-byte aligned (see `select_kernel`);
     `smem_limit`: the device's opt-in dynamic shared memory per block (None:
-    TC_SMEM_LIMIT).
+    TC_SMEM_LIMIT); `plan`: the plan to launch, a `TcPlan` (of `tc_candidates`, for a
+    call the tensor-core kernel may serve) or a `KernelPlan` (of `simt_plan`): the
+    autotuner's pick (autotune.py); None: the cost model's choice.
 
     Array-agnostic: the CUDA backend runs it with CuPy arrays; the host-emulation test runs
     the very same sequence with NumPy arrays. Memoized: a layer called again with the same
@@ -416,20 +418,27 @@ def launch_sequence(dtype, geom, activation, x_strides, has_bias, allow_tf32=Fal
     return _launch_sequence(dtype, geom, activation.kernel_id, activation.kernel_param,
                             tuple(int(s) for s in x_strides), bool(has_bias),
                             bool(allow_tf32), bool(x_aligned),
-                            TC_SMEM_LIMIT if smem_limit is None else int(smem_limit))
+                            TC_SMEM_LIMIT if smem_limit is None else int(smem_limit), plan)
 
 
 @functools.lru_cache(maxsize=1024)
 def _launch_sequence(dtype, geom, kernel_id, kernel_param, x_strides, has_bias, allow_tf32,
-                     x_aligned, smem_limit):
+                     x_aligned, smem_limit, chosen):
     if dtype not in DTYPES:
         raise TypeError(f"sepconv_gpu CUDA backend: unsupported dtype {dtype}; expected one of {tuple(DTYPES)}.")
     fused = kernel_id in FUSED_ACTIVATIONS
     normalize = kernel_id in LAST_AXIS_ACTIVATIONS
-    if select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned, smem_limit) == "tc":
-        act = kernel_id if fused else "linear"
-        tp = tc_plan(dtype, geom, act == "linear", smem_limit)
-        param = kernel_param if fused else 0.0
+    act = kernel_id if fused else "linear"
+    param = kernel_param if fused else 0.0
+    tc_allowed = select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned, smem_limit) == "tc"
+    if isinstance(chosen, TcPlan) and not (
+            tc_allowed and chosen.shared_bytes <= smem_limit and tc_fits_int32(geom, chosen)):
+        raise ValueError(f"sepconv_gpu: plan {chosen} cannot serve this call on the "
+                         "tensor-core kernel")
+    if chosen is None and tc_allowed:
+        chosen = tc_plan(dtype, geom, act == "linear", smem_limit)
+    if isinstance(chosen, TcPlan):
+        tp = chosen
         partial = tp.k_splits * geom.output_positions * geom.filters if tp.k_splits > 1 else 0
         launches = [Launch("tc", tc_name(dtype, tc_extent(geom.kernel), tp.m_tiles), tp.grid,
                            TC_THREADS, tp.shared_bytes,
@@ -441,8 +450,7 @@ def _launch_sequence(dtype, geom, kernel_id, kernel_param, x_strides, has_bias, 
                                    tc_reduce_scalar_args(geom, tp, has_bias, act, param),
                                    weights_layout("tc", dtype)))
     else:
-        launches = [_simt_launch(dtype, geom, kernel_id if fused else "linear", x_strides,
-                                 has_bias, kernel_param if fused else 0.0)]
+        launches = [_simt_launch(dtype, geom, act, x_strides, has_bias, param, chosen)]
     if normalize:
         shape = geom.output_shape
         grid, args = softmax_launch(math.prod(shape) // shape[-1], shape[-1])
@@ -451,10 +459,15 @@ def _launch_sequence(dtype, geom, kernel_id, kernel_param, x_strides, has_bias, 
     return tuple(launches), not (fused or normalize)
 
 
-def _simt_launch(dtype, geom, kernel_id, x_strides, has_bias, act_param):
-    kp = plan(dtype, geom.batch, geom.channels, geom.depth_multiplier, geom.filters,
-              geom.in_size, geom.out_size, geom.kernel, geom.strides, geom.dilation,
-              geom.channels_first)
+def simt_plan(dtype, geom):
+    """The SIMT kernel's `KernelPlan` for this call (`plan`)."""
+    return plan(dtype, geom.batch, geom.channels, geom.depth_multiplier, geom.filters,
+                geom.in_size, geom.out_size, geom.kernel, geom.strides, geom.dilation,
+                geom.channels_first)
+
+
+def _simt_launch(dtype, geom, kernel_id, x_strides, has_bias, act_param, kp=None):
+    kp = kp or simt_plan(dtype, geom)
     check_launchable(geom, kp)
     # The specialized extents assume a shared-memory halo; without one, use the generic path.
     extent = kernel_extent(dtype, geom.kernel) if kp.use_halo else GENERIC_EXTENT
@@ -554,8 +567,19 @@ def _tc_shared_bytes(bm, bn, stages, halo_h, halo_pitch, taps):
 
 @functools.lru_cache(maxsize=4096)
 def tc_plan(dtype, geom, linear_activation=True, smem_limit=TC_SMEM_LIMIT, m_tiles=TC_M_TILES):
-    """The cheapest `TcPlan` by the cost model, or None when no tile fits `smem_limit`
-    bytes of shared memory. `m_tiles`: the warp-tile heights to consider.
+    """The cheapest `TcPlan` by the cost model (the first of `tc_candidates`), or None
+    when no tile fits `smem_limit` bytes of shared memory."""
+    found = tc_candidates(dtype, geom, linear_activation, smem_limit, m_tiles=m_tiles)
+    return found[0] if found else None
+
+
+@functools.lru_cache(maxsize=4096)
+def tc_candidates(dtype, geom, linear_activation=True, smem_limit=TC_SMEM_LIMIT, count=4,
+                  m_tiles=TC_M_TILES):
+    """The `count` cheapest `TcPlan`s by the cost model, fastest predicted first (ties:
+    the earlier candidate), each with its `predicted_us`; () when no tile fits
+    `smem_limit` bytes of shared memory. `m_tiles`: the warp-tile heights to consider.
+    The autotuner (autotune.py) times these on the device.
 
     Candidates: BN in TC_FILTER_BLOCKS (only those holding all F when F <= 256: no
     depthwise recompute then; the model weighs it above), every power-of-two tile width up to the output width, TC_STAGES. Each
@@ -571,7 +595,7 @@ def tc_plan(dtype, geom, linear_activation=True, smem_limit=TC_SMEM_LIMIT, m_til
     taps = kh * kw
     k_pad = -(-geom.channels // TC_K_ALIGN) * TC_K_ALIGN
     chunks = k_pad * itemsize // TC_CHUNK_BYTES
-    best = None
+    priced = []
     for bn, mt in itertools.product(TC_FILTER_BLOCKS, m_tiles):
         bm = TC_TILE_ELEMS // 2 * mt // bn
         blocks_f = -(-geom.filters // bn)
@@ -605,9 +629,9 @@ def tc_plan(dtype, geom, linear_activation=True, smem_limit=TC_SMEM_LIMIT, m_til
                 if splits > 1:
                     us += cost_model.predict(cost_model.tc_reduce_work(
                         geom, splits, itemsize, *tc_reduce_grid(geom))).us
-                if best is None or us < best.predicted_us:  # ties: the earlier candidate
-                    best = dataclasses.replace(candidate, predicted_us=us)
-    return best
+                priced.append(dataclasses.replace(candidate, predicted_us=us))
+    # a stable sort: ties keep the enumeration order
+    return tuple(sorted(priced, key=lambda p: p.predicted_us)[:count])
 
 
 def tc_reduce_grid(geom):
@@ -643,14 +667,15 @@ def select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned, smem_limit=TC_S
     if c_stride != 1 or any(s % vec for s in (geom.channels, n_stride, h_stride, w_stride)):
         return "simt"
     tp = tc_plan(dtype, geom, smem_limit=smem_limit)
-    if tp is None:
-        return "simt"
+    return "tc" if tp is not None and tc_fits_int32(geom, tp) else "simt"
+
+
+def tc_fits_int32(geom, tp):
+    """Whether the sizes sepconv_tc indexes with 32-bit ints stay below 2^31 under `tp`."""
     (oh, ow), (sh, sw), (dh, dw), (kh, kw) = geom.out_size, geom.strides, geom.dilation, geom.kernel
     reach = max(geom.in_size[0] + (oh + tp.th) * sh + (kh - 1) * dh,
                 geom.in_size[1] + (ow + tp.tw) * sw + (kw - 1) * dw)
-    if max(tp.grid, reach, tp.k_pad * max(geom.filters, kh * kw)) > INT32_MAX:
-        return "simt"
-    return "tc"
+    return max(tp.grid, reach, tp.k_pad * max(geom.filters, kh * kw)) <= INT32_MAX
 
 
 def tc_scalar_args(geom, tp, x_strides, has_bias, kernel_id, act_param):
