@@ -346,6 +346,10 @@ class BaseSeparableConv:
             return self.call(inputs)
 
     def call(self, inputs):
+        with _ops._stream_scope(self._ops, inputs):  # the caller's stream, input to output
+            return self._call(inputs)
+
+    def _call(self, inputs):
         x, give_back = self._ops.take(inputs)
         if getattr(x, "dtype", None) is None or x.dtype.kind != "f":
             raise TypeError(
