@@ -22,7 +22,7 @@ from . import backends as _backends
 from . import geometry as _geometry
 from ._nvtx import annotate
 
-FLOAT_DTYPES = ("float16", "float32", "float64")
+FLOAT_DTYPES = ("float16", "float32", "float64", "bfloat16")
 _NO_ACTIVATION = _activations.get(None)
 
 

@@ -252,7 +252,8 @@ class _KernelActivation(NamedTuple):
 
 
 def _dtype_name(dtype):
-    """The catalogue's name of a CuPy dtype ("bfloat16" for ml_dtypes' bfloat16)."""
+    """The catalogue's name of a CuPy dtype: NumPy's name ("bfloat16" for ml_dtypes'
+    bfloat16, which CuPy >= 14 uses; torch's bfloat16 arrives as that through DLPack)."""
     return dtype.name
 
 

@@ -82,10 +82,10 @@ class NumpyOps:
             import cupy
 
             return _device_to_host(x), cupy.asarray
-        return np.asarray(x), identity
+        return _host_array(x), identity
 
     def asarray(self, a, dtype=None):
-        host = _device_to_host(a) if lives_on_device(a) else a
+        host = _device_to_host(a) if lives_on_device(a) else _host_array(a)
         return np.array(host, dtype=dtype, copy=True)
 
     def to_numpy(self, a):
@@ -101,6 +101,18 @@ class NumpyOps:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             y = conv(x, depthwise, pointwise, bias, geom, activation, compute)
         return y if y.dtype == x.dtype else y.astype(x.dtype)
+
+
+def _host_array(a):
+    """A host array-like as NumPy; a torch bfloat16 tensor (which NumPy cannot read) as
+    ml_dtypes' bfloat16, through its bits, without a copy."""
+    if type(a).__module__.split(".")[0] == "torch" and str(getattr(a, "dtype", "")) == "torch.bfloat16":
+        import torch
+
+        from .._dtypes import bfloat16
+
+        return a.detach().view(torch.int16).numpy().view(bfloat16())
+    return np.asarray(a)
 
 
 def _device_to_host(a):
