@@ -40,6 +40,10 @@ def parse_args(argv=None):
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--replot", type=Path, metavar="JSON",
                    help="time nothing: print the table and redraw the plots of a result file")
+    p.add_argument("--host-overhead", action="store_true",
+                   help="time what a call costs in Python per suite layer (no GPU: the CUDA "
+                        "path against a fake CuPy), next to PyTorch's CPU module (see "
+                        "benchmarks/host_overhead.py); --repeats sets the calls timed")
     return p.parse_args(argv)
 
 
@@ -55,6 +59,15 @@ def main(argv=None):
     args = parse_args(argv)
     if args.replot:
         return replot(args.replot)
+    if args.host_overhead:
+        from . import host_overhead
+
+        try:
+            layers = suites.select(args.suite)
+        except ValueError as why:
+            sys.exit(str(why))
+        calls = {k: args.repeats for k in host_overhead.DEFAULT_CALLS} if args.repeats else None
+        return host_overhead.run(layers, calls)
     if args.device is None:
         from sepconv_gpu.backends import cuda_available
 
