@@ -95,8 +95,10 @@ class NumpyOps:
                        weights_cache=None):
         """Always exact (`allow_tf32` is a CUDA option); nothing is cached (`weights_cache`)."""
         compute = np.float64 if x.dtype == np.float64 else np.float32
-        small = (geom.output_positions * geom.kernel[0] * geom.kernel[1]
-                 * geom.intermediate_channels <= SMALL_WINDOW_ELEMENTS)
+        products = (geom.output_positions * geom.kernel[0] * geom.kernel[1]
+                    * geom.intermediate_channels)
+        # untiled only where the tiled path would make a single tile anyway
+        small = products <= min(SMALL_WINDOW_ELEMENTS, TILE_BYTES // np.dtype(compute).itemsize)
         conv = _small_separable_conv if small else _fast_separable_conv
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             y = conv(x, depthwise, pointwise, bias, geom, activation, compute)
