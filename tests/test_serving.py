@@ -6,6 +6,7 @@ what the host asks the device to do. The GPU halves are in tests/test_serving_gp
 """
 from __future__ import annotations
 
+import re
 import sys
 import types
 
@@ -242,3 +243,21 @@ def test_cuda_graph_torch_capture_allocates_from_torch_only(fake, monkeypatch):
     during = cupy.calls[1:-1]
     assert set(_kinds(during)) <= {"launch", "from_dlpack"}, _kinds(during)
     assert {c[-1] for c in during if c[0] == "launch"} == {0xCAFE}
+
+
+def test_fast_path_kernel_load_errors_name_the_kernel(fake):
+    """A kernel that fails to load (now at planning, before any launch) is reported as a
+    launch failure was: a RuntimeError naming the kernel; and it is not cached."""
+    backend, cupy, ops_ = fake
+    layer, x = _layer(cupy, ops_, (1, 6, 6, 8), 8)
+
+    def fail(name, device):
+        raise cupy.cuda.driver.CUDADriverError("CUDA_ERROR_NO_BINARY_FOR_GPU")
+
+    backend._load_kernel = fail
+    name = _planned(np.asarray(x), 8, "float32", "relu", False)[0].name
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match=rf"kernel {re.escape(name)} .*CUDA_ERROR_NO_BINARY"):
+            layer(x)
+    backend._load_kernel = cupy.load_kernel
+    assert layer(x).shape == (1, 6, 6, 8)

@@ -241,8 +241,13 @@ def _call_plan(dtype, geom, kernel_id, kernel_param, byte_strides, has_bias, all
     launches, apply_after = _kernels.launch_sequence(
         name, geom, _KernelActivation(kernel_id, kernel_param), x_strides, has_bias, allow_tf32,
         x_aligned=x_aligned, smem_limit=_shared_memory_limit(device_id))
-    loaded = tuple((launch, get_function(launch.name, device_id)) for launch in launches)
-    return _CallPlan(loaded, apply_after, copy_input)
+    loaded = []
+    for launch in launches:
+        try:
+            loaded.append((launch, get_function(launch.name, device_id)))
+        except (cupy.cuda.driver.CUDADriverError, cupy.cuda.runtime.CUDARuntimeError) as exc:
+            raise _kernel_error(launch, exc) from exc
+    return _CallPlan(tuple(loaded), apply_after, copy_input)
 
 
 class _KernelActivation(NamedTuple):
@@ -341,9 +346,13 @@ def _launch(launch, arrays, fn=None):
             cupy.cuda.get_current_stream().synchronize()
     except (cupy.cuda.driver.CUDADriverError, cupy.cuda.runtime.CUDARuntimeError) as exc:
         # driver: load, opt-in, launch; runtime: the debug synchronize (a fault in the kernel)
-        raise RuntimeError(
-            f"sepconv_gpu: kernel {launch.name} (grid {launch.grid}, block {launch.block}, "
-            f"{launch.shared_bytes} B shared memory) failed: {exc}") from exc
+        raise _kernel_error(launch, exc) from exc
+
+
+def _kernel_error(launch, exc):
+    return RuntimeError(
+        f"sepconv_gpu: kernel {launch.name} (grid {launch.grid}, block {launch.block}, "
+        f"{launch.shared_bytes} B shared memory) failed: {exc}")
 
 
 def _prepared_weights(layout, depthwise, pointwise, bias, device, cache):
