@@ -138,9 +138,8 @@ def make(compute_capability="90", arena_bytes=0):
             return asnumpy(self)
 
     def _new(a):
-        """A host result as a device array, recorded as an allocation where it made one."""
-        out = np.asarray(a).view(ndarray)
-        return out
+        """A host result (of where / isfinite) as a device array."""
+        return np.asarray(a).view(ndarray)
 
     def _alloc(shape, dtype):
         dtype = np.dtype(dtype)
@@ -244,10 +243,11 @@ def make(compute_capability="90", arena_bytes=0):
 def load_backend(compute_capability="90", arena_bytes=0):
     """(a fresh cuda_backend module bound to a new fake CuPy, the fake). Kernels "compile"
     through `fake.load_kernel`; `sys.modules` is restored, so nothing else sees the fake."""
+    import sepconv_gpu.backends as package
+
     fake = make(compute_capability, arena_bytes)
     saved = {name: sys.modules.get(name) for name in ("cupy", _MODULE)}
-    package = sys.modules["sepconv_gpu.backends"] if "sepconv_gpu.backends" in sys.modules else None
-    saved_attribute = getattr(package, "cuda_backend", None) if package else None
+    saved_attribute = package.__dict__.get("cuda_backend")
     sys.modules["cupy"] = fake
     sys.modules.pop(_MODULE, None)
     try:
@@ -258,7 +258,6 @@ def load_backend(compute_capability="90", arena_bytes=0):
                 sys.modules.pop(name, None)
             else:
                 sys.modules[name] = module
-        package = sys.modules["sepconv_gpu.backends"]
         if saved_attribute is None:
             package.__dict__.pop("cuda_backend", None)
         else:
