@@ -175,3 +175,23 @@ def test_bfloat16_cuda_dispatch_follows_the_kernel_catalogue(monkeypatch, in_cat
     launches = [c for c in cupy.calls if c[0] == "launch"]
     assert len(launches) == 1 and catalogue["bfloat16"][0] in launches[0][1]
     assert launches[0][4][0] is not None and launches[0][4][0].dtype == BF16  # x as given
+
+
+def test_bfloat16_tensor_a_cupy_cannot_import_is_refused_clearly():
+    """A CuPy without bfloat16 (before 14, or without ml_dtypes) fails to import a torch
+    bf16 CUDA tensor through DLPack: the backend says what is missing."""
+    from benchmarks import fake_cupy
+
+    backend, _ = fake_cupy.load_backend()
+
+    class Bf16CudaTensor:
+        dtype = "torch.bfloat16"
+
+        def __dlpack__(self, stream=None):
+            raise NotImplementedError("CuPy does not support bfloat16 yet")
+
+        def __dlpack_device__(self):
+            return (2, 0)
+
+    with pytest.raises(TypeError, match=r"cannot import bfloat16.*CuPy >= 14 with ml_dtypes"):
+        backend.CupyOps().take(Bf16CudaTensor())

@@ -137,6 +137,10 @@ def test_bfloat16_cuda_matches_the_reference_or_refuses_clearly():
         with pytest.raises(TypeError, match="bfloat16"):
             ops.separable_conv2d(*args, padding="same", activation="relu")
         return
+    try:
+        cupy.from_dlpack(args[0])
+    except Exception as exc:  # CuPy < 14 or no ml_dtypes: refused clearly (test_bfloat16.py)
+        pytest.skip(f"this CuPy cannot import bfloat16 tensors: {exc}")
     y = ops.separable_conv2d(*args, padding="same", activation="relu")
     assert y.dtype == torch.bfloat16 and y.is_cuda
     reference = ops.reference_separable_conv(2, *(a.float().cpu().numpy() for a in args),

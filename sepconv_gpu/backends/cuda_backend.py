@@ -30,6 +30,7 @@ from typing import NamedTuple
 import cupy
 import numpy as np
 
+from .. import _dtypes
 from .._nvtx import annotate
 from . import cuda_kernels as _kernels
 from . import dlpack_on_cuda, identity
@@ -104,7 +105,15 @@ def _device_view(x):
         x = x.detach()  # DLPack refuses tensors that require grad; we read values only
     if hasattr(x, "__dlpack__") and dlpack_on_cuda(x):
         # DLPack first: it orders the producer's stream before ours.
-        return cupy.from_dlpack(x)
+        try:
+            return cupy.from_dlpack(x)
+        except Exception as exc:
+            if _dtypes.is_bfloat16(getattr(x, "dtype", "")):
+                raise TypeError(
+                    "sepconv_gpu CUDA backend: this CuPy cannot import bfloat16 arrays "
+                    f"({type(exc).__name__}: {exc}); CuPy >= 14 with ml_dtypes installed "
+                    "can (pip install 'sepconv_gpu[bf16]').") from exc
+            raise
     if hasattr(x, "__cuda_array_interface__"):
         return cupy.asarray(x)
     return None
