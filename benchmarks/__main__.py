@@ -44,6 +44,10 @@ def parse_args(argv=None):
                    help="time nothing, no GPU needed: the cost model's plan and time per layer "
                         "at batch 32 in float16 and TF32, vs PyTorch-eager estimates and the "
                         "model's floor")
+    p.add_argument("--host-overhead", action="store_true",
+                   help="time what a call costs in Python per suite layer (no GPU: the CUDA "
+                        "path against a fake CuPy), next to PyTorch's CPU module (see "
+                        "benchmarks/host_overhead.py); --repeats sets the calls timed")
     return p.parse_args(argv)
 
 
@@ -64,6 +68,15 @@ def main(argv=None):
             return predict.main(suites.select(args.suite))
         except ValueError as why:
             sys.exit(str(why))
+    if args.host_overhead:
+        from . import host_overhead
+
+        try:
+            layers = suites.select(args.suite)
+        except ValueError as why:
+            sys.exit(str(why))
+        calls = {k: args.repeats for k in host_overhead.DEFAULT_CALLS} if args.repeats else None
+        return host_overhead.run(layers, calls)
     if args.device is None:
         from sepconv_gpu.backends import cuda_available
 

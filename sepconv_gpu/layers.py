@@ -19,6 +19,7 @@ import numpy as np
 
 from . import activations as _activations
 from . import backends as _backends
+from . import _dtypes
 from . import constraints as _constraints
 from . import geometry as _geometry
 from . import initializers as _initializers
@@ -32,8 +33,8 @@ from ._nvtx import annotate
 _KERAS2_CONFIG_KEYS = frozenset({"groups", "kernel_initializer", "kernel_regularizer",
                                  "kernel_constraint"})
 _KERAS2_IGNORED_KEYS = _KERAS2_CONFIG_KEYS | {"batch_input_shape", "input_shape", "input_dim"}
-_MIXED_POLICIES = {"mixed_float16": ("float32", "float16")}
-_FLOAT_NAMES = ("float16", "float32", "float64")
+_MIXED_POLICIES = {"mixed_float16": ("float32", "float16"), "mixed_bfloat16": ("float32", "bfloat16")}
+_FLOAT_NAMES = ("float16", "float32", "float64", "bfloat16")
 
 _name_lock = threading.Lock()
 _name_counters = {}
@@ -125,7 +126,7 @@ class Variable:
         if host.shape != self.shape:
             raise ValueError(
                 f"Cannot assign a value of shape {host.shape} to variable '{self.path}' of shape {self.shape}.")
-        if host.dtype.kind not in "fiu":
+        if host.dtype.kind not in "fiu" and not _dtypes.is_bfloat16(host.dtype):
             raise TypeError(f"Cannot assign a value of dtype {host.dtype} to variable '{self.path}'.")
         value = self._layer._ops.asarray(host, dtype=self.dtype)
         with _WEIGHTS_LOCK:
@@ -188,6 +189,9 @@ class BaseSeparableConv:
         self.trainable = trainable
         self.name = _unique_name(self._auto_name) if name is None else self._check_name(name)
         self.dtype_policy, self.dtype, self.compute_dtype = _dtype_policy(dtype)
+        # bfloat16 needs ml_dtypes: a layer of that policy fails here, clearly, if it is missing
+        self._compute_np_dtype = _dtypes.numpy_dtype(self.compute_dtype)
+        self._variable_np_dtype = _dtypes.numpy_dtype(self.dtype)
         self._ops = _backends.resolve(backend)
         self.allow_tf32 = _ops.check_allow_tf32(allow_tf32)
         self.built = False
@@ -279,9 +283,11 @@ class BaseSeparableConv:
         shapes = self._weight_shapes(channels)
         for weight_name in self._weight_names():
             init = getattr(self, f"{_role(weight_name)}_initializer")
-            value = np.asarray(init(shapes[weight_name], dtype=self.dtype), dtype=self.dtype)
+            # bfloat16 weights are drawn in float32 and rounded (initializers speak NumPy)
+            drawn = "float32" if self.dtype == _dtypes.BFLOAT16 else self.dtype
+            value = np.asarray(init(shapes[weight_name], dtype=drawn), dtype=self._variable_np_dtype)
             setattr(self, weight_name, Variable(
-                self, weight_name, self._ops.asarray(value, dtype=self.dtype),
+                self, weight_name, self._ops.asarray(value, dtype=self._variable_np_dtype),
                 constraint=getattr(self, f"{_role(weight_name)}_constraint"),
                 regularizer=getattr(self, f"{_role(weight_name)}_regularizer")))
 
@@ -335,7 +341,7 @@ class BaseSeparableConv:
                 raise ValueError(
                     f"Layer '{self.name}' weight '{var.name}' has shape {var.shape}, "
                     f"but the value given has shape {host.shape}.")
-            if host.dtype.kind not in "fiu":
+            if host.dtype.kind not in "fiu" and not _dtypes.is_bfloat16(host.dtype):
                 raise TypeError(
                     f"Layer '{self.name}' weight '{var.name}' must be numeric; received dtype {host.dtype}.")
             values.append(self._ops.asarray(host, dtype=var.dtype))
@@ -397,6 +403,10 @@ class BaseSeparableConv:
             return self.call(inputs)
 
     def call(self, inputs):
+        with _ops._stream_scope(self._ops, inputs):  # the caller's stream, input to output
+            return self._call(inputs)
+
+    def _call(self, inputs):
         x, give_back = self._ops.take(inputs)
         if not _ops.is_float_dtype(getattr(x, "dtype", None)):  # float128 too, as Keras
             raise TypeError(
@@ -412,7 +422,8 @@ class BaseSeparableConv:
                 f"Input 0 of layer '{self.name}' is incompatible with the layer: expected axis "
                 f"{self._channel_axis} of input shape to have value {self._input_channels}, but received "
                 f"input with shape {tuple(x.shape)}")
-        x = _ops.cast(x, self.compute_dtype)  # Keras autocasts floating inputs
+        if x.dtype != self._compute_np_dtype:  # Keras autocasts floating inputs
+            x = _ops.cast(x, self._compute_np_dtype)
         weights = self._weights_snapshot()
         y = _ops.separable_conv(
             self.rank, x, weights.depthwise, weights.pointwise, weights.bias, self.strides,

@@ -12,6 +12,9 @@ default False computes exact float32. The NumPy backend is always exact.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import numpy as np
 
 from . import activations as _activations
@@ -19,13 +22,18 @@ from . import backends as _backends
 from . import geometry as _geometry
 from ._nvtx import annotate
 
-FLOAT_DTYPES = ("float16", "float32", "float64")
+FLOAT_DTYPES = ("float16", "float32", "float64", "bfloat16")
 _NO_ACTIVATION = _activations.get(None)
 
 
 def is_float_dtype(dtype):
-    """One of FLOAT_DTYPES, in either byte order (">f4" is float32 stored big-endian)."""
-    return isinstance(dtype, np.dtype) and dtype.kind == "f" and dtype.newbyteorder("=").name in FLOAT_DTYPES
+    """One of FLOAT_DTYPES, in either byte order (">f4" is float32 stored big-endian);
+    ml_dtypes' bfloat16 is a NumPy dtype of kind "V"."""
+    if not isinstance(dtype, np.dtype):
+        return False
+    if dtype.kind == "f":
+        return dtype.newbyteorder("=").name in FLOAT_DTYPES
+    return dtype.name == "bfloat16"
 
 
 def cast(a, dtype):
@@ -49,14 +57,20 @@ def _native(a):
     return a
 
 
+_FLOAT_DTYPE_OBJECTS = set()  # dtype objects already seen to pass (str(dtype) costs ~1 us)
+
+
 def _check_float(a, name):
     dtype = getattr(a, "dtype", None)
+    if dtype in _FLOAT_DTYPE_OBJECTS:
+        return
     dtype_name = str(dtype)
     if dtype is None or not is_float_dtype(dtype):
         raise TypeError(
             f"`{name}` must be a floating-point array ({', '.join(FLOAT_DTYPES)}); "
             f"received dtype {dtype_name if dtype is not None else type(a).__name__}."
         )
+    _FLOAT_DTYPE_OBJECTS.add(dtype)
 
 
 def _as_backend_array(ops, a, name, optional=False):
@@ -85,21 +99,19 @@ def separable_conv(rank, x, depthwise_kernel, pointwise_kernel, bias=None, strid
     weights_cache: a dict the backend may keep forms derived from these weights in (a
     layer passes the one of its current weights snapshot); None caches nothing.
     """
-    strides, padding, data_format, dilation_rate = _geometry.normalize_call_args(
-        rank, strides, padding, data_format, dilation_rate)
-    act = _activations.get(activation)
-    allow_tf32 = check_allow_tf32(allow_tf32)
+    strides, padding, data_format, dilation_rate, act, allow_tf32 = _normalized_args(
+        rank, strides, padding, data_format, dilation_rate, activation, allow_tf32)
     if x is None or not hasattr(x, "shape"):
         if isinstance(x, (list, tuple)):
             x = np.asarray(x)
         else:
             raise TypeError(f"`x` must be an array; received {type(x).__name__}.")
     ops = _backends.ops_for_array(x, backend)
-    with annotate(f"separable_conv{rank}d"):
+    with annotate(f"separable_conv{rank}d"), _stream_scope(ops, x):
         xb, give_back, dk, pk, b, geom = _prepare(
             ops, rank, x, depthwise_kernel, pointwise_kernel, bias, strides, padding, data_format,
             dilation_rate)
-        out_shape = act.output_shape(geom.output_shape)  # glu: an odd last axis fails here
+        out_shape = _output_shape(act, geom)  # glu: an odd last axis fails here
         if geom.output_positions == 0:
             return give_back(ops.xp.zeros(out_shape, dtype=xb.dtype))
         # Backends get only activations they may apply piecewise, on blocks of whole
@@ -132,10 +144,78 @@ def _prepare(ops, rank, x, depthwise_kernel, pointwise_kernel, bias, strides, pa
     dk = _as_backend_array(ops, depthwise_kernel, "depthwise_kernel")
     pk = _as_backend_array(ops, pointwise_kernel, "pointwise_kernel")
     b = _as_backend_array(ops, bias, "bias", optional=True)
-    geom = _geometry.make_geometry(
-        rank, xb.shape, dk.shape, pk.shape, None if b is None else b.shape,
+    geom = _geometry_of(
+        rank, tuple(xb.shape), tuple(dk.shape), tuple(pk.shape), None if b is None else tuple(b.shape),
         strides, padding, data_format, dilation_rate)
     return xb, give_back, dk, pk, b, geom
+
+
+# --- the fast path: what a repeated call signature reuses ---------------------------------
+# Only validated results are kept: lru_cache does not cache a call that raised, so a bad
+# call runs the full validation, and raises the same error, every time.
+
+_geometry_of = functools.lru_cache(maxsize=256)(_geometry.make_geometry)
+
+
+@functools.lru_cache(maxsize=256)
+def _output_shape_of(act, geom):
+    return act.output_shape(geom.output_shape)
+
+
+def _output_shape(act, geom):
+    try:
+        return _output_shape_of(act, geom)
+    except TypeError:  # an unhashable activation object
+        return act.output_shape(geom.output_shape)
+
+
+def _typed_key(args):
+    """`args` with the type of every value and element, so that a cached signature matches
+    only an identical one (True == 1 and 1.0 == 1 in a plain key; `strides=True` must
+    still fail). Raises TypeError for what is not kept (unhashable values such as a dict
+    activation config, nested sequences)."""
+    key = []
+    for value in args:
+        kind = type(value)
+        if kind is tuple or kind is list:
+            types = tuple(map(type, value))
+            if tuple in types or list in types:
+                raise TypeError("nested")
+            key.append((kind, types, tuple(value)))
+        else:
+            key.append((kind, value))
+    return tuple(key)
+
+
+def _untyped(key):
+    return tuple(entry[0](entry[2]) if len(entry) == 3 else entry[1] for entry in key)
+
+
+def _normalized_args(rank, strides, padding, data_format, dilation_rate, activation, allow_tf32):
+    """(strides, padding, data_format, dilation_rate, activation, allow_tf32) normalized and
+    checked, from a small LRU for arguments seen before (by value and type)."""
+    args = (rank, strides, padding, data_format, dilation_rate, activation, allow_tf32)
+    try:
+        return _normalize_typed(_typed_key(args))
+    except TypeError:  # unhashable, or a bad argument's TypeError (raised again below)
+        pass
+    return _normalize(*args)
+
+
+def _normalize(rank, strides, padding, data_format, dilation_rate, activation, allow_tf32):
+    return _geometry.normalize_call_args(rank, strides, padding, data_format, dilation_rate) + (
+        _activations.get(activation), check_allow_tf32(allow_tf32))
+
+
+@functools.lru_cache(maxsize=256)
+def _normalize_typed(key):
+    return _normalize(*_untyped(key))
+
+
+def _stream_scope(ops, x):
+    """The backend's context for a call with input `x` (the caller's stream on CUDA)."""
+    scope = getattr(ops, "stream_scope", None)
+    return contextlib.nullcontext() if scope is None else scope(x)
 
 
 def separable_conv2d(x, depthwise_kernel, pointwise_kernel, bias=None, strides=1,

@@ -309,3 +309,38 @@ def test_predict_contiguous_strides_are_the_backend_s():
 def test_predict_refuses_layers_without_an_estimate():
     with pytest.raises(SystemExit, match="no torch-eager estimate"):
         cli.main(["--predict", "--suite", "tiny"])
+HOST_OVERHEAD_LINE = re.compile(r"^host-overhead: cuda median (\d+\.\d) us, numpy tiny median "
+                                r"(\d+\.\d) us, torch cpu median (\d+\.\d us|n/a)$")
+
+
+@pytest.mark.parametrize("with_torch", [True, False])
+def test_host_overhead_output_format(capsys, monkeypatch, with_torch):
+    """`python -m benchmarks --host-overhead`: a row per suite layer (cuda, numpy tiny,
+    torch and the two ratios), then the summary line, whose medians are the rows'."""
+    import statistics
+    import sys
+
+    if with_torch:
+        pytest.importorskip("torch")
+    else:
+        monkeypatch.setitem(sys.modules, "torch", None)  # import fails: torch skipped
+    rows = cli.main(["--host-overhead", "--suite", "tiny", "--repeats", "5"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["layer", "cuda", "us", "numpy", "us", "torch", "us",
+                                "cuda/torch", "numpy/torch"]
+    layers = suites.SUITES["tiny"]
+    table = [line.rsplit(None, 5) for line in lines[1:-1]]  # the key, then five cells
+    assert [cells[0] for cells in table] == [l.key for l in layers] == [r["key"] for r in rows]
+    for (_, *cells), row in zip(table, rows):
+        assert cells[:2] == [f"{row['cuda_us']:.1f}", f"{row['numpy_tiny_us']:.1f}"]
+        if with_torch:
+            assert row["torch_agrees"] and cells[2] == f"{row['torch_cpu_us']:.1f}"
+            assert cells[3:] == [f"{row['cuda_us'] / row['torch_cpu_us']:.2f}",
+                                 f"{row['numpy_tiny_us'] / row['torch_cpu_us']:.2f}"]
+        else:
+            assert cells[2:] == ["n/a"] * 3
+    match = HOST_OVERHEAD_LINE.match(lines[-1])
+    assert match, lines[-1]
+    assert float(match[1]) == round(statistics.median(r["cuda_us"] for r in rows), 1)
+    assert float(match[2]) == round(statistics.median(r["numpy_tiny_us"] for r in rows), 1)
+    assert (match[3] == "n/a") is (not with_torch)

@@ -8,22 +8,29 @@ binaries are kept on disk by `kernel_cache.py` (SEPCONV_GPU_CACHE_DIR, default
 ~/.cache/sepconv_gpu), so a later process loads them instead of compiling, and memoized
 per device here. Where our NVRTC cannot serve the device (none found, newer than the
 driver, an architecture it does not know) CuPy's `RawModule` compiles instead, said once
-in the log. Launches go to CuPy's current stream; nothing here synchronizes.
+in the log. Launches go to the caller's stream (CuPy's current stream; for torch CUDA
+tensors torch's current stream, see `CupyOps.stream_scope`); nothing here synchronizes, and
+a call of a seen signature neither compiles nor plans (`_call_plan`), so it can be
+captured in a CUDA graph.
 
 What is launched is decided by `cuda_kernels.launch_sequence`, which is CuPy-free and
 shared with the host-emulation tests.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import logging
 import os
 import sys
 import threading
+from typing import NamedTuple
 
 import cupy
 import numpy as np
 
+from .. import _dtypes
 from .._nvtx import annotate
 from . import autotune as _autotune
 from . import cuda_kernels as _kernels
@@ -39,11 +46,12 @@ _functions = {}  # (device id, name expression) -> cupy.cuda.function.Function
 _logger = logging.getLogger("sepconv_gpu")
 
 
-def get_function(name):
-    """The compiled kernel `name` (a name expression) for the current device: a
-    `cupy.cuda.function.Function`, called as fn(grid, block, args, shared_mem=...); its
-    `.ptr` is the CUfunction (for cupy.cuda.driver.funcSetAttribute)."""
-    device = cupy.cuda.runtime.getDevice()
+def get_function(name, device=None):
+    """The compiled kernel `name` (a name expression) for `device` (default: the current
+    one): a `cupy.cuda.function.Function`, called as fn(grid, block, args, shared_mem=...);
+    its `.ptr` is the CUfunction (for cupy.cuda.driver.funcSetAttribute)."""
+    if device is None:
+        device = cupy.cuda.runtime.getDevice()
     key = (device, name)
     fn = _functions.get(key)
     if fn is None:
@@ -98,7 +106,15 @@ def _device_view(x):
         x = x.detach()  # DLPack refuses tensors that require grad; we read values only
     if hasattr(x, "__dlpack__") and dlpack_on_cuda(x):
         # DLPack first: it orders the producer's stream before ours.
-        return cupy.from_dlpack(x)
+        try:
+            return cupy.from_dlpack(x)
+        except Exception as exc:
+            if _dtypes.is_bfloat16(getattr(x, "dtype", "")):
+                raise TypeError(
+                    "sepconv_gpu CUDA backend: this CuPy cannot import bfloat16 arrays "
+                    f"({type(exc).__name__}: {exc}); CuPy >= 14 with ml_dtypes installed "
+                    "can (pip install 'sepconv_gpu[bf16]').") from exc
+            raise
     if hasattr(x, "__cuda_array_interface__"):
         return cupy.asarray(x)
     return None
@@ -155,6 +171,14 @@ class CupyOps:
         view = _device_view(a)
         return cupy.asnumpy(view) if view is not None else np.asarray(a)
 
+    def stream_scope(self, x):
+        """The context of one call with input `x`: kernels go to the caller's stream.
+        CuPy's current stream serves as it is; for a torch CUDA tensor, torch's current
+        stream becomes CuPy's current one for the call (`_TorchScope`)."""
+        if type(x).__module__.split(".")[0] == "torch" and getattr(x, "is_cuda", False):
+            return _TorchScope(x.device)
+        return contextlib.nullcontext()
+
     def separable_conv(self, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False,
                        weights_cache=None):
         """y = act(bias + pointwise(depthwise(x))) as a CuPy array of x's dtype."""
@@ -166,26 +190,19 @@ class CupyOps:
 
     def _separable_conv(self, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False,
                         weights_cache=None):
-        dtype = x.dtype.name
-        if dtype not in _kernels.DTYPES:
-            raise TypeError(f"sepconv_gpu CUDA backend: unsupported input dtype {dtype}; "
-                            f"expected one of {tuple(_kernels.DTYPES)}.")
-        y = cupy.empty(geom.output_shape, dtype=x.dtype)
+        signature = (x.dtype, geom, activation.kernel_id, activation.kernel_param, x.strides,
+                     bias is not None, bool(allow_tf32), x.data.ptr % 16 == 0, x.device.id)
+        plan = _call_plan(*signature)
+        if plan.copy_input:  # byte strides that are not whole elements: copy once
+            x = cupy.ascontiguousarray(x)
+        y = _empty(geom.output_shape, x.dtype)
         if y.size == 0:
             return y
-        x_strides = _kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
-        if x_strides is None:  # byte strides that are not whole elements: copy once
-            x = cupy.ascontiguousarray(x)
-            x_strides = _kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
-        call = (dtype, geom, activation, x_strides, bias is not None, allow_tf32,
-                x.data.ptr % 16 == 0, _shared_memory_limit(x.device.id))
-        run = lambda launches: _run(launches, x, y, (depthwise, pointwise, bias), weights_cache)
-        plan = _autotune.plan_for(  # None unless autotuning is on
-            _device_name(x.device.id), *call, clock=_event_seconds,
-            run=lambda p: run(_kernels.launch_sequence(*call, plan=p)[0]))
-        launches, apply_after = _kernels.launch_sequence(*call, plan=plan)
-        run(launches)
-        if apply_after:  # an activation without a kernel variant (any callable)
+        weights = (depthwise, pointwise, bias)
+        if _autotune.get_autotune():  # the first call of a signature times the candidates
+            plan = _tuned(signature, plan, x, y, weights, weights_cache)
+        _run(plan.launches, x, y, weights, weights_cache)
+        if plan.apply_after:  # an activation without a kernel variant (any callable)
             y = activation(y)
             if not isinstance(y, cupy.ndarray) or y.dtype != x.dtype:
                 y = cupy.asarray(y, dtype=x.dtype)
@@ -193,14 +210,26 @@ class CupyOps:
 
 
 def _run(launches, x, y, weights, weights_cache):
-    """Enqueues `launches` on x and y (weights: the user's depthwise, pointwise, bias)."""
+    """Enqueues `launches` ((Launch, Function) pairs) on x and y (weights: the user's
+    depthwise, pointwise, bias)."""
     prepared = partial = None
-    for launch in launches:
+    for launch, fn in launches:
         if launch.weights and prepared is None:
             prepared = _prepared_weights(launch.weights, *weights, x.device, weights_cache)
         if launch.partial:
-            partial = cupy.empty(launch.partial, dtype=cupy.float32)
-        _launch(launch, _kernels.launch_arrays(launch, x, prepared, y, partial))
+            partial = _empty((launch.partial,), cupy.float32)
+        _launch(launch, _kernels.launch_arrays(launch, x, prepared, y, partial), fn)
+
+
+def _tuned(signature, default, x, y, weights, weights_cache):
+    """The call plan autotuning picks for this signature (autotune.py): timed on its first
+    call in this process (or read from the on-disk choices), a dict lookup after that."""
+    device_id = signature[-1]
+    call = default.call  # launch_sequence's arguments
+    chosen = _autotune.plan_for(
+        _device_name(device_id), *call, clock=_event_seconds,
+        run=lambda p: _run(_call_plan(*signature, plan=p).launches, x, y, weights, weights_cache))
+    return default if chosen is None else _call_plan(*signature, plan=chosen)
 
 
 @functools.lru_cache(maxsize=None)
@@ -219,6 +248,112 @@ def _event_seconds(body):
     end.record()
     end.synchronize()
     return cupy.cuda.get_elapsed_time(start, end) / 1e3
+
+
+class _CallPlan(NamedTuple):
+    launches: tuple      # (cuda_kernels.Launch, its loaded Function), in order
+    apply_after: bool    # the activation runs after the kernels (no kernel variant)
+    copy_input: bool     # x's byte strides are not whole elements: launch on a copy
+    call: tuple          # launch_sequence's arguments (autotune times other plans of it)
+
+
+@functools.lru_cache(maxsize=256)
+def _call_plan(dtype, geom, kernel_id, kernel_param, byte_strides, has_bias, allow_tf32,
+               x_aligned, device_id, plan=None):
+    """Everything a call derives from its signature (dtype, geometry, activation, strides,
+    bias, TF32, alignment, device): the checked launch sequence with its packed scalar
+    arguments and the loaded kernels. A small LRU: a call of a seen signature pays one
+    lookup; a failing signature is never cached (its error is raised on every call); the
+    first call of a signature compiles or loads its kernels, later ones (and CUDA graph
+    captures) never do."""
+    name = _dtype_name(dtype)
+    if name not in _kernels.DTYPES:
+        if name == "bfloat16":
+            raise TypeError(
+                "sepconv_gpu CUDA backend: bfloat16 input, but this build's kernel catalogue "
+                f"has no bfloat16 kernel (dtypes: {tuple(_kernels.DTYPES)}); run bfloat16 on "
+                "the NumPy backend (backend='numpy') or cast the input to float16 / float32.")
+        raise TypeError(f"sepconv_gpu CUDA backend: unsupported input dtype {name}; "
+                        f"expected one of {tuple(_kernels.DTYPES)}.")
+    itemsize = _kernels.DTYPES[name][1]
+    shape = geom.input_shape
+    x_strides = _kernels.input_element_strides(shape, byte_strides, itemsize, geom)
+    copy_input = x_strides is None
+    if copy_input:  # the contiguous copy's strides
+        contiguous = [itemsize]
+        for n in reversed(shape[1:]):
+            contiguous.insert(0, contiguous[0] * n)
+        x_strides = _kernels.input_element_strides(shape, contiguous, itemsize, geom)
+        x_aligned = True  # a fresh allocation
+    call = (name, geom, _KernelActivation(kernel_id, kernel_param), x_strides, has_bias,
+            allow_tf32, x_aligned, _shared_memory_limit(device_id))
+    launches, apply_after = _kernels.launch_sequence(*call, plan=plan)
+    loaded = []
+    for launch in launches:
+        try:
+            loaded.append((launch, get_function(launch.name, device_id)))
+        except (cupy.cuda.driver.CUDADriverError, cupy.cuda.runtime.CUDARuntimeError) as exc:
+            raise _kernel_error(launch, exc) from exc
+    return _CallPlan(tuple(loaded), apply_after, copy_input, call)
+
+
+class _KernelActivation(NamedTuple):
+    """What launch_sequence reads of an activation."""
+    kernel_id: str
+    kernel_param: float
+
+
+def _dtype_name(dtype):
+    """The catalogue's name of a CuPy dtype: NumPy's name ("bfloat16" for ml_dtypes'
+    bfloat16, which CuPy >= 14 uses; torch's bfloat16 arrives as that through DLPack)."""
+    return dtype.name
+
+
+class _TorchScope:
+    """A call on torch CUDA tensors: torch's current stream is CuPy's current stream, so
+    DLPack's stream handshake (`cupy.from_dlpack` in, `torch.from_dlpack` out) needs no
+    event and every kernel is ordered with the torch work around it; outputs come from
+    torch's allocator (stream-ordered, and `torch.cuda.graph`'s pool while it captures)."""
+
+    def __init__(self, device):
+        import torch
+
+        self._stream = _external_stream(torch.cuda.current_stream(device).cuda_stream,
+                                        device.index)
+        self._device = device
+
+    def __enter__(self):
+        self._token = _torch_device.set(self._device)
+        self._stream.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._stream.__exit__(*exc)
+        _torch_device.reset(self._token)
+
+
+_torch_device = contextvars.ContextVar("sepconv_gpu_torch_device", default=None)
+_TORCH_DTYPES = {"float16": "float16", "float32": "float32", "float64": "float64",
+                 "bfloat16": "bfloat16"}
+
+
+@functools.lru_cache(maxsize=64)
+def _external_stream(ptr, device_id):
+    """CuPy's view of a stream handle (ExternalStream owns nothing, so one per handle)."""
+    return cupy.cuda.ExternalStream(ptr, device_id)
+
+
+def _empty(shape, dtype):
+    """A new device array: from torch's allocator inside a torch call, else CuPy's current
+    allocator (for CUDA graph capture, a stream-ordered one: cupy.cuda.MemoryAsyncPool)."""
+    device = _torch_device.get()
+    if device is None:
+        return cupy.empty(shape, dtype=dtype)
+    import torch
+
+    tensor = torch.empty(shape, dtype=getattr(torch, _TORCH_DTYPES[_dtype_name(cupy.dtype(dtype))]),
+                         device=device)
+    return cupy.from_dlpack(tensor)
 
 
 _DEFAULT_SHARED_LIMIT = 48 * 1024
@@ -243,8 +378,8 @@ def _shared_memory_limit(device_id):
 _shared_opt_in = {}
 
 
-def _launch(launch, arrays):
-    fn = get_function(launch.name)
+def _launch(launch, arrays, fn=None):
+    fn = get_function(launch.name) if fn is None else fn
     try:
         if launch.shared_bytes > max(_DEFAULT_SHARED_LIMIT, _shared_opt_in.get(fn, 0)):
             # above 48 KB a kernel must opt in (cudaFuncAttributeMaxDynamicSharedMemorySize)
@@ -258,9 +393,13 @@ def _launch(launch, arrays):
             cupy.cuda.get_current_stream().synchronize()
     except (cupy.cuda.driver.CUDADriverError, cupy.cuda.runtime.CUDARuntimeError) as exc:
         # driver: load, opt-in, launch; runtime: the debug synchronize (a fault in the kernel)
-        raise RuntimeError(
-            f"sepconv_gpu: kernel {launch.name} (grid {launch.grid}, block {launch.block}, "
-            f"{launch.shared_bytes} B shared memory) failed: {exc}") from exc
+        raise _kernel_error(launch, exc) from exc
+
+
+def _kernel_error(launch, exc):
+    return RuntimeError(
+        f"sepconv_gpu: kernel {launch.name} (grid {launch.grid}, block {launch.block}, "
+        f"{launch.shared_bytes} B shared memory) failed: {exc}")
 
 
 def _prepared_weights(layout, depthwise, pointwise, bias, device, cache):

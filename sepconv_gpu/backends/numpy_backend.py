@@ -16,6 +16,9 @@ from . import identity, lives_on_device
 # Bytes of depthwise intermediate per tile: large enough for an efficient BLAS call,
 # small enough to stay in a typical L2/L3 slice.
 TILE_BYTES = 1 << 21
+# Calls whose depthwise products (positions · taps · C·M) number at most this run untiled
+# (`_small_separable_conv`): fewer NumPy calls, which is what a small call's time is made of.
+SMALL_WINDOW_ELEMENTS = 1 << 15
 
 
 def _channels_last_4d(a, geom):
@@ -82,10 +85,10 @@ class NumpyOps:
             import cupy
 
             return _device_to_host(x), cupy.asarray
-        return np.asarray(x), identity
+        return _host_array(x), identity
 
     def asarray(self, a, dtype=None):
-        host = _device_to_host(a) if lives_on_device(a) else a
+        host = _device_to_host(a) if lives_on_device(a) else _host_array(a)
         return np.array(host, dtype=dtype, copy=True)
 
     def to_numpy(self, a):
@@ -95,9 +98,28 @@ class NumpyOps:
                        weights_cache=None):
         """Always exact (`allow_tf32` is a CUDA option); nothing is cached (`weights_cache`)."""
         compute = np.float64 if x.dtype == np.float64 else np.float32
+        products = (geom.output_positions * geom.kernel[0] * geom.kernel[1]
+                    * geom.intermediate_channels)
+        # untiled only where the tiled path would make a single tile anyway, and where the
+        # padded input it copies is small too (huge strides read few of many positions)
+        limit = min(SMALL_WINDOW_ELEMENTS, TILE_BYTES // np.dtype(compute).itemsize)
+        small = products <= limit and _padded_elements(geom) <= limit
+        conv = _small_separable_conv if small else _fast_separable_conv
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-            y = _fast_separable_conv(x, depthwise, pointwise, bias, geom, activation, compute)
+            y = conv(x, depthwise, pointwise, bias, geom, activation, compute)
         return y if y.dtype == x.dtype else y.astype(x.dtype)
+
+
+def _host_array(a):
+    """A host array-like as NumPy; a torch bfloat16 tensor (which NumPy cannot read) as
+    ml_dtypes' bfloat16, through its bits, without a copy."""
+    if type(a).__module__.split(".")[0] == "torch" and str(getattr(a, "dtype", "")) == "torch.bfloat16":
+        import torch
+
+        from .._dtypes import bfloat16
+
+        return a.detach().view(torch.int16).numpy().view(bfloat16())
+    return np.asarray(a)
 
 
 def _device_to_host(a):
@@ -150,6 +172,41 @@ class _Axis:
                 pairs.append((slice(lo * self.k + t, (hi - 1) * self.k + t + 1, self.k),
                               slice(src, src + (hi - lo - 1) * self.s + 1, self.s)))
         return pairs
+def _padded_elements(geom):
+    """Elements of the zero-padded input copy `_small_separable_conv` makes."""
+    (h, w), (pt, pl) = geom.in_size, geom.pad_before
+    rows = max(_input_extent(geom, 0, geom.out_size[0]), pt + h)
+    cols = max(_input_extent(geom, 1, geom.out_size[1]), pl + w)
+    return geom.batch * rows * cols * geom.channels
+
+
+def _small_separable_conv(x, depthwise, pointwise, bias, geom, activation, dtype):
+    """Small calls (serving batch 1, 7x7 layers): no tiling, a few NumPy calls in all. The
+    padded input is read through a strided view of every output's k·k window, the
+    depthwise stage is one einsum over it, the pointwise one matmul; the windows view
+    costs no memory and the einsum's product is at most SMALL_WINDOW_ELEMENTS."""
+    dk, pk, b = _weights(depthwise, pointwise, bias, geom, dtype)
+    x4 = _channels_last_4d(x, geom)
+    n, (h, w), c = geom.batch, geom.in_size, geom.channels
+    (oh, ow), (pt, pl), (kh, kw) = geom.out_size, geom.pad_before, geom.kernel
+    (sh, sw), (dh, dw) = geom.strides, geom.dilation
+    padded = np.zeros((n, max(_input_extent(geom, 0, oh), pt + h),
+                       max(_input_extent(geom, 1, ow), pl + w), c), dtype=dtype)
+    padded[:, pt:pt + h, pl:pl + w] = x4
+    s0, s1, s2, s3 = padded.strides
+    windows = np.ndarray((n, oh, ow, kh, kw, c), dtype, buffer=padded,
+                         strides=(s0, s1 * sh, s2 * sw, s1 * dh, s2 * dw, s3))
+    depthwise_out = np.einsum("nhwijc,ijcm->nhwcm", windows, dk)
+    y = depthwise_out.reshape(-1, pk.shape[0]) @ pk
+    if b is not None:
+        y += b
+    y = y.reshape(n, oh, ow, geom.filters)
+    y = y if geom.rank == 2 else y[:, 0]
+    if geom.channels_first:
+        y = np.ascontiguousarray(np.moveaxis(y, -1, 1))
+    if not activation.is_linear:  # by_rows activations (see _activate): whole rows here
+        y[...] = activation(y)
+    return y
 
 
 def _fast_separable_conv(x, depthwise, pointwise, bias, geom, activation, dtype):

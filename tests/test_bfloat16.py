@@ -1,0 +1,197 @@
+"""bfloat16 (ml_dtypes.bfloat16 arrays, torch bf16 tensors, Keras's bfloat16 and
+mixed_bfloat16 policies) on the NumPy backend, and the CUDA backend's dispatch of it
+(against the fake CuPy of benchmarks/fake_cupy.py: no GPU here).
+
+Tolerance against the float64 reference computed from the same bfloat16 values:
+BF16_TOLERANCE, relative to max(1, max|reference|) as in _cases. bfloat16 keeps 8
+significant bits, so rounding a result to it errs by at most u = 2**-8 (3.9e-3) of its
+magnitude, and the NumPy backend rounds once: it computes in float32 (whose error,
+_cases.TOLERANCE["float32"] = 2e-5, covers the accumulation and the activation) and
+rounds the output. Inputs and weights are already bfloat16, so the reference sees exactly
+the values computed with. Any wrong tap, channel or bias moves outputs by O(0.1).
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+
+import sepconv_gpu as sg  # noqa: E402
+from sepconv_gpu import _dtypes, ops  # noqa: E402
+
+from _cases import TOLERANCE, examples, random_case  # noqa: E402
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+BF16_TOLERANCE = 2.0 ** -8 + TOLERANCE["float32"]
+
+
+def _bf16_case(seed, rank, shape, kernel, multiplier, filters, channels_first=False):
+    x, dk, pk, b = random_case(np.random.default_rng(seed), rank, shape, kernel, multiplier,
+                               filters, "float32", channels_first=channels_first)
+    return tuple(a.astype(BF16) for a in (x, dk, pk, b))
+
+
+def _assert_close(y, reference):
+    scale = max(1.0, float(np.max(np.abs(reference))))
+    err = float(np.max(np.abs(y.astype(np.float64) - reference))) / scale
+    assert err <= BF16_TOLERANCE, err
+
+
+@given(data=st.data())
+@settings(max_examples=examples(20))
+def test_bfloat16_numpy_ops_match_the_reference_and_round_the_float32_result(data):
+    rank = data.draw(st.sampled_from([1, 2]))
+    channels_first = data.draw(st.booleans())
+    size = data.draw(st.integers(3, 12))
+    channels = data.draw(st.integers(1, 9))
+    batch = data.draw(st.integers(1, 3))
+    spatial = (size,) * rank
+    shape = ((batch, channels) + spatial) if channels_first else ((batch,) + spatial + (channels,))
+    kernel = data.draw(st.integers(1, 3))
+    multiplier, filters = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 7))
+    kw = dict(strides=data.draw(st.integers(1, 2)), padding=data.draw(st.sampled_from(["valid", "same"])),
+              data_format="channels_first" if channels_first else "channels_last",
+              activation=data.draw(st.sampled_from([None, "relu", "gelu", "softmax", "tanh"])))
+    x, dk, pk, b = _bf16_case(data.draw(st.integers(0, 99)), rank, shape, kernel, multiplier,
+                              filters, channels_first)
+    y = ops.separable_conv(rank, x, dk, pk, b, backend="numpy", **kw)
+    assert y.dtype == BF16
+    reference = ops.reference_separable_conv(rank, x, dk, pk, b, **kw)
+    _assert_close(y, reference)
+    # float32 inside, one rounding at the end: the float32 call on the same (exactly
+    # representable) values, rounded to bfloat16, is the same array
+    y32 = ops.separable_conv(rank, *(a.astype(np.float32) for a in (x, dk, pk, b)),
+                             backend="numpy", **kw)
+    np.testing.assert_array_equal(y.view(np.uint16), y32.astype(BF16).view(np.uint16))
+
+
+def test_bfloat16_layer_policies():
+    x = _bf16_case(1, 2, (2, 7, 7, 4), 3, 1, 6)[0]
+    layer = sg.SeparableConv2D(6, 3, padding="same", activation="relu", dtype="bfloat16",
+                               backend="numpy")
+    y = layer(x)
+    assert (layer.dtype_policy, layer.dtype, layer.compute_dtype) == ("bfloat16",) * 3
+    assert y.dtype == BF16 and all(w.dtype == BF16 for w in layer.get_weights())
+    _assert_close(y, ops.reference_separable_conv(2, x, *layer.get_weights(), padding="same",
+                                                  activation="relu"))
+    # mixed_bfloat16 (Keras): float32 variables, inputs cast to bfloat16, bfloat16 out
+    mixed = sg.SeparableConv2D(6, 3, dtype={"module": "keras", "class_name": "DTypePolicy",
+                                            "config": {"name": "mixed_bfloat16"}},
+                               backend="numpy")
+    y = mixed(x.astype(np.float32))
+    assert (mixed.dtype, mixed.compute_dtype, y.dtype) == ("float32", "bfloat16", BF16)
+    assert all(w.dtype == np.float32 for w in mixed.get_weights())
+    _assert_close(y, ops.reference_separable_conv(2, x, *mixed.get_weights()))
+    again = sg.SeparableConv2D.from_config(mixed.get_config(), backend="numpy")
+    assert (again.dtype_policy, again.dtype, again.compute_dtype) == (
+        "mixed_bfloat16", "float32", "bfloat16")
+
+
+class _KerasLike:
+    """What from_keras reads of a Keras layer: its config and weights."""
+
+    def __init__(self, config, weights):
+        self.config, self.weights = config, weights
+
+    def get_config(self):
+        return self.config
+
+    def get_weights(self):
+        return self.weights
+
+
+@pytest.mark.parametrize("policy,variable_dtype", [("bfloat16", BF16), ("mixed_bfloat16", np.float32)])
+def test_bfloat16_from_keras_policies(policy, variable_dtype):
+    x, dk, pk, b = _bf16_case(2, 2, (1, 6, 6, 3), 3, 2, 5)
+    weights = [a.astype(variable_dtype) for a in (dk, pk, b)]
+    config = {"name": "sep", "filters": 5, "kernel_size": (3, 3), "depth_multiplier": 2,
+              "padding": "same", "activation": "elu",
+              "dtype": {"module": "keras", "class_name": "DTypePolicy", "config": {"name": policy},
+                        "registered_name": None}}
+    layer = sg.SeparableConv2D.from_keras(_KerasLike(config, weights), backend="numpy")
+    assert layer.dtype_policy == policy
+    assert [w.dtype for w in layer.get_weights()] == [np.dtype(variable_dtype)] * 3
+    y = layer(x)
+    assert y.dtype == BF16
+    _assert_close(y, ops.reference_separable_conv(2, x, dk, pk, b, padding="same",
+                                                  activation="elu"))
+
+
+def test_bfloat16_torch_tensors_on_the_numpy_backend():
+    torch = pytest.importorskip("torch")
+    x, dk, pk, b = _bf16_case(3, 2, (1, 5, 5, 4), 3, 1, 3)
+    x_torch = torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+    weights = [torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) for a in (dk, pk, b)]
+    y = ops.separable_conv2d(x_torch, *weights, backend="numpy")
+    assert y.dtype == BF16
+    np.testing.assert_array_equal(y.view(np.uint16), ops.separable_conv2d(
+        x, dk, pk, b, backend="numpy").view(np.uint16))
+    layer = sg.SeparableConv2D(3, 3, dtype="bfloat16", backend="numpy")
+    layer.build(x.shape)
+    layer.set_weights([dk, pk, b])
+    np.testing.assert_array_equal(layer(x_torch).view(np.uint16), layer(x).view(np.uint16))
+
+
+def test_bfloat16_without_ml_dtypes_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)  # import fails
+    with pytest.raises(ImportError, match=r"ml_dtypes.*sepconv_gpu\[bf16\]"):
+        _dtypes.bfloat16()
+    with pytest.raises(ImportError, match="ml_dtypes"):
+        sg.SeparableConv2D(4, 3, dtype="mixed_bfloat16", backend="numpy")
+    sg.SeparableConv2D(4, 3, dtype="float16", backend="numpy")  # other dtypes never need it
+
+
+@pytest.mark.parametrize("in_catalogue", [False, True])
+def test_bfloat16_cuda_dispatch_follows_the_kernel_catalogue(monkeypatch, in_catalogue):
+    """The CUDA backend launches bfloat16 only where cuda_kernels' catalogue has bfloat16
+    kernels; otherwise it refuses, before allocating or launching, saying so."""
+    from benchmarks import fake_cupy
+
+    backend, cupy = fake_cupy.load_backend()
+    kernels = backend._kernels
+    catalogue = {k: v for k, v in kernels.DTYPES.items() if k != "bfloat16"}
+    if in_catalogue:
+        catalogue["bfloat16"] = kernels.DTYPES.get("bfloat16", ("__nv_bfloat16", 2, 4))
+        monkeypatch.setitem(kernels.SPECIALIZED_EXTENTS, "bfloat16",
+                            kernels.SPECIALIZED_EXTENTS.get("bfloat16", ()))
+    monkeypatch.setattr(kernels, "DTYPES", catalogue)
+    backend._call_plan.cache_clear()
+    x, dk, pk, b = _bf16_case(4, 2, (1, 6, 6, 4), 3, 1, 8)
+    call = lambda: ops.separable_conv2d(cupy.asarray(x), dk, pk, b, padding="same",
+                                        activation="relu", backend=backend.CupyOps())
+    if not in_catalogue:
+        with pytest.raises(TypeError, match=r"bfloat16 input, but this build's kernel catalogue "
+                                            r"has no bfloat16 kernel"):
+            call()
+        assert not [c for c in cupy.calls if c[0] in ("launch", "compile")]
+        return
+    y = call()
+    assert y.dtype == BF16 and y.shape == (1, 6, 6, 8)
+    launches = [c for c in cupy.calls if c[0] == "launch"]
+    assert len(launches) == 1 and catalogue["bfloat16"][0] in launches[0][1]
+    assert launches[0][4][0] is not None and launches[0][4][0].dtype == BF16  # x as given
+
+
+def test_bfloat16_tensor_a_cupy_cannot_import_is_refused_clearly():
+    """A CuPy without bfloat16 (before 14, or without ml_dtypes) fails to import a torch
+    bf16 CUDA tensor through DLPack: the backend says what is missing."""
+    from benchmarks import fake_cupy
+
+    backend, _ = fake_cupy.load_backend()
+
+    class Bf16CudaTensor:
+        dtype = "torch.bfloat16"
+
+        def __dlpack__(self, stream=None):
+            raise NotImplementedError("CuPy does not support bfloat16 yet")
+
+        def __dlpack_device__(self):
+            return (2, 0)
+
+    with pytest.raises(TypeError, match=r"cannot import bfloat16.*CuPy >= 14 with ml_dtypes"):
+        backend.CupyOps().take(Bf16CudaTensor())
