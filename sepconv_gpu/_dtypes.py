@@ -32,6 +32,3 @@ def is_bfloat16(dtype):
     return str(dtype).rsplit(".", 1)[-1] == BFLOAT16
 
 
-def is_float(dtype):
-    """A floating-point dtype: kind "f", or bfloat16 (kind "V" in NumPy)."""
-    return getattr(dtype, "kind", None) == "f" or is_bfloat16(dtype)
