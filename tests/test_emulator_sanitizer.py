@@ -1,0 +1,286 @@
+"""compute-sanitizer's racecheck and memcheck on the CPU (tests/_emulator_sanitizer.py).
+
+The CUDA backend's launch sequences run through the host emulator built with
+ThreadSanitizer (racecheck) and AddressSanitizer (memcheck), over launches that cover
+every kernel template (sepconv_fused, sepconv_softmax_lastaxis, sepconv_tc,
+sepconv_tc_reduce) and plan shape: tensor-core warp tiles MT = 2 and 4, depthwise strips
+and the generic loop, channel splits with the reduce launch, several filter blocks, SIMT
+float32 / float64 / float16 with specialized and generic extents, the no-halo gather,
+softmax and log_softmax. Each geometry is found by asking the planner (the smallest in a
+search space whose launches have the property), so the cases follow planner changes;
+outputs are compared with the float64 reference. Then mutated copies of the kernel source
+(a barrier removed, a bound widened) must make the sanitizer fail, naming the kernel.
+
+Emulated: this shows the kernels' shared-memory accesses are ordered by barriers and
+collectives as the emulator models them, and their global accesses stay inside the
+arrays, for these launches. Only compute-sanitizer on a GPU checks the real thing.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import itertools
+import re
+
+import numpy as np
+import pytest
+
+from sepconv_gpu import activations, geometry
+from sepconv_gpu.backends import cuda_kernels
+from sepconv_gpu.backends.numpy_backend import reference_separable_conv
+
+from _cases import assert_matches, random_case
+
+try:
+    import _cuda_host_emulator as emu  # tests/ on sys.path (pytest's default rootdir import)
+    import _emulator_sanitizer as sanitizer
+except ImportError:  # tests/ as a package
+    from . import _cuda_host_emulator as emu
+    from . import _emulator_sanitizer as sanitizer
+
+pytestmark = pytest.mark.skipif(
+    emu.compiler() is None or emu.cuda_include_dir() is None,
+    reason="needs a host C++ compiler and the CUDA headers")
+
+CHECKS = ("racecheck", "memcheck")
+
+
+def template_args(name):
+    """'sepconv_tc<__half, 3, 3, 4>' -> ('__half', '3', '3', '4')."""
+    return tuple(a.strip() for a in name[name.index("<") + 1:-1].split(","))
+
+
+def kinds(launches):
+    return [launch.kind for launch in launches]
+
+
+def tc_m_tiles(launches):
+    return int(template_args(launches[0].name)[-1]) if launches[0].kind == "tc" else None
+
+
+def tc_strips(case, geom):
+    """Whether the tensor-core launch runs the depthwise as sliding-window strips."""
+    tp = cuda_kernels.tc_plan(case.dtype, geom, case.activation == "linear")
+    return cuda_kernels.tc_uses_strips(geom, tp.tw, tp.th)
+
+
+def simt_extent(launches):
+    return tuple(int(a) for a in template_args(launches[0].name)[-2:])
+
+
+def simt_uses_halo(geom, dtype):
+    return cuda_kernels.plan(dtype, geom.batch, geom.channels, geom.depth_multiplier,
+                             geom.filters, geom.in_size, geom.out_size, geom.kernel,
+                             geom.strides, geom.dilation, geom.channels_first).use_halo
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """A plan shape to cover: the first geometry of the search space (batches x spatial
+    sizes x channels x filters, smallest work first) whose launches satisfy `wants`."""
+
+    label: str
+    dtype: str
+    wants: object              # (case, launches, geom) -> bool
+    kernel: object = 3
+    rank: int = 2
+    strides: object = 1
+    dilation: object = 1
+    padding: str = "same"
+    data_format: str = "channels_last"
+    multiplier: int = 1
+    activation: str = "relu"
+    allow_tf32: bool = False
+    batches: tuple = (1, 2)
+    spatial: tuple = ((4, 4), (6, 7), (8, 8), (12, 12))
+    channels: tuple = (16, 32)
+    filters: tuple = (16, 40)
+    # Run only this many blocks of each launch (first, last, evenly spaced between), for
+    # plans that exist only for large grids: the tensor-core planner picks MT = 4 for 100+
+    # blocks, about a second each under ThreadSanitizer. Outputs of the blocks run are checked.
+    max_blocks: object = None
+
+
+def _tc(m_tiles, split=False, strips=None, after=()):
+    def wants(case, launches, geom):
+        return (kinds(launches) == ["tc"] + (["tc_reduce"] if split else []) + list(after)
+                and tc_m_tiles(launches) == m_tiles
+                and (strips is None or tc_strips(case, geom) == strips))
+    return wants
+
+
+def _simt(extent, halo=True, after=()):
+    def wants(case, launches, geom):
+        return (kinds(launches) == ["fused"] + list(after) and simt_extent(launches) == extent
+                and simt_uses_halo(geom, case.dtype) == halo)
+    return wants
+
+
+CASES = (
+    Case("tc-mt2-generic-extent", "float16", _tc(2), kernel=(2, 2)),
+    Case("tc-mt2-strips", "float16", _tc(2, strips=True), activation="gelu"),
+    Case("tc-mt2-stride2-filter-blocks", "float16", _tc(2, strips=False), strides=2,
+         activation="linear", filters=(300,)),
+    Case("tc-tf32-split-reduce", "float32", _tc(2, split=True), allow_tf32=True,
+         activation="elu", channels=(64, 128), spatial=((2, 2), (4, 4))),
+    Case("tc-mt4", "float16", _tc(4), activation="linear", batches=(8,),
+         spatial=((32, 128), (64, 128)), channels=(16,), filters=(16,), max_blocks=3),
+    Case("tc-softmax", "float16", _tc(2, after=["softmax"]), activation="softmax"),
+    Case("simt-float32-3x3", "float32", _simt((3, 3)), channels=(8,), filters=(20,)),
+    Case("simt-float64-generic-channels-first", "float64", _simt((0, 0)), kernel=(2, 4),
+         strides=2, multiplier=2, data_format="channels_first", activation="selu",
+         channels=(5,), filters=(7,)),
+    Case("simt-float16-1d-filter-blocks", "float16", _simt((1, 3)), rank=1,
+         spatial=((1, 40),), channels=(6,), filters=(70,)),
+    Case("simt-float32-no-halo", "float32", _simt((0, 0), halo=False), dilation=40,
+         channels=(4,), filters=(8,), spatial=((8, 8),)),
+    Case("simt-float64-log-softmax", "float64", _simt((0, 0), after=["softmax"]),
+         kernel=(3, 2), data_format="channels_first", activation="log_softmax",
+         channels=(3,), filters=(9,)),
+)
+
+
+def _geometry(case, batch, spatial, channels, filters):
+    spatial = spatial[2 - case.rank:]
+    strides, padding, data_format, dilation = geometry.normalize_call_args(
+        case.rank, case.strides, case.padding, case.data_format, case.dilation)
+    kernel = geometry.normalize_tuple(case.kernel, case.rank, "kernel")
+    cf = data_format == "channels_first"
+    x_shape = (batch,) + ((channels,) + spatial if cf else spatial + (channels,))
+    return x_shape, geometry.make_geometry(
+        case.rank, x_shape, kernel + (channels, case.multiplier),
+        (1,) * case.rank + (channels * case.multiplier, filters), (filters,),
+        strides, padding, data_format, dilation)
+
+
+def _launches(case, geom, x_strides):
+    return cuda_kernels.launch_sequence(case.dtype, geom, activations.get(case.activation),
+                                        x_strides, True, case.allow_tf32, True)[0]
+
+
+def find_geometry(case):
+    """(x_shape, geometry, launches) of the smallest candidate the planner plans as the
+    case wants."""
+    candidates = sorted(itertools.product(case.batches, case.spatial, case.channels, case.filters),
+                        key=lambda c: c[0] * c[1][0] * c[1][1] * c[2] * c[3])
+    for batch, spatial, channels, filters in candidates:
+        x_shape, geom = _geometry(case, batch, spatial, channels, filters)
+        x_strides = np.cumprod((1,) + x_shape[:0:-1])[::-1]   # contiguous, in elements
+        strides = cuda_kernels.input_element_strides(x_shape, x_strides, 1, geom)
+        launches = _launches(case, geom, strides)
+        if case.wants(case, launches, geom):
+            return x_shape, geom, launches
+    raise AssertionError(f"{case.label}: no geometry of the search space is planned that way any "
+                         "more; widen the case's search space (the planner changed)")
+
+
+@pytest.fixture(scope="module")
+def planned():
+    return {case.label: (case, *find_geometry(case)) for case in CASES}
+
+
+def build(names, source=None, checks=CHECKS):
+    """The driver built with each check, the builds in parallel."""
+    with concurrent.futures.ThreadPoolExecutor(len(checks)) as pool:
+        builds = {c: pool.submit(sanitizer.SanitizedEmulator, names, c, source) for c in checks}
+        return {c: b.result() for c, b in builds.items()}
+
+
+@pytest.fixture(scope="module")
+def drivers(planned):
+    names = sorted({launch.name for _, _, _, launches in planned.values() for launch in launches})
+    return build(names)
+
+
+def run_case(emulator, case, x_shape, geom, seed=0):
+    """The case's convolution through `emulator` (the planner's launch sequence), checked
+    against the float64 reference; returns its launches. Outputs of blocks a sampled
+    launch skipped stay NaN (poisoned) and are left out of the comparison."""
+    rng = np.random.default_rng(seed)
+    x, dk, pk, b = random_case(rng, case.rank, x_shape, case.kernel, case.multiplier,
+                               geom.filters, case.dtype,
+                               channels_first=case.data_format == "channels_first")
+    before = x.copy()
+    act = activations.get(case.activation)
+    if case.max_blocks:
+        emulator = emulator.sampling(case.max_blocks)
+    y, launches = emu.separable_conv(emulator, x, dk, pk, b, geom, act, case.allow_tf32)
+    reference = reference_separable_conv(x, dk, pk, b, geom, act)
+    np.testing.assert_array_equal(x, before)  # the input is never written
+    sampled = any(sanitizer.sample_blocks(launch.grid, case.max_blocks) for launch in launches)
+    ran = ~np.isnan(y) if sampled else np.ones(y.shape, bool)
+    assert ran.any()
+    # TF32 operands have float16's 10-bit mantissa: float16's tolerance
+    assert_matches(y[ran], reference[ran], dtype="float16" if case.allow_tf32 else case.dtype)
+    return launches
+
+
+@pytest.mark.parametrize("check", CHECKS)
+@pytest.mark.parametrize("label", [case.label for case in CASES])
+def test_sanitizer_finds_nothing(drivers, planned, check, label):
+    case, x_shape, geom, planned_launches = planned[label]
+    launches = run_case(drivers[check], case, x_shape, geom)
+    assert launches == planned_launches
+
+
+def test_sanitizer_cases_cover_every_kernel_template(planned):
+    """Every __global__ template of the kernel source runs in some case."""
+    templates = set(re.findall(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(",
+                               cuda_kernels.source()))
+    ran = {launch.name.split("<")[0] for _, _, _, launches in planned.values() for launch in launches}
+    assert len(templates) >= 4 and templates == ran, (templates, ran)
+
+
+# --- mutations: each must make its sanitizer fail --------------------------------------
+
+def mutate(source, pattern, replacement, what):
+    """`source` with the one match of the regex `pattern` replaced."""
+    found = len(re.findall(pattern, source))
+    assert found == 1, (
+        f"mutation '{what}': the kernel source has {found} matches of {pattern!r}, not one; "
+        "the kernels changed: update this mutation in tests/test_emulator_sanitizer.py")
+    return re.sub(pattern, replacement, source)
+
+
+def without_barrier_before(marker):
+    """Pattern of the last `__syncthreads();` before the line holding `marker`."""
+    return r"__syncthreads\(\);(?=(?:(?!__syncthreads)[\s\S])*?" + re.escape(marker) + ")"
+
+
+RACES = {
+    # sepconv_fused: the pointwise stage reads Ds, which other warps' depthwise wrote
+    "simt-float32-3x3": "// ---- 3. pointwise",
+    # sepconv_tc: the epilogue's Cs reuses the pipeline buffers other warps' mma still read
+    "tc-mt2-strips": "// ---- epilogue: Cs",
+}
+
+
+@pytest.mark.parametrize("label", sorted(RACES))
+def test_sanitizer_racecheck_finds_a_removed_barrier(planned, label):
+    case, x_shape, geom, launches = planned[label]
+    source = mutate(cuda_kernels.source(), without_barrier_before(RACES[label]),
+                    "/* barrier removed by the test */", f"remove the barrier before {RACES[label]}")
+    racecheck = build([launches[0].name], source, ["racecheck"])["racecheck"]
+    with pytest.raises(sanitizer.SanitizerError) as failure:
+        run_case(racecheck, case, x_shape, geom)
+    report = str(failure.value)
+    assert "ThreadSanitizer: data race" in report and "smem_raw" in report
+    assert f"from kernel {launches[0].name}, block " in report, report
+
+
+def test_sanitizer_memcheck_finds_a_load_past_the_end(planned):
+    """sepconv_fused stages the depthwise weights of channel slot k == K too: it reads one
+    element past the end of the weights (their last tap) and never uses it, so the result
+    is still right (the plain build passes) while memcheck fails."""
+    case, x_shape, geom, launches = planned["simt-float32-3x3"]
+    assert geom.intermediate_channels % 16, "the mutation needs a chunk with a slot past K"
+    source = mutate(cuda_kernels.source(), r"(Wd\[i\] = k )<( K \? load_ro\(dwk)", r"\1<=\2",
+                    "widen the depthwise-weight bound")
+    builds = build([launches[0].name], source, ["memcheck", "plain"])
+    run_case(builds["plain"], case, x_shape, geom)
+    with pytest.raises(sanitizer.SanitizerError) as failure:
+        run_case(builds["memcheck"], case, x_shape, geom)
+    report = str(failure.value)
+    assert "AddressSanitizer: heap-buffer-overflow" in report and "READ of size 4" in report
+    assert "0 bytes to the right of" in report, report
+    assert f"from kernel {launches[0].name}, block 0, thread " in report, report
