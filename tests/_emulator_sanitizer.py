@@ -28,6 +28,7 @@ import copy
 import ctypes
 import hashlib
 import os
+import re
 import struct
 import subprocess
 import tempfile
@@ -60,11 +61,7 @@ class SanitizerError(AssertionError):
 
     def __init__(self, check, status, report):
         self.check, self.status, self.report = check, status, report
-        keep = ("WARNING: ThreadSanitizer", "ERROR: AddressSanitizer", "READ of size",
-                "WRITE of size", "Read of size", "Write of size", "Previous", "kernels/",
-                "Location is", "is located", "SUMMARY:", "sepconv ")
-        lines = [line[:300] for line in report.splitlines() if any(k in line for k in keep)]
-        super().__init__(f"{check} failed (exit status {status}):\n" + "\n".join(lines[:40]))
+        super().__init__(f"{check} failed (exit status {status}):\n" + _essentials(report))
 
 
 class SanitizedEmulator:
@@ -174,6 +171,18 @@ class SanitizedEmulator:
                 ctypes.memmove(low, after, high - low)
         if at != len(output):
             raise RuntimeError(f"the driver wrote {len(output)} bytes, expected {at}")
+
+
+_KEEP = re.compile(r"ThreadSanitizer|AddressSanitizer|READ of|WRITE of|Read of|Write of|"
+                   r"Previous|#0 |kernels/|Location is|is located|Thread T\d+ '|sepconv ")
+_FRAME = re.compile(r"(#\d+ )(?:0x[0-9a-f]+ in )?(?:void )?([^(]*)\(.*?\)(?: const)? (\S+:\d+)")
+
+
+def _essentials(report, limit=40):
+    """The lines of a sanitizer report that say what, where and who, stack frames cut to
+    function and source line (kernel signatures run to hundreds of characters)."""
+    lines = [_FRAME.sub(r"\1\2 \3", line) for line in report.splitlines() if _KEEP.search(line)]
+    return "\n".join(line[:240] for line in lines[:limit])
 
 
 def sample_blocks(grid, max_blocks):

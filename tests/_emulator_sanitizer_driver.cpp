@@ -46,9 +46,17 @@ template <typename... Args> std::string emu_param_sizes(void (*)(Args...)) {
     return {char(sizeof(std::remove_cv_t<std::remove_reference_t<Args>>))...};
 }
 
-// Where a sanitizer report comes from: the kernel of the current launch, and (thread-
-// local, set when an emulated thread starts) whether this OS thread runs a CUDA thread.
+struct EmuArray {
+    unsigned char* base;  // the allocation: lead bytes, then the array
+    std::uint64_t lead, bytes;
+    unsigned char* data() const { return base + lead; }
+};
+
+// Where a sanitizer report comes from: the kernel of the current launch and its array
+// arguments (index, array), and (thread-local, set when an emulated thread starts)
+// whether this OS thread runs a CUDA thread.
 static const char* emu_current_kernel = "(no launch yet)";
+static std::vector<std::pair<std::size_t, EmuArray>> emu_current_arrays;
 thread_local bool emu_is_cuda_thread = false;
 
 static void emu_name_thread(unsigned t) {
@@ -60,17 +68,39 @@ static void emu_name_thread(unsigned t) {
 
 static void emu_report_where(const char* check) {
     if (emu_is_cuda_thread)
-        std::fprintf(stderr, "sepconv sanitizer %s: the report above comes from kernel %s, "
-                     "block %u, thread %u (warp %u, lane %u); other threads are named "
-                     "'cuda thread N' in it\n", check, emu_current_kernel, blockIdx.x,
-                     threadIdx.x, threadIdx.x / 32, threadIdx.x % 32);
+        std::fprintf(stderr, "sepconv sanitizer %s: reported in kernel %s, block %u, thread "
+                     "%u (warp %u, lane %u); the OS threads are named 'cuda thread N'\n", check,
+                     emu_current_kernel, blockIdx.x, threadIdx.x, threadIdx.x / 32,
+                     threadIdx.x % 32);
     else
-        std::fprintf(stderr, "sepconv sanitizer %s: the report above comes from the driver's "
-                     "own thread, during or after kernel %s\n", check, emu_current_kernel);
+        std::fprintf(stderr, "sepconv sanitizer %s: reported in the driver's own thread, during "
+                     "or after kernel %s\n", check, emu_current_kernel);
 }
 
 #if defined(__SANITIZE_ADDRESS__)
-extern "C" void __asan_on_error() { emu_report_where("memcheck"); }
+extern "C" void* __asan_get_report_address();
+
+// Which array argument of the launch the bad address is nearest to, and how far outside.
+extern "C" void __asan_on_error() {
+    emu_report_where("memcheck");
+    const auto* bad = static_cast<const unsigned char*>(__asan_get_report_address());
+    const std::pair<std::size_t, EmuArray>* nearest = nullptr;
+    std::uint64_t distance = UINT64_MAX;
+    for (const auto& arg : emu_current_arrays) {
+        const unsigned char *begin = arg.second.data(), *end = begin + arg.second.bytes;
+        const std::uint64_t d = bad < begin ? begin - bad : bad >= end ? bad - end + 1 : 0;
+        if (d < distance) distance = d, nearest = &arg;
+    }
+    if (nearest && distance == 0)
+        std::fprintf(stderr, "sepconv sanitizer memcheck: the address is inside argument %zu\n",
+                     nearest->first);
+    else if (nearest)
+        std::fprintf(stderr, "sepconv sanitizer memcheck: the address is %llu bytes %s argument "
+                     "%zu (an array of %llu bytes)\n",
+                     (unsigned long long)(bad < nearest->second.data() ? distance : distance - 1),
+                     bad < nearest->second.data() ? "before" : "past the end of", nearest->first,
+                     (unsigned long long)nearest->second.bytes);
+}
 #endif
 #if defined(__SANITIZE_THREAD__)
 extern "C" void __tsan_on_report(const void*) { emu_report_where("racecheck"); }
@@ -103,12 +133,6 @@ public:
 
 private:
     std::ifstream in_;
-};
-
-struct EmuArray {
-    unsigned char* base;  // the allocation: lead bytes, then the array
-    std::uint64_t lead, bytes;
-    unsigned char* data() const { return base + lead; }
 };
 
 static EmuArray emu_allocate(std::uint64_t lead, std::uint64_t bytes) {
@@ -147,6 +171,7 @@ int main(int argc, char** argv) {
             if (name == emu_kernel_table[k].name) entry = &emu_kernel_table[k];
         if (!entry) emu_bad_input("kernel " + name + " is not in this build");
         std::vector<void*> args(in.get<std::uint32_t>());
+        emu_current_arrays.clear();
         if (args.size() != entry->kinds.size())
             emu_bad_input(name + " takes " + std::to_string(entry->kinds.size()) +
                           " arguments, the launch has " + std::to_string(args.size()));
@@ -160,6 +185,7 @@ int main(int argc, char** argv) {
                 const auto offset = in.get<std::uint64_t>();
                 if (index >= arrays.size() || offset > arrays[index].bytes)
                     emu_bad_input(name + ": argument " + std::to_string(i) + " is no array");
+                emu_current_arrays.emplace_back(i, arrays[index]);
                 auto* pointer = new void*(arrays[index].data() + offset);
                 scalars.push_back(pointer);
                 args[i] = pointer;

@@ -265,7 +265,7 @@ def test_sanitizer_racecheck_finds_a_removed_barrier(planned, label):
         run_case(racecheck, case, x_shape, geom)
     report = str(failure.value)
     assert "ThreadSanitizer: data race" in report and "smem_raw" in report
-    assert f"from kernel {launches[0].name}, block " in report, report
+    assert f"reported in kernel {launches[0].name}, block " in report, report
 
 
 def test_sanitizer_memcheck_finds_a_load_past_the_end(planned):
@@ -282,5 +282,73 @@ def test_sanitizer_memcheck_finds_a_load_past_the_end(planned):
         run_case(builds["memcheck"], case, x_shape, geom)
     report = str(failure.value)
     assert "AddressSanitizer: heap-buffer-overflow" in report and "READ of size 4" in report
-    assert "0 bytes to the right of" in report, report
-    assert f"from kernel {launches[0].name}, block 0, thread " in report, report
+    assert "0 bytes past the end of argument 1 " in report, report  # dwk
+    assert f"reported in kernel {launches[0].name}, block 0, thread " in report, report
+
+
+# --- the driver on tiny kernels: both ends of an array, barriers and warp collectives ------
+
+PROBES = r"""
+// b[i] = a[i + shift] for i < n: shift -1 reads before a, +1 past its end
+__global__ void probe_copy(const float* a, float* b, int n, int shift) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) b[i] = a[i + shift];
+}
+
+// Every thread writes its shared slot and reads its neighbour's in the next warp (mode 0:
+// no barrier, 1: __syncthreads), or the next lane's in its own warp after __syncwarp (2).
+__global__ void probe_exchange(float* out, int mode) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    float* s = reinterpret_cast<float*>(smem_raw);
+    const unsigned t = threadIdx.x, n = blockDim.x;
+    s[t] = float(t + 1000 * blockIdx.x);
+    if (mode == 1) __syncthreads();
+    if (mode == 2) __syncwarp();
+    const unsigned other = mode == 2 ? (t & ~31u) | ((t + 1) & 31u) : (t + 32) % n;
+    out[blockIdx.x * n + t] = s[other];
+}
+"""
+PROBE_NAMES = ["probe_copy", "probe_exchange"]
+
+
+@pytest.fixture(scope="module")
+def probes():
+    return build(PROBE_NAMES, PROBES)
+
+
+@pytest.mark.parametrize("shift, where", [(-1, "4 bytes before argument 0"),
+                                          (1, "0 bytes past the end of argument 0")])
+def test_sanitizer_memcheck_sees_both_ends_of_an_array(probes, shift, where):
+    a = np.arange(64, dtype=np.float32)
+    b = np.zeros(64, np.float32)
+    args = (a, b, np.int32(64), np.int32(0))
+    probes["memcheck"].launch("probe_copy", 2, 32, args, 0)  # in bounds: no report
+    np.testing.assert_array_equal(b, a)
+    with pytest.raises(sanitizer.SanitizerError) as failure:
+        probes["memcheck"].launch("probe_copy", 2, 32, args[:3] + (np.int32(shift),), 0)
+    report = str(failure.value)
+    thread = "block 0, thread 0 " if shift < 0 else "block 1, thread 31 "
+    assert "reported in kernel probe_copy, " + thread in report and where in report, report
+
+
+@pytest.mark.parametrize("mode, race", [(0, True), (1, False), (2, False)])
+def test_sanitizer_racecheck_sees_unordered_shared_memory(probes, mode, race):
+    out = np.zeros(2 * 64, np.float32)
+    run = lambda: probes["racecheck"].launch("probe_exchange", 2, 64, (out, np.int32(mode)), 256)
+    if race:
+        with pytest.raises(sanitizer.SanitizerError) as failure:
+            run()
+        assert "data race" in str(failure.value) and "kernel probe_exchange" in str(failure.value)
+    else:
+        run()
+        t = np.arange(64)
+        other = (t & ~31) | ((t + 1) & 31) if mode == 2 else (t + 32) % 64
+        np.testing.assert_array_equal(out, np.concatenate([other + 1000 * b for b in (0, 1)]))
+
+
+def test_sanitizer_driver_refuses_a_mistyped_scalar(probes):
+    a, b = np.zeros(4, np.float32), np.zeros(4, np.float32)
+    with pytest.raises(sanitizer.SanitizerError, match="argument 2 is of kind 'f', the parameter of kind 'i'"):
+        probes["memcheck"].launch("probe_copy", 1, 32, (a, b, np.float32(4), np.int32(0)), 0)
+    with pytest.raises(sanitizer.SanitizerError, match="argument 3 has 8 bytes, the parameter 4"):
+        probes["memcheck"].launch("probe_copy", 1, 32, (a, b, np.int32(4), np.int64(0)), 0)
