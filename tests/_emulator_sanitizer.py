@@ -13,8 +13,10 @@ can be loaded into the Python process:
   flight is one too. Blocks run one after another: races between blocks are not seen.
 - "memcheck": AddressSanitizer. Every array of a launch is its own heap allocation of
   exactly its extent, and dynamic shared memory is poisoned past the launch's bytes, so a
-  read or write past either end is a heap-buffer-overflow (global-buffer-overflow for
-  shared memory) report.
+  read or write past either end is a heap-buffer-overflow (use-after-poison for shared
+  memory and for the few bytes kept before a misaligned array) report. A scalar argument
+  of another kind or size than its kernel parameter is refused before the launch.
+- "plain": the same driver without a sanitizer (what the in-process emulator computes).
 
 Either failure raises SanitizerError with the report, which names the kernel, the block
 and the thread (the driver prints it from the sanitizer's report hook) and the source line

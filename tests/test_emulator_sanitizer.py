@@ -8,8 +8,12 @@ and the generic loop, channel splits with the reduce launch, several filter bloc
 float32 / float64 / float16 with specialized and generic extents, the no-halo gather,
 softmax and log_softmax. Each geometry is found by asking the planner (the smallest in a
 search space whose launches have the property), so the cases follow planner changes;
-outputs are compared with the float64 reference. Then mutated copies of the kernel source
-(a barrier removed, a bound widened) must make the sanitizer fail, naming the kernel.
+outputs are compared with the float64 reference. These clean runs also show that the
+emulator's own machinery (shared memory NaN-poisoned between blocks, cp.async copies
+deferred to their wait, shuffle / mma / ldmatrix exchange slots) raises no false report.
+Then mutated copies of the kernel source (a barrier removed, a bound widened) must make
+the sanitizer fail, naming the kernel; tiny probe kernels check both ends of an array,
+the end of shared memory, __syncthreads / __syncwarp as synchronisation, and scalar types.
 
 Emulated: this shows the kernels' shared-memory accesses are ordered by barriers and
 collectives as the emulator models them, and their global accesses stay inside the
@@ -61,7 +65,10 @@ def tc_m_tiles(launches):
 def tc_strips(case, geom):
     """Whether the tensor-core launch runs the depthwise as sliding-window strips."""
     tp = cuda_kernels.tc_plan(case.dtype, geom, case.activation == "linear")
-    return cuda_kernels.tc_uses_strips(geom, tp.tw, tp.th)
+    try:
+        return cuda_kernels.tc_uses_strips(geom, tp.tw, tp.th)
+    except (AttributeError, TypeError) as error:
+        pytest.fail(f"the tensor-core planner changed ({error}): update tc_strips here")
 
 
 def simt_extent(launches):
@@ -307,8 +314,14 @@ __global__ void probe_exchange(float* out, int mode) {
     const unsigned other = mode == 2 ? (t & ~31u) | ((t + 1) & 31u) : (t + 32) % n;
     out[blockIdx.x * n + t] = s[other];
 }
+
+// Thread 0 reads the float at byte `at` of the dynamic shared memory.
+__global__ void probe_shared_read(float* out, int at) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    if (threadIdx.x == 0) out[0] = *reinterpret_cast<const float*>(smem_raw + at);
+}
 """
-PROBE_NAMES = ["probe_copy", "probe_exchange"]
+PROBE_NAMES = ["probe_copy", "probe_exchange", "probe_shared_read"]
 
 
 @pytest.fixture(scope="module")
@@ -329,6 +342,16 @@ def test_sanitizer_memcheck_sees_both_ends_of_an_array(probes, shift, where):
     report = str(failure.value)
     thread = "block 0, thread 0 " if shift < 0 else "block 1, thread 31 "
     assert "reported in kernel probe_copy, " + thread in report and where in report, report
+
+
+def test_sanitizer_memcheck_sees_a_read_past_the_shared_memory(probes):
+    out = np.zeros(1, np.float32)
+    probes["memcheck"].launch("probe_shared_read", 1, 32, (out, np.int32(252)), 256)
+    assert np.isnan(out[0])  # the last float: never written, NaN-poisoned
+    with pytest.raises(sanitizer.SanitizerError) as failure:
+        probes["memcheck"].launch("probe_shared_read", 1, 32, (out, np.int32(256)), 256)
+    report = str(failure.value)
+    assert "smem_raw" in report and "reported in kernel probe_shared_read, block 0, thread 0 " in report, report
 
 
 @pytest.mark.parametrize("mode, race", [(0, True), (1, False), (2, False)])
