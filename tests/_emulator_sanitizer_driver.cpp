@@ -12,11 +12,11 @@
 //              u32 each of those block indices, u32 args, then per argument:
 //              u8 kind, then for 'a' (an array) u32 its index, u64 byte offset of the
 //              pointer in it; for 'i' / 'u' / 'f' / 'b' (a scalar) u8 size, the bytes
-// Every array is its own heap allocation of exactly `bytes` (`lead` bytes before it keep
-// the caller's address modulo 64, so alignment-dependent code paths are the same), every
-// scalar too: under AddressSanitizer an access past either end of an array, or a kernel
-// parameter wider than the scalar passed, is a heap-buffer-overflow. OUTPUT: every array's
-// bytes after the last launch, in order. Exit status 0, or the sanitizer's / the
+// Every array is its own heap allocation of exactly `bytes` (`lead` bytes before it, kept
+// poisoned, give it the caller's address modulo 64, so alignment-dependent code paths are
+// the same): under AddressSanitizer an access past either end is reported. A scalar of
+// another kind or size than its parameter is refused (exit status 2). OUTPUT: every
+// array's bytes after the last launch, in order. Exit status 0, or the sanitizer's / the
 // emulator's failure with a report on stderr naming the kernel, block and thread.
 #include <pthread.h>
 
@@ -145,6 +145,14 @@ static EmuArray emu_allocate(std::uint64_t lead, std::uint64_t bytes) {
     return {static_cast<unsigned char*>(p), lead, bytes};
 }
 
+// A copy of `bytes` in an allocation of exactly that size (never freed: the process ends
+// after its launches, with LeakSanitizer off).
+static void* emu_hold(const void* bytes, std::size_t n) {
+    void* p = std::malloc(n);
+    std::memcpy(p, bytes, n);
+    return p;
+}
+
 int main(int argc, char** argv) {
     if (argc != 3) emu_bad_input("usage: driver LAUNCHES OUTPUT");
     emu_on_thread_start = emu_name_thread;
@@ -158,7 +166,6 @@ int main(int argc, char** argv) {
         a = emu_allocate(in.get<std::uint64_t>(), bytes);
         in.bytes(a.data(), a.bytes);
     }
-    std::vector<void*> scalars;  // each its own allocation of its exact size
     const auto launches = in.get<std::uint32_t>();
     for (std::uint32_t l = 0; l < launches; ++l) {
         const std::string name = in.text();
@@ -186,19 +193,17 @@ int main(int argc, char** argv) {
                 if (index >= arrays.size() || offset > arrays[index].bytes)
                     emu_bad_input(name + ": argument " + std::to_string(i) + " is no array");
                 emu_current_arrays.emplace_back(i, arrays[index]);
-                auto* pointer = new void*(arrays[index].data() + offset);
-                scalars.push_back(pointer);
-                args[i] = pointer;
+                const void* pointer = arrays[index].data() + offset;
+                args[i] = emu_hold(&pointer, sizeof pointer);
             } else {
                 const auto size = in.get<std::uint8_t>();
                 if (size != std::uint8_t(entry->sizes[i]))
                     emu_bad_input(name + ": argument " + std::to_string(i) + " has " +
                                   std::to_string(size) + " bytes, the parameter " +
                                   std::to_string(int(entry->sizes[i])));
-                void* value = std::malloc(size);
+                unsigned char value[255];
                 in.bytes(value, size);
-                scalars.push_back(value);
-                args[i] = value;
+                args[i] = emu_hold(value, size);
             }
         }
         emu_current_kernel = entry->name;
