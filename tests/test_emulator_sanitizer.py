@@ -249,6 +249,16 @@ def mutate(source, pattern, replacement, what):
     return re.sub(pattern, replacement, source)
 
 
+def report_of(run, mutation):
+    """The SanitizerError message of `run()`, which must fail."""
+    try:
+        run()
+    except sanitizer.SanitizerError as failure:
+        return str(failure)
+    pytest.fail(f"the sanitizer saw nothing wrong with the mutation '{mutation}': if the kernels "
+                "changed so that it is harmless now, update it in tests/test_emulator_sanitizer.py")
+
+
 def without_barrier_before(marker):
     """Pattern of the last `__syncthreads();` before the line holding `marker`."""
     return r"__syncthreads\(\);(?=(?:(?!__syncthreads)[\s\S])*?" + re.escape(marker) + ")"
@@ -265,12 +275,11 @@ RACES = {
 @pytest.mark.parametrize("label", sorted(RACES))
 def test_sanitizer_racecheck_finds_a_removed_barrier(planned, label):
     case, x_shape, geom, launches = planned[label]
+    mutation = f"remove the barrier before {RACES[label]}"
     source = mutate(cuda_kernels.source(), without_barrier_before(RACES[label]),
-                    "/* barrier removed by the test */", f"remove the barrier before {RACES[label]}")
+                    "/* barrier removed by the test */", mutation)
     racecheck = build([launches[0].name], source, ["racecheck"])["racecheck"]
-    with pytest.raises(sanitizer.SanitizerError) as failure:
-        run_case(racecheck, case, x_shape, geom)
-    report = str(failure.value)
+    report = report_of(lambda: run_case(racecheck, case, x_shape, geom), mutation)
     assert "ThreadSanitizer: data race" in report and "smem_raw" in report
     assert f"reported in kernel {launches[0].name}, block " in report, report
 
@@ -281,13 +290,12 @@ def test_sanitizer_memcheck_finds_a_load_past_the_end(planned):
     is still right (the plain build passes) while memcheck fails."""
     case, x_shape, geom, launches = planned["simt-float32-3x3"]
     assert geom.intermediate_channels % 16, "the mutation needs a chunk with a slot past K"
+    mutation = "widen the depthwise-weight bound"
     source = mutate(cuda_kernels.source(), r"(Wd\[i\] = k )<( K \? load_ro\(dwk)", r"\1<=\2",
-                    "widen the depthwise-weight bound")
+                    mutation)
     builds = build([launches[0].name], source, ["memcheck", "plain"])
     run_case(builds["plain"], case, x_shape, geom)
-    with pytest.raises(sanitizer.SanitizerError) as failure:
-        run_case(builds["memcheck"], case, x_shape, geom)
-    report = str(failure.value)
+    report = report_of(lambda: run_case(builds["memcheck"], case, x_shape, geom), mutation)
     assert "AddressSanitizer: heap-buffer-overflow" in report and "READ of size 4" in report
     assert "0 bytes past the end of argument 1 " in report, report  # dwk
     assert f"reported in kernel {launches[0].name}, block 0, thread " in report, report
