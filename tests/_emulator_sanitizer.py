@@ -30,7 +30,9 @@ import copy
 import ctypes
 import hashlib
 import os
+import platform
 import re
+import shutil
 import struct
 import subprocess
 import tempfile
@@ -156,9 +158,12 @@ class SanitizedEmulator:
             launch_file, output_file = os.path.join(tmp, "launches"), os.path.join(tmp, "output")
             with open(launch_file, "wb") as fh:
                 fh.write(b"".join(header + [struct.pack("<I", len(launches))] + body))
-            result = subprocess.run([self.executable, launch_file, output_file],
-                                    capture_output=True, text=True, timeout=timeout,
-                                    env={**os.environ, **ENVIRONMENT})
+            command = [self.executable, launch_file, output_file]
+            result = _execute(command, timeout)
+            if "unexpected memory mapping" in result.stderr and shutil.which("setarch"):
+                # gcc 12's TSan cannot start under a kernel's high ASLR entropy (newer
+                # kernels' vm.mmap_rnd_bits): run it without address randomization
+                result = _execute(["setarch", platform.machine(), "-R"] + command, timeout)
             if result.returncode != 0:
                 raise SanitizerError(self.check, result.returncode, result.stderr)
             with open(output_file, "rb") as fh:
@@ -173,6 +178,11 @@ class SanitizedEmulator:
                 ctypes.memmove(low, after, high - low)
         if at != len(output):
             raise RuntimeError(f"the driver wrote {len(output)} bytes, expected {at}")
+
+
+def _execute(command, timeout):
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **ENVIRONMENT})
 
 
 _KEEP = re.compile(r"ThreadSanitizer|AddressSanitizer|READ of|WRITE of|Read of|Write of|"
