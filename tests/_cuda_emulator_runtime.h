@@ -13,6 +13,9 @@
 //   cp_async_wait that covers it, so a missing wait or barrier poisons the result; a block
 //   that ends with copies never waited for aborts.
 // - mma products are accumulated in double and rounded to float once.
+// - Built with AddressSanitizer (the sanitizer driver, tests/_emulator_sanitizer.py), the
+//   bytes past the launch's dynamic shared memory are poisoned instead of guarded, so an
+//   access past the end fails at once, naming the thread.
 #include <cuda_fp16.h>
 #include <vector_types.h>
 #include <vector_functions.h>
@@ -356,6 +359,18 @@ static void emu_call(void (*k)(Args...), void** a, std::index_sequence<I...>) {
     k(*static_cast<std::remove_cv_t<std::remove_reference_t<Args>>*>(a[I])...);
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+extern "C" void __asan_poison_memory_region(void const volatile*, std::size_t);
+extern "C" void __asan_unpoison_memory_region(void const volatile*, std::size_t);
+
+static void emu_poison_smem() {
+    __asan_unpoison_memory_region(smem_raw, sizeof smem_raw);
+    std::memset(smem_raw, 0xff, emu_smem_bytes);
+    __asan_poison_memory_region(smem_raw + emu_smem_bytes, sizeof smem_raw - emu_smem_bytes);
+}
+
+static void emu_check_guard() {}  // the poisoned guard: AddressSanitizer reports the write
+#else
 static void emu_poison_smem() { std::memset(smem_raw, 0xff, emu_smem_bytes + EMU_SMEM_GUARD); }
 
 static void emu_check_guard() {
@@ -364,6 +379,14 @@ static void emu_check_guard() {
             emu_fail("block %u wrote past its %zu bytes of dynamic shared memory (at byte %zu)",
                      blockIdx.x, emu_smem_bytes, i);
 }
+#endif
+
+// Set by a host program that wants to know which OS thread runs which CUDA thread (the
+// sanitizer driver names them so that ThreadSanitizer's reports say it).
+static void (*emu_on_thread_start)(unsigned thread) = nullptr;
+// When set, a launch runs only these blocks, in this order (the sanitizer driver samples
+// the blocks of large grids); by default every block, in order.
+static const std::vector<unsigned>* emu_block_subset = nullptr;
 
 template <typename... Args>
 static void emu_launch(void (*k)(Args...), unsigned grid, unsigned block, std::size_t shared_bytes,
@@ -383,11 +406,17 @@ static void emu_launch(void (*k)(Args...), unsigned grid, unsigned block, std::s
         emu_warp_barrier[w] = warps.back().get();
     }
     emu_poison_smem();
+    const std::vector<unsigned>* subset = emu_block_subset;
+    for (std::size_t i = 0; subset && i < subset->size(); ++i)
+        if ((*subset)[i] >= grid) emu_fail("block %u of a grid of %u", (*subset)[i], grid);
+    const std::size_t blocks = subset ? subset->size() : grid;
     std::vector<std::thread> threads;
     for (unsigned t = 0; t < block; ++t) {
         threads.emplace_back([=, &bar] {
             threadIdx.x = t;
-            for (unsigned b = 0; b < grid; ++b) {
+            if (emu_on_thread_start) emu_on_thread_start(t);
+            for (std::size_t i = 0; i < blocks; ++i) {
+                const unsigned b = subset ? (*subset)[i] : unsigned(i);
                 blockIdx.x = b;
                 emu_copies.clear();
                 emu_groups_committed = 0;

@@ -1,0 +1,385 @@
+"""compute-sanitizer's racecheck and memcheck on the CPU (tests/_emulator_sanitizer.py).
+
+The CUDA backend's launch sequences run through the host emulator built with
+ThreadSanitizer (racecheck) and AddressSanitizer (memcheck), over launches that cover
+every kernel template (sepconv_fused, sepconv_softmax_lastaxis, sepconv_tc,
+sepconv_tc_reduce) and plan shape: tensor-core warp tiles MT = 2 and 4, depthwise strips
+and the generic loop, channel splits with the reduce launch, several filter blocks, SIMT
+float32 / float64 / float16 with specialized and generic extents, the no-halo gather,
+softmax and log_softmax. Each geometry is found by asking the planner (the smallest in a
+search space whose launches have the property), so the cases follow planner changes;
+outputs are compared with the float64 reference. These clean runs also show that the
+emulator's own machinery (shared memory NaN-poisoned between blocks, cp.async copies
+deferred to their wait, shuffle / mma / ldmatrix exchange slots) raises no false report.
+Then mutated copies of the kernel source (a barrier removed, a bound widened) must make
+the sanitizer fail, naming the kernel; tiny probe kernels check both ends of an array,
+the end of shared memory, __syncthreads / __syncwarp as synchronisation, and scalar types.
+
+Emulated: this shows the kernels' shared-memory accesses are ordered by barriers and
+collectives as the emulator models them, and their global accesses stay inside the
+arrays, for these launches. Only compute-sanitizer on a GPU checks the real thing.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import itertools
+import re
+
+import numpy as np
+import pytest
+
+from sepconv_gpu import activations, geometry
+from sepconv_gpu.backends import cuda_kernels
+from sepconv_gpu.backends.numpy_backend import reference_separable_conv
+
+from _cases import assert_matches, random_case
+
+try:
+    import _cuda_host_emulator as emu  # tests/ on sys.path (pytest's default rootdir import)
+    import _emulator_sanitizer as sanitizer
+except ImportError:  # tests/ as a package
+    from . import _cuda_host_emulator as emu
+    from . import _emulator_sanitizer as sanitizer
+
+pytestmark = pytest.mark.skipif(
+    emu.compiler() is None or emu.cuda_include_dir() is None,
+    reason="needs a host C++ compiler and the CUDA headers")
+
+CHECKS = ("racecheck", "memcheck")
+
+
+def template_args(name):
+    """'sepconv_tc<__half, 3, 3, 4>' -> ('__half', '3', '3', '4')."""
+    return tuple(a.strip() for a in name[name.index("<") + 1:-1].split(","))
+
+
+def kinds(launches):
+    return [launch.kind for launch in launches]
+
+
+def tc_m_tiles(launches):
+    return int(template_args(launches[0].name)[-1]) if launches[0].kind == "tc" else None
+
+
+def tc_strips(case, geom):
+    """Whether the tensor-core launch runs the depthwise as sliding-window strips."""
+    tp = cuda_kernels.tc_plan(case.dtype, geom, case.activation == "linear")
+    try:
+        return cuda_kernels.tc_uses_strips(geom, tp.tw, tp.th)
+    except (AttributeError, TypeError) as error:
+        pytest.fail(f"the tensor-core planner changed ({error}): update tc_strips here")
+
+
+def simt_extent(launches):
+    return tuple(int(a) for a in template_args(launches[0].name)[-2:])
+
+
+def simt_uses_halo(geom, dtype):
+    return cuda_kernels.plan(dtype, geom.batch, geom.channels, geom.depth_multiplier,
+                             geom.filters, geom.in_size, geom.out_size, geom.kernel,
+                             geom.strides, geom.dilation, geom.channels_first).use_halo
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """A plan shape to cover: the first geometry of the search space (batches x spatial
+    sizes x channels x filters, smallest work first) whose launches satisfy `wants`."""
+
+    label: str
+    dtype: str
+    wants: object              # (case, launches, geom) -> bool
+    kernel: object = 3
+    rank: int = 2
+    strides: object = 1
+    dilation: object = 1
+    padding: str = "same"
+    data_format: str = "channels_last"
+    multiplier: int = 1
+    activation: str = "relu"
+    allow_tf32: bool = False
+    batches: tuple = (1, 2)
+    spatial: tuple = ((4, 4), (6, 7), (8, 8), (12, 12))
+    channels: tuple = (16, 32)
+    filters: tuple = (16, 40)
+    # Run only this many blocks of each launch (first, last, evenly spaced between), for
+    # plans that exist only for large grids: the tensor-core planner picks MT = 4 for 100+
+    # blocks, about a second each under ThreadSanitizer. Outputs of the blocks run are checked.
+    max_blocks: object = None
+
+
+def _tc(m_tiles, split=False, strips=None, after=()):
+    def wants(case, launches, geom):
+        return (kinds(launches) == ["tc"] + (["tc_reduce"] if split else []) + list(after)
+                and tc_m_tiles(launches) == m_tiles
+                and (strips is None or tc_strips(case, geom) == strips))
+    return wants
+
+
+def _simt(extent, halo=True, after=()):
+    def wants(case, launches, geom):
+        return (kinds(launches) == ["fused"] + list(after) and simt_extent(launches) == extent
+                and simt_uses_halo(geom, case.dtype) == halo)
+    return wants
+
+
+CASES = (
+    Case("tc-mt2-generic-extent", "float16", _tc(2), kernel=(2, 2)),
+    Case("tc-mt2-strips", "float16", _tc(2, strips=True), activation="gelu"),
+    Case("tc-mt2-stride2-filter-blocks", "float16", _tc(2, strips=False), strides=2,
+         activation="linear", filters=(300,)),
+    Case("tc-tf32-split-reduce", "float32", _tc(2, split=True), allow_tf32=True,
+         activation="elu", channels=(64, 128), spatial=((2, 2), (4, 4))),
+    Case("tc-mt4", "float16", _tc(4), activation="linear", batches=(8,),
+         spatial=((32, 128), (64, 128)), channels=(16,), filters=(16,), max_blocks=3),
+    Case("tc-softmax", "float16", _tc(2, after=["softmax"]), activation="softmax"),
+    Case("simt-float32-3x3", "float32", _simt((3, 3)), channels=(8,), filters=(20,)),
+    Case("simt-float64-generic-channels-first", "float64", _simt((0, 0)), kernel=(2, 4),
+         strides=2, multiplier=2, data_format="channels_first", activation="selu",
+         channels=(5,), filters=(7,)),
+    Case("simt-float16-1d-filter-blocks", "float16", _simt((1, 3)), rank=1,
+         spatial=((1, 40),), channels=(6,), filters=(70,)),
+    Case("simt-float32-no-halo", "float32", _simt((0, 0), halo=False), dilation=40,
+         channels=(4,), filters=(8,), spatial=((8, 8),)),
+    Case("simt-float64-log-softmax", "float64", _simt((0, 0), after=["softmax"]),
+         kernel=(3, 2), data_format="channels_first", activation="log_softmax",
+         channels=(3,), filters=(9,)),
+)
+
+
+def _geometry(case, batch, spatial, channels, filters):
+    spatial = spatial[2 - case.rank:]
+    strides, padding, data_format, dilation = geometry.normalize_call_args(
+        case.rank, case.strides, case.padding, case.data_format, case.dilation)
+    kernel = geometry.normalize_tuple(case.kernel, case.rank, "kernel")
+    cf = data_format == "channels_first"
+    x_shape = (batch,) + ((channels,) + spatial if cf else spatial + (channels,))
+    return x_shape, geometry.make_geometry(
+        case.rank, x_shape, kernel + (channels, case.multiplier),
+        (1,) * case.rank + (channels * case.multiplier, filters), (filters,),
+        strides, padding, data_format, dilation)
+
+
+def _launches(case, geom, x_strides):
+    return cuda_kernels.launch_sequence(case.dtype, geom, activations.get(case.activation),
+                                        x_strides, True, case.allow_tf32, True)[0]
+
+
+def find_geometry(case):
+    """(x_shape, geometry, launches) of the smallest candidate the planner plans as the
+    case wants."""
+    candidates = sorted(itertools.product(case.batches, case.spatial, case.channels, case.filters),
+                        key=lambda c: c[0] * c[1][0] * c[1][1] * c[2] * c[3])
+    for batch, spatial, channels, filters in candidates:
+        x_shape, geom = _geometry(case, batch, spatial, channels, filters)
+        x_strides = np.cumprod((1,) + x_shape[:0:-1])[::-1]   # contiguous, in elements
+        strides = cuda_kernels.input_element_strides(x_shape, x_strides, 1, geom)
+        launches = _launches(case, geom, strides)
+        if case.wants(case, launches, geom):
+            return x_shape, geom, launches
+    raise AssertionError(f"{case.label}: no geometry of the search space is planned that way any "
+                         "more; widen the case's search space (the planner changed)")
+
+
+@pytest.fixture(scope="module")
+def planned():
+    return {case.label: (case, *find_geometry(case)) for case in CASES}
+
+
+def build(names, source=None, checks=CHECKS):
+    """The driver built with each check, the builds in parallel."""
+    with concurrent.futures.ThreadPoolExecutor(len(checks)) as pool:
+        builds = {c: pool.submit(sanitizer.SanitizedEmulator, names, c, source) for c in checks}
+        return {c: b.result() for c, b in builds.items()}
+
+
+@pytest.fixture(scope="module")
+def drivers(planned):
+    names = sorted({launch.name for _, _, _, launches in planned.values() for launch in launches})
+    return build(names)
+
+
+def run_case(emulator, case, x_shape, geom, seed=0):
+    """The case's convolution through `emulator` (the planner's launch sequence), checked
+    against the float64 reference; returns its launches. Outputs of blocks a sampled
+    launch skipped stay NaN (poisoned) and are left out of the comparison."""
+    rng = np.random.default_rng(seed)
+    x, dk, pk, b = random_case(rng, case.rank, x_shape, case.kernel, case.multiplier,
+                               geom.filters, case.dtype,
+                               channels_first=case.data_format == "channels_first")
+    before = x.copy()
+    act = activations.get(case.activation)
+    if case.max_blocks:
+        emulator = emulator.sampling(case.max_blocks)
+    y, launches = emu.separable_conv(emulator, x, dk, pk, b, geom, act, case.allow_tf32)
+    reference = reference_separable_conv(x, dk, pk, b, geom, act)
+    np.testing.assert_array_equal(x, before)  # the input is never written
+    sampled = any(sanitizer.sample_blocks(launch.grid, case.max_blocks) for launch in launches)
+    ran = ~np.isnan(y) if sampled else np.ones(y.shape, bool)
+    assert ran.any()
+    # TF32 operands have float16's 10-bit mantissa: float16's tolerance
+    assert_matches(y[ran], reference[ran], dtype="float16" if case.allow_tf32 else case.dtype)
+    return launches
+
+
+@pytest.mark.parametrize("check", CHECKS)
+@pytest.mark.parametrize("label", [case.label for case in CASES])
+def test_sanitizer_finds_nothing(drivers, planned, check, label):
+    case, x_shape, geom, planned_launches = planned[label]
+    launches = run_case(drivers[check], case, x_shape, geom)
+    assert launches == planned_launches
+
+
+def test_sanitizer_cases_cover_every_kernel_template(planned):
+    """Every __global__ template of the kernel source runs in some case."""
+    templates = set(re.findall(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(",
+                               cuda_kernels.source()))
+    ran = {launch.name.split("<")[0] for _, _, _, launches in planned.values() for launch in launches}
+    assert len(templates) >= 4 and templates == ran, (templates, ran)
+
+
+# --- mutations: each must make its sanitizer fail --------------------------------------
+
+def mutate(source, pattern, replacement, what):
+    """`source` with the one match of the regex `pattern` replaced."""
+    found = len(re.findall(pattern, source))
+    assert found == 1, (
+        f"mutation '{what}': the kernel source has {found} matches of {pattern!r}, not one; "
+        "the kernels changed: update this mutation in tests/test_emulator_sanitizer.py")
+    return re.sub(pattern, replacement, source)
+
+
+def report_of(run, mutation):
+    """The SanitizerError message of `run()`, which must fail."""
+    try:
+        run()
+    except sanitizer.SanitizerError as failure:
+        return str(failure)
+    pytest.fail(f"the sanitizer saw nothing wrong with the mutation '{mutation}': if the kernels "
+                "changed so that it is harmless now, update it in tests/test_emulator_sanitizer.py")
+
+
+def without_barrier_before(marker):
+    """Pattern of the last `__syncthreads();` before the line holding `marker`."""
+    return r"__syncthreads\(\);(?=(?:(?!__syncthreads)[\s\S])*?" + re.escape(marker) + ")"
+
+
+RACES = {
+    # sepconv_fused: the pointwise stage reads Ds, which other warps' depthwise wrote
+    "simt-float32-3x3": "// ---- 3. pointwise",
+    # sepconv_tc: the epilogue's Cs reuses the pipeline buffers other warps' mma still read
+    "tc-mt2-strips": "// ---- epilogue: Cs",
+}
+
+
+@pytest.mark.parametrize("label", sorted(RACES))
+def test_sanitizer_racecheck_finds_a_removed_barrier(planned, label):
+    case, x_shape, geom, launches = planned[label]
+    mutation = f"remove the barrier before {RACES[label]}"
+    source = mutate(cuda_kernels.source(), without_barrier_before(RACES[label]),
+                    "/* barrier removed by the test */", mutation)
+    racecheck = build([launches[0].name], source, ["racecheck"])["racecheck"]
+    report = report_of(lambda: run_case(racecheck, case, x_shape, geom), mutation)
+    assert "ThreadSanitizer: data race" in report and "smem_raw" in report
+    assert f"reported in kernel {launches[0].name}, block " in report, report
+
+
+def test_sanitizer_memcheck_finds_a_load_past_the_end(planned):
+    """sepconv_fused stages the depthwise weights of channel slot k == K too: it reads one
+    element past the end of the weights (their last tap) and never uses it, so the result
+    is still right (the plain build passes) while memcheck fails."""
+    case, x_shape, geom, launches = planned["simt-float32-3x3"]
+    assert geom.intermediate_channels % 16, "the mutation needs a chunk with a slot past K"
+    mutation = "widen the depthwise-weight bound"
+    source = mutate(cuda_kernels.source(), r"(Wd\[i\] = k )<( K \? load_ro\(dwk)", r"\1<=\2",
+                    mutation)
+    builds = build([launches[0].name], source, ["memcheck", "plain"])
+    run_case(builds["plain"], case, x_shape, geom)
+    report = report_of(lambda: run_case(builds["memcheck"], case, x_shape, geom), mutation)
+    assert "AddressSanitizer: heap-buffer-overflow" in report and "READ of size 4" in report
+    assert "0 bytes past the end of argument 1 " in report, report  # dwk
+    assert f"reported in kernel {launches[0].name}, block 0, thread " in report, report
+
+
+# --- the driver on tiny kernels: both ends of an array, barriers and warp collectives ------
+
+PROBES = r"""
+// b[i] = a[i + shift] for i < n: shift -1 reads before a, +1 past its end
+__global__ void probe_copy(const float* a, float* b, int n, int shift) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) b[i] = a[i + shift];
+}
+
+// Every thread writes its shared slot and reads its neighbour's in the next warp (mode 0:
+// no barrier, 1: __syncthreads), or the next lane's in its own warp after __syncwarp (2).
+__global__ void probe_exchange(float* out, int mode) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    float* s = reinterpret_cast<float*>(smem_raw);
+    const unsigned t = threadIdx.x, n = blockDim.x;
+    s[t] = float(t + 1000 * blockIdx.x);
+    if (mode == 1) __syncthreads();
+    if (mode == 2) __syncwarp();
+    const unsigned other = mode == 2 ? (t & ~31u) | ((t + 1) & 31u) : (t + 32) % n;
+    out[blockIdx.x * n + t] = s[other];
+}
+
+// Thread 0 reads the float at byte `at` of the dynamic shared memory.
+__global__ void probe_shared_read(float* out, int at) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    if (threadIdx.x == 0) out[0] = *reinterpret_cast<const float*>(smem_raw + at);
+}
+"""
+PROBE_NAMES = ["probe_copy", "probe_exchange", "probe_shared_read"]
+
+
+@pytest.fixture(scope="module")
+def probes():
+    return build(PROBE_NAMES, PROBES)
+
+
+@pytest.mark.parametrize("shift, where", [(-1, "4 bytes before argument 0"),
+                                          (1, "0 bytes past the end of argument 0")])
+def test_sanitizer_memcheck_sees_both_ends_of_an_array(probes, shift, where):
+    a = np.arange(64, dtype=np.float32)
+    b = np.zeros(64, np.float32)
+    args = (a, b, np.int32(64), np.int32(0))
+    probes["memcheck"].launch("probe_copy", 2, 32, args, 0)  # in bounds: no report
+    np.testing.assert_array_equal(b, a)
+    with pytest.raises(sanitizer.SanitizerError) as failure:
+        probes["memcheck"].launch("probe_copy", 2, 32, args[:3] + (np.int32(shift),), 0)
+    report = str(failure.value)
+    thread = "block 0, thread 0 " if shift < 0 else "block 1, thread 31 "
+    assert "reported in kernel probe_copy, " + thread in report and where in report, report
+
+
+def test_sanitizer_memcheck_sees_a_read_past_the_shared_memory(probes):
+    out = np.zeros(1, np.float32)
+    probes["memcheck"].launch("probe_shared_read", 1, 32, (out, np.int32(252)), 256)
+    assert np.isnan(out[0])  # the last float: never written, NaN-poisoned
+    with pytest.raises(sanitizer.SanitizerError) as failure:
+        probes["memcheck"].launch("probe_shared_read", 1, 32, (out, np.int32(256)), 256)
+    report = str(failure.value)
+    assert "smem_raw" in report and "reported in kernel probe_shared_read, block 0, thread 0 " in report, report
+
+
+@pytest.mark.parametrize("mode, race", [(0, True), (1, False), (2, False)])
+def test_sanitizer_racecheck_sees_unordered_shared_memory(probes, mode, race):
+    out = np.zeros(2 * 64, np.float32)
+    run = lambda: probes["racecheck"].launch("probe_exchange", 2, 64, (out, np.int32(mode)), 256)
+    if race:
+        with pytest.raises(sanitizer.SanitizerError) as failure:
+            run()
+        assert "data race" in str(failure.value) and "kernel probe_exchange" in str(failure.value)
+    else:
+        run()
+        t = np.arange(64)
+        other = (t & ~31) | ((t + 1) & 31) if mode == 2 else (t + 32) % 64
+        np.testing.assert_array_equal(out, np.concatenate([other + 1000 * b for b in (0, 1)]))
+
+
+def test_sanitizer_driver_refuses_a_mistyped_scalar(probes):
+    a, b = np.zeros(4, np.float32), np.zeros(4, np.float32)
+    with pytest.raises(sanitizer.SanitizerError, match="argument 2 is of kind 'f', the parameter of kind 'i'"):
+        probes["memcheck"].launch("probe_copy", 1, 32, (a, b, np.float32(4), np.int32(0)), 0)
+    with pytest.raises(sanitizer.SanitizerError, match="argument 3 has 8 bytes, the parameter 4"):
+        probes["memcheck"].launch("probe_copy", 1, 32, (a, b, np.int32(4), np.int64(0)), 0)
