@@ -403,7 +403,7 @@ class BaseSeparableConv:
             return self.call(inputs)
 
     def call(self, inputs):
-        with _ops._stream_scope(self._ops, inputs):  # the caller's stream, input to output
+        with self._ops.stream_scope(inputs):  # the caller's stream, input to output
             return self._call(inputs)
 
     def _call(self, inputs):

@@ -12,7 +12,6 @@ default False computes exact float32. The NumPy backend is always exact.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import numpy as np
@@ -107,7 +106,7 @@ def separable_conv(rank, x, depthwise_kernel, pointwise_kernel, bias=None, strid
         else:
             raise TypeError(f"`x` must be an array; received {type(x).__name__}.")
     ops = _backends.ops_for_array(x, backend)
-    with annotate(f"separable_conv{rank}d"), _stream_scope(ops, x):
+    with annotate(f"separable_conv{rank}d"), ops.stream_scope(x):
         xb, give_back, dk, pk, b, geom = _prepare(
             ops, rank, x, depthwise_kernel, pointwise_kernel, bias, strides, padding, data_format,
             dilation_rate)
@@ -210,12 +209,6 @@ def _normalize(rank, strides, padding, data_format, dilation_rate, activation, a
 @functools.lru_cache(maxsize=256)
 def _normalize_typed(key):
     return _normalize(*_untyped(key))
-
-
-def _stream_scope(ops, x):
-    """The backend's context for a call with input `x` (the caller's stream on CUDA)."""
-    scope = getattr(ops, "stream_scope", None)
-    return contextlib.nullcontext() if scope is None else scope(x)
 
 
 def separable_conv2d(x, depthwise_kernel, pointwise_kernel, bias=None, strides=1,

@@ -66,6 +66,23 @@ def test_bad_names_are_refused(monkeypatch):
         backends.requested_backend()
 
 
+def test_a_backend_object_is_an_ops():
+    """`backend=` takes an `Ops` object as is; an object that only looks like one (it has
+    a `separable_conv`) is refused as a bad name, not called."""
+    ops = backends.get_ops("numpy")
+    assert isinstance(ops, backends.Ops) and backends.resolve(ops) is ops
+    assert backends.requested_backend(ops) == "numpy"
+
+    class LookAlike:
+        name = "numpy"
+
+        def separable_conv(self, *args, **kwargs):
+            raise AssertionError("called")
+
+    with pytest.raises(ValueError, match="backend must be one of .*LookAlike"):
+        sg.SeparableConv2D(2, 3, backend=LookAlike())
+
+
 def test_context_is_per_thread():
     seen = {}
 

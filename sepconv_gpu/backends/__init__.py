@@ -1,22 +1,4 @@
-"""Backend objects and the rule that picks one.
-
-A backend is a small object with the same methods on every device (Thinc's `NumpyOps` /
-`CupyOps` pattern):
-
-    name                      "numpy" | "cuda"
-    xp                        the array module (numpy / cupy)
-    owns(x) -> bool           x already lives on this backend (no copy needed)
-    take(x) -> (array, back)  x as this backend's array (no copy when it already lives
-                              here) and a function turning a result back into x's kind
-    asarray(a, dtype=None)    weights onto this backend
-    to_numpy(a)               a host copy
-    separable_conv(x, depthwise, pointwise, bias, geometry, activation,
-                   allow_tf32=False, weights_cache=None) -> y
-                              activation: one with `by_rows` set; ops
-                              applies any other callable to the whole output
-                              allow_tf32: float32 may use TF32 tensor cores (CUDA only);
-                              weights_cache: None, or a dict to keep forms derived from
-                              these weights in (a layer's weights snapshot owns it)
+"""Backend objects (`Ops`: `NumpyOps`, `CupyOps`) and the rule that picks one.
 
 Selection, strongest first: an explicit `backend=` argument, `use_backend(...)`,
 `set_backend(...)`, the `SEPCONV_GPU_BACKEND` environment variable, then "auto"
@@ -36,6 +18,49 @@ BACKEND_NAMES = ("auto", "numpy", "cuda")
 ENV_VAR = "SEPCONV_GPU_BACKEND"
 
 logger = logging.getLogger("sepconv_gpu")
+
+
+class Ops:
+    """What every backend has (Thinc's `Ops` / `CupyOps` pattern): `NumpyOps` in
+    numpy_backend.py, `CupyOps` in cuda_backend.py. `ops.py` checks a call once and takes
+    its arrays onto the backend with `take`; `separable_conv` receives arrays the backend
+    owns and does not take them again."""
+
+    name = None  # "numpy" | "cuda"
+    xp = None  # the array module: numpy | cupy
+
+    def owns(self, x):
+        """True when x already lives on this backend (no copy needed)."""
+        raise NotImplementedError
+
+    def take(self, x):
+        """(x as this backend's array, a function turning a result back into x's kind);
+        no copy when x already lives here."""
+        raise NotImplementedError
+
+    def asarray(self, a, dtype=None):
+        """Weights onto this backend, always a copy."""
+        raise NotImplementedError
+
+    def to_numpy(self, a):
+        """`a` as a host NumPy array."""
+        raise NotImplementedError
+
+    def stream_scope(self, x):
+        """The context of one call with input x (CUDA: the caller's stream); none here."""
+        return contextlib.nullcontext()
+
+    def separable_conv(self, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False,
+                       weights_cache=None):
+        """y = activation(bias + pointwise(depthwise(x))): this backend's array of x's dtype.
+
+        x, depthwise, pointwise, bias (or None): this backend's arrays, checked against
+        `geom` (their ConvGeometry) by ops.py. activation: one with `by_rows` set (ops
+        applies any other callable to the whole output). allow_tf32: float32 may use TF32
+        tensor cores (CUDA only). weights_cache: None, or a dict to keep forms derived
+        from these weights in (a layer's weights snapshot owns it).
+        """
+        raise NotImplementedError
 
 
 class BackendUnavailableError(RuntimeError):
@@ -124,7 +149,7 @@ def _say_fallback_once():
 def requested_backend(explicit=None):
     """The backend name the rule selects, before "auto" is resolved."""
     if explicit is not None:
-        return explicit.name if hasattr(explicit, "separable_conv") else _check_name(explicit, "backend")
+        return explicit.name if isinstance(explicit, Ops) else _check_name(explicit, "backend")
     for choice in (_context_choice.get(), _global_choice):
         if choice is not None:
             return choice
@@ -136,7 +161,7 @@ def requested_backend(explicit=None):
 
 def resolve(explicit=None):
     """The backend object for this call, by the selection rule."""
-    if explicit is not None and hasattr(explicit, "separable_conv"):
+    if isinstance(explicit, Ops):
         return explicit
     return get_ops(requested_backend(explicit))
 

@@ -34,7 +34,7 @@ from .. import _dtypes
 from .._nvtx import annotate
 from . import autotune as _autotune
 from . import cuda_kernels as _kernels
-from . import dlpack_on_cuda, identity
+from . import Ops, dlpack_on_cuda, identity
 from . import kernel_cache as _kernel_cache
 from . import nvrtc as _nvrtc
 
@@ -143,7 +143,9 @@ def _give_back_host(x):
     return cupy.asnumpy
 
 
-class CupyOps:
+class CupyOps(Ops):
+    """The CUDA backend (`Ops` says what each method does)."""
+
     name = "cuda"
     xp = cupy
 
@@ -181,12 +183,11 @@ class CupyOps:
 
     def separable_conv(self, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False,
                        weights_cache=None):
-        """y = act(bias + pointwise(depthwise(x))) as a CuPy array of x's dtype."""
-        with annotate("sepconv_gpu.cuda.separable_conv"):
-            x = self.take(x)[0]
-            with x.device:
-                return self._separable_conv(x, depthwise, pointwise, bias, geom, activation,
-                                            allow_tf32, weights_cache)
+        """y = act(bias + pointwise(depthwise(x))) as a CuPy array of x's dtype, computed
+        on x's device (x: a CuPy array, as `take` gave it to ops)."""
+        with annotate("sepconv_gpu.cuda.separable_conv"), x.device:
+            return self._separable_conv(x, depthwise, pointwise, bias, geom, activation,
+                                        allow_tf32, weights_cache)
 
     def _separable_conv(self, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False,
                         weights_cache=None):

@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from .. import geometry as _geometry
-from . import identity, lives_on_device
+from . import Ops, identity, lives_on_device
 
 # Bytes of depthwise intermediate per tile: large enough for an efficient BLAS call,
 # small enough to stay in a typical L2/L3 slice.
@@ -71,7 +71,9 @@ def reference_separable_conv(x, depthwise, pointwise, bias, geom, activation):
     return np.asarray(activation(y), dtype=np.float64)
 
 
-class NumpyOps:
+class NumpyOps(Ops):
+    """The NumPy backend (`Ops` says what each method does)."""
+
     name = "numpy"
     xp = np
 
@@ -96,7 +98,8 @@ class NumpyOps:
 
     def separable_conv(self, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False,
                        weights_cache=None):
-        """Always exact (`allow_tf32` is a CUDA option); nothing is cached (`weights_cache`)."""
+        """Always exact (`allow_tf32` is a CUDA option); nothing is cached (`weights_cache`).
+        The weights are cast to the compute dtype (float16 and bfloat16 compute in float32)."""
         compute = np.float64 if x.dtype == np.float64 else np.float32
         products = (geom.output_positions * geom.kernel[0] * geom.kernel[1]
                     * geom.intermediate_channels)
