@@ -1,142 +1,35 @@
-"""Keras-like layers: `BaseSeparableConv(rank)` holds everything; 1D / 2D are thin.
+"""Keras-like layers: `BaseSeparableConv(rank)` is what is separable convolution, on the
+layer machinery of base_layer.py (Keras's `Layer`); 1D / 2D are thin.
 
 A layer keeps its weights on its backend (chosen by the backend rule when the layer is
 made) and returns the same kind of array it was given. Every call goes through
 `ops.separable_conv`, which validates and computes the geometry once.
-
-A layer may be shared by threads: it is built once, and each call computes with one
-`WeightsSnapshot`, so a concurrent `set_weights` is seen whole or not at all.
 """
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import math
 import operator
-import threading
 
 import numpy as np
 
 from . import activations as _activations
-from . import backends as _backends
-from . import _dtypes
 from . import constraints as _constraints
 from . import geometry as _geometry
 from . import initializers as _initializers
 from . import ops as _ops
 from . import regularizers as _regularizers
-from ._nvtx import annotate
+from .base_layer import _WEIGHTS_LOCK, Layer
+from .base_layer import Variable  # noqa: F401  (sepconv_gpu.layers.Variable, as before)
 
-# Keras 2.x configs carry the keys of the Conv base class; they mean nothing here.
 # Keys only tf.keras 2.x writes into a SeparableConv config (its Conv base's): they mark
-# a config as tf.keras's, whose names mean tf.keras's functions (hard_sigmoid).
+# a config as tf.keras's, whose names mean tf.keras's functions (hard_sigmoid). They and
+# Keras 2's input-shape keys are ignored otherwise.
 _KERAS2_CONFIG_KEYS = frozenset({"groups", "kernel_initializer", "kernel_regularizer",
                                  "kernel_constraint"})
 _KERAS2_IGNORED_KEYS = _KERAS2_CONFIG_KEYS | {"batch_input_shape", "input_shape", "input_dim"}
-_MIXED_POLICIES = {"mixed_float16": ("float32", "float16"), "mixed_bfloat16": ("float32", "bfloat16")}
-_FLOAT_NAMES = ("float16", "float32", "float64", "bfloat16")
-
-_name_lock = threading.Lock()
-_name_counters = {}
 
 
-def _unique_name(base):
-    with _name_lock:
-        count = _name_counters.setdefault(base, itertools.count())
-        n = next(count)
-    return base if n == 0 else f"{base}_{n}"
-
-
-def _dtype_policy(dtype):
-    """(policy name, variable dtype, compute dtype) from a string or DTypePolicy config."""
-    if dtype is None:
-        dtype = "float32"
-    if isinstance(dtype, dict):
-        dtype = dtype.get("config", {}).get("name", dtype.get("name"))
-    if isinstance(dtype, np.dtype) or (isinstance(dtype, type) and issubclass(dtype, np.generic)):
-        dtype = np.dtype(dtype).name
-    if not isinstance(dtype, str):
-        raise TypeError(f"`dtype` must be a dtype name or a DTypePolicy config; received {dtype!r}.")
-    if dtype in _MIXED_POLICIES:
-        return (dtype,) + _MIXED_POLICIES[dtype]
-    if dtype not in _FLOAT_NAMES:
-        raise ValueError(
-            f"`dtype` must be one of {_FLOAT_NAMES + tuple(_MIXED_POLICIES)}; received {dtype!r}.")
-    return dtype, dtype, dtype
-
-
-# Held by every weight write (build, set_weights, Variable.assign, apply_constraints) and
-# while a call reads its weights. One lock for all layers, because compat.v1 layers share
-# Variables: a write through one layer must reach every layer using them whole.
-_WEIGHTS_LOCK = threading.RLock()
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class WeightsSnapshot:
-    """The weights one call computes with. Never changed: a weight write replaces the
-    arrays (Variables are reassigned, never written in place), and the next call takes a
-    new snapshot. `cache` holds what a backend derives from these arrays (e.g. device
-    copies in the accumulation dtype); it lives and dies with the snapshot."""
-
-    depthwise: object
-    pointwise: object
-    bias: object = None
-    cache: dict = dataclasses.field(default_factory=dict, repr=False)
-
-    def holds(self, arrays):
-        """True when `arrays` (depthwise, pointwise[, bias]) are this snapshot's, by identity."""
-        mine = (self.depthwise, self.pointwise, self.bias)
-        return all(a is b for a, b in zip(arrays, mine))
-
-
-class Variable:
-    """A named layer weight living on the layer's backend (a NumPy or CuPy array).
-
-    Its `value` is replaced, never written in place, by every write here; code writing
-    into `value` in place must not expect layers to notice (their snapshot cache).
-    """
-
-    def __init__(self, layer, name, value, constraint=None, regularizer=None):
-        self._layer = layer
-        self.name = name
-        self.value = value
-        self.constraint = constraint
-        self.regularizer = regularizer
-
-    @property
-    def path(self):
-        return f"{self._layer.name}/{self.name}"
-
-    @property
-    def trainable(self):
-        return self._layer.trainable
-
-    shape = property(lambda self: tuple(self.value.shape))
-    dtype = property(lambda self: str(self.value.dtype))
-
-    def numpy(self):
-        """A host copy (never a view the caller could write into)."""
-        return np.array(self._layer._ops.to_numpy(self.value), copy=True)
-
-    def __array__(self, dtype=None, copy=None):
-        return self.numpy() if dtype is None else self.numpy().astype(dtype)
-
-    def assign(self, value):
-        host = np.asarray(value)
-        if host.shape != self.shape:
-            raise ValueError(
-                f"Cannot assign a value of shape {host.shape} to variable '{self.path}' of shape {self.shape}.")
-        if host.dtype.kind not in "fiu" and not _dtypes.is_bfloat16(host.dtype):
-            raise TypeError(f"Cannot assign a value of dtype {host.dtype} to variable '{self.path}'.")
-        value = self._layer._ops.asarray(host, dtype=self.dtype)
-        with _WEIGHTS_LOCK:
-            self.value = value
-
-    def __repr__(self):
-        return f"<Variable path={self.path}, shape={self.shape}, dtype={self.dtype}>"
-
-
-class BaseSeparableConv:
+class BaseSeparableConv(Layer):
     """Depthwise separable convolution of spatial rank 1 or 2 (Keras 3's design).
 
     Takes Keras's arguments, plus `backend` ("numpy", "cuda", "auto"; default: the
@@ -146,7 +39,7 @@ class BaseSeparableConv:
     exact).
     """
 
-    _auto_name = "separable_conv"  # unnamed layers get this, then _1, _2, ...
+    _auto_name = "separable_conv"
 
     # Activation names mean Keras 3's functions; the TF1 layers (compat.v1) set this so
     # that "hard_sigmoid" keeps tf.keras 2.x's meaning there, as in TensorFlow.
@@ -178,73 +71,39 @@ class BaseSeparableConv:
         self.depthwise_regularizer = _regularizers.get(depthwise_regularizer)
         self.pointwise_regularizer = _regularizers.get(pointwise_regularizer)
         self.bias_regularizer = _regularizers.get(bias_regularizer)
-        self.activity_regularizer = _regularizers.get(activity_regularizer)
         self.depthwise_constraint = _constraints.get(depthwise_constraint)
         self.pointwise_constraint = _constraints.get(pointwise_constraint)
         self.bias_constraint = _constraints.get(bias_constraint)
-        if not isinstance(trainable, bool):  # Keras 3's check, and its exception type
-            raise ValueError(
-                f"Expected `trainable` to be a boolean. Received: trainable={trainable!r} "
-                f"(of type {type(trainable).__name__})")
-        self.trainable = trainable
-        self.name = _unique_name(self._auto_name) if name is None else self._check_name(name)
-        self.dtype_policy, self.dtype, self.compute_dtype = _dtype_policy(dtype)
-        # bfloat16 needs ml_dtypes: a layer of that policy fails here, clearly, if it is missing
-        self._compute_np_dtype = _dtypes.numpy_dtype(self.compute_dtype)
-        self._variable_np_dtype = _dtypes.numpy_dtype(self.dtype)
-        self._ops = _backends.resolve(backend)
+        super().__init__(activity_regularizer=activity_regularizer, trainable=trainable,
+                         name=name, dtype=dtype, backend=backend)
         self.allow_tf32 = _ops.check_allow_tf32(allow_tf32)
-        self.built = False
-        self._build_lock = threading.Lock()
-        self._snapshot = None
         self._input_channels = None
-        self._activity_losses = []
         self.depthwise_kernel = self.pointwise_kernel = self.bias = None
 
-    @staticmethod
-    def _check_name(name):
-        """Keras 3's rule (and exception type): a string without '/'."""
-        if not isinstance(name, str) or "/" in name:
-            raise ValueError(
-                "Argument `name` must be a string and cannot contain character `/`. "
-                f"Received: name={name!r} (of type {type(name).__name__})")
-        return name
-
     # -- weights -------------------------------------------------------------------------
-
-    @property
-    def backend(self):
-        return self._ops.name
 
     @property
     def _channel_axis(self):
         return 1 if self.data_format == "channels_first" else -1
 
-    def build(self, input_shape):
-        """Create the weights, once: concurrent first calls wait for one build."""
-        if self.built:
-            return
-        with self._build_lock:
-            if self.built:
-                return
-            try:
-                input_shape = tuple(input_shape)
-            except TypeError:
-                raise TypeError(
-                    f"Layer '{self.name}' `build` expects `input_shape`, a tuple of {self.rank + 2} "
-                    f"dimensions; received {input_shape!r}.") from None
-            self._check_rank(input_shape)
-            channels = input_shape[self._channel_axis]
-            if channels is None:
-                raise ValueError(
-                    f"The channel dimension of the inputs to layer '{self.name}' should be defined. "
-                    f"Received input_shape={input_shape}.")
-            channels = self._check_channels(channels, input_shape)
-            self._check_weight_sizes(channels)
-            with _WEIGHTS_LOCK:
-                self._create_weights(channels)
-            self._input_channels = channels
-            self.built = True  # last: a call that sees it sees every weight
+    def _build(self, input_shape):
+        try:
+            input_shape = tuple(input_shape)
+        except TypeError:
+            raise TypeError(
+                f"Layer '{self.name}' `build` expects `input_shape`, a tuple of {self.rank + 2} "
+                f"dimensions; received {input_shape!r}.") from None
+        self._check_rank(input_shape)
+        channels = input_shape[self._channel_axis]
+        if channels is None:
+            raise ValueError(
+                f"The channel dimension of the inputs to layer '{self.name}' should be defined. "
+                f"Received input_shape={input_shape}.")
+        channels = self._check_channels(channels, input_shape)
+        self._check_weight_sizes(channels)
+        with _WEIGHTS_LOCK:
+            self._create_weights(channels)
+        self._input_channels = channels
 
     def _check_channels(self, channels, input_shape):
         try:
@@ -282,92 +141,14 @@ class BaseSeparableConv:
         """The weights' Variables as attributes (compat.v1 layers look them up by scope)."""
         shapes = self._weight_shapes(channels)
         for weight_name in self._weight_names():
-            init = getattr(self, f"{_role(weight_name)}_initializer")
-            # bfloat16 weights are drawn in float32 and rounded (initializers speak NumPy)
-            drawn = "float32" if self.dtype == _dtypes.BFLOAT16 else self.dtype
-            value = np.asarray(init(shapes[weight_name], dtype=drawn), dtype=self._variable_np_dtype)
-            setattr(self, weight_name, Variable(
-                self, weight_name, self._ops.asarray(value, dtype=self._variable_np_dtype),
-                constraint=getattr(self, f"{_role(weight_name)}_constraint"),
-                regularizer=getattr(self, f"{_role(weight_name)}_regularizer")))
+            role = _role(weight_name)
+            setattr(self, weight_name, self.add_weight(
+                weight_name, shapes[weight_name], getattr(self, f"{role}_initializer"),
+                constraint=getattr(self, f"{role}_constraint"),
+                regularizer=getattr(self, f"{role}_regularizer")))
 
     def _weight_names(self):
         return ("depthwise_kernel", "pointwise_kernel") + (("bias",) if self.use_bias else ())
-
-    @property
-    def weights(self):
-        return [getattr(self, n) for n in self._weight_names()] if self.built else []
-
-    @property
-    def trainable_weights(self):
-        return self.weights if self.trainable else []
-
-    @property
-    def non_trainable_weights(self):
-        return [] if self.trainable else self.weights
-
-    def get_weights(self):
-        with _WEIGHTS_LOCK:
-            values = [w.value for w in self.weights]
-        return [np.array(self._ops.to_numpy(v), copy=True) for v in values]
-
-    def _weights_snapshot(self):
-        """The current weights as one snapshot: the last one while no weight was replaced."""
-        with _WEIGHTS_LOCK:
-            arrays = tuple(w.value for w in self.weights)
-        snapshot = self._snapshot
-        if snapshot is None or not snapshot.holds(arrays):
-            snapshot = self._snapshot = WeightsSnapshot(*arrays)
-        return snapshot
-
-    def set_weights(self, weights):
-        """Replace every weight at once; checks count and each shape before touching any."""
-        current = self.weights
-        try:
-            weights = list(weights)
-        except TypeError:
-            raise TypeError(
-                f"Layer '{self.name}' `set_weights` expects a list of {len(current)} arrays; "
-                f"received {weights!r}.") from None
-        if len(weights) != len(current):
-            raise ValueError(
-                f"Layer '{self.name}' expects {len(current)} weights "
-                f"({', '.join(w.name for w in current) or 'none: the layer is not built'}), "
-                f"but received {len(weights)}.")
-        values = []
-        for var, value in zip(current, weights):
-            host = np.asarray(self._ops.to_numpy(value) if self._ops.owns(value) else value)
-            if host.shape != var.shape:
-                raise ValueError(
-                    f"Layer '{self.name}' weight '{var.name}' has shape {var.shape}, "
-                    f"but the value given has shape {host.shape}.")
-            if host.dtype.kind not in "fiu" and not _dtypes.is_bfloat16(host.dtype):
-                raise TypeError(
-                    f"Layer '{self.name}' weight '{var.name}' must be numeric; received dtype {host.dtype}.")
-            values.append(self._ops.asarray(host, dtype=var.dtype))
-        with _WEIGHTS_LOCK:
-            for var, value in zip(current, values):
-                var.value = value
-
-    def count_params(self):
-        if not self.built:
-            raise ValueError(
-                f"You tried to call `count_params` on layer '{self.name}', but the layer isn't built. "
-                "You can build it manually via: `layer.build(input_shape)`.")
-        return int(sum(np.prod(w.shape) for w in self.weights))
-
-    def apply_constraints(self):
-        """Project each weight with its constraint (what an optimizer step does in Keras)."""
-        with _WEIGHTS_LOCK:
-            for var in self.weights:
-                if var.constraint is not None:
-                    var.value = self._ops.asarray(var.constraint(var.value), dtype=var.dtype)
-
-    @property
-    def losses(self):
-        """Activity loss of the last call, then depthwise, pointwise and bias penalties."""
-        weight_losses = [float(v.regularizer(v.value)) for v in self.weights if v.regularizer is not None]
-        return list(self._activity_losses) + weight_losses
 
     # -- calling -------------------------------------------------------------------------
 
@@ -387,6 +168,28 @@ class BaseSeparableConv:
             shapes["bias"] if self.use_bias else None, self.strides, self.padding, self.data_format,
             self.dilation_rate)
 
+    def _check_input(self, shape):
+        """The input's rank; then, before the layer is built, every check against the
+        weights it would build, and after, its channel count."""
+        self._check_rank(shape)
+        if not self.built:
+            self._check_call_shape(shape)
+        elif shape[self._channel_axis] != self._input_channels:
+            raise ValueError(
+                f"Input 0 of layer '{self.name}' is incompatible with the layer: expected axis "
+                f"{self._channel_axis} of input shape to have value {self._input_channels}, but received "
+                f"input with shape {tuple(shape)}")
+
+    def call(self, x):
+        """The convolution of x (the backend's array in the compute dtype) with one
+        snapshot of the weights."""
+        weights = self._weights_snapshot()
+        depthwise, pointwise, bias = weights.arrays if self.use_bias else weights.arrays + (None,)
+        return _ops.separable_conv(
+            self.rank, x, depthwise, pointwise, bias, self.strides, self.padding,
+            self.data_format, self.dilation_rate, self.activation, backend=self._ops,
+            allow_tf32=self.allow_tf32, weights_cache=weights.cache)
+
     def compute_output_shape(self, input_shape):
         """The shape a call returns (glu's halved last axis included, where Keras 3.15
         reports the convolution's shape)."""
@@ -397,41 +200,6 @@ class BaseSeparableConv:
             known = self.activation.output_shape(tuple(1 if n is None else n for n in shape))
             return tuple(None if n is None else m for n, m in zip(shape, known))
         return self.activation.output_shape(shape)
-
-    def __call__(self, inputs):
-        with annotate(f"{type(self).__name__}:{self.name}"):
-            return self.call(inputs)
-
-    def call(self, inputs):
-        with self._ops.stream_scope(inputs):  # the caller's stream, input to output
-            return self._call(inputs)
-
-    def _call(self, inputs):
-        x, give_back = self._ops.take(inputs)
-        if not _ops.is_float_dtype(getattr(x, "dtype", None)):  # float128 too, as Keras
-            raise TypeError(
-                f"Layer '{self.name}' expects a floating-point input ({', '.join(_ops.FLOAT_DTYPES)}); "
-                f"received dtype {getattr(x, 'dtype', type(inputs).__name__)}.")
-        self._check_rank(x.shape)
-        if not self.built:
-            self._check_call_shape(x.shape)
-            self.build(x.shape)
-        channels = x.shape[self._channel_axis]
-        if channels != self._input_channels:
-            raise ValueError(
-                f"Input 0 of layer '{self.name}' is incompatible with the layer: expected axis "
-                f"{self._channel_axis} of input shape to have value {self._input_channels}, but received "
-                f"input with shape {tuple(x.shape)}")
-        if x.dtype != self._compute_np_dtype:  # Keras autocasts floating inputs
-            x = _ops.cast(x, self._compute_np_dtype)
-        weights = self._weights_snapshot()
-        y = _ops.separable_conv(
-            self.rank, x, weights.depthwise, weights.pointwise, weights.bias, self.strides,
-            self.padding, self.data_format, self.dilation_rate, self.activation,
-            backend=self._ops, allow_tf32=self.allow_tf32, weights_cache=weights.cache)
-        self._activity_losses = [] if self.activity_regularizer is None else [
-            float(self.activity_regularizer(y)) / max(int(y.shape[0]), 1)]
-        return give_back(y)
 
     # -- config --------------------------------------------------------------------------
 
@@ -513,24 +281,6 @@ class BaseSeparableConv:
         built = f", built on {self.backend}" if self.built else ""
         return (f"<{type(self).__name__} name={self.name}, filters={self.filters}, "
                 f"kernel_size={self.kernel_size}{built}>")
-
-    # -- pickling (dask and multiprocessing workers get a copy of the layer) ----------------
-
-    def __getstate__(self):
-        """Weights travel by value, one whole set (read under the weights lock, as a call
-        reads them); the backend by name, resolved again where unpickled; the build lock
-        and the snapshot cache (derived arrays) are made anew there."""
-        with _WEIGHTS_LOCK:
-            values = tuple(w.value for w in self.weights)
-        return {**self.__dict__, "_build_lock": None, "_snapshot": None, "_ops": self._ops.name,
-                "_weight_values": values}
-
-    def __setstate__(self, state):
-        state = dict(state)
-        values = state.pop("_weight_values", ())
-        self.__dict__.update(state, _build_lock=threading.Lock(), _ops=_backends.resolve(state["_ops"]))
-        for var, value in zip(self.weights, values):  # the set read together, not each Variable's own
-            var.value = value
 
 
 def _role(weight_name):

@@ -17,7 +17,7 @@ import enum
 import threading
 from dataclasses import dataclass
 
-from ...layers import Variable
+from ...base_layer import Variable
 
 
 class _ReuseMode(enum.Enum):

@@ -25,6 +25,7 @@ import weakref
 from ... import initializers as _initializers
 from ... import layers as _keras_layers
 from ... import ops as _ops
+from ...base_layer import Variable
 from ._scope import V1Variable, VariableScope, get_default_graph, variable_scope
 
 __all__ = ["SeparableConv1D", "SeparableConv2D", "separable_conv1d", "separable_conv2d"]
@@ -150,7 +151,7 @@ class _TF1Layer:
             raise ValueError("`kernel` must be the pair (depthwise_kernel, pointwise_kernel); "
                              f"received {shown}.")
         depthwise, pointwise = kernel
-        depthwise, pointwise = (k.value if isinstance(k, _keras_layers.Variable) else k
+        depthwise, pointwise = (k.value if isinstance(k, Variable) else k
                                 for k in (depthwise, pointwise))
         return _ops.separable_conv(
             self.rank, inputs, depthwise, pointwise, None, self.strides, self.padding,
