@@ -1,6 +1,7 @@
 """What the backend tests share: random separable-convolution inputs and the one
 tolerance table for comparing against the float64 reference."""
 import math
+import zlib
 
 import numpy as np
 from hypothesis import settings
@@ -49,6 +50,12 @@ def examples(n):
     """A property's example count: `n` under the "ci" hypothesis profile (tests/conftest.py),
     proportionally more under "fuzz"."""
     return max(1, n * settings.default.max_examples // settings.get_profile("ci").max_examples)
+
+
+def stable_seed(*parts):
+    """A random seed made from `parts` (by their repr), the same in every process, where
+    hash() of a string is not (it is salted per process: PYTHONHASHSEED)."""
+    return zlib.crc32(repr(parts).encode())
 
 
 def random_case(rng, rank, x_shape, kernel, multiplier, filters, dtype="float32", bias=True,

@@ -324,7 +324,6 @@ def test_tensor_core_every_candidate_computes_the_reference(mode):
 # --- on a GPU: the backend times, keeps and reuses (skipped without one) -----------------
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not sg.cuda_available(), reason="no CUDA device answers (or CuPy is missing)")
 def test_gpu_autotuned_calls_agree_and_the_choice_is_cached(tmp_path):
     import cupy
 

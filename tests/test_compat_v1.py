@@ -12,13 +12,11 @@ import pytest
 
 import sepconv_gpu as sg
 from _cases import assert_matches
-from sepconv_gpu import backends, ops
+from sepconv_gpu import ops
 from sepconv_gpu.compat import v1
 from sepconv_gpu.compat.v1 import layers as v1_layers
 
-BACKENDS = [pytest.param("numpy"),
-            pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-                not backends.cuda_available(), reason="no CUDA device")])]
+BACKENDS = [pytest.param("numpy"), pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 @pytest.fixture(autouse=True)

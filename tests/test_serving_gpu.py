@@ -16,8 +16,7 @@ from sepconv_gpu.backends import cuda_available
 from _cases import TOLERANCE, random_case
 
 GPU = cuda_available()
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not GPU, reason="no CUDA device answers (or CuPy is missing)")]
+pytestmark = pytest.mark.gpu  # conftest.py skips it where no CUDA device answers
 if GPU:
     import cupy
 
