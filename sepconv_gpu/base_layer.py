@@ -128,8 +128,8 @@ class Layer:
 
         _build(input_shape)  checks the shape and makes the weights (`add_weight`, set as
                              attributes named by `_weight_names()`); `build` runs it once
-        _check_input(shape)  refuses an input the layer cannot take (before the first
-                             call builds, so that a refused input builds nothing)
+        _check_input(shape)  refuses an input the layer cannot take: on every call, and
+                             before the first call builds (a refused input builds nothing)
         call(x)              the computation, on the backend's array in the compute dtype
     """
 
