@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 
@@ -130,18 +131,53 @@ def test_the_key_moves_with_everything_that_changes_the_binary(monkeypatch, tmp_
     monkeypatch.setattr(nvrtc, "toolkit",
                         lambda: dataclasses.replace(toolkit, version=(toolkit.version[0], 99)))
     variants["NVRTC version"] = kernel_cache.entry_key(SOURCE, NAMES, ARCH, OPTIONS)
-    # the same headers at another place, then one of them rewritten in place
+    # the same headers at another place: the same key (contents only); then one of them
+    # rewritten in place, with its modification time kept: another key
     headers = tmp_path / "include"
-    headers.mkdir()
-    (headers / nvrtc.HEADER).write_text("// a header\n")
+    shutil.copytree(toolkit.include_dir, headers, ignore=lambda d, names: [
+        n for n in names if os.path.isdir(os.path.join(d, n))])
     monkeypatch.setattr(nvrtc, "toolkit", lambda: dataclasses.replace(toolkit, include_dir=str(headers)))
-    variants["include directory"] = moved = kernel_cache.entry_key(SOURCE, NAMES, ARCH, OPTIONS)
-    (headers / nvrtc.HEADER).write_text("// a header, changed\n")
-    kernel_cache._headers_stamp.cache_clear()
-    variants["header contents"] = kernel_cache.entry_key(SOURCE, NAMES, ARCH, OPTIONS)
-    kernel_cache._headers_stamp.cache_clear()
-    keys = [base, moved] + [k for label, k in variants.items() if label != "include directory"]
+    kernel_cache._headers_hash.cache_clear()
+    try:
+        assert kernel_cache.entry_key(SOURCE, NAMES, ARCH, OPTIONS) == base
+        header = headers / nvrtc.HEADER
+        stat = header.stat()
+        header.write_bytes(header.read_bytes().replace(b"#define", b"#define ", 1))
+        os.utime(header, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        kernel_cache._headers_hash.cache_clear()
+        variants["header contents"] = kernel_cache.entry_key(SOURCE, NAMES, ARCH, OPTIONS)
+    finally:
+        kernel_cache._headers_hash.cache_clear()
+    variants["lineinfo"] = kernel_cache.entry_key(SOURCE, NAMES, ARCH, OPTIONS + ("-lineinfo",))
+    keys = [base] + list(variants.values())
     assert len(set(keys)) == len(keys), variants
+
+
+def test_lineinfo_enters_the_library_options(monkeypatch):
+    monkeypatch.delenv(kernel_cache.LINEINFO_VAR, raising=False)
+    assert "-lineinfo" not in kernel_cache.library_options()
+    monkeypatch.setenv(kernel_cache.LINEINFO_VAR, "1")
+    assert "-lineinfo" in kernel_cache.library_options()
+
+
+def test_a_device_newer_than_nvrtc_gets_ptx_for_the_newest_architecture(cache, caplog):
+    """NVRTC cannot emit SASS for an architecture above its list (nvrtcGetSupportedArchs):
+    PTX for the newest it knows instead, cached like a CUBIN, said once in the log."""
+    directory, compiles = cache
+    newest = max(nvrtc.toolkit().archs)
+    future = newest + 10
+    nvrtc._ptx_said.discard(future)
+    with caplog.at_level(logging.WARNING, logger="sepconv_gpu"):
+        cold = kernel_cache.compile_cached(SOURCE, NAMES, future, OPTIONS)
+        warm = kernel_cache.compile_cached(SOURCE, NAMES, future, OPTIONS)
+    assert cold.ptx and warm.ptx and warm.from_cache and len(compiles) == 1
+    assert warm.cubin == cold.cubin
+    text = cold.cubin.rstrip(b"\0").decode()
+    assert f".target sm_{newest}" in text
+    assert all(f".entry {mangled}(" in text for mangled in cold.lowered.values())
+    assert caplog.text.count(f"sm_{future}") == 1 and f"compute_{newest}" in caplog.text
+    sass = kernel_cache.compile_cached(SOURCE, NAMES, newest, OPTIONS)  # a separate entry
+    assert not sass.ptx and sass.cubin.startswith(b"\x7fELF")
 
 
 def _compile_after(start_at, names):
