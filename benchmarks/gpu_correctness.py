@@ -45,13 +45,15 @@ def tolerance(mode):
 def block_limits(case, sample_tiles, smem_limit=None):
     """{kernel name: blocks to launch} for a sampled run (empty: every grid whole). A
     tiled kernel's blocks are ordered channel split, then filter block, then tile, so the
-    first splits x filter blocks x `sample_tiles` blocks finish those tiles. Not where a
-    softmax follows over channels_first rows (the width: tiles do not hold whole rows)."""
+    first filter blocks x `sample_tiles` blocks finish those tiles. Not where a softmax
+    follows over channels_first rows (the width: tiles do not hold whole rows), nor for a
+    channel split (sepconv_tc derives the partial sums' stride from its grid size)."""
     launches = case.launches(smem_limit)
-    if not sample_tiles or (case.channels_first and launches[-1].kind == "softmax"):
-        return {}
     kind, p = gpu_cases.tile_plan(case, smem_limit)
-    per_tile = p.filter_blocks * (p.k_splits if kind == "tc" else 1)
+    split = kind == "tc" and p.k_splits > 1
+    if not sample_tiles or split or (case.channels_first and launches[-1].kind == "softmax"):
+        return {}
+    per_tile = p.filter_blocks
     limits = {}
     for launch in launches:
         tiled = launch.kind in ("tc", "fused")

@@ -29,7 +29,7 @@ import sys
 os.environ.setdefault("SEPCONV_GPU_LINEINFO", "1")
 os.environ.setdefault("SEPCONV_GPU_DEBUG_SYNC", "1")
 
-from . import gpu_cases, gpu_correctness  # noqa: E402
+from . import gpu_cases, gpu_correctness, gpu_registers  # noqa: E402
 
 SAMPLE_TILES = 4
 
@@ -74,8 +74,17 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true",
                    help="run the cases on the host emulator (no GPU, no compute-sanitizer)")
+    p.add_argument("--prebuild", action="store_true",
+                   help="only build the kernels the run launches into the kernel cache, in "
+                        "parallel (for the device's architecture; a dry run: sm_90)")
     args = p.parse_args(argv)
     chosen = cases(args.dry_run)
+    if args.prebuild:
+        from sepconv_gpu import prebuild
+
+        arch = 90 if args.dry_run else gpu_registers.device_arch()
+        names = [a for name in gpu_cases.kernel_names(chosen) for a in ("--names", name)]
+        return prebuild.main(["--arch", str(arch), *names])
     if args.dry_run:
         runner = gpu_correctness.Emulated(gpu_cases.kernel_names(chosen))
     else:

@@ -22,6 +22,9 @@ import sys
 from dataclasses import dataclass
 
 HEADER = "cuda_fp16.h"  # the one CUDA header the kernels include
+# The NVRTC minor the kernels are tuned and checked with (the cuda13 extra pins it):
+# 13.0 builds every kernel without a stack frame; a later 13.x was seen to spill.
+PINNED_VERSION = (13, 0)
 
 
 class NvrtcNotFoundError(OSError):
