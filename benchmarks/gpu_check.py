@@ -89,9 +89,12 @@ def stages(args, out):
     sanitizer = Stage("sanitizer", sum(c[2] for c in sanitize), 200, sanitize)
     bench = (["--device", "cpu", "--suite", "tiny", "--peers", "none"] if args.dry_run
              else ["--device", "gpu"])
+    from .gpu_env import commit  # the benchmark record's commit where there is no .git
+
+    known = {"SEPCONV_GPU_GIT_COMMIT": commit(args.commit)[0] or ""}
     benchmark = Stage("benchmark", 360, 150, [(
         "benchmark", _python("-m", "benchmarks", *bench, "--quick", "--out", str(out / BENCH_DIR)),
-        360, {})])
+        360, known)])
     record = Stage("record", 10, 1, [], after=_check_record)
     return [env_stage, correctness, registers, sanitizer, benchmark, record]
 
