@@ -105,8 +105,12 @@ def _run(argv, timeout_s, env, log):
     start = time.monotonic()
     log.write(f"\n===== {' '.join(argv)} (timeout {timeout_s} s)\n")
     log.flush()
-    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    except OSError as exc:  # e.g. compute-sanitizer not installed
+        log.write(f"cannot start: {exc}\n")
+        return f"cannot start: {exc}", ""
     try:
         output, _ = proc.communicate(timeout=timeout_s)
         status = proc.returncode

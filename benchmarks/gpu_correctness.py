@@ -7,9 +7,8 @@ both round the pointwise operands to 10-bit mantissas).
 
 On the GPU each case runs whole and its first and last images are compared. A dry run
 (tests/_cuda_host_emulator.py runs the kernel source on the CPU) runs one shrunk case per
-code path (`gpu_cases.dry_run_cases`), and of a big grid only the blocks of the first
-`--sample` output tiles (the grid-stride kernels with a small grid, which still covers
-everything); exactly those tiles are compared. Either way the launches must be the ones
+code path (`gpu_cases.dry_run_cases`), and of a big single-launch grid only the blocks of
+the first `--sample` output tiles; exactly those tiles are compared. Either way the launches must be the ones
 the planner picked. One line per case, then `RESULT {json}`; exit status 1 on any
 failure or when nothing ran.
 """
@@ -35,9 +34,6 @@ if str(TESTS) not in sys.path:  # the shared tolerance table and the host emulat
 
 import _cases  # noqa: E402
 
-GRID_STRIDE_BLOCKS = 4  # tc_reduce and softmax loop over everything with any grid
-
-
 def tolerance(mode):
     return _cases.TOLERANCE["float16" if mode == "tf32" else mode]
 
@@ -45,20 +41,15 @@ def tolerance(mode):
 def block_limits(case, sample_tiles, smem_limit=None):
     """{kernel name: blocks to launch} for a sampled run (empty: every grid whole). A
     tiled kernel's blocks are ordered channel split, then filter block, then tile, so the
-    first filter blocks x `sample_tiles` blocks finish those tiles. Not where a softmax
-    follows over channels_first rows (the width: tiles do not hold whole rows), nor for a
-    channel split (sepconv_tc derives the partial sums' stride from its grid size)."""
+    first filter blocks x `sample_tiles` blocks finish those tiles. Only single launches:
+    a softmax or sepconv_tc_reduce after a cut grid would read what it did not write
+    (initcheck errors; a channel split's partial sums also take their stride from the
+    grid size)."""
     launches = case.launches(smem_limit)
-    kind, p = gpu_cases.tile_plan(case, smem_limit)
-    split = kind == "tc" and p.k_splits > 1
-    if not sample_tiles or split or (case.channels_first and launches[-1].kind == "softmax"):
+    if not sample_tiles or len(launches) > 1:
         return {}
-    per_tile = p.filter_blocks
-    limits = {}
-    for launch in launches:
-        tiled = launch.kind in ("tc", "fused")
-        limits[launch.name] = min(launch.grid, per_tile * sample_tiles if tiled else GRID_STRIDE_BLOCKS)
-    return limits
+    kind, p = gpu_cases.tile_plan(case, smem_limit)
+    return {launches[0].name: min(launches[0].grid, p.filter_blocks * sample_tiles)}
 
 
 def sampled_region(case, sample_tiles, smem_limit=None):

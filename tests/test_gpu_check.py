@@ -94,3 +94,29 @@ def test_a_stage_that_runs_nothing_fails(tmp_path):
     assert run.returncode == 1
     record = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert record["stages"]["record"]["verdict"] == "fail" and record["passed"] is False
+
+
+def test_the_correctness_check_fails_on_a_wrong_number_or_another_launch():
+    """gpu_correctness.check with a stand-in device: the reference itself passes; one
+    output off by 1e-3 (50x the float32 tolerance), or a launch the planner did not pick,
+    fails."""
+    import numpy as np
+
+    from benchmarks import gpu_cases, gpu_correctness  # through pytest's pythonpath (pyproject)
+    from sepconv_gpu import ops
+
+    case = gpu_cases.Case("stand-in", "float32", 2, 9, 8, 16, activation="relu")
+    planned = [launch.name for launch in case.launches()]
+
+    def runner(error=0.0, launched=planned):
+        def run(case, x, dk, pk, b, limits):
+            y = ops.reference_separable_conv(case.rank, x, dk, pk, b, **case.call_args())
+            y.flat[-1] += error
+            return y.astype(np.float32), list(launched)
+        run.smem_limit = None
+        return run
+
+    rng = np.random.default_rng(0)
+    assert gpu_correctness.check(case, runner(), rng)["ok"]
+    assert not gpu_correctness.check(case, runner(error=1e-3), rng)["ok"]
+    assert not gpu_correctness.check(case, runner(launched=planned + planned), rng)["ok"]
