@@ -9,19 +9,20 @@ Estimates on one H200, 16 cores, a warm kernel cache (`python -m sepconv_gpu.pre
 modelled, not yet measured:
 
   environment   ~10 s   device, driver, CuPy, NVRTC (pinned minor?), torch, commit, kernels/ hash
-  correctness   ~90 s   every distinct suite plan at batch 1/8/32 + float64 + softmax vs float64
+  correctness   ~60 s   every distinct suite plan at batch 1/8/32 + float64 + softmax vs float64
   registers     ~20 s   no spills / stack frames with this machine's NVRTC (cold cache: ~60 s)
-  sanitizer    ~200 s   compute-sanitizer memcheck, racecheck, initcheck over the driver
-  benchmark    ~150 s   python -m benchmarks --device gpu --quick: vs PyTorch, torch.compile, JAX
+  sanitizer    ~180 s   compute-sanitizer memcheck, racecheck, initcheck over the driver
+  benchmark    ~110 s   python -m benchmarks --device gpu --quick: vs PyTorch, torch.compile, JAX
+  gpu_tests     ~90 s   pytest -m gpu (goldens, properties, layouts, interop)
   record         ~1 s   the record JSON and the benchmark's PNGs, checked
                 ------
-               ~7.8 min
+               ~7.9 min
 
 `--dry-run` runs every stage without a GPU: the host emulator stands in for the device
 (correctness: one shrunk case per code path, the first tiles of big grids; the
 sanitizer driver's cases without compute-sanitizer), the benchmark times the `tiny`
-suite on the CPU. A stage that ran nothing fails. Without --dry-run on a machine with no
-GPU the check refuses at once (exit status 2).
+suite on the CPU, the GPU tests are only collected. A stage that ran nothing fails.
+Without --dry-run on a machine with no GPU the check refuses at once (exit status 2).
 
 DIR receives at most 8 files, none deeper than DIR/benchmark/: gpu_check.json,
 gpu_check.log and the benchmark's JSON and two PNGs. Exit status 0 only when every
@@ -72,7 +73,7 @@ def stages(args, out):
     env_stage = Stage("environment", 60, 10, [(
         "environment", _python("-m", "benchmarks.gpu_env", *dry,
                                *(["--commit", args.commit] if args.commit else [])), 60, {})])
-    correctness = Stage("correctness", 300, 90, [(
+    correctness = Stage("correctness", 300, 60, [(
         "correctness", _python("-m", "benchmarks.gpu_correctness", *dry), 300, {})])
     registers = Stage("registers", 240, 20, [(
         "registers", _python("-m", "benchmarks.gpu_registers", *dry), 240, {})])
@@ -86,17 +87,19 @@ def stages(args, out):
         tool = _sanitizer() or "compute-sanitizer"
         sanitize += [(t, [tool, "--tool", t, "--error-exitcode", "99", *driver], 200, lineinfo)
                      for t in SANITIZER_TOOLS]
-    sanitizer = Stage("sanitizer", sum(c[2] for c in sanitize), 200, sanitize)
+    sanitizer = Stage("sanitizer", sum(c[2] for c in sanitize), 180, sanitize)
     bench = (["--device", "cpu", "--suite", "tiny", "--peers", "none"] if args.dry_run
              else ["--device", "gpu"])
     from .gpu_env import commit  # the benchmark record's commit where there is no .git
 
     known = {"SEPCONV_GPU_GIT_COMMIT": commit(args.commit)[0] or ""}
-    benchmark = Stage("benchmark", 360, 150, [(
+    benchmark = Stage("benchmark", 360, 110, [(
         "benchmark", _python("-m", "benchmarks", *bench, "--quick", "--out", str(out / BENCH_DIR)),
         360, known)])
+    gpu_tests = Stage("gpu_tests", 240, 90, [(
+        "pytest -m gpu", _python("-m", "benchmarks.gpu_pytest", *dry), 240, {})])
     record = Stage("record", 10, 1, [], after=_check_record)
-    return [env_stage, correctness, registers, sanitizer, benchmark, record]
+    return [env_stage, correctness, registers, sanitizer, benchmark, gpu_tests, record]
 
 
 def _run(argv, timeout_s, env, log):

@@ -17,7 +17,8 @@ from sepconv_gpu.backends import cuda_available
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
-STAGES = ["environment", "correctness", "registers", "sanitizer", "benchmark", "record"]
+STAGES = ["environment", "correctness", "registers", "sanitizer", "benchmark", "gpu_tests",
+          "record"]
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="the host emulator and the NVRTC wheels are Linux-only")
