@@ -97,6 +97,11 @@ def main(argv=None):
     else:
         names = suite_names() if args.suites else known
     toolkit = nvrtc.toolkit()
+    for arch in args.arch:
+        try:
+            nvrtc.target(arch)  # SASS, or PTX for an architecture newer than NVRTC's
+        except ValueError as exc:
+            raise SystemExit(f"prebuild: {exc}") from None
     print(f"prebuild: NVRTC {toolkit.version[0]}.{toolkit.version[1]} ({toolkit.library}) into "
           f"{kernel_cache.cache_dir()}", flush=True)
     lines = []

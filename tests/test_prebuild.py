@@ -67,6 +67,7 @@ def test_one_line_per_architecture_and_lineinfo_is_its_own_entry(tmp_path):
     (["--arch", "90", "--names", "sepconv_nonexistent<float>"], "unknown --names"),
     (["--arch", "90", "--jobs", "0"], "--jobs must be at least 1"),
     (["--arch", "0"], "--arch takes SM versions"),
+    (["--arch", "70"], "cannot emit SASS for sm_70"),
     ([], "--arch"),
 ])
 def test_bad_arguments_are_refused_by_name(tmp_path, args, message):
