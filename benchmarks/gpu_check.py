@@ -1,6 +1,7 @@
 """The GPU check: one command for the minutes a GPU is at hand (benchmarks/gpu_check.sh).
 
     bash benchmarks/gpu_check.sh --out DIR [--dry-run] [--commit SHA] [--stages a,b]
+                                 [--budget SECONDS]
 
 Stages, in order of value, each a subprocess with its own timeout (a hang costs that
 stage only), its output in DIR/gpu_check.log, its verdict, duration and command in
@@ -144,13 +145,21 @@ def _summary_line(output):
     return found[-1] if found else None
 
 
-def run_stage(stage, out, log, record):
+def run_stage(stage, out, log, record, deadline=None):
+    """Run the stage's commands (each within its timeout and the run's `deadline`, a
+    time.monotonic() value) and checks: its record entry."""
     start = time.monotonic()
     result = {"verdict": "fail", "commands": [], "estimate_s": stage.estimate_s,
               "timeout_s": stage.timeout_s}
     passed, ran = True, 0
     for label, argv, timeout_s, env in stage.commands:
-        status, output = _run(argv, timeout_s, env, log)
+        left = timeout_s if deadline is None else min(timeout_s, int(deadline - time.monotonic()))
+        if left <= 0:
+            result["commands"].append({"label": label, "argv": argv, "verdict": "fail",
+                                       "exit": "not run: --budget spent"})
+            passed = False
+            continue
+        status, output = _run(argv, left, env, log)
         parsed = _result_line(output)
         entry = {"label": label, "argv": argv, "exit": status,
                  "tail": output.strip().splitlines()[-3:]}
@@ -224,7 +233,12 @@ def main(argv=None):
     p.add_argument("--commit", default=None, help="the commit tested (else COMMIT file, else git)")
     p.add_argument("--stages", default=None,
                    help="comma-separated subset, in the usual order (default: all)")
+    p.add_argument("--budget", type=int, default=None, metavar="SECONDS",
+                   help="end by then: each command's timeout is cut to the time left, and "
+                        "what no longer fits is recorded as not run (default: no limit)")
     args = p.parse_args(argv)
+    if args.budget is not None and args.budget < 1:
+        p.error(f"--budget must be a positive number of seconds, got {args.budget}")
     if not args.dry_run:
         from sepconv_gpu.backends import cuda_status
 
@@ -247,11 +261,12 @@ def main(argv=None):
               "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "estimate_s": sum(s.estimate_s for s in chosen), "stages": {}}
     start = time.monotonic()
+    deadline = None if args.budget is None else start + args.budget
     with open(out / LOG, "w") as log:
         for stage in chosen:
             print(f"gpu_check: {stage.name} (estimate {stage.estimate_s} s, timeout {stage.timeout_s} s)",
                   flush=True)
-            result = run_stage(stage, out, log, record)
+            result = run_stage(stage, out, log, record, deadline)
             record["stages"][stage.name] = result
             if stage.name == "environment" and result["commands"]:
                 record["environment"] = result["commands"][0].get("result")

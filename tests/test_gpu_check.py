@@ -121,3 +121,12 @@ def test_the_correctness_check_fails_on_a_wrong_number_or_another_launch():
     assert gpu_correctness.check(case, runner(), rng)["ok"]
     assert not gpu_correctness.check(case, runner(error=1e-3), rng)["ok"]
     assert not gpu_correctness.check(case, runner(launched=planned + planned), rng)["ok"]
+
+
+def test_a_spent_budget_is_recorded_as_not_run(tmp_path):
+    run = _check("--dry-run", "--out", str(tmp_path / "out"), "--stages", "environment,registers",
+                 "--budget", "1", cwd=tmp_path)
+    record = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert run.returncode == 1 and record["passed"] is False
+    commands = [c for s in record["stages"].values() for c in s["commands"]]
+    assert any(c["exit"] == "not run: --budget spent" for c in commands), commands
