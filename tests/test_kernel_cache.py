@@ -11,10 +11,12 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 
 import pytest
+from test_launch_arguments import _launch, fake_backend  # noqa: F401 (a fixture)
 
 from sepconv_gpu.backends import cuda_kernels, kernel_cache, nvrtc
 
@@ -130,18 +132,53 @@ def test_the_key_moves_with_everything_that_changes_the_binary(monkeypatch, tmp_
     monkeypatch.setattr(nvrtc, "toolkit",
                         lambda: dataclasses.replace(toolkit, version=(toolkit.version[0], 99)))
     variants["NVRTC version"] = kernel_cache.entry_key(SOURCE, NAMES, ARCH, OPTIONS)
-    # the same headers at another place, then one of them rewritten in place
+    # the same headers at another place: the same key (contents only); then one of them
+    # rewritten in place, with its modification time kept: another key
     headers = tmp_path / "include"
-    headers.mkdir()
-    (headers / nvrtc.HEADER).write_text("// a header\n")
+    shutil.copytree(toolkit.include_dir, headers, ignore=lambda d, names: [
+        n for n in names if os.path.isdir(os.path.join(d, n))])
     monkeypatch.setattr(nvrtc, "toolkit", lambda: dataclasses.replace(toolkit, include_dir=str(headers)))
-    variants["include directory"] = moved = kernel_cache.entry_key(SOURCE, NAMES, ARCH, OPTIONS)
-    (headers / nvrtc.HEADER).write_text("// a header, changed\n")
-    kernel_cache._headers_stamp.cache_clear()
-    variants["header contents"] = kernel_cache.entry_key(SOURCE, NAMES, ARCH, OPTIONS)
-    kernel_cache._headers_stamp.cache_clear()
-    keys = [base, moved] + [k for label, k in variants.items() if label != "include directory"]
+    kernel_cache._headers_hash.cache_clear()
+    try:
+        assert kernel_cache.entry_key(SOURCE, NAMES, ARCH, OPTIONS) == base
+        header = headers / nvrtc.HEADER
+        stat = header.stat()
+        header.write_bytes(header.read_bytes().replace(b"#define", b"#define ", 1))
+        os.utime(header, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        kernel_cache._headers_hash.cache_clear()
+        variants["header contents"] = kernel_cache.entry_key(SOURCE, NAMES, ARCH, OPTIONS)
+    finally:
+        kernel_cache._headers_hash.cache_clear()
+    variants["lineinfo"] = kernel_cache.entry_key(SOURCE, NAMES, ARCH, OPTIONS + ("-lineinfo",))
+    keys = [base] + list(variants.values())
     assert len(set(keys)) == len(keys), variants
+
+
+def test_lineinfo_enters_the_library_options(monkeypatch):
+    monkeypatch.delenv(kernel_cache.LINEINFO_VAR, raising=False)
+    assert "-lineinfo" not in kernel_cache.library_options()
+    monkeypatch.setenv(kernel_cache.LINEINFO_VAR, "1")
+    assert "-lineinfo" in kernel_cache.library_options()
+
+
+def test_a_device_newer_than_nvrtc_gets_ptx_for_the_newest_architecture(cache, caplog):
+    """NVRTC cannot emit SASS for an architecture above its list (nvrtcGetSupportedArchs):
+    PTX for the newest it knows instead, cached like a CUBIN, said once in the log."""
+    directory, compiles = cache
+    newest = max(nvrtc.toolkit().archs)
+    future = newest + 10
+    nvrtc._ptx_said.discard(future)
+    with caplog.at_level(logging.WARNING, logger="sepconv_gpu"):
+        cold = kernel_cache.compile_cached(SOURCE, NAMES, future, OPTIONS)
+        warm = kernel_cache.compile_cached(SOURCE, NAMES, future, OPTIONS)
+    assert cold.ptx and warm.ptx and warm.from_cache and len(compiles) == 1
+    assert warm.cubin == cold.cubin
+    text = cold.cubin.rstrip(b"\0").decode()
+    assert f".target sm_{newest}" in text
+    assert all(f".entry {mangled}(" in text for mangled in cold.lowered.values())
+    assert caplog.text.count(f"sm_{future}") == 1 and f"compute_{newest}" in caplog.text
+    sass = kernel_cache.compile_cached(SOURCE, NAMES, newest, OPTIONS)  # a separate entry
+    assert not sass.ptx and sass.cubin.startswith(b"\x7fELF")
 
 
 def _compile_after(start_at, names):
@@ -191,3 +228,20 @@ def test_cache_location(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert kernel_cache.cache_dir() == str(tmp_path / "home" / ".cache" / "sepconv_gpu")
+
+
+def test_the_backend_builds_a_device_newer_than_nvrtc_through_the_cache(fake_backend, monkeypatch):
+    """cuda_backend on a device above NVRTC's list (a fake CuPy, compute capability 10.0
+    against archs up to 90): our build path (PTX, as above), not CuPy's RawModule."""
+    backend, cupy = fake_backend("100")
+    toolkit = nvrtc.Toolkit(library="libnvrtc.so.13", include_dir="/include", version=(13, 0),
+                            archs=(75, 80, 90), from_wheel=True)
+    monkeypatch.setattr(backend._nvrtc, "toolkit", lambda: toolkit)
+    built = []
+    monkeypatch.setattr(backend._kernel_cache, "library_kernels", lambda names, arch: built.append(
+        (names, arch)) or nvrtc.Compiled(cubin=b".version\0", lowered={n: "_Zk" for n in names},
+                                         log="", ptx=True))
+    launch = _launch(0)
+    backend._launch(launch, ("x",))
+    assert built == [((launch.name,), 100)]
+    assert [c[0] for c in cupy.calls[:3]] == ["load", "get_function", "launch"]

@@ -6,12 +6,13 @@ kernel extent, exactly what changes the code) at a time on first use, to SASS fo
 device's architecture by our own NVRTC binding (`nvrtc.py`, the wheel's libnvrtc). The
 binaries are kept on disk by `kernel_cache.py` (SEPCONV_GPU_CACHE_DIR, default
 ~/.cache/sepconv_gpu), so a later process loads them instead of compiling, and memoized
-per device here. Where our NVRTC cannot serve the device (none found, newer than the
-driver, an architecture it does not know) CuPy's `RawModule` compiles instead, said once
-in the log. Launches go to the caller's stream (CuPy's current stream; for torch CUDA
-tensors torch's current stream, see `CupyOps.stream_scope`); nothing here synchronizes, and
-a call of a seen signature neither compiles nor plans (`_call_plan`), so it can be
-captured in a CUDA graph.
+per device here. A device newer than every architecture our NVRTC knows gets PTX for the
+newest one, which the driver JIT-compiles (`nvrtc.target`, said once in the log). Where our
+NVRTC cannot serve the device (none found, newer than the driver, an older architecture it
+does not know) CuPy's `RawModule` compiles instead, said once in the log. Launches go to
+the caller's stream (CuPy's current stream; for torch CUDA tensors torch's current stream,
+see `CupyOps.stream_scope`); nothing here synchronizes, and a call of a seen signature
+neither compiles nor plans (`_call_plan`), so it can be captured in a CUDA graph.
 
 What is launched is decided by `cuda_kernels.launch_sequence`, which is CuPy-free and
 shared with the host-emulation tests.
@@ -70,7 +71,7 @@ def _load_kernel(name, device):
         return module.get_function(name).kernel  # the Function, as below
     compiled = _kernel_cache.library_kernels((name,), arch)
     module = cupy.cuda.function.Module()
-    module.load(compiled.cubin)
+    module.load(compiled.cubin)  # a CUBIN, or PTX (NUL-terminated) the driver JIT-compiles
     return module.get_function(compiled.lowered[name])
 
 
@@ -88,7 +89,7 @@ def _nvrtc_arch(compute_capability):
         if toolkit.version[0] > driver // 1000:  # its SASS would not load
             reason = (f"NVRTC {toolkit.version[0]}.{toolkit.version[1]} ({toolkit.library}) "
                       f"is newer than the driver's CUDA {driver // 1000}.{driver % 1000 // 10}")
-        elif arch not in toolkit.archs:
+        elif arch not in toolkit.archs and arch < max(toolkit.archs):  # newer: PTX
             reason = f"NVRTC {toolkit.version[0]}.{toolkit.version[1]} has no sm_{arch} target"
         else:
             return arch

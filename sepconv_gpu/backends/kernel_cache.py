@@ -2,10 +2,13 @@
 
 CuPy does not keep modules built with name expressions on disk (before 14.2), so every
 process would recompile each kernel variant (~0.3-0.7 s each). Here each NVRTC result is
-one file in `cache_dir()`, named by a SHA-256 key over everything that changes the binary:
-the entry format, the source text, the name expressions, the complete NVRTC options (the
-architecture and the include directory among them), the NVRTC version and a stamp of the
-CUDA headers (their names, sizes and modification times).
+one file in `cache_dir()`, named by a SHA-256 key over everything that changes the binary,
+and over contents only, so that a cache built in one checkout or on one machine (e.g.
+`python -m sepconv_gpu.prebuild` without a GPU) is hit from another: the entry format, the
+source text (local headers inlined, `#line` tags relative to the checkout), the name
+expressions, the NVRTC options but for the include directory (the architecture, and
+`-lineinfo` under SEPCONV_GPU_LINEINFO=1, among them), the NVRTC version and a hash of
+the CUDA headers' names and contents.
 
 An entry is MAGIC | SHA-256 of the body | body, the body being a 4-byte length, a JSON
 header (key, lowered names, NVRTC log) and the CUBIN. It is written to a temporary file
@@ -30,8 +33,11 @@ import tempfile
 from . import cuda_kernels, nvrtc
 
 ENV_VAR = "SEPCONV_GPU_CACHE_DIR"
+# SEPCONV_GPU_LINEINFO=1: kernels carry line information (compute-sanitizer reports source
+# lines); off by default, since it is one more option (and a different binary).
+LINEINFO_VAR = "SEPCONV_GPU_LINEINFO"
 MAGIC = b"SEPCUBIN"
-FORMAT = 1  # bump when the entry layout or the key changes meaning
+FORMAT = 2  # bump when the entry layout or the key changes meaning
 SUFFIX = ".cubin"
 
 # What CuPy's RawModule adds to a module's options, kept so that our build and the CuPy
@@ -61,7 +67,13 @@ def library_kernels(name_expressions, arch, source=None):
     NVRTC test compiles every instantiation through it.
     """
     return compile_cached(cuda_kernels.source() if source is None else source,
-                          name_expressions, arch, cuda_kernels.NVRTC_OPTIONS + CUPY_OPTIONS)
+                          name_expressions, arch, library_options())
+
+
+def library_options():
+    """The NVRTC options of the library's kernels (without the target and include)."""
+    lineinfo = ("-lineinfo",) if os.environ.get(LINEINFO_VAR, "") not in ("", "0") else ()
+    return cuda_kernels.NVRTC_OPTIONS + CUPY_OPTIONS + lineinfo
 
 
 def compile_cached(source, name_expressions, arch, options):
@@ -79,34 +91,38 @@ def compile_cached(source, name_expressions, arch, options):
 
 
 def entry_key(source, name_expressions, arch, options):
+    """Contents only: no path, no modification time (see the module's docstring)."""
     toolkit = nvrtc.toolkit()
     described = {
         "format": FORMAT,
         "source": hashlib.sha256(source.encode()).hexdigest(),
         "names": sorted(name_expressions),
-        "options": list(nvrtc.compile_options(int(arch), options)),
+        "options": [*options, nvrtc.arch_option(int(arch))],
         "nvrtc": list(toolkit.version),
-        "headers": _headers_stamp(toolkit.include_dir),
+        "headers": _headers_hash(toolkit.include_dir),
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 
 @functools.lru_cache(maxsize=None)
-def _headers_stamp(include_dir):
-    """Changes when a CUDA header is replaced in place (a wheel upgraded beside NVRTC)."""
+def _headers_hash(include_dir):
+    """The CUDA headers' names and contents (~4 MB, read once per process): changes when a
+    header changes (a wheel upgraded beside NVRTC), not when the same files move."""
     digest = hashlib.sha256()
     with os.scandir(include_dir) as entries:
         for entry in sorted(entries, key=lambda e: e.name):
             if entry.is_file():
-                stat = entry.stat()
-                digest.update(f"{entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+                with open(entry.path, "rb") as fh:
+                    content = fh.read()
+                digest.update(f"{entry.name}\0{len(content)}\0".encode() + content)
     return digest.hexdigest()
 
 
 # --- entries ------------------------------------------------------------------------------
 
 def encode_entry(key, compiled):
-    header = json.dumps({"key": key, "lowered": compiled.lowered, "log": compiled.log}).encode()
+    header = json.dumps({"key": key, "lowered": compiled.lowered, "log": compiled.log,
+                         "ptx": compiled.ptx}).encode()
     body = struct.pack("<I", len(header)) + header + compiled.cubin
     return MAGIC + hashlib.sha256(body).digest() + body
 
@@ -130,7 +146,7 @@ def decode_entry(data, key, name_expressions):
     if not isinstance(lowered, dict) or set(lowered) != set(name_expressions):
         return None
     return nvrtc.Compiled(cubin=body[4 + header_size:], lowered=lowered,
-                          log=header.get("log", ""), from_cache=True)
+                          log=header.get("log", ""), from_cache=True, ptx=bool(header.get("ptx")))
 
 
 def _read(path, key, name_expressions):

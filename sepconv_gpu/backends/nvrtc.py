@@ -16,11 +16,15 @@ import ctypes
 import ctypes.util
 import functools
 import glob
+import logging
 import os
 import sys
 from dataclasses import dataclass
 
 HEADER = "cuda_fp16.h"  # the one CUDA header the kernels include
+# The NVRTC minor the kernels are tuned and checked with (the cuda13 extra pins it):
+# 13.0 builds every kernel without a stack frame; a later 13.x was seen to spill.
+PINNED_VERSION = (13, 0)
 
 
 class NvrtcNotFoundError(OSError):
@@ -48,10 +52,11 @@ class Toolkit:
 
 @dataclass(frozen=True)
 class Compiled:
-    cubin: bytes
+    cubin: bytes            # what the driver loads: a CUBIN, or PTX text when `ptx`
     lowered: dict           # name expression -> mangled (lowered) kernel name
     log: str                # NVRTC's log; empty when it had nothing to say
     from_cache: bool = False  # read from the disk cache (kernel_cache), not compiled now
+    ptx: bool = False       # PTX for an older architecture, JIT-compiled by the driver
 
 
 # --- finding the library and its headers -----------------------------------------------
@@ -131,6 +136,8 @@ def _bind(lib):
         "nvrtcGetProgramLog": (vp, ctypes.c_char_p),
         "nvrtcGetCUBINSize": (vp, p(sz)),
         "nvrtcGetCUBIN": (vp, ctypes.c_char_p),
+        "nvrtcGetPTXSize": (vp, p(sz)),
+        "nvrtcGetPTX": (vp, ctypes.c_char_p),
         "nvrtcGetLoweredName": (vp, cstr, p(cstr)),
     }
     for name, argtypes in signatures.items():
@@ -189,23 +196,51 @@ def _check(lib, status, call):
 
 # --- compiling ------------------------------------------------------------------------
 
-def compile_options(arch, options):
-    """The complete NVRTC option list: `options`, SASS for sm_`arch`, the CUDA headers."""
+_logger = logging.getLogger("sepconv_gpu")
+_ptx_said = set()
+
+
+def target(arch):
+    """(architecture NVRTC compiles for, whether as PTX) for a device of SM version `arch`:
+    SASS for sm_`arch` where NVRTC knows it; for a device newer than every architecture
+    NVRTC knows, PTX for the newest one (the driver JIT-compiles it, said once per
+    architecture in the log); ValueError for an older or unknown one."""
     tk = toolkit()
-    if arch not in tk.archs:
-        raise ValueError(f"sepconv_gpu: NVRTC {tk.version[0]}.{tk.version[1]} cannot emit "
-                         f"SASS for sm_{arch}; it supports {tk.archs}.")
-    return (*options, f"-arch=sm_{arch}", f"-I{tk.include_dir}")
+    if arch in tk.archs:
+        return arch, False
+    newest = max(tk.archs)
+    if arch > newest:
+        if arch not in _ptx_said:
+            _ptx_said.add(arch)
+            _logger.warning("sepconv_gpu: NVRTC %d.%d cannot emit SASS for sm_%d (newest: sm_%d); "
+                            "compiling PTX for compute_%d, which the driver JIT-compiles",
+                            tk.version[0], tk.version[1], arch, newest, newest)
+        return newest, True
+    raise ValueError(f"sepconv_gpu: NVRTC {tk.version[0]}.{tk.version[1]} cannot emit "
+                     f"SASS for sm_{arch}; it supports {tk.archs}.")
+
+
+def arch_option(arch):
+    """The -arch option that serves a device of SM version `arch` (see `target`)."""
+    emitted, ptx = target(arch)
+    return f"-arch={'compute' if ptx else 'sm'}_{emitted}"
+
+
+def compile_options(arch, options):
+    """The complete NVRTC option list: `options`, the target for sm_`arch`, the CUDA headers."""
+    return (*options, arch_option(arch), f"-I{toolkit().include_dir}")
 
 
 def compile_cubin(source, name_expressions, arch, options=(), filename="kernels.cu"):
-    """Compile `source` for sm_`arch` with every name expression instantiated.
+    """Compile `source` for a device of SM version `arch` with every name expression
+    instantiated: SASS, or PTX for a device newer than NVRTC knows (`target`).
 
-    Returns Compiled(cubin, {name expression: lowered name}, log); NvrtcCompileError (with
-    the log) on a compile error.
+    Returns Compiled(cubin, {name expression: lowered name}, log, ptx=...);
+    NvrtcCompileError (with the log) on a compile error.
     """
     lib, _ = _load()
     full_options = [o.encode() for o in compile_options(int(arch), options)]
+    ptx = target(int(arch))[1]
     prog = ctypes.c_void_p()
     _check(lib, lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), filename.encode(),
                                        0, None, None), "nvrtcCreateProgram")
@@ -222,15 +257,17 @@ def compile_cubin(source, name_expressions, arch, options=(), filename="kernels.
         if status != 0:
             message = lib.nvrtcGetErrorString(status).decode(errors="replace")
             raise NvrtcCompileError(f"sepconv_gpu: NVRTC failed ({message}) for sm_{arch}:", log)
-        _check(lib, lib.nvrtcGetCUBINSize(prog, ctypes.byref(size)), "nvrtcGetCUBINSize")
-        cubin = ctypes.create_string_buffer(size.value)
-        _check(lib, lib.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
+        kind = "PTX" if ptx else "CUBIN"
+        _check(lib, getattr(lib, f"nvrtcGet{kind}Size")(prog, ctypes.byref(size)), f"nvrtcGet{kind}Size")
+        image = ctypes.create_string_buffer(size.value)
+        _check(lib, getattr(lib, f"nvrtcGet{kind}")(prog, image), f"nvrtcGet{kind}")
         lowered = {}
         for name in name_expressions:
             mangled = ctypes.c_char_p()
             _check(lib, lib.nvrtcGetLoweredName(prog, name.encode(), ctypes.byref(mangled)),
                    "nvrtcGetLoweredName")
             lowered[name] = mangled.value.decode()
-        return Compiled(cubin=cubin.raw, lowered=lowered, log=log)
+        # PTX keeps its terminating NUL: cuModuleLoadData reads it as a C string
+        return Compiled(cubin=image.raw, lowered=lowered, log=log, ptx=ptx)
     finally:
         lib.nvrtcDestroyProgram(ctypes.byref(prog))

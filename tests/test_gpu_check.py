@@ -1,0 +1,132 @@
+"""benchmarks/gpu_check.sh without a GPU: the dry run runs every stage's harness (the host
+emulator for the device) and records it, so a harness bug fails here, not in the few
+minutes a GPU is at hand; without --dry-run it refuses at once. About a minute on two
+cores (the emulated correctness and sanitizer cases, the kernels of the register check
+built once into the kernel cache)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sepconv_gpu.backends import cuda_available, cuda_kernels
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
+STAGES = ["environment", "correctness", "registers", "sanitizer", "benchmark", "gpu_tests",
+          "record"]
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="the host emulator and the NVRTC wheels are Linux-only")
+
+
+def _check(*args, cwd):
+    """The script as a new user runs it: no PYTHONPATH, from another folder."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHON"] = sys.executable
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("elsewhere")
+    run = _check("--dry-run", "--out", "out", "--commit", "abc123", cwd=cwd)
+    return run, cwd / "out"
+
+
+def test_every_stage_ran_and_passed(dry_run):
+    run, out = dry_run
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    record = json.loads((out / "gpu_check.json").read_text())
+    assert record["dry_run"] is True and record["passed"] is True
+    assert list(record["stages"]) == STAGES
+    for name, stage in record["stages"].items():
+        assert stage["verdict"] == "pass" and stage["ran"] > 0, (name, stage)
+        assert stage["seconds"] <= stage["timeout_s"] and stage["estimate_s"] > 0
+        assert all(c["verdict"] == "pass" and c["argv"] for c in stage["commands"]), name
+    assert record["estimate_s"] <= 8 * 60  # the whole device run, as estimated
+
+
+def test_the_record_says_what_ran(dry_run):
+    _, out = dry_run
+    record = json.loads((out / "gpu_check.json").read_text())
+    env = record["environment"]
+    assert env["commit"] == "abc123" and env["commit_from"] == "--commit"
+    assert len(env["kernels_sha256"]) == 64
+    assert env["nvrtc"]["version"] and "is_pinned_minor" in env["nvrtc"]
+    correctness = record["stages"]["correctness"]["commands"][0]["result"]
+    coverage = correctness["coverage"]
+    # both kernel families, both warp tiles, a channel split with its reduce, every dtype
+    assert coverage["tc_m_tiles"] == [2, 4] and max(coverage["tc_k_splits"]) > 1
+    assert coverage["modes"] == ["float16", "float32", "float64", "tf32"]
+    templates = {name.split("<")[0] for name in cuda_kernels.all_name_expressions()}
+    assert {name.split("<")[0] for name in coverage["kernels"]} == templates
+    registers = record["stages"]["registers"]["commands"][0]["result"]
+    assert registers["checked"] == registers["kernels"] > 0 and not registers["framed"]
+    predicted = record["stages"]["record"]["detail"]["predicted_vs_measured"]
+    assert predicted and all(p["predicted_us"] > 0 for p in predicted)
+
+
+def test_everything_lands_in_out_within_eight_files_one_level_deep(dry_run):
+    _, out = dry_run
+    files = [p.relative_to(out) for p in out.rglob("*") if p.is_file()]
+    assert {"gpu_check.json", "gpu_check.log"} <= {p.as_posix() for p in files}
+    assert len(files) <= 8 and all(len(p.parts) <= 2 for p in files), files
+    assert any(p.parts[0] == "benchmark" and p.suffix == ".json" for p in files)
+
+
+@pytest.mark.skipif(cuda_available(), reason="a GPU answers here")
+def test_without_a_gpu_and_without_dry_run_it_refuses_in_one_line(tmp_path):
+    run = _check("--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no GPU" in lines[0] and "--dry-run" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_stage_that_runs_nothing_fails(tmp_path):
+    """The record stage without a benchmark record (its stage skipped) has nothing to check."""
+    run = _check("--dry-run", "--out", str(tmp_path / "out"), "--stages", "record", cwd=tmp_path)
+    assert run.returncode == 1
+    record = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert record["stages"]["record"]["verdict"] == "fail" and record["passed"] is False
+
+
+def test_the_correctness_check_fails_on_a_wrong_number_or_another_launch():
+    """gpu_correctness.check with a stand-in device: the reference itself passes; one
+    output off by 1e-3 (50x the float32 tolerance), or a launch the planner did not pick,
+    fails."""
+    import numpy as np
+
+    from benchmarks import gpu_cases, gpu_correctness  # through pytest's pythonpath (pyproject)
+    from sepconv_gpu import ops
+
+    case = gpu_cases.Case("stand-in", "float32", 2, 9, 8, 16, activation="relu")
+    planned = [launch.name for launch in case.launches()]
+
+    def runner(error=0.0, launched=planned):
+        def run(case, x, dk, pk, b, limits):
+            y = ops.reference_separable_conv(case.rank, x, dk, pk, b, **case.call_args())
+            y.flat[-1] += error
+            return y.astype(np.float32), list(launched)
+        run.smem_limit = None
+        return run
+
+    rng = np.random.default_rng(0)
+    assert gpu_correctness.check(case, runner(), rng)["ok"]
+    assert not gpu_correctness.check(case, runner(error=1e-3), rng)["ok"]
+    assert not gpu_correctness.check(case, runner(launched=planned + planned), rng)["ok"]
+
+
+def test_a_spent_budget_is_recorded_as_not_run(tmp_path):
+    run = _check("--dry-run", "--out", str(tmp_path / "out"), "--stages", "environment,registers",
+                 "--budget", "1", cwd=tmp_path)
+    record = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert run.returncode == 1 and record["passed"] is False
+    commands = [c for s in record["stages"].values() for c in s["commands"]]
+    assert any(c["exit"] == "not run: --budget spent" for c in commands), commands
