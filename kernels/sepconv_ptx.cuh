@@ -135,6 +135,19 @@ __device__ __forceinline__ unsigned cvt_tf32(float v) {
 
 #endif  // SEPCONV_HOST_EMULATION
 
+// threadIdx.x through a volatile read of %tid.x: what is computed from it cannot be
+// hoisted out of a loop, where it would stay live in registers across the loop body
+// (the tensor-core kernel's filter-block loop, next to its accumulators).
+__device__ __forceinline__ int thread_index() {
+#ifdef SEPCONV_HOST_EMULATION
+    return static_cast<int>(threadIdx.x);
+#else
+    int t;
+    asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(t));
+    return t;
+#endif
+}
+
 }  // namespace sepconv
 
 #endif  // SEPCONV_PTX_CUH

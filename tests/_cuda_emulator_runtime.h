@@ -46,6 +46,7 @@
 #define __shared__
 #define __align__(n)
 #define __launch_bounds__(...)
+#define __maxnreg__(...)
 
 struct EmuDim3 { unsigned x = 0, y = 1, z = 1; };
 thread_local EmuDim3 threadIdx, blockIdx;

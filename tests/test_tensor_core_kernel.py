@@ -151,7 +151,8 @@ def test_tensor_core_geometries(emulator, case, mode):
 @needs_emulator
 @pytest.mark.parametrize("shape,strides,dilation,strips", [
     ((1, 8, 16, 16), 1, 1, True),          # sliding-window strips
-    ((2, 10, 9, 24), 1, (2, 1), True),     # strips with a dilated height
+    ((2, 10, 9, 24), 1, (2, 1), True),     # strips with a dilated height, segments crossed
+    ((2, 9, 7, 16), (2, 1), 1, True),      # strips at a height stride
     ((1, 9, 9, 16), 2, 1, False),          # stride 2: one output a thread
     ((1, 8, 12, 16), 1, (1, 2), False),    # dilated width
 ])
@@ -162,7 +163,7 @@ def test_tensor_core_depthwise_paths(emulator, shape, strides, dilation, strips,
     case = make_case(rng, 2, shape, 3, 40, strides, "same", dilation, "relu6", dtype)
     geom = case[4]
     tp = cuda_kernels.tc_plan(dtype, geom, False)
-    assert cuda_kernels.tc_uses_strips(geom, tp.tw, tp.th) == strips
+    assert cuda_kernels.tc_uses_strips(geom) == strips
     check(emulator, *case, allow_tf32=mode == "tf32")
 
 
@@ -239,7 +240,8 @@ def test_tensor_core_every_pipeline_depth(emulator, stages, mode):
     tp = dataclasses.replace(
         tp, stages=stages, k_splits=1, grid=tp.grid // tp.k_splits,
         shared_bytes=cuda_kernels._tc_shared_bytes(tp.bm, tp.bn, stages, tp.halo_h,
-                                                   tp.halo_ws * geom.strides[1], 9))
+                                                   tp.halo_ws * geom.strides[1], 9, tp.a_slots,
+                                                   tp.filter_blocks))
     assert tp.k_pad // (cuda_kernels.TC_CHUNK_BYTES // x.itemsize) > stages
     launch_plan(emulator, x, dk, pk, b, geom, act, tp)
 
@@ -386,8 +388,8 @@ def test_tensor_core_plan_is_consistent(shape, filters, stride, dtype):
     (oh, ow) = geom.out_size
     assert tp.bm * tp.bn == cuda_kernels.TC_TILE_ELEMS * tp.m_tiles // 2
     assert tp.bn in cuda_kernels.TC_FILTER_BLOCKS and tp.m_tiles in cuda_kernels.TC_M_TILES
-    assert tp.tiles_w * tp.tw >= ow and (tp.tiles_img // tp.tiles_w) * tp.th >= oh
-    assert tp.grid == geom.batch * tp.tiles_img * tp.filter_blocks * tp.k_splits
+    assert tp.tiles * tp.bm >= geom.output_positions > (tp.tiles - 1) * tp.bm
+    assert tp.grid == tp.tiles * tp.k_splits
     assert tp.k_splits in cuda_kernels.TC_SPLITS
     assert tp.shared_bytes <= cuda_kernels.TC_SMEM_LIMIT
     # no depthwise recompute while the filters fit one block
@@ -396,7 +398,7 @@ def test_tensor_core_plan_is_consistent(shape, filters, stride, dtype):
         assert tp.filter_blocks == 1
     itemsize = 2 if dtype == "float16" else 4
     work = cost_model.tc_fused_work(geom, tp, itemsize,
-                                    strips=cuda_kernels.tc_uses_strips(geom, tp.tw, tp.th))
+                                    strips=cuda_kernels.tc_uses_strips(geom))
     predicted = cost_model.predict(work).us
     if tp.k_splits > 1:
         predicted += cost_model.predict(cost_model.tc_reduce_work(
