@@ -183,7 +183,7 @@ sepconv_tc(const T* __restrict__ x,
            // shared-memory carve-up in bytes (cuda_kernels.tc_layout): kernel parameters
            // are constant-bank operands, which spares registers next to the accumulators
            int as_at, int ring_at, int stage_bytes, int halo_bytes, int b_at,
-           int slab) {   // halo of whole input rows (else row segments): see the tables
+           int band_h, int slab) {   // position order and halo layout: see the tables
     using namespace sepconv;
     typedef Tc<T> Op;
     constexpr int PW = Op::kPerWord;
@@ -214,7 +214,8 @@ sepconv_tc(const T* __restrict__ x,
     const int a_bytes = BM * TC_ROW_BYTES;                   // one A slot
     extern __shared__ __align__(16) unsigned char smem_raw[];
     int* row_pix = reinterpret_cast<int*>(smem_raw);                          // [BM]
-    long long* col_off = reinterpret_cast<long long*>(smem_raw + BM * 4);      // [HWp]
+    int* row_out = row_pix + BM;                                                // [BM]
+    long long* col_off = reinterpret_cast<long long*>(row_out + BM);            // [HWp]
     long long* row_off = col_off + HWp;                                         // [HH]
     int* col_ih = reinterpret_cast<int*>(row_off + HH);                         // [HWp]
     int* row_ih = col_ih + HWp;                                                 // [HH]
@@ -225,40 +226,52 @@ sepconv_tc(const T* __restrict__ x,
     auto a_slot = [&](int kc) { return As + (FB > 1 ? kc : kc & 1) * a_bytes; };
 
     // ---- tables: where each halo pixel comes from, where each position's taps start ----
+    // Position order: each image in bands of TH = band_h output rows (the last band of an
+    // image may be lower: hb rows), a band column by column (ow, then the row in the band):
+    // TH = 1 is the row-major order. Band gb = n * NB + b (NB = ceil(OH / TH)).
     // Halo pixel (j, ww) is x[row_off[j] + col_off[ww] + (row_ih[j] + col_ih[ww]) * xs_h],
     // zero where that row is outside the image (an invalid row or column carries -2^29).
-    // Output row gr = gr_a + k of the tile (k = 0 .. gr_b - gr_a) covers output columns
-    // [s0, s1] (s0 = ow_a for k = 0, else 0; s1 = OW - 1 but on the last row).
-    //  * segments (!slab): segment k stages the HH = (KH - 1) d_h + 1 input rows of output
-    //    row gr and the columns [s0 s_w, s1 s_w + (KW - 1) d_w] - pad_w, from halo column
-    //    base_k = k ? w0 + (k - 1) * wf : 0 (widths rounded up to multiples of s_w);
-    //  * slab: whole rows of input (wf columns), stacked: output row (n, oh) reads from
-    //    halo row slot(n, oh) = (oh - oh_a) s_h within the first image, then
+    // Band gb_a + k of the tile covers output columns [s0, s1] (s0 = the first position's
+    // column for k = 0, else 0; s1 = OW - 1 but in the last band).
+    //  * segments (!slab): segment k stages the HH = (TH - 1) s_h + (KH - 1) d_h + 1 input
+    //    rows of its band and the columns [s0 s_w, s1 s_w + (KW - 1) d_w] - pad_w, from
+    //    halo column base_k = k ? w0 + (k - 1) * wf : 0 (widths rounded up to multiples
+    //    of s_w);
+    //  * slab (TH = 1): whole rows of input (wf columns), stacked: output row (n, oh)
+    //    reads from halo row slot(n, oh) = (oh - oh_a) s_h within the first image, then
     //    first_rows + (n - n_a - 1) img_rows + oh s_h; rows shared between output rows.
+    const int TH = band_h, NB = (OH + TH - 1) / TH;
     const int span_h = (KH - 1) * dil_h + 1, span_w = (KW - 1) * dil_w + 1;
-    const int gr_a = tile_p0() / OW, ow_a = tile_p0() - gr_a * OW;
+    // (band, column, row in band) of position p: gb = n * NB + b; oh = b * TH + r
+    auto locate = [&](int p, int& gb, int& ow, int& r) {
+        const int n = p / (OH * OW), q = p - n * OH * OW, b = q / (TH * OW);
+        const int hb = min(TH, OH - b * TH), rem = q - b * TH * OW;
+        ow = rem / hb;
+        r = rem - ow * hb;
+        gb = n * NB + b;
+    };
+    int gb_a, ow_a, r_a, gb_b, ow_b, r_b;
     const int last = min(tile_p0() + BM, P) - 1;
-    const int gr_b = last / OW;
-    const int n_a = gr_a / OH, oh_a = gr_a - n_a * OH;
+    locate(tile_p0(), gb_a, ow_a, r_a);
+    locate(last, gb_b, ow_b, r_b);
+    const int n_a = gb_a / NB, oh_a = (gb_a - n_a * NB) * TH + r_a;   // slab: TH = 1
     auto round_s = [&](int v) { return (v + str_w - 1) / str_w * str_w; };
     const int wf = round_s((OW - 1) * str_w + span_w);       // a whole row's columns
-    const int w0 = round_s(((gr_b > gr_a ? OW - 1 : last - gr_a * OW) - ow_a) * str_w + span_w);
+    const int w0 = round_s(((gb_b > gb_a ? OW - 1 : ow_b) - ow_a) * str_w + span_w);
     const int first_rows = (OH - 1 - oh_a) * str_h + span_h, img_rows = (OH - 1) * str_h + span_h;
-    auto slot = [&](int gr) {
-        const int n = gr / OH, oh = gr - n * OH;
+    auto slot = [&](int n, int oh) {
         return n == n_a ? (oh - oh_a) * str_h : first_rows + (n - n_a - 1) * img_rows + oh * str_h;
     };
     constexpr int NOWHERE = -(1 << 29);
     const int HW = slab ? wf
-                        : gr_b > gr_a ? w0 + (gr_b - gr_a - 1) * wf +
-                                            round_s((last - gr_b * OW) * str_w + span_w)
+                        : gb_b > gb_a ? w0 + (gb_b - gb_a - 1) * wf + round_s(ow_b * str_w + span_w)
                                       : w0;                  // this tile's halo columns
     for (int ww = threadIdx.x; ww < HW; ww += TC_THREADS) {
         const int k = slab || ww < w0 ? 0 : 1 + (ww - w0) / wf;
         const int local = ww - (k ? w0 + (k - 1) * wf : 0);
-        const int gr = gr_a + k, s0 = slab || k ? 0 : ow_a;
-        const int s1 = !slab && gr == gr_b ? last - gr * OW : OW - 1;
-        const int n = gr / OH, oh = gr - n * OH;
+        const int gb = gb_a + k, s0 = slab || k ? 0 : ow_a;
+        const int s1 = !slab && gb == gb_b ? ow_b : OW - 1;
+        const int n = gb / NB, oh = (gb - n * NB) * TH;
         const int iw = s0 * str_w - pad_w + local;
         const bool ok = local < (s1 - s0) * str_w + span_w && (unsigned)iw < (unsigned)W;
         col_off[ww] = (slab || !ok ? 0 : n * xs_n) + (ok ? iw * xs_w : 0);
@@ -274,15 +287,18 @@ sepconv_tc(const T* __restrict__ x,
         row_off[j] = slab && n < N ? n * xs_n : 0;
         row_ih[j] = n < N ? ih : NOWHERE;
     }
-    for (int r = threadIdx.x; r < BM; r += TC_THREADS) {
-        const int p = min(tile_p0() + r, last);              // past the end: any valid pixel
-        const int gr = p / OW, ow = p - gr * OW, k = gr - gr_a;
-        row_pix[r] = slab ? slot(gr) * HWp + ow
-                          : (k ? w0 + (k - 1) * wf : 0) / str_w + ow - (k ? 0 : ow_a);
+    for (int t = threadIdx.x; t < BM; t += TC_THREADS) {
+        int gb, ow, r;
+        locate(min(tile_p0() + t, last), gb, ow, r);         // past the end: any valid pixel
+        const int n = gb / NB, oh = (gb - n * NB) * TH + r, k = gb - gb_a;
+        row_pix[t] = slab ? slot(n, oh) * HWp + ow
+                          : r * str_h * HWp + (k ? w0 + (k - 1) * wf : 0) / str_w + ow -
+                                (k ? 0 : ow_a);
+        row_out[t] = (n * OH + oh) * OW + ow;                // row-major position: y, partial
     }
     if (threadIdx.x == 0) {   // read back when staging (spares registers)
         tile_hw[0] = HW;
-        tile_hw[1] = slab ? slot(gr_b) + span_h : span_h;    // halo rows this tile needs
+        tile_hw[1] = slab ? slot(gb_b / NB, gb_b - gb_b / NB * NB) + span_h : HH;  // rows
     }
     __syncthreads();
 
@@ -356,17 +372,22 @@ sepconv_tc(const T* __restrict__ x,
             *reinterpret_cast<unsigned*>(as + p * TC_ROW_BYTES + dw_word * 4) = Op::operand(d);
         };
         if (strips) {
-            // Strips of 4 consecutive outputs of one segment: the KW taps of a row slide
-            // over 3 + KW loaded pixels (6 loads for 12 taps at 3x3); the half-warps take
-            // neighbouring strips (4 pixels apart: two wavefronts, priced by the model).
+            // Strips of 4 outputs along a row (tile positions t, t + TH, t + 2 TH, t + 3 TH
+            // of one band): the KW taps of a row slide over 3 + KW loaded pixels (6 loads
+            // for 12 taps at 3x3). The half-warps take neighbouring strips: vertically
+            // adjacent ones for TH > 1 (an odd row pitch: distinct banks), else 4 pixels
+            // apart (two wavefronts, priced by the model).
+            const int TH = band_h;
 #pragma unroll 1
             for (int item = 2 * warp + dw_half; item < BM / 4; item += 2 * TC_WARPS) {
-                const int r0 = 4 * item;
-                if (row_pix[r0 + 3] != row_pix[r0] + 3) {   // crosses a segment
-                    for (int r = r0; r < r0 + 4; ++r) one(r);
+                const int t0 = item / TH * 4 * TH + item % TH;
+                const int pix0 = row_pix[t0];
+                if (row_pix[t0 + TH] != pix0 + 1 || row_pix[t0 + 2 * TH] != pix0 + 2 ||
+                    row_pix[t0 + 3 * TH] != pix0 + 3) {   // not 4 neighbours of one row
+                    for (int m = 0; m < 4; ++m) one(t0 + m * TH);
                     continue;
                 }
-                const unsigned* src = xw + row_pix[r0] * WORDS + dw_word;
+                const unsigned* src = xw + pix0 * WORDS + dw_word;
                 float d[4][PW];
 #pragma unroll
                 for (int r = 0; r < 4; ++r)
@@ -392,12 +413,14 @@ sepconv_tc(const T* __restrict__ x,
                 }
 #pragma unroll
                 for (int r = 0; r < 4; ++r)
-                    *reinterpret_cast<unsigned*>(as + (r0 + r) * TC_ROW_BYTES + dw_word * 4) =
+                    *reinterpret_cast<unsigned*>(as + (t0 + r * TH) * TC_ROW_BYTES + dw_word * 4) =
                         Op::operand(d[r]);
             }
         } else {
 #pragma unroll 1
-            for (int p = 2 * warp + dw_half; p < BM; p += 2 * TC_WARPS) one(p);
+            // the half-warps on horizontally adjacent outputs (tile positions t, t + TH)
+            for (int u = warp; u < BM / 2; u += TC_WARPS)
+                one(u / band_h * 2 * band_h + u % band_h + dw_half * band_h);
         }
     };
 
@@ -510,9 +533,9 @@ sepconv_tc(const T* __restrict__ x,
         for (int i = tid; i < BM * per_row; i += TC_THREADS) {
             const int r = i / per_row, cv = i - r * per_row;
             const int f = f0 + cv * VEC;
-            if (tile_p0() + r >= N * OH * OW || f >= F) continue;
+            if (tile_p0() + r >= N * OH * OW || f >= F) continue;   // past the end
             const float* v = Cs + r * cs_pitch + cv * VEC;
-            const long long at = (long long)(tile_p0() + r) * F + f;
+            const long long at = (long long)row_out[r] * F + f;
             if (!finish) {   // split `split` of the [k_splits][P][F] partial sums
                 float* dst = partial + split * ((long long)N * OH * OW * F) + at;
                 for (int e = 0; e < VEC && f + e < F; ++e) dst[e] = v[e];

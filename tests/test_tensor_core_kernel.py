@@ -184,25 +184,79 @@ def test_tensor_core_channel_splits(emulator, mode, activation):
 
 
 def launch_plan(emulator, x, dk, pk, b, geom, act, tp):
-    """One sepconv_tc launch with the given plan (no reduce: tp.k_splits must be 1),
-    checked against the float64 reference with the tolerance derived above."""
-    assert tp.k_splits == 1  # the reduce launch is covered by test_tensor_core_channel_splits
+    """The sepconv_tc launch of the given plan (and its sepconv_tc_reduce when the
+    channels are split), checked against the float64 reference with the tolerance
+    derived above. The output and the partial sums start as NaN: each must be written."""
     dtype = x.dtype.name
     strides_x = cuda_kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
     y = np.full(geom.output_shape, np.nan, dtype=x.dtype)
     weights = cuda_kernels.prepare_weights(np, cuda_kernels.weights_layout("tc", dtype), dk, pk, b)
-    launch = cuda_kernels.Launch(
+    outputs = geom.output_positions * geom.filters
+    partial = np.full(tp.k_splits * outputs, np.nan, np.float32) if tp.k_splits > 1 else None
+    launches = [cuda_kernels.Launch(
         "tc", cuda_kernels.tc_name(dtype, cuda_kernels.tc_extent(geom.kernel), tp.m_tiles),
         tp.grid, cuda_kernels.TC_THREADS, tp.shared_bytes,
-        cuda_kernels.tc_scalar_args(geom, tp, strides_x, True, act.kernel_id, act.kernel_param))
-    emulator.launch(launch.name, launch.grid, launch.block,
-                    cuda_kernels.launch_arrays(launch, x, weights, y, None) + launch.scalars,
-                    launch.shared_bytes)
+        cuda_kernels.tc_scalar_args(geom, tp, strides_x, True, act.kernel_id, act.kernel_param),
+        partial=0 if partial is None else partial.size)]
+    if partial is not None:
+        grid, block = cuda_kernels.tc_reduce_grid(geom)
+        launches.append(cuda_kernels.Launch(
+            "tc_reduce", cuda_kernels.tc_reduce_name(dtype), grid, block, 0,
+            cuda_kernels.tc_reduce_scalar_args(geom, tp, True, act.kernel_id, act.kernel_param)))
+    for launch in launches:
+        emulator.launch(launch.name, launch.grid, launch.block,
+                        cuda_kernels.launch_arrays(launch, x, weights, y, partial) + launch.scalars,
+                        launch.shared_bytes)
     ref = reference_separable_conv(x, dk, pk, b, geom, act)
     magnitude = np.max(reference_separable_conv(
         np.abs(x.astype(np.float64)), np.abs(dk.astype(np.float64)),
         np.abs(pk.astype(np.float64)), None, geom, LINEAR))
-    assert np.all(np.abs(y.astype(np.float64) - ref) <= 2 * U * (magnitude + np.abs(ref)) + 1e-6)
+    assert np.all(np.abs(y.astype(np.float64) - ref) <= 2 * U * (magnitude + np.abs(ref)) + 1e-6), tp
+
+
+def plan_with(dtype, geom, **want):
+    """The cheapest plan the planner considered (any activation, the default device's
+    shared memory) with the attributes `want`, e.g. slab=True, band_h=4."""
+    every = cuda_kernels.tc_candidates(dtype, geom, False, count=10**6)
+    found = [tp for tp in every if all(getattr(tp, k) == v for k, v in want.items())]
+    assert found, f"no candidate with {want} among {len(every)}"
+    return found[0]
+
+
+# (x shape, kernel, F, strides, dilation, plan attributes): every position order and halo
+# layout, A double-buffered and resident, with and without channel splits, both warp tiles
+PLAN_SHAPES = [
+    ((3, 5, 6, 16), 3, 24, 1, 1, dict(slab=True)),                  # slab over 3 images
+    ((3, 5, 6, 16), 3, 24, 1, 1, dict(slab=False, band_h=1)),       # row segments, images
+    ((2, 9, 11, 16), 3, 20, 1, 1, dict(band_h=2)),                  # bands, strips stacked
+    ((2, 9, 11, 16), 3, 20, 1, 1, dict(band_h=4)),                  # last band of 1 row
+    ((1, 9, 13, 16), 3, 20, 1, 1, dict(band_h=8, m_tiles=4)),       # tall bands, MT 4
+    ((2, 11, 13, 16), (2, 3), 20, 2, 1, dict(band_h=2)),            # generic, stride 2
+    ((2, 12, 9, 16), 3, 20, (2, 1), 1, dict(band_h=2)),             # strips at height stride
+    ((1, 10, 9, 16), 3, 20, 1, (2, 1), dict(slab=True)),            # slab, dilated height
+    ((1, 6, 7, 64), 3, 300, 1, 1, dict(filter_blocks=2, k_splits=1)),   # A resident
+    ((1, 6, 7, 64), 3, 300, 1, 1, dict(bn=128, k_splits=2)),        # resident, split
+    ((2, 5, 7, 32), 3, 520, 1, 1, dict(m_tiles=4, filter_blocks=3)),    # resident, MT 4
+    ((1, 7, 5, 40), 3, 13, 1, 1, dict(k_splits=2, slab=False)),     # split, ragged K and F
+]
+
+
+@needs_emulator
+@pytest.mark.parametrize("case", PLAN_SHAPES, ids=lambda c: "-".join(
+    [f"{k}{int(v)}" for k, v in c[-1].items()] + [f"f{c[2]}", "x" + "x".join(map(str, c[0]))]))
+@pytest.mark.parametrize("mode", ["float16", "tf32"])
+def test_tensor_core_plan_shapes(emulator, case, mode):
+    """Each position order, halo layout and A arrangement the planner can choose, forced
+    (whatever the model prefers for this small case), against the float64 reference."""
+    shape, kernel, filters, strides, dilation, want = case
+    dtype = "float16" if mode == "float16" else "float32"
+    rng = np.random.default_rng(31)
+    x, dk, pk, b, geom, act = make_case(rng, 2, shape, kernel, filters, strides, "same",
+                                        dilation, "relu", dtype)
+    tp = plan_with(dtype, geom, **want)
+    if tp.filter_blocks > 1:
+        assert tp.a_slots == -(-tp.k_pad * x.itemsize // cuda_kernels.TC_CHUNK_BYTES // tp.k_splits)
+    launch_plan(emulator, x, dk, pk, b, geom, act, tp)
 
 
 @needs_emulator
@@ -406,6 +460,102 @@ def test_tensor_core_plan_is_consistent(shape, filters, stride, dtype):
     assert tp.predicted_us == pytest.approx(predicted)
     assert tp.predicted_us > cost_model.DEFAULT_DEVICE.launch_us
     assert work.tensor_flops >= 2 * geom.output_positions * geom.channels * geom.filters
+
+
+def _suite_layers():
+    from benchmarks import suites
+
+    return [layer for name in suites.DEFAULT_SUITES for layer in suites.SUITES[name]]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("batch", [1, 8, 32])
+def test_tensor_core_plans_waste_no_tensor_work_on_the_suites(batch, dtype):
+    """Tiles over flattened positions: what the chosen plan issues is at most 1.15x the
+    useful FLOPs at batch 8 and 32, and at batch 1 exactly the mma granularity's padding
+    (positions to 16, filters to 8, channels to the mma's k); the depthwise is computed
+    once (recompute 1) for every layer, whatever F."""
+    k_step = 16 if dtype == "float16" else 8
+    up = lambda v, g: -(-v // g) * g
+    for layer in _suite_layers():
+        geom = layer.geometry(batch)
+        tp = cuda_kernels.tc_plan(dtype, geom, layer.activation is None)
+        p, c, f = geom.output_positions, geom.channels, geom.filters
+        assert tp.useful_flops == 2.0 * p * c * f
+        assert tp.issued_flops == 2.0 * up(p, 16) * up(f, 8) * up(c, k_step), layer.key
+        if batch > 1:
+            assert tp.issued_flops <= 1.15 * tp.useful_flops, (layer.key, tp)
+        assert tp.recompute == 1.0
+        itemsize = 2 if dtype == "float16" else 4
+        work = cost_model.tc_fused_work(geom, tp, itemsize, layer.activation is None,
+                                        strips=cuda_kernels.tc_uses_strips(geom))
+        assert work.tensor_flops == tp.issued_flops
+        # staged bytes: the halo and depthwise weights once a tile and chunk (filter block
+        # 0 only), the pointwise rows once a tile, chunk and filter block
+        y = (tp.k_splits * 4 if tp.k_splits > 1 else itemsize) * p * f
+        assert work.l2_bytes == pytest.approx(tp.staged_bytes + tp.l2_weight_bytes + y)
+
+
+@pytest.mark.parametrize("shape,filters,stride", SUITE_LIKE)
+def test_tensor_core_plan_states_its_occupancy(shape, filters, stride):
+    """Blocks an SM as registers (the instantiation's cap) and shared memory allow, for
+    every candidate: the launch bound promises nothing more (MT = 2 two blocks only where
+    the shared memory leaves room)."""
+    geom = _geom(shape, 3, filters, strides=stride)
+    device = cost_model.DEFAULT_DEVICE
+    for tp in cuda_kernels.tc_candidates("float16", geom, count=50):
+        expected = cost_model.blocks_per_sm(cuda_kernels.TC_THREADS,
+                                            cost_model.TC_REGISTERS[tp.m_tiles],
+                                            tp.shared_bytes, device)
+        assert tp.blocks_per_sm == expected >= 1
+        fits_two = 2 * (tp.shared_bytes + device.smem_reserved_per_block) <= device.smem_per_sm
+        assert (tp.blocks_per_sm >= 2) == (tp.m_tiles == 2 and fits_two)
+
+
+def test_tensor_core_candidates_are_sorted_and_plan_is_the_first():
+    geom = _geom((8, 19, 19, 728), 3, 728)
+    found = cuda_kernels.tc_candidates("float16", geom, False)
+    assert 1 < len(found) <= 4
+    assert [c.predicted_us for c in found] == sorted(c.predicted_us for c in found)
+    assert found[0] == cuda_kernels.tc_plan("float16", geom, False)
+    assert len(cuda_kernels.tc_candidates("float16", geom, False, count=2)) == 2
+    assert cuda_kernels.tc_candidates("float16", geom, smem_limit=1024) == ()
+
+
+def test_tensor_core_reduce_grid_follows_the_device():
+    geom = _geom((32, 56, 56, 64), 3, 64)
+    assert cuda_kernels.tc_reduce_grid(geom) == (8 * cost_model.DEFAULT_DEVICE.sms,
+                                                 cuda_kernels.TC_THREADS)
+    assert cuda_kernels.tc_reduce_grid(geom, sms=10) == (80, cuda_kernels.TC_THREADS)
+    small = _geom((1, 2, 2, 16), 3, 8)
+    assert cuda_kernels.tc_reduce_grid(small, sms=10) == (1, cuda_kernels.TC_THREADS)
+
+
+def test_tensor_core_selection_checks_the_plan_that_launches(monkeypatch):
+    """select_kernel's 32-bit and reach checks run on the plan of the activation the
+    launch uses (a non-linear epilogue is priced differently, so the two plans can
+    differ): every plan consulted is for that activation, and the launch is its plan."""
+    geom = _geom((8, 19, 19, 728), 3, 728)
+    gelu, linear = activations.get("gelu"), activations.get(None)
+    assert cuda_kernels.tc_plan("float16", geom, False) != cuda_kernels.tc_plan("float16", geom, True)
+    asked = []
+    real = cuda_kernels.tc_plan
+
+    def recording(dtype, g, linear_activation=True, *args, **kwargs):
+        asked.append(linear_activation)
+        return real(dtype, g, linear_activation, *args, **kwargs)
+
+    monkeypatch.setattr(cuda_kernels, "tc_plan", recording)
+    for act in (gelu, linear):
+        cuda_kernels._launch_sequence.cache_clear()
+        asked.clear()
+        launches, _ = cuda_kernels.launch_sequence("float16", geom, act,
+                                                   _contiguous_strides(geom), True)
+        is_linear = act.kernel_id == "linear"
+        assert asked and all(flag == is_linear for flag in asked), (act.kernel_id, asked)
+        tp = real("float16", geom, is_linear)
+        assert (launches[0].grid, launches[0].shared_bytes) == (tp.grid, tp.shared_bytes)
+    cuda_kernels._launch_sequence.cache_clear()
 
 
 def test_tensor_core_launch_reports_predicted_time():

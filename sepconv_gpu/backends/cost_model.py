@@ -261,21 +261,24 @@ TC_REGISTERS = {2: 128, 4: 254}             # by m16 tiles per warp (ptxas, sm_8
 
 def _tc_tile_shape(geom, plan, in_itemsize):
     """(chunks of the whole K, expected halo bytes a tile stages a chunk, BK channels a
-    chunk) of a `TcPlan`. A tile of bm consecutive positions touches R = 1 + (bm - 1) / OW
-    output rows and crosses X = (bm - 1) / (OH OW) image boundaries on average. Row
-    segments stage (KH - 1) d_h + 1 input rows of each row's columns; a slab stages whole
-    rows, each once: (R - 1) s_h + (KH - 1) d_h + 1 + X ((KH - 1) d_h + 1 - s_h)
-    (cuda_kernels.tc_halo_extent gives the largest)."""
+    chunk) of a `TcPlan`. A tile of bm consecutive positions (in bands of TH = band_h
+    output rows) touches R = 1 + (bm - 1) / (TH OW) bands and crosses X = (bm - 1) /
+    (OH OW) image boundaries on average. Segments stage (TH - 1) s_h + (KH - 1) d_h + 1
+    input rows of each band's bm / (R TH) + 1 columns (and KW - 1 halo columns); a slab
+    (TH = 1) stages whole rows, each once: (R - 1) s_h + (KH - 1) d_h + 1 +
+    X ((KH - 1) d_h + 1 - s_h) (cuda_kernels.tc_halo_extent gives the largest)."""
     chunk = 64                                  # bytes of one position's channel chunk
     (oh, ow), (kh, kw), (sh, sw), (dh, dw) = geom.out_size, geom.kernel, geom.strides, geom.dilation
     span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
     round_s = lambda v: -(-v // sw) * sw
-    rows = min(1 + (plan.bm - 1) / ow, plan.bm, geom.batch * oh)
+    band = plan.band_h
+    rows = min(1 + (plan.bm - 1) / (band * ow), plan.bm, geom.batch * -(-oh // band))
     if plan.slab:
         crossings = min((plan.bm - 1) / (oh * ow), geom.batch - 1)
         halo = ((rows - 1) * sh + span_h + crossings * (span_h - sh)) * round_s((ow - 1) * sw + span_w)
     else:
-        halo = span_h * ((plan.bm - rows) * sw + rows * round_s(span_w))
+        columns = min(plan.bm / band + rows * (band - 1) / band, rows * ow)
+        halo = ((band - 1) * sh + span_h) * ((columns - rows) * sw + rows * round_s(span_w))
     return plan.k_pad * in_itemsize // chunk, halo * chunk, chunk // in_itemsize
 
 
@@ -334,9 +337,14 @@ def tc_fused_work(geom, plan, in_itemsize, linear_activation=True, threads=256,
     kh, kw = geom.kernel
     generic_loads, generic_instr = 2 * taps, taps * TC_TAP_INSTRUCTIONS[in_itemsize]
     if strips:   # per 4 outputs of a word: kh rows of (3 + kw) pixels and kw weights
-        crossing = min(1.0, (min(1 + (plan.bm - 1) / geom.out_size[1], plan.bm) - 1) * 4 / plan.bm)
+        # strips broken by a band's end (each band's last partial group of 4 columns)
+        bands = min(1 + (plan.bm - 1) / (plan.band_h * geom.out_size[1]), plan.bm)
+        crossing = min(1.0, (bands - 1) * 4 * plan.band_h / plan.bm)
         strip_loads = kh * (3 + kw + kw) / 4
-        strip_waves = kh * (2 * (3 + kw) + kw) / 4          # pixel reads two-way
+        # the half-warps' strips: 4 pixels apart (TH = 1: two-way bank conflicts), else
+        # vertically adjacent at an odd row pitch (unit height stride)
+        two_way = plan.band_h == 1 or geom.strides[0] != 1
+        strip_waves = kh * ((2 if two_way else 1) * (3 + kw) + kw) / 4
         strip_instr = (strip_loads + strip_loads * (2 if in_itemsize == 2 else 0)
                        + taps * (4 // in_itemsize))
         dw_waves = crossing * generic_loads + (1 - crossing) * strip_waves

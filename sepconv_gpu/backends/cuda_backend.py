@@ -178,7 +178,8 @@ class CupyOps:
             x_strides = _kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
         launches, apply_after = _kernels.launch_sequence(
             dtype, geom, activation, x_strides, bias is not None, allow_tf32,
-            x_aligned=x.data.ptr % 16 == 0, smem_limit=_shared_memory_limit(x.device.id))
+            x_aligned=x.data.ptr % 16 == 0, smem_limit=_shared_memory_limit(x.device.id),
+            sms=_sm_count(x.device.id))
         weights = partial = None
         for launch in launches:
             if launch.weights and weights is None:
@@ -207,6 +208,13 @@ def _shared_memory_limit(device_id):
     if int(cupy.cuda.Device(device_id).compute_capability) < TENSOR_CORE_MIN_ARCH:
         return 0
     attribute = getattr(cupy.cuda.runtime, "cudaDevAttrMaxSharedMemoryPerBlockOptin", 97)
+    return cupy.cuda.runtime.deviceGetAttribute(attribute, device_id)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_id):
+    """Streaming multiprocessors of this device (sizes the grid-stride reduce launch)."""
+    attribute = getattr(cupy.cuda.runtime, "cudaDevAttrMultiProcessorCount", 16)
     return cupy.cuda.runtime.deviceGetAttribute(attribute, device_id)
 
 

@@ -400,14 +400,15 @@ def launch_arrays(launch, x, weights, y, partial):
 
 
 def launch_sequence(dtype, geom, activation, x_strides, has_bias, allow_tf32=False,
-                    x_aligned=True, smem_limit=None):
+                    x_aligned=True, smem_limit=None, sms=None):
     """The launches computing one separable convolution, and whether `activation(y)` must
     still be applied afterwards (activations without a kernel variant).
 
     `allow_tf32`: float32 may run on the tensor-core kernel with TF32 operands;
     `x_aligned`: the input's base address is 16-byte aligned (see `select_kernel`);
     `smem_limit`: the device's opt-in dynamic shared memory per block (None:
-    TC_SMEM_LIMIT).
+    TC_SMEM_LIMIT); `sms`: its SM count (None: the cost model's device), which sizes the
+    grid of sepconv_tc_reduce.
 
     Array-agnostic: the CUDA backend runs it with CuPy arrays; the host-emulation test runs
     the very same sequence with NumPy arrays. Memoized: a layer called again with the same
@@ -416,12 +417,13 @@ def launch_sequence(dtype, geom, activation, x_strides, has_bias, allow_tf32=Fal
     return _launch_sequence(dtype, geom, activation.kernel_id, activation.kernel_param,
                             tuple(int(s) for s in x_strides), bool(has_bias),
                             bool(allow_tf32), bool(x_aligned),
-                            TC_SMEM_LIMIT if smem_limit is None else int(smem_limit))
+                            TC_SMEM_LIMIT if smem_limit is None else int(smem_limit),
+                            None if sms is None else int(sms))
 
 
 @functools.lru_cache(maxsize=1024)
 def _launch_sequence(dtype, geom, kernel_id, kernel_param, x_strides, has_bias, allow_tf32,
-                     x_aligned, smem_limit):
+                     x_aligned, smem_limit, sms):
     if dtype not in DTYPES:
         raise TypeError(f"sepconv_gpu CUDA backend: unsupported dtype {dtype}; expected one of {tuple(DTYPES)}.")
     fused = kernel_id in FUSED_ACTIVATIONS
@@ -437,7 +439,7 @@ def _launch_sequence(dtype, geom, kernel_id, kernel_param, x_strides, has_bias, 
                            tc_scalar_args(geom, tp, x_strides, has_bias, act, param),
                            weights_layout("tc", dtype), tp.predicted_us, partial)]
         if partial:
-            grid, block = tc_reduce_grid(geom)
+            grid, block = tc_reduce_grid(geom, sms)
             launches.append(Launch("tc_reduce", tc_reduce_name(dtype), grid, block, 0,
                                    tc_reduce_scalar_args(geom, tp, has_bias, act, param),
                                    weights_layout("tc", dtype)))
@@ -544,7 +546,9 @@ class TcPlan:
     k_splits: int = 1    # channel splits (then sepconv_tc_reduce finishes the sum)
     m_tiles: int = 2     # m16 tiles per warp (the MT template argument)
     a_slots: int = 2     # A slots: 2 (double-buffered), or a block's chunks (resident, FB > 1)
-    slab: bool = False   # halo of whole input rows (small images), else row segments
+    band_h: int = 1      # position order: bands of this many output rows, a band column
+                         # by column (1: row-major)
+    slab: bool = False   # halo of whole input rows (small images; band_h 1), else segments
     blocks_per_sm: int = 1       # resident blocks an SM (registers and shared memory)
     # what the model charges (whole launch; `python -m benchmarks --predict` prints them)
     issued_flops: float = 0.0    # tensor-core FLOPs issued, padding included
@@ -562,7 +566,7 @@ def tc_layout(bm, bn, stages, halo_h, halo_pitch, taps, a_slots, filter_blocks):
     resident), then the cp.async stages (halo, depthwise weights at halo_bytes,
     pointwise rows at b_at); the epilogue's Cs lies over the stages (and over A with a
     single filter block)."""
-    as_at = -(-(bm * 4 + (halo_pitch + halo_h) * 12) // 16) * 16 + 16   # + the tile's halo size
+    as_at = -(-(bm * 8 + (halo_pitch + halo_h) * 12) // 16) * 16 + 16   # + the tile's halo size
     halo = halo_h * halo_pitch * TC_CHUNK_BYTES
     b_at = halo + taps * TC_CHUNK_BYTES
     stage = b_at + bn * TC_ROW_BYTES
@@ -577,21 +581,33 @@ def _tc_shared_bytes(bm, bn, stages, halo_h, halo_pitch, taps, a_slots, filter_b
     return tc_layout(bm, bn, stages, halo_h, halo_pitch, taps, a_slots, filter_blocks)[-1]
 
 
-def tc_halo_extent(geom, bm, slab):
+def tc_halo_extent(geom, bm, slab, band_h=1):
     """(rows, columns) of the largest halo a tile of `bm` positions stages (sepconv_tc's
-    tables). Row segments: (KH - 1) d_h + 1 rows, the segments' columns side by side,
-    each rounded up to a multiple of the width stride. Slab: whole rows (OW - 1) s_w +
-    (KW - 1) d_w + 1, rounded so, each input row once: (R - 1) s_h + (KH - 1) d_h + 1 for
-    R output rows, plus (KH - 1) d_h + 1 - s_h for every image boundary crossed."""
+    tables). Segments: one a band of `band_h` output rows the tile touches,
+    (band_h - 1) s_h + (KH - 1) d_h + 1 rows of the columns its positions read, side by
+    side, each rounded up to a multiple of the width stride. Slab (band_h 1): whole rows
+    (OW - 1) s_w + (KW - 1) d_w + 1, rounded so, each input row once: (R - 1) s_h +
+    (KH - 1) d_h + 1 for R output rows, plus (KH - 1) d_h + 1 - s_h for every image
+    boundary crossed."""
     (oh, ow), (kh, kw), (sh, sw), (dh, dw) = geom.out_size, geom.kernel, geom.strides, geom.dilation
     span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
-    rows = min(-(-(bm - 1) // ow) + 1, geom.batch * oh, bm)      # output rows a tile touches
     round_s = lambda v: -(-v // sw) * sw
+    bands = -(-oh // band_h)
+    low = oh - (bands - 1) * band_h          # rows of an image's last band
+    # segments (bands) a tile touches: bm - 1 positions after the first one's band
+    segments = min(-(-(bm - 1) // (low * ow)) + 1, geom.batch * bands, bm)
     if not slab:
-        return span_h, (bm - rows) * sw + rows * round_s(span_w)
-    crossings = min(-(-(rows - 1) // oh), geom.batch - 1)
-    return ((rows - 1) * sh + span_h + crossings * max(0, span_h - sh),
+        # a band's positions of one segment span at most ceil(count / height) + 1 columns
+        columns = min(bm // low + 2 * segments, segments * ow)
+        return ((band_h - 1) * sh + span_h,
+                min((columns - segments) * sw + segments * round_s(span_w),
+                    segments * round_s((ow - 1) * sw + span_w)))
+    crossings = min(-(-(segments - 1) // oh), geom.batch - 1)
+    return ((segments - 1) * sh + span_h + crossings * max(0, span_h - sh),
             round_s((ow - 1) * sw + span_w))
+
+
+TC_BANDS = (1, 2, 4, 8)   # band heights (position orders) the planner considers
 
 
 def tc_candidates(dtype, geom, linear_activation=True, smem_limit=TC_SMEM_LIMIT, count=4,
@@ -629,9 +645,12 @@ def _tc_candidates(dtype, geom, linear_activation, smem_limit, m_tiles):
         if blocks_f > 1 and geom.filters <= max(TC_FILTER_BLOCKS):
             continue  # one filter block holds F: A double-buffered, not resident
         tiles = -(-positions // bm)
-        for slab, stages, splits in itertools.product((False, True), TC_STAGES, TC_SPLITS):
-            hh, hw = tc_halo_extent(geom, bm, slab)
+        layouts = [(band, False) for band in TC_BANDS if band <= geom.out_size[0]] + [(1, True)]
+        for (band, slab), stages, splits in itertools.product(layouts, TC_STAGES, TC_SPLITS):
+            hh, hw = tc_halo_extent(geom, bm, slab, band)
             hws = -(-hw // sw)
+            if band > 1 and sw == 1:
+                hws |= 1   # odd row pitch: vertically adjacent strips on distinct banks
             per_split = -(-chunks // splits)
             if (splits - 1) * per_split >= chunks:
                 continue  # a split without channels
@@ -642,7 +661,8 @@ def _tc_candidates(dtype, geom, linear_activation, smem_limit, m_tiles):
             candidate = TcPlan(
                 bn=bn, bm=bm, tiles=tiles, filter_blocks=blocks_f, halo_h=hh, halo_w=hw,
                 halo_ws=hws, stages=stages, k_pad=k_pad, shared_bytes=shared,
-                k_splits=splits, m_tiles=mt, a_slots=a_slots, slab=slab, predicted_us=0.0,
+                k_splits=splits, m_tiles=mt, a_slots=a_slots, band_h=band, slab=slab,
+                predicted_us=0.0,
                 grid=tiles * splits)
             work = cost_model.tc_fused_work(geom, candidate, itemsize, linear_activation,
                                             strips=strips)
@@ -737,7 +757,7 @@ def tc_scalar_args(geom, tp, x_strides, has_bias, kernel_id, act_param):
         i32(tp.k_splits.bit_length() - 1),
         *(i32(v) for v in tc_layout(tp.bm, tp.bn, tp.stages, tp.halo_h, tp.halo_ws * sw,
                                     kh * kw, tp.a_slots, tp.filter_blocks)[:5]),
-        i32(tp.slab),
+        i32(tp.band_h), i32(tp.slab),
     )
 
 
