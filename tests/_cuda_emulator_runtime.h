@@ -323,15 +323,9 @@ inline void mma_tf32_m16n8k8(float (&d)[4], const unsigned (&a)[4], const unsign
 }
 
 inline void ldsm_x4(unsigned (&r)[4], const void* p) { emu::ldsm("ldsm_x4", false, r, p); }
-inline void ldsm_x4_trans(unsigned (&r)[4], const void* p) { emu::ldsm("ldsm_x4_trans", true, r, p); }
-inline void ldsm_x2(unsigned (&r)[2], const void* p) { emu::ldsm("ldsm_x2", false, r, p); }
-inline void ldsm_x2_trans(unsigned (&r)[2], const void* p) { emu::ldsm("ldsm_x2_trans", true, r, p); }
 
 inline void cp_async16(void* dst, const void* src, bool valid) {
     emu::cp_async("cp_async16", dst, src, 16, valid);
-}
-inline void cp_async4(void* dst, const void* src, bool valid) {
-    emu::cp_async("cp_async4", dst, src, 4, valid);
 }
 inline void cp_async_commit() { ++emu_groups_committed; }
 template <int N> void cp_async_wait() { emu::cp_async_complete(N); }
