@@ -151,6 +151,89 @@ __device__ __forceinline__ void store16(float* p, const float* s) {
 __device__ __forceinline__ __half from_float(float v, __half) { return __float2half_rn(v); }
 __device__ __forceinline__ float from_float(float v, float) { return v; }
 
+// The tensor-core step of the mainloop, behind the interface another instruction family
+// implements (docs/design.md: an sm_90a wgmma version): the accumulator fragment of a
+// BM x BN filter block, one chunk's multiply from A and B in shared memory, and the
+// fragment's hand-over to the epilogue. Here: mma.sync, warp (wm, wn) of the (8/WN) x WN
+// warps owning 16 MT positions x 64 filters (MT m16 x 8 n8 tiles), A and B rows of
+// TC_ROW_BYTES (64 bytes + a 16-byte pad: an ldmatrix's 8 rows on distinct bank groups).
+template <typename T, int MT> struct MmaSync {
+    typedef Tc<T> Op;
+    static constexpr int kWarpM = 16 * MT;
+    struct Accumulators { float v[MT][8][4]; };
+
+    __device__ __forceinline__ static void clear(Accumulators& acc) {
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc.v[i][j][e] = 0.f;
+    }
+
+    // acc += A[wm rows] x B[wn rows]^T over one chunk (2 k-steps of 32 bytes). mma tiles
+    // wholly past `rows` valid positions, `cols` valid filters (both counted from the
+    // warp's first) or `k_left` valid channels are skipped (warp-uniform conditions), so
+    // what is issued is padded only to the m16 / n8 / k granularity of the instruction.
+    __device__ __forceinline__ static void multiply(Accumulators& acc, const unsigned char* as,
+                                                    const unsigned char* bs, int tid, int WN,
+                                                    int rows, int cols, int k_left) {
+        constexpr int BK = 16 * Op::kPerWord;
+        const int lane = tid & 31, warp = tid >> 5;
+        const int wm = warp / WN, wn = warp - (warp / WN) * WN;
+        const int a_row = wm * kWarpM + (lane & 15), a_byte = (lane >> 4) * 16;
+        const int b_row = wn * TC_WARP_N + (lane & 7) + ((lane >> 4) << 3);
+        const int b_byte = ((lane >> 3) & 1) * 16;
+        rows -= wm * kWarpM;
+        cols -= wn * TC_WARP_N;
+#pragma unroll
+        for (int ks = 0; ks < 2; ++ks) {
+            if (ks * BK / 2 >= k_left) break;
+            unsigned a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+                if (mt * 16 < rows)
+                    ldsm_x4(a[mt], as + (a_row + mt * 16) * TC_ROW_BYTES + ks * 32 + a_byte);
+#pragma unroll
+            for (int np = 0; np < 4; ++np) {
+                if (np * 16 >= cols) break;
+                unsigned b[4];
+                ldsm_x4(b, bs + (b_row + np * 16) * TC_ROW_BYTES + ks * 32 + b_byte);
+                const unsigned b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    if (mt * 16 >= rows) break;
+                    Op::mma(acc.v[mt][2 * np], a[mt], b0);
+                    if (np * 16 + 8 < cols) Op::mma(acc.v[mt][2 * np + 1], a[mt], b1);
+                }
+            }
+        }
+    }
+
+    // Cs[p][f - f0] = acc + bias[f] (fp32, row pitch `pitch` floats); `bias` null: none.
+    __device__ __forceinline__ static void store(const Accumulators& acc, float* Cs, int pitch,
+                                                 int tid, int WN, const float* bias, int f0,
+                                                 int F) {
+        const int warp = tid >> 5, g = (tid & 31) >> 2, q = tid & 3;
+        const int wm = warp / WN, wn = warp - (warp / WN) * WN;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+            const int col = wn * TC_WARP_N + nt * 8 + 2 * q;
+            const int f = f0 + col;
+            const float b0 = bias && f < F ? bias[f] : 0.f;
+            const float b1 = bias && f + 1 < F ? bias[f + 1] : 0.f;
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                const int row = wm * kWarpM + mt * 16 + g;
+                *reinterpret_cast<float2*>(Cs + row * pitch + col) =
+                    make_float2(acc.v[mt][nt][0] + b0, acc.v[mt][nt][1] + b1);
+                *reinterpret_cast<float2*>(Cs + (row + 8) * pitch + col) =
+                    make_float2(acc.v[mt][nt][2] + b0, acc.v[mt][nt][3] + b1);
+            }
+        }
+    }
+};
+
 // activate<ACT>(v, p) for a runtime ACT in [LO, HI], by binary search (log2 branches,
 // uniform over the grid).
 template <int LO, int HI> struct ActivationSwitch {
@@ -186,11 +269,11 @@ sepconv_tc(const T* __restrict__ x,
            int band_h, int slab) {   // position order and halo layout: see the tables
     using namespace sepconv;
     typedef Tc<T> Op;
+    typedef MmaSync<T, MT> Mainloop;   // the tensor-core step (docs/design.md: its swap)
     constexpr int PW = Op::kPerWord;
     constexpr int BK = 16 * PW;                              // channels a chunk
     constexpr int VEC = 16 / (int)sizeof(T);                 // elements in 16 bytes
     constexpr int OPV = 16 / (int)sizeof(typename Op::Operand);
-    constexpr int WARP_M = 16 * MT;
     constexpr int WORDS = TC_CHUNK_BYTES / 4;                // 4-byte words of a pixel's chunk
 
     const int KH = KH_ > 0 ? KH_ : kh_rt;
@@ -344,7 +427,7 @@ sepconv_tc(const T* __restrict__ x,
     const bool strips = KH_ > 0 && str_w == 1 && dil_w == 1;
 
 
-    float acc[MT][8][4];
+    typename Mainloop::Accumulators acc;
 
     // ---- 2. depthwise of chunk kc (in its stage) -> A slot `as` ----
     auto depthwise = [&](int kc, unsigned char* as) {
@@ -424,54 +507,16 @@ sepconv_tc(const T* __restrict__ x,
         }
     };
 
-    // ---- 3. pointwise of chunk kc: acc += A[wm rows] x B[wn rows]^T, 2 k-steps of 32 B ----
-    // mma tiles wholly past the positions, the filters or the channels are skipped
-    // (warp-uniform conditions): what is issued is padded only to the m16 / n8 / k
-    // granularity of the instruction.
+    // ---- 3. pointwise of chunk kc: the tensor-core step (Mainloop::multiply) ----
     auto pointwise = [&](int kc, const unsigned char* as, int f0) {
-        const unsigned char* bs = ring + (kc % stages) * stage_bytes + b_at;
-        // warp (wm, wn) multiplies A rows wm*WARP_M.. and B rows wn*64..
-        const int tid = thread_index(), lane = tid & 31, warp = tid >> 5;
-        const int wm = warp / WN, wn = warp - (warp / WN) * WN;
-        const int a_row = wm * WARP_M + (lane & 15), a_byte = (lane >> 4) * 16;
-        const int b_row = wn * TC_WARP_N + (lane & 7) + ((lane >> 4) << 3);
-        const int b_byte = ((lane >> 3) & 1) * 16;
-        const int rows = N * OH * OW - tile_p0() - wm * WARP_M;   // valid A rows of the warp
-        const int cols = F - f0 - wn * TC_WARP_N;                  // valid B rows
-        const int k_left = C - (chunk0 + kc) * BK;                 // valid channels
-#pragma unroll
-        for (int ks = 0; ks < 2; ++ks) {
-            if (ks * BK / 2 >= k_left) break;
-            unsigned a[MT][4];
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-                if (mt * 16 < rows)
-                    ldsm_x4(a[mt], as + (a_row + mt * 16) * TC_ROW_BYTES + ks * 32 + a_byte);
-#pragma unroll
-            for (int np = 0; np < 4; ++np) {
-                if (np * 16 >= cols) break;
-                unsigned b[4];
-                ldsm_x4(b, bs + (b_row + np * 16) * TC_ROW_BYTES + ks * 32 + b_byte);
-                const unsigned b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-                    if (mt * 16 >= rows) break;
-                    Op::mma(acc[mt][2 * np], a[mt], b0);
-                    if (np * 16 + 8 < cols) Op::mma(acc[mt][2 * np + 1], a[mt], b1);
-                }
-            }
-        }
+        Mainloop::multiply(acc, as, ring + (kc % stages) * stage_bytes + b_at, thread_index(),
+                           WN, N * OH * OW - tile_p0(), F - f0, C - (chunk0 + kc) * BK);
     };
 
 #pragma unroll 1
     for (int f0 = 0; f0 < F; f0 += BN) {   // the FB filter blocks
         const bool first = f0 == 0;   // stages the halo and computes the depthwise
-#pragma unroll
-        for (int i = 0; i < MT; ++i)
-#pragma unroll
-            for (int j = 0; j < 8; ++j)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+        Mainloop::clear(acc);
 
         // Mainloop: chunk kc + 1's depthwise and chunk kc's mma share one barrier interval
         // (A slots), so each warp's FMA and tensor work interleave with the other warps';
@@ -502,24 +547,8 @@ sepconv_tc(const T* __restrict__ x,
         // several channel splits the raw partial sums go to `partial` ----
         const bool finish = split_shift == 0;
         const int cs_pitch = BN + TC_OUT_PAD;
-        const int tid = thread_index(), warp = tid >> 5;
-        const int g = (tid & 31) >> 2, q = tid & 3;
-        const int wm = warp / WN, wn = warp - (warp / WN) * WN;
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-            const int col = wn * TC_WARP_N + nt * 8 + 2 * q;
-            const int f = f0 + col;
-            const float b0 = finish && has_bias && f < F ? bias[f] : 0.f;
-            const float b1 = finish && has_bias && f + 1 < F ? bias[f + 1] : 0.f;
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                const int row = wm * WARP_M + mt * 16 + g;
-                *reinterpret_cast<float2*>(Cs + row * cs_pitch + col) =
-                    make_float2(acc[mt][nt][0] + b0, acc[mt][nt][1] + b1);
-                *reinterpret_cast<float2*>(Cs + (row + 8) * cs_pitch + col) =
-                    make_float2(acc[mt][nt][2] + b0, acc[mt][nt][3] + b1);
-            }
-        }
+        const int tid = thread_index();
+        Mainloop::store(acc, Cs, cs_pitch, tid, WN, finish && has_bias ? bias : nullptr, f0, F);
         __syncthreads();
         if (finish && act != ACT_LINEAR) {
 #pragma unroll 1
