@@ -13,7 +13,7 @@
 // splits of a tile adjacent). TC_THREADS = 256 threads (8 warps) arranged (8/WN) x WN,
 // WN = BN/64; a warp owns 16 MT x 64 of a BM x BN filter block (MT m16 x 8 n8 mma tiles,
 // 32 MT fp32 accumulators a thread), so BM x BN = TC_TILE_ELEMS x MT / 2. The planner
-// (cuda_kernels.tc_candidates) picks BN in {64, 128, 256} and MT in {2, 4}.
+// (cuda_kernels.tc_candidates) picks BN in {64, 128, 256} and MT in {1, 2, 4}.
 //
 // The depthwise is computed once (recompute factor 1): with one filter block the A
 // operand (the depthwise result) is double-buffered by chunk; with FB > 1 the block keeps
@@ -94,7 +94,7 @@
 #define TC_ROW_BYTES 80       // shared pitch of an A or B row
 #define TC_OUT_PAD 4          // extra floats a Cs row
 #define TC_ACT_SLOTS 32       // activation enum values the runtime dispatch covers
-#define TC_MT2_REGISTERS 128   // register cap of the MT = 2 warp tiles (64 accumulators)
+#define TC_MT2_REGISTERS 128   // register cap of the MT <= 2 warp tiles (<= 64 accumulators)
 
 namespace sepconv {
 
@@ -250,7 +250,7 @@ template <int A> struct ActivationSwitch<A, A> {
 }  // namespace sepconv
 
 template <typename T, int KH_, int KW_, int MT>
-__global__ void __launch_bounds__(TC_THREADS) __maxnreg__(MT == 2 ? TC_MT2_REGISTERS : 255)
+__global__ void __launch_bounds__(TC_THREADS) __maxnreg__(MT <= 2 ? TC_MT2_REGISTERS : 255)
 sepconv_tc(const T* __restrict__ x,
            const typename sepconv::Tc<T>::Operand* __restrict__ dwp,       // [taps][K_pad]
            const typename sepconv::Tc<T>::Operand* __restrict__ pwp,       // [F][K_pad]

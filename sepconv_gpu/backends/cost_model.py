@@ -256,7 +256,7 @@ TC_TAP_INSTRUCTIONS = {2: 8, 4: 3}          # by input itemsize
 # KW weight words, converts them once (half2) and issues 4 x KW FMA pairs.
 TC_POSITION_INSTRUCTIONS = 6
 TC_GRANULE_INSTRUCTIONS = 12
-TC_REGISTERS = {2: 128, 4: 255}             # by m16 tiles per warp (ptxas, sm_80 and sm_90: at most)
+TC_REGISTERS = {1: 96, 2: 128, 4: 255}      # by m16 tiles per warp (ptxas, sm_80 and sm_90: at most)
 
 
 def _tc_tile_shape(geom, plan, in_itemsize):

@@ -483,10 +483,12 @@ TC_STAGES = (4, 3)       # cp.async pipeline depths, deepest first (the kernel n
 TC_K_ALIGN = 32          # prepared weights: channels zero-padded to a multiple of this
 TC_SPLITS = (1, 2, 4, 8) # channel splits (powers of two) for grids too small for the GPU
 # m16 tiles per warp (template MT): 2 = 32 x 64 warp tiles, 64 accumulators, capped at
-# TC_MT2_REGISTERS registers (2 blocks an SM where shared memory allows); 4 = 64 x 64,
-# twice the tile per block (half the weight traffic per output), up to 255 registers.
-TC_M_TILES = (2, 4)
-TC_MT2_REGISTERS = 128   # TC_MT2_REGISTERS: __maxnreg__ of the MT = 2 instantiations
+# TC_MT2_REGISTERS registers (2 blocks an SM where shared memory allows); 1 = 16 x 64,
+# the same cap, half the positions a tile (more tiles for small layers, a smaller
+# resident A); 4 = 64 x 64, twice the tile per block (half the weight traffic per
+# output), up to 255 registers, one block an SM.
+TC_M_TILES = (1, 2, 4)
+TC_MT2_REGISTERS = 128   # TC_MT2_REGISTERS: __maxnreg__ of the MT <= 2 instantiations
 # Dynamic shared memory a block may opt in to on the planner's default device (H100/H200,
 # sm_90); the CUDA backend passes its device's own limit (A100 163 KB, sm_86/89 99 KB).
 TC_SMEM_LIMIT = 227 * 1024
