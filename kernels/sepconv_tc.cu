@@ -9,7 +9,9 @@
 // Tiles over positions (implicit-GEMM style): block `tile` owns the BM consecutive output
 // positions [tile * BM, tile * BM + BM) of the flattened N x OH x OW space (a tile may span
 // rows and images; only the last one is ragged) and ALL F filters, in FB = ceil(F / BN)
-// filter blocks of BN it runs one after the other. 1-D grid: tiles x channel splits (the
+// filter blocks of BN it runs one after the other. The flattening takes each image in
+// bands of TH = band_h output rows (the planner's choice; 1 = row-major), a band column
+// by column, so that a tile on a wide image covers TH rows and shares their input rows. 1-D grid: tiles x channel splits (the
 // splits of a tile adjacent). TC_THREADS = 256 threads (8 warps) arranged (8/WN) x WN,
 // WN = BN/64; a warp owns 16 MT x 64 of a BM x BN filter block (MT m16 x 8 n8 mma tiles,
 // 32 MT fp32 accumulators a thread), so BM x BN = TC_TILE_ELEMS x MT / 2. The planner
@@ -25,16 +27,15 @@
 // atomics, deterministic).
 //
 // Staging, two layouts of the halo (the planner prices both and picks; `slab`):
-//  * row segments: one per output row the tile touches (the first and last possibly
-//    partial); segment k stages the HH = (KH - 1) d_h + 1 input rows of the columns its
-//    outputs read, the segments side by side along the halo columns (each from a multiple
-//    of s_w): HH x HW pixels, HW <= (BM - R) s_w + R roundup((KW - 1) d_w + 1, s_w) for a
-//    tile over R rows. Wide images: tiles touch one or two rows.
-//  * slab: whole input rows stacked, each staged once however many output rows read it:
-//    (R - 1) s_h + HH rows within an image, HH - s_h more for each image boundary crossed.
-//    Small images: a tile covers several rows.
-// Tables built once a block map each halo row and column to its source and each position
-// to its first tap's pixel.
+//  * segments: one per band the tile touches (the first and last possibly partial);
+//    segment k stages the HH = (TH - 1) s_h + (KH - 1) d_h + 1 input rows of its band and
+//    the columns its outputs read, the segments side by side along the halo columns
+//    (each from a multiple of s_w). Wide images: tiles touch one or two bands.
+//  * slab (TH = 1): whole input rows stacked, each staged once however many output rows
+//    read it: (R - 1) s_h + (KH - 1) d_h + 1 rows for R output rows within an image, more
+//    for each image boundary crossed. Small images: a tile covers several rows.
+// Tables built once a block map each halo row and column to its source, and each position
+// to its first tap's pixel and its row-major output index.
 //
 // Channels go in chunks of TC_CHUNK_BYTES = 64 bytes a position (BK = 32 half or 16 float
 // channels; the weights are zero-padded to K_pad = a multiple of 32 channels). Chunk kc:
@@ -46,12 +47,14 @@
 //      chunk (a half2 or one float); taps accumulate in fp32 and the result is rounded
 //      once to the mma operand type (half, or tf32 with cvt.rna) and written as row p of
 //      A. Specialized extents at unit width stride and dilation run sliding-window strips
-//      (4 consecutive outputs of one segment a half-warp, a row of KW taps from 3 + KW
-//      loaded pixels; a group of 4 that crosses a segment runs output by output).
-//      Otherwise one output a thread, every tap loaded, the half-warps on adjacent
-//      outputs (adjacent pixels in the residue-ordered halo: distinct banks).
-//   3. pointwise: each warp ldmatrix.x4's its A rows (MT m16 tiles) and B rows (4 x 2 n8
-//      tiles) and issues 2 k-steps x 8 MT mma.sync.
+//      (4 neighbours along a row of one band a half-warp, a row of KW taps from 3 + KW
+//      loaded pixels; a group of 4 that is not runs output by output). Otherwise one
+//      output a thread, every tap loaded, the half-warps on horizontally adjacent outputs
+//      (adjacent pixels in the residue-ordered halo: distinct banks).
+//   3. pointwise (MmaSync, the step a wgmma mainloop would replace: docs/design.md): each
+//      warp ldmatrix.x4's its A rows (MT m16 tiles) and B rows (4 x 2 n8 tiles) and
+//      issues 2 k-steps x 8 MT mma.sync, skipping tiles wholly past the positions,
+//      filters or channels.
 // One __syncthreads a chunk: in the interval after it every warp runs the depthwise of
 // chunk kc + 1 and then the mma of chunk kc, so one warp's FMAs overlap another's mma
 // inside the block, and across the blocks an SM holds (cuda_kernels.TcPlan.blocks_per_sm:
@@ -59,8 +62,8 @@
 //
 // Shared memory (dynamic, > 48 KB needs the opt-in attribute; cuda_kernels._tc_shared_bytes
 // sizes it):
-//   tables            : row_pix [BM], col_off [HWp] and row_off [HH] (int64), col_ih [HWp],
-//                       row_ih [HH]; the tile's halo width and rows (16 bytes, aligned)
+//   tables            : row_pix [BM], row_out [BM], col_off [HWp] and row_off [HH] (int64),
+//                       col_ih [HWp], row_ih [HH]; the tile's halo width and rows (16 B)
 //   As [slots][BM][80 B] : A, the mma operand; slots = 2 (FB = 1) or the block's chunks
 //   stage s (S times) : Xs [HH][HWp][64 B]  input halo; columns stored by residue
 //                                           (ww % s_w, then ww / s_w) so that adjacent
