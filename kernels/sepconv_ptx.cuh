@@ -10,7 +10,7 @@
 // Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16 / m16n8k8"), with
 // g = lane >> 2 and q = lane & 3; element e of a fragment is register e / 2, low half
 // first for f16 (one element per register for tf32 and f32):
-//   f16 m16n8k16  A (16x16, row-major)  e = 0..7: row g + 8 * ((e >> 1) & 1),
+//   f16 / bf16 m16n8k16  A (16x16, row-major)  e = 0..7: row g + 8 * ((e >> 1) & 1),
 //                                                 col 2q + (e & 1) + 8 * (e >> 2)
 //                 B (16x8, "col")       e = 0..3: k = 2q + (e & 1) + 8 * (e >> 1), n = g
 //   tf32 m16n8k8  A (16x8)              e = 0..3: (g, q), (g + 8, q), (g, q + 4), (g + 8, q + 4)
@@ -22,6 +22,7 @@
 #ifndef SEPCONV_PTX_CUH
 #define SEPCONV_PTX_CUH
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 // Architecture guards (in the manner of CUTLASS's CUTE_ARCH_*_ENABLED): the PTX below
@@ -52,6 +53,12 @@ __device__ __forceinline__ unsigned pack_half2(float lo, float hi) {
     return __half_as_ushort(h.x) | (static_cast<unsigned>(__half_as_ushort(h.y)) << 16);
 }
 
+// Two bfloat16 in one register (round to nearest even), `lo` in the low 16 bits.
+__device__ __forceinline__ unsigned pack_bf162(float lo, float hi) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return __bfloat16_as_ushort(h.x) | (static_cast<unsigned>(__bfloat16_as_ushort(h.y)) << 16);
+}
+
 #ifndef SEPCONV_HOST_EMULATION
 
 __device__ __forceinline__ unsigned smem_address(const void* p) {
@@ -63,6 +70,16 @@ __device__ __forceinline__ void mma_f16_m16n8k16(float (&d)[4], const unsigned (
                                                  const unsigned (&b)[2]) {
     SEPCONV_SM80_ASM(asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1])));
+}
+
+// d += A * B, bf16 inputs (same fragment layouts as f16), fp32 accumulation. Warp-collective.
+__device__ __forceinline__ void mma_bf16_m16n8k16(float (&d)[4], const unsigned (&a)[4],
+                                                  const unsigned (&b)[2]) {
+    SEPCONV_SM80_ASM(asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
         "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1])));

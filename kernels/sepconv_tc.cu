@@ -1,7 +1,7 @@
 // Tensor-core fused depthwise-separable convolution (NHWC, depth_multiplier 1):
 // depthwise on the SIMT pipes into shared memory, pointwise as mma.sync, bias and
-// activation in the epilogue, one launch. fp16 (mma.m16n8k16, fp32 accumulate) and, when
-// the caller allows TF32, float32 (mma.m16n8k8.tf32). Every other case runs
+// activation in the epilogue, one launch. fp16 and bf16 (mma.m16n8k16, fp32 accumulate)
+// and, when the caller allows TF32, float32 (mma.m16n8k8.tf32). Every other case runs
 // sepconv_fused (sepconv_fused.cu); cuda_kernels.select_kernel is the rule.
 //
 //   y[n, p, f] = act(b[f] + sum_c P[f, c] * sum_t x[n, p*s + t*d - pad, c] * D[t, c])
@@ -122,6 +122,23 @@ template <> struct Tc<__half> {
     }
 };
 
+template <> struct Tc<__nv_bfloat16> {
+    typedef __nv_bfloat16 Operand;
+    static constexpr int kPerWord = 2;
+    __device__ __forceinline__ static void unpack(unsigned w, float (&v)[2]) {
+        const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w));
+        v[0] = f.x; v[1] = f.y;
+    }
+    __device__ __forceinline__ static unsigned operand(const float (&v)[2]) {
+        return pack_bf162(v[0], v[1]);
+    }
+
+    __device__ __forceinline__ static void mma(float (&d)[4], const unsigned (&a)[4],
+                                               const unsigned (&b)[2]) {
+        mma_bf16_m16n8k16(d, a, b);
+    }
+};
+
 template <> struct Tc<float> {
     typedef float Operand;               // tf32 bit patterns (the host pre-rounds B)
     static constexpr int kPerWord = 1;
@@ -148,10 +165,21 @@ __device__ __forceinline__ void store16(__half* p, const float* s) {
     u.z = pack_half2(v[4], v[5]); u.w = pack_half2(v[6], v[7]);
     *reinterpret_cast<uint4*>(p) = u;
 }
+__device__ __forceinline__ void store16(__nv_bfloat16* p, const float* s) {
+    const float4 lo = reinterpret_cast<const float4*>(s)[0];
+    const float4 hi = reinterpret_cast<const float4*>(s)[1];
+    uint4 u;
+    u.x = pack_bf162(lo.x, lo.y); u.y = pack_bf162(lo.z, lo.w);
+    u.z = pack_bf162(hi.x, hi.y); u.w = pack_bf162(hi.z, hi.w);
+    *reinterpret_cast<uint4*>(p) = u;
+}
 __device__ __forceinline__ void store16(float* p, const float* s) {
     *reinterpret_cast<float4*>(p) = *reinterpret_cast<const float4*>(s);
 }
 __device__ __forceinline__ __half from_float(float v, __half) { return __float2half_rn(v); }
+__device__ __forceinline__ __nv_bfloat16 from_float(float v, __nv_bfloat16) {
+    return __float2bfloat16_rn(v);
+}
 __device__ __forceinline__ float from_float(float v, float) { return v; }
 
 // The tensor-core step of the mainloop, behind the interface another instruction family

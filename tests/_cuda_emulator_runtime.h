@@ -13,6 +13,7 @@
 //   cp_async_wait that covers it, so a missing wait or barrier poisons the result; a block
 //   that ends with copies never waited for aborts.
 // - mma products are accumulated in double and rounded to float once.
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <vector_types.h>
 #include <vector_functions.h>
@@ -225,6 +226,13 @@ inline double half_bits(unsigned bits) {
     return __half2float(__half(raw));
 }
 
+inline double bf16_bits(unsigned bits) {
+    bits = (bits & 0xffffu) << 16;   // bfloat16: the top half of a float
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
 inline double tf32_bits(unsigned bits) {
     bits &= 0xffffe000u;  // the tensor core reads the top 19 bits
     float f;
@@ -309,6 +317,18 @@ inline void mma_f16_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsign
                 emu::half_bits(s.a[l][e >> 1] >> (16 * (e & 1)));
         for (unsigned e = 0; e < 4; ++e)
             B[2 * q + (e & 1) + 8 * (e >> 1)][g] = emu::half_bits(s.b[l][e >> 1] >> (16 * (e & 1)));
+    });
+}
+
+inline void mma_bf16_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    emu::mma<16>("mma_bf16_m16n8k16", d, a, b,
+                 [](const emu::MmaSlot& s, unsigned l, unsigned g, unsigned q, double (&A)[16][16],
+                    double (&B)[16][8]) {
+        for (unsigned e = 0; e < 8; ++e)
+            A[g + 8 * ((e >> 1) & 1)][2 * q + (e & 1) + 8 * (e >> 2)] =
+                emu::bf16_bits(s.a[l][e >> 1] >> (16 * (e & 1)));
+        for (unsigned e = 0; e < 4; ++e)
+            B[2 * q + (e & 1) + 8 * (e >> 1)][g] = emu::bf16_bits(s.b[l][e >> 1] >> (16 * (e & 1)));
     });
 }
 

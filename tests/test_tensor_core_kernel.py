@@ -52,6 +52,7 @@ LINEAR = activations.get(None)
 def emulator():
     names = cuda_kernels.tc_name_expressions() + [
         cuda_kernels.softmax_name(dtype, log) for dtype in cuda_kernels.TC_DTYPES
+        if dtype in cuda_kernels.DTYPES
         for log in (False, True)]
     return emu.HostEmulator(names)
 
@@ -183,14 +184,10 @@ def test_tensor_core_channel_splits(emulator, mode, activation):
     assert launches[0].partial == tp.k_splits * case[4].output_positions * 40
 
 
-def launch_plan(emulator, x, dk, pk, b, geom, act, tp):
-    """The sepconv_tc launch of the given plan (and its sepconv_tc_reduce when the
-    channels are split), checked against the float64 reference with the tolerance
-    derived above. The output and the partial sums start as NaN: each must be written."""
-    dtype = x.dtype.name
+def run_plan(emulator, dtype, x, weights, y, geom, act, tp):
+    """The sepconv_tc launch of plan `tp` for `dtype` (and its sepconv_tc_reduce when the
+    channels are split) on NumPy arrays, the partial sums poisoned with NaN."""
     strides_x = cuda_kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
-    y = np.full(geom.output_shape, np.nan, dtype=x.dtype)
-    weights = cuda_kernels.prepare_weights(np, cuda_kernels.weights_layout("tc", dtype), dk, pk, b)
     outputs = geom.output_positions * geom.filters
     partial = np.full(tp.k_splits * outputs, np.nan, np.float32) if tp.k_splits > 1 else None
     launches = [cuda_kernels.Launch(
@@ -207,6 +204,16 @@ def launch_plan(emulator, x, dk, pk, b, geom, act, tp):
         emulator.launch(launch.name, launch.grid, launch.block,
                         cuda_kernels.launch_arrays(launch, x, weights, y, partial) + launch.scalars,
                         launch.shared_bytes)
+
+
+def launch_plan(emulator, x, dk, pk, b, geom, act, tp):
+    """The launches of the given plan, checked against the float64 reference with the
+    tolerance derived above. The output and the partial sums start as NaN: each must be
+    written."""
+    dtype = x.dtype.name
+    y = np.full(geom.output_shape, np.nan, dtype=x.dtype)
+    weights = cuda_kernels.prepare_weights(np, cuda_kernels.weights_layout("tc", dtype), dk, pk, b)
+    run_plan(emulator, dtype, x, weights, y, geom, act, tp)
     ref = reference_separable_conv(x, dk, pk, b, geom, act)
     magnitude = np.max(reference_separable_conv(
         np.abs(x.astype(np.float64)), np.abs(dk.astype(np.float64)),
@@ -300,6 +307,49 @@ def test_tensor_core_every_pipeline_depth(emulator, stages, mode):
                                                    tp.filter_blocks))
     assert tp.k_pad // (cuda_kernels.TC_CHUNK_BYTES // x.itemsize) > stages
     launch_plan(emulator, x, dk, pk, b, geom, act, tp)
+
+
+def bfloat16_values(bits):
+    """uint16 bfloat16 bit patterns -> their float64 values (exact)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+def test_tensor_core_bfloat16_rounding_is_nearest_even():
+    one = 2.0 ** -7   # bfloat16 spacing in [1, 2)
+    values = np.array([1 + one / 2, 1 + 1.5 * one, -(1 + one / 2), 1 + one / 2 + 2**-20,
+                       np.inf, -np.inf, 0.0, 3.0, np.nan], dtype=np.float32)
+    out = bfloat16_values(cuda_kernels.round_to_bfloat16_bits(np, values))
+    expected = [1.0, 1 + 2 * one, -1.0, 1 + one, np.inf, -np.inf, 0.0, 3.0, np.nan]
+    np.testing.assert_array_equal(out, expected)
+
+
+@needs_emulator
+@pytest.mark.parametrize("case", [PLAN_SHAPES[i] for i in (0, 2, 5, 8, 9, 12)],
+                         ids=lambda c: "-".join([f"{k}{int(v)}" for k, v in c[-1].items()]))
+def test_tensor_core_bfloat16(emulator, case):
+    """The bf16 variant (mma.m16n8k16.bf16, fp32 accumulation), with inputs and weights as
+    bfloat16 bit patterns (NumPy has no bfloat16), against the float64 reference on the
+    bfloat16 values. Tolerance as above with u = 2^-8 (bfloat16's unit roundoff): the
+    depthwise result rounded once to the operand, the output once."""
+    shape, kernel, filters, strides, dilation, want = case
+    rng = np.random.default_rng(41)
+    x32, dk, pk, b, geom, act = make_case(rng, 2, shape, kernel, filters, strides, "same",
+                                          dilation, "relu", "float32")
+    x_bits = cuda_kernels.round_to_bfloat16_bits(np, x32)
+    dk = bfloat16_values(cuda_kernels.round_to_bfloat16_bits(np, dk))
+    pk = bfloat16_values(cuda_kernels.round_to_bfloat16_bits(np, pk))
+    tp = plan_with("bfloat16", geom, **want)
+    weights = cuda_kernels.prepare_weights(np, "tc:bfloat16", dk, pk, b)
+    assert weights[0].dtype == weights[1].dtype == np.uint16
+    y = np.full(geom.output_shape, 0xFFFF, np.uint16)   # NaN: every element must be written
+    run_plan(emulator, "bfloat16", x_bits, weights, y, geom, act, tp)
+    x = bfloat16_values(x_bits)
+    ref = reference_separable_conv(x, dk, pk, b, geom, act)
+    magnitude = np.max(reference_separable_conv(np.abs(x), np.abs(dk), np.abs(pk), None, geom,
+                                                LINEAR))
+    u = 2.0 ** -8
+    got = bfloat16_values(y)
+    assert np.all(np.abs(got - ref) <= 2 * u * (magnitude + np.abs(ref)) + 1e-6), tp
 
 
 def _random_geometry(seed):

@@ -493,8 +493,11 @@ TC_MT2_REGISTERS = 128   # TC_MT2_REGISTERS: __maxnreg__ of the MT <= 2 instanti
 # sm_90); the CUDA backend passes its device's own limit (A100 163 KB, sm_86/89 99 KB).
 TC_SMEM_LIMIT = 227 * 1024
 TC_SOURCE = "sepconv_tc.cu"
-# dtype -> C++ type. float32 runs only with allow_tf32 (mma.m16n8k8.tf32).
-TC_DTYPES = {"float16": "__half", "float32": "float"}
+# dtype -> C++ type. float32 runs only with allow_tf32 (mma.m16n8k8.tf32). bfloat16
+# (mma.m16n8k16.bf16) is planned and compiled; the Python side does not route it yet
+# (launch_sequence takes the DTYPES only).
+TC_DTYPES = {"float16": "__half", "float32": "float", "bfloat16": "__nv_bfloat16"}
+TC_ITEMSIZE = {"float16": 2, "float32": 4, "bfloat16": 2}
 # Specialized extents (weights in registers, taps unrolled); others: generic (0, 0).
 # Measured with nvcc 13.0 -arch=sm_90 (a loaded 2-core machine): ~0.5 s per TC
 # instantiation (SIMT: ~0.3 s), so 2 dtypes x (generic, 3x3) x 2 warp tiles = 8 kernels
@@ -633,7 +636,7 @@ def tc_candidates(dtype, geom, linear_activation=True, smem_limit=TC_SMEM_LIMIT,
 def _tc_candidates(dtype, geom, linear_activation, smem_limit, m_tiles):
     from . import cost_model
 
-    itemsize = DTYPES[dtype][1]
+    itemsize = TC_ITEMSIZE[dtype]
     (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.strides, geom.dilation
     taps = kh * kw
     k_pad = -(-geom.channels // TC_K_ALIGN) * TC_K_ALIGN
@@ -724,7 +727,7 @@ def select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned, smem_limit=TC_S
         return "simt"
     if geom.channels_first or geom.depth_multiplier != 1 or not x_aligned:
         return "simt"
-    vec = 16 // DTYPES[dtype][1]
+    vec = 16 // TC_ITEMSIZE[dtype]
     n_stride, c_stride, h_stride, w_stride = (int(s) for s in x_strides)
     if c_stride != 1 or any(s % vec for s in (geom.channels, n_stride, h_stride, w_stride)):
         return "simt"
@@ -776,9 +779,10 @@ def tc_reduce_scalar_args(geom, tp, has_bias, kernel_id, act_param):
 
 def weights_layout(kind, dtype):
     """Key of the weight layout a kernel reads: "simt:<accumulator dtype>",
-    "tc:float16" or "tc:tf32" (also the key under which a layer caches them)."""
+    "tc:float16", "tc:bfloat16" or "tc:tf32" (also the key under which a layer caches
+    them)."""
     if kind == "tc":
-        return "tc:float16" if dtype == "float16" else "tc:tf32"
+        return "tc:tf32" if dtype == "float32" else "tc:" + dtype
     return "simt:" + ("float64" if dtype == "float64" else "float32")
 
 
@@ -791,6 +795,14 @@ def round_to_tf32(xp, a):
     return xp.where(xp.isfinite(a), rounded, a)
 
 
+def round_to_bfloat16_bits(xp, a):
+    """float32 -> bfloat16 bit patterns (uint16), rounded to nearest even as
+    __float2bfloat16_rn; NaN stays NaN (quiet)."""
+    bits = xp.ascontiguousarray(a, dtype=xp.float32).view(xp.uint32)
+    rounded = (bits + xp.uint32(0x7FFF) + ((bits >> 16) & xp.uint32(1))) >> 16
+    return xp.where(xp.isnan(a), xp.uint32(0x7FC0), rounded).astype(xp.uint16)
+
+
 def prepare_weights(xp, layout, depthwise, pointwise, bias):
     """(depthwise, pointwise, bias) in the layout `layout` (see `weights_layout`), as new
     contiguous `xp` arrays (xp = numpy or cupy); bias None stays None.
@@ -798,7 +810,8 @@ def prepare_weights(xp, layout, depthwise, pointwise, bias):
     simt: depthwise [taps][C*M], pointwise [C*M][F], bias [F], in the accumulator dtype.
     tc:   depthwise [taps][K_pad] and pointwise [F][K_pad] (transposed: ldmatrix reads
           filter rows), channels zero-padded to K_pad = TC_K_ALIGN multiple, in half
-          ("tc:float16") or float32 ("tc:tf32", pointwise rounded to TF32; depthwise stays
+          ("tc:float16"), bfloat16 bit patterns as uint16 ("tc:bfloat16", rounded to
+          nearest even) or float32 ("tc:tf32", pointwise rounded to TF32; depthwise stays
           exact FP32 for the FFMA stage); bias float32.
     """
     kind, fmt = layout.split(":")
@@ -810,7 +823,7 @@ def prepare_weights(xp, layout, depthwise, pointwise, bias):
         return (xp.ascontiguousarray(depthwise.reshape(taps, k), dtype=acc),
                 xp.ascontiguousarray(pointwise.reshape(k, filters), dtype=acc),
                 None if bias is None else xp.ascontiguousarray(xp.asarray(bias), dtype=acc))
-    operand = xp.float16 if fmt == "float16" else xp.float32
+    operand = {"float16": xp.float16, "bfloat16": xp.float32}.get(fmt, xp.float32)
     k_pad = -(-k // TC_K_ALIGN) * TC_K_ALIGN
     dw = xp.zeros((taps, k_pad), dtype=operand)
     dw[:, :k] = depthwise.reshape(taps, k).astype(operand)
@@ -818,5 +831,7 @@ def prepare_weights(xp, layout, depthwise, pointwise, bias):
     pw[:, :k] = pointwise.reshape(k, filters).T.astype(operand)
     if fmt == "tf32":
         pw = round_to_tf32(xp, pw)
+    elif fmt == "bfloat16":   # bit patterns: NumPy and CuPy have no bfloat16 dtype
+        dw, pw = round_to_bfloat16_bits(xp, dw), round_to_bfloat16_bits(xp, pw)
     b = None if bias is None else xp.ascontiguousarray(xp.asarray(bias), dtype=xp.float32)
     return dw, pw, b
