@@ -651,3 +651,53 @@ def test_tensor_core_tf32_rounding_is_nearest_ties_away():
     expected = np.array([1 + step, -(1 + step), 1.0, 1 + 2 * step, np.inf, -np.inf, np.nan,
                          0.0, 3.0], dtype=np.float32)
     np.testing.assert_array_equal(out, expected)
+
+
+def _tile_halo(geom, bm, band_h, slab, tile):
+    """(rows, columns) of the halo sepconv_tc stages for `tile`: its table arithmetic,
+    written again in Python."""
+    (oh, ow), (kh, kw), (sh, sw), (dh, dw) = geom.out_size, geom.kernel, geom.strides, geom.dilation
+    p_total = geom.output_positions
+    bands = -(-oh // band_h)
+    span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    round_s = lambda v: -(-v // sw) * sw
+
+    def locate(p):
+        n, q = divmod(p, oh * ow)
+        b = q // (band_h * ow)
+        hb = min(band_h, oh - b * band_h)
+        col = (q - b * band_h * ow) // hb
+        return n * bands + b, col, q - b * band_h * ow - col * hb
+
+    p0, last = tile * bm, min(tile * bm + bm, p_total) - 1
+    (gb_a, ow_a, r_a), (gb_b, ow_b, _) = locate(p0), locate(last)
+    wf = round_s((ow - 1) * sw + span_w)
+    if slab:
+        n_a, oh_a = divmod(gb_a, oh)
+        n_b, oh_b = divmod(gb_b, oh)
+        first_rows, img_rows = (oh - 1 - oh_a) * sh + span_h, (oh - 1) * sh + span_h
+        slot = (oh_b - oh_a) * sh if n_b == n_a else first_rows + (n_b - n_a - 1) * img_rows + oh_b * sh
+        return slot + span_h, wf
+    w0 = round_s(((ow - 1 if gb_b > gb_a else ow_b) - ow_a) * sw + span_w)
+    width = w0 + (gb_b - gb_a - 1) * wf + round_s(ow_b * sw + span_w) if gb_b > gb_a else w0
+    return (band_h - 1) * sh + span_h, width
+
+
+@pytest.mark.parametrize("shape,kernel,strides,dilation", [
+    ((3, 5, 6, 16), 3, 1, 1), ((2, 9, 11, 16), 3, 1, 1), ((2, 11, 13, 16), (2, 3), 2, 1),
+    ((2, 12, 9, 16), 3, (2, 1), 1), ((1, 10, 9, 16), 3, 1, (2, 1)), ((4, 7, 7, 16), 5, 1, 1),
+    ((3, 19, 19, 16), 3, 1, 1), ((2, 1, 40, 16), (1, 4), 1, (1, 2)), ((2, 17, 30, 16), 4, 3, 1),
+])
+def test_tensor_core_halo_extent_bounds_every_tile(shape, kernel, strides, dilation):
+    """The planner sizes the halo (and so the shared memory) by tc_halo_extent: no tile
+    of any position order may stage more rows or columns than that."""
+    geom = geometry.make_geometry(2, shape, tuple(np.broadcast_to(kernel, 2)) + (shape[-1], 1),
+                                  (1, 1, shape[-1], 8), None, tuple(np.broadcast_to(strides, 2)),
+                                  "same", "channels_last", tuple(np.broadcast_to(dilation, 2)))
+    for bm in (32, 64, 128, 256, 512):
+        tiles = -(-geom.output_positions // bm)
+        for band_h, slab in [(b, False) for b in cuda_kernels.TC_BANDS if b <= geom.out_size[0]] + [(1, True)]:
+            rows, cols = cuda_kernels.tc_halo_extent(geom, bm, slab, band_h)
+            for tile in range(tiles):
+                r, c = _tile_halo(geom, bm, band_h, slab, tile)
+                assert r <= rows and c <= cols, (bm, band_h, slab, tile, (r, c), (rows, cols))

@@ -621,12 +621,14 @@ def tc_candidates(dtype, geom, linear_activation=True, smem_limit=TC_SMEM_LIMIT,
     tile fits `smem_limit` bytes of shared memory); `tc_plan` is the first.
 
     Candidates: BN in TC_FILTER_BLOCKS (only those holding all F when F <= 256), MT in
-    `m_tiles`, TC_STAGES, TC_SPLITS. Each is priced by `cost_model.tc_fused_work`:
+    `m_tiles`, the position orders (bands of TC_BANDS rows, staged as segments; row-major
+    staged as a slab), TC_STAGES, TC_SPLITS. Each is priced by `cost_model.tc_fused_work`:
     compulsory DRAM bytes; L2 bytes (the staged halo and depthwise weights once per
     tile and chunk, the pointwise rows once per tile, chunk and filter block); shared-
     memory bytes and SIMT issue of the depthwise (sliding-window strips where they
-    apply); tensor FLOPs as issued (the ragged last tile and BN beyond F included);
-    resident blocks (registers and shared memory) and waves.
+    apply); tensor FLOPs as issued (padded to the mma granularity); resident blocks
+    (registers and shared memory) and waves. Each plan carries its prediction, blocks an
+    SM and those charges.
     """
     return _tc_candidates(dtype, geom, bool(linear_activation), int(smem_limit),
                           tuple(m_tiles))[:count]
