@@ -50,6 +50,17 @@ __global__ void tc_test_mma(const unsigned* a, const unsigned* b, float* d, int 
     for (int i = 0; i < 4; ++i) d[4 * t + i] = rd[i];
 }
 
+// As tc_test_mma, for mma.m16n8k16 with bf16 operands (the f16 fragment layouts).
+__global__ void tc_test_mma_bf16(const unsigned* a, const unsigned* b, float* d) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    unsigned ra[4], rb[2];
+    float rd[4];
+    for (int i = 0; i < 4; ++i) { ra[i] = a[4 * t + i]; rd[i] = d[4 * t + i]; }
+    for (int i = 0; i < 2; ++i) rb[i] = b[2 * t + i];
+    sepconv::mma_bf16_m16n8k16(rd, ra, rb);
+    for (int i = 0; i < 4; ++i) d[4 * t + i] = rd[i];
+}
+
 // One warp: shared memory <- src, then ldmatrix.x4 from this lane's row address.
 __global__ void tc_test_ldmatrix(const unsigned* src, int words, const int* row_offsets,
                                  unsigned* out) {
@@ -142,7 +153,7 @@ __global__ void tc_test_pack_half2(const float* x, unsigned* out) {
 }
 """
 
-NAMES = ["tc_test_mma<false>", "tc_test_mma<true>", "tc_test_ldmatrix",
+NAMES = ["tc_test_mma<false>", "tc_test_mma<true>", "tc_test_mma_bf16", "tc_test_ldmatrix",
          "tc_test_ldmatrix_mma", "tc_test_cp_async",
          "tc_test_smem_bounds", "tc_test_cvt_tf32", "tc_test_pack_half2"]
 
@@ -242,6 +253,27 @@ def test_tensor_core_mma_matches_numpy(emulator, tf32):
             A, B = tf32_truncate(A), tf32_truncate(B)
         ref = (A.astype(np.float64) @ B.astype(np.float64) + C).astype(np.float32)
         np.testing.assert_allclose(gather(d[w], acc, (16, 8)), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_tensor_core_mma_bf16_matches_numpy(emulator):
+    """bf16 operands in the f16 fragment layouts (register e // 2, low half first), as
+    bfloat16 bit patterns: the top 16 bits of a float32."""
+    rng = np.random.default_rng(16)
+    bf16 = lambda m: (m.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    value = lambda bits: (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    A, B = bf16(rng.standard_normal((16, 16))), bf16(rng.standard_normal((16, 8)))
+    C = rng.standard_normal((16, 8)).astype(np.float32)
+
+    def registers(bits, layout, elements):
+        frags = scatter(bits.astype(np.float64), layout, elements).astype(np.uint32)
+        return frags[:, 0::2] | frags[:, 1::2] << 16
+
+    d = np.ascontiguousarray(scatter(C, acc, 4), dtype=np.float32)[None].copy()
+    emulator.launch("tc_test_mma_bf16", 1, 32,
+                    (np.ascontiguousarray(registers(A, f16_a, 8)[None], np.uint32),
+                     np.ascontiguousarray(registers(B, f16_b, 4)[None], np.uint32), d), 0)
+    ref = (value(A) @ value(B) + C).astype(np.float32)
+    np.testing.assert_allclose(gather(d[0], acc, (16, 8)), ref, rtol=1e-6, atol=1e-6)
 
 
 def test_tensor_core_mma_uses_every_register(emulator):
