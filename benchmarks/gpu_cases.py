@@ -124,8 +124,8 @@ def plan_key(case, smem_limit=None):
     names = tuple(launch.name for launch in case.launches(smem_limit))
     kind, p = tile_plan(case, smem_limit)
     if kind == "tc":
-        strips = cuda_kernels.tc_uses_strips(case.geometry(), p.tw, p.th)
-        return names, ("tc", p.bn, p.bm, p.tw, p.stages, p.k_splits, p.m_tiles,
+        strips = cuda_kernels.tc_uses_strips(case.geometry())
+        return names, ("tc", p.bn, p.bm, p.band_h, p.slab, p.stages, p.k_splits, p.m_tiles,
                        p.filter_blocks > 1, strips)
     return names, ("simt", p.bf, p.bp, p.tw, p.use_halo, p.filter_blocks > 1)
 

@@ -49,16 +49,26 @@ def block_limits(case, sample_tiles, smem_limit=None):
     if not sample_tiles or len(launches) > 1:
         return {}
     kind, p = gpu_cases.tile_plan(case, smem_limit)
-    return {launches[0].name: min(launches[0].grid, p.filter_blocks * sample_tiles)}
+    # sepconv_tc loops over its filter blocks inside a block: a block is a tile
+    blocks = sample_tiles if kind == "tc" else p.filter_blocks * sample_tiles
+    return {launches[0].name: min(launches[0].grid, blocks)}
 
 
 def sampled_region(case, sample_tiles, smem_limit=None):
     """Boolean (out_h, out_w) mask of the outputs the first `sample_tiles` tiles of image
     0 hold."""
     kind, p = gpu_cases.tile_plan(case, smem_limit)
-    th = p.bm // p.tw if kind == "tc" else p.bp // p.tw
     oh, ow = case.geometry().out_size
     mask = np.zeros((oh, ow), dtype=bool)
+    if kind == "tc":
+        # sepconv_tc's tiles are BM consecutive positions in its order: each image in bands
+        # of band_h output rows, a band column by column
+        for q in range(min(sample_tiles * p.bm, oh * ow)):
+            band, rest = divmod(q, p.band_h * ow)
+            col, row = divmod(rest, min(p.band_h, oh - band * p.band_h))
+            mask[band * p.band_h + row, col] = True
+        return mask
+    th = p.bp // p.tw
     for tile in range(sample_tiles):
         row, col = divmod(tile, p.tiles_w)
         mask[row * th:(row + 1) * th, col * p.tw:(col + 1) * p.tw] = True

@@ -16,6 +16,7 @@
 // - Built with AddressSanitizer (the sanitizer driver, tests/_emulator_sanitizer.py), the
 //   bytes past the launch's dynamic shared memory are poisoned instead of guarded, so an
 //   access past the end fails at once, naming the thread.
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <vector_types.h>
 #include <vector_functions.h>
@@ -49,6 +50,7 @@
 #define __shared__
 #define __align__(n)
 #define __launch_bounds__(...)
+#define __maxnreg__(...)
 
 struct EmuDim3 { unsigned x = 0, y = 1, z = 1; };
 thread_local EmuDim3 threadIdx, blockIdx;
@@ -227,6 +229,13 @@ inline double half_bits(unsigned bits) {
     return __half2float(__half(raw));
 }
 
+inline double bf16_bits(unsigned bits) {
+    bits = (bits & 0xffffu) << 16;   // bfloat16: the top half of a float
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
 inline double tf32_bits(unsigned bits) {
     bits &= 0xffffe000u;  // the tensor core reads the top 19 bits
     float f;
@@ -314,6 +323,18 @@ inline void mma_f16_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsign
     });
 }
 
+inline void mma_bf16_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    emu::mma<16>("mma_bf16_m16n8k16", d, a, b,
+                 [](const emu::MmaSlot& s, unsigned l, unsigned g, unsigned q, double (&A)[16][16],
+                    double (&B)[16][8]) {
+        for (unsigned e = 0; e < 8; ++e)
+            A[g + 8 * ((e >> 1) & 1)][2 * q + (e & 1) + 8 * (e >> 2)] =
+                emu::bf16_bits(s.a[l][e >> 1] >> (16 * (e & 1)));
+        for (unsigned e = 0; e < 4; ++e)
+            B[2 * q + (e & 1) + 8 * (e >> 1)][g] = emu::bf16_bits(s.b[l][e >> 1] >> (16 * (e & 1)));
+    });
+}
+
 inline void mma_tf32_m16n8k8(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
     emu::mma<8>("mma_tf32_m16n8k8", d, a, b,
                 [](const emu::MmaSlot& s, unsigned l, unsigned g, unsigned q, double (&A)[16][8],
@@ -325,15 +346,9 @@ inline void mma_tf32_m16n8k8(float (&d)[4], const unsigned (&a)[4], const unsign
 }
 
 inline void ldsm_x4(unsigned (&r)[4], const void* p) { emu::ldsm("ldsm_x4", false, r, p); }
-inline void ldsm_x4_trans(unsigned (&r)[4], const void* p) { emu::ldsm("ldsm_x4_trans", true, r, p); }
-inline void ldsm_x2(unsigned (&r)[2], const void* p) { emu::ldsm("ldsm_x2", false, r, p); }
-inline void ldsm_x2_trans(unsigned (&r)[2], const void* p) { emu::ldsm("ldsm_x2_trans", true, r, p); }
 
 inline void cp_async16(void* dst, const void* src, bool valid) {
     emu::cp_async("cp_async16", dst, src, 16, valid);
-}
-inline void cp_async4(void* dst, const void* src, bool valid) {
-    emu::cp_async("cp_async4", dst, src, 4, valid);
 }
 inline void cp_async_commit() { ++emu_groups_committed; }
 template <int N> void cp_async_wait() { emu::cp_async_complete(N); }

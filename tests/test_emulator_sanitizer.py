@@ -65,10 +65,7 @@ def tc_m_tiles(launches):
 def tc_strips(case, geom):
     """Whether the tensor-core launch runs the depthwise as sliding-window strips."""
     tp = cuda_kernels.tc_plan(case.dtype, geom, case.activation == "linear")
-    try:
-        return cuda_kernels.tc_uses_strips(geom, tp.tw, tp.th)
-    except (AttributeError, TypeError) as error:
-        pytest.fail(f"the tensor-core planner changed ({error}): update tc_strips here")
+    return tp is not None and cuda_kernels.tc_uses_strips(geom)
 
 
 def simt_extent(launches):

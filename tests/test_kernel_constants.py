@@ -40,6 +40,7 @@ MIRRORED = {
         "TC_ROW_BYTES": cuda_kernels.TC_ROW_BYTES,
         "TC_OUT_PAD": cuda_kernels.TC_OUT_PAD,
         "TC_ACT_SLOTS": cuda_kernels.TC_ACT_SLOTS,
+        "TC_MT2_REGISTERS": cuda_kernels.TC_MT2_REGISTERS,
     },
     emu.RUNTIME: {
         "EMU_SMEM_LIMIT": emu.SMEM_LIMIT,

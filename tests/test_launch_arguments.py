@@ -30,7 +30,8 @@ except ImportError:  # tests/ as a package
 
 SCALAR_TYPES = {"int": np.int32, "long long": np.int64, "float": np.float32, "double": np.float64}
 _GLOBAL = re.compile(
-    r"__global__\s+void\s+(?:__launch_bounds__\((\w+)[^)]*\)\s*)?(\w+)\s*\(([^)]*)\)", re.S)
+    r"__global__\s+void\s+(?:__launch_bounds__\((\w+)[^)]*\)\s*)?(?:__maxnreg__\([^)]*\)\s*)?"
+    r"(\w+)\s*\(([^)]*)\)", re.S)
 # the block sizes __launch_bounds__ names (tests/test_kernel_constants.py checks the values)
 _BLOCK_CONSTANTS = {"SC_THREADS": cuda_kernels.THREADS, "TC_THREADS": cuda_kernels.TC_THREADS}
 

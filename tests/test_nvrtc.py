@@ -188,3 +188,21 @@ def test_nvrtc_library_override_is_obeyed(monkeypatch):
         monkeypatch.undo()
         nvrtc._load.cache_clear()
     assert nvrtc.toolkit().version  # found again without the override
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_nvrtc_tensor_core_kernels_alone(arch, tmp_path, monkeypatch):
+    """The tensor-core instantiations on their own (seconds, not the minutes of the whole
+    catalogue above): built through the run-time path without a word, no stack frame (no
+    spills, no local arrays), and the MT <= 2 warp tiles within their register cap (two
+    blocks an SM where shared memory allows)."""
+    monkeypatch.setenv(kernel_cache.ENV_VAR, str(tmp_path))   # a fresh cache: built here
+    names = cuda_kernels.tc_name_expressions()
+    compiled = kernel_cache.library_kernels(tuple(names), arch, cuda_kernels.source())
+    assert compiled.log == "", compiled.log
+    found = kernel_resources(compiled.cubin)
+    for name in names:
+        registers, frame = found[compiled.lowered[name]]
+        assert frame == 0, f"{name}: {frame} bytes of stack frame on sm_{arch}"
+        if name.endswith((", 1>", ", 2>")):
+            assert registers <= cuda_kernels.TC_MT2_REGISTERS, (name, registers)

@@ -50,7 +50,18 @@ __global__ void tc_test_mma(const unsigned* a, const unsigned* b, float* d, int 
     for (int i = 0; i < 4; ++i) d[4 * t + i] = rd[i];
 }
 
-// One warp: shared memory <- src, then every ldmatrix flavour from this lane's row address.
+// As tc_test_mma, for mma.m16n8k16 with bf16 operands (the f16 fragment layouts).
+__global__ void tc_test_mma_bf16(const unsigned* a, const unsigned* b, float* d) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    unsigned ra[4], rb[2];
+    float rd[4];
+    for (int i = 0; i < 4; ++i) { ra[i] = a[4 * t + i]; rd[i] = d[4 * t + i]; }
+    for (int i = 0; i < 2; ++i) rb[i] = b[2 * t + i];
+    sepconv::mma_bf16_m16n8k16(rd, ra, rb);
+    for (int i = 0; i < 4; ++i) d[4 * t + i] = rd[i];
+}
+
+// One warp: shared memory <- src, then ldmatrix.x4 from this lane's row address.
 __global__ void tc_test_ldmatrix(const unsigned* src, int words, const int* row_offsets,
                                  unsigned* out) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -58,19 +69,13 @@ __global__ void tc_test_ldmatrix(const unsigned* src, int words, const int* row_
     for (int i = threadIdx.x; i < words; i += blockDim.x) s[i] = src[i];
     __syncthreads();
     const unsigned char* row = smem_raw + row_offsets[threadIdx.x];
-    unsigned x4[4], x4t[4], x2[2], x2t[2];
+    unsigned x4[4];
     sepconv::ldsm_x4(x4, row);
-    sepconv::ldsm_x4_trans(x4t, row);
-    sepconv::ldsm_x2(x2, row);
-    sepconv::ldsm_x2_trans(x2t, row);
-    unsigned* o = out + 12 * threadIdx.x;
-    for (int i = 0; i < 4; ++i) { o[i] = x4[i]; o[4 + i] = x4t[i]; }
-    for (int i = 0; i < 2; ++i) { o[8 + i] = x2[i]; o[10 + i] = x2t[i]; }
+    for (int i = 0; i < 4; ++i) out[4 * threadIdx.x + i] = x4[i];
 }
 
-// One warp: D = A (16x16 row-major) * B through ldmatrix, the way a GEMM loads fragments.
-// B is stored K x N row-major (ldmatrix .trans) when B_KN, else N x K.
-template <bool B_KN>
+// One warp: D = A (16x16 row-major) * B through ldmatrix, the way sepconv_tc loads its
+// fragments (B stored N x K: filter rows).
 __global__ void tc_test_ldmatrix_mma(const __half* a, const __half* b, float* d) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     __half* As = reinterpret_cast<__half*>(smem_raw);
@@ -79,11 +84,12 @@ __global__ void tc_test_ldmatrix_mma(const __half* a, const __half* b, float* d)
     for (int i = threadIdx.x; i < 128; i += 32) Bs[i] = b[i];
     __syncthreads();
     const int l = threadIdx.x;
-    unsigned ra[4], rb[2];
+    unsigned ra[4], b4[4];
     // matrices: rows 0-7 / 8-15 of columns 0-7, then of columns 8-15 (registers a0..a3)
     sepconv::ldsm_x4(ra, As + ((l & 7) + 8 * ((l >> 3) & 1)) * 16 + 8 * (l >> 4));
-    if (B_KN) sepconv::ldsm_x2_trans(rb, Bs + (l & 15) * 8);        // row k = lane
-    else sepconv::ldsm_x2(rb, Bs + (l & 7) * 16 + 8 * ((l >> 3) & 1));  // row n, k half
+    // B: row n, k half (l >> 3) & 1; lanes 16-31 repeat lanes 0-15 (matrices 2, 3 unused)
+    sepconv::ldsm_x4(b4, Bs + (l & 7) * 16 + 8 * ((l >> 3) & 1));
+    const unsigned rb[2] = {b4[0], b4[1]};
     float rd[4] = {0.f, 0.f, 0.f, 0.f};
     sepconv::mma_f16_m16n8k16(rd, ra, rb);
     const int g = l >> 2, q = l & 3;
@@ -94,27 +100,27 @@ __global__ void tc_test_ldmatrix_mma(const __half* a, const __half* b, float* d)
 }
 
 // Per thread t (n threads): group 0 copies 16 bytes src[4t..] to its slot, group 1 copies
-// 4 bytes src[4n + t] (zero fill for odd t). out[13t..] records what it sees when.
+// 16 bytes src[4n + 4t..] (zero fill for odd t). out[13t..] records what it sees when.
 __global__ void tc_test_cp_async(const float* src, float* out, int leave_pending) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     const int t = threadIdx.x, n = blockDim.x, next = (t + 1) % n;
     float* s16 = reinterpret_cast<float*>(smem_raw);
     float* s4 = s16 + 4 * n;
     float* o = out + 13 * t;
-    s16[4 * t] = s4[t] = -1.f;           // overwritten by the copies' poison at issue
+    s16[4 * t] = s4[4 * t] = -1.f;           // overwritten by the copies' poison at issue
     sepconv::cp_async16(s16 + 4 * t, src + 4 * t, true);
     sepconv::cp_async_commit();
-    sepconv::cp_async4(s4 + t, src + 4 * n + t, (t & 1) == 0);
+    sepconv::cp_async16(s4 + 4 * t, src + 4 * n + 4 * t, (t & 1) == 0);
     sepconv::cp_async_commit();
     o[0] = s16[4 * t];                   // no wait yet
     sepconv::cp_async_wait<1>();
     o[1] = s16[4 * t];                   // group 0 done
-    o[2] = s4[t];                        // group 1 still in flight
+    o[2] = s4[4 * t];                    // group 1 still in flight
     sepconv::cp_async_wait<0>();
-    o[3] = s4[t];
+    o[3] = s4[4 * t];
     __syncthreads();
     for (int i = 0; i < 4; ++i) o[4 + i] = s16[4 * next + i];  // another thread's copy
-    o[8] = s4[next];
+    o[8] = s4[4 * next];
     __syncthreads();
     sepconv::cp_async16(s16 + 4 * t, src + 4 * next, true);    // not committed
     sepconv::cp_async_wait_all();
@@ -147,8 +153,8 @@ __global__ void tc_test_pack_half2(const float* x, unsigned* out) {
 }
 """
 
-NAMES = ["tc_test_mma<false>", "tc_test_mma<true>", "tc_test_ldmatrix",
-         "tc_test_ldmatrix_mma<true>", "tc_test_ldmatrix_mma<false>", "tc_test_cp_async",
+NAMES = ["tc_test_mma<false>", "tc_test_mma<true>", "tc_test_mma_bf16", "tc_test_ldmatrix",
+         "tc_test_ldmatrix_mma", "tc_test_cp_async",
          "tc_test_smem_bounds", "tc_test_cvt_tf32", "tc_test_pack_half2"]
 
 i32 = np.int32
@@ -249,6 +255,27 @@ def test_tensor_core_mma_matches_numpy(emulator, tf32):
         np.testing.assert_allclose(gather(d[w], acc, (16, 8)), ref, rtol=1e-6, atol=1e-6)
 
 
+def test_tensor_core_mma_bf16_matches_numpy(emulator):
+    """bf16 operands in the f16 fragment layouts (register e // 2, low half first), as
+    bfloat16 bit patterns: the top 16 bits of a float32."""
+    rng = np.random.default_rng(16)
+    bf16 = lambda m: (m.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    value = lambda bits: (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    A, B = bf16(rng.standard_normal((16, 16))), bf16(rng.standard_normal((16, 8)))
+    C = rng.standard_normal((16, 8)).astype(np.float32)
+
+    def registers(bits, layout, elements):
+        frags = scatter(bits.astype(np.float64), layout, elements).astype(np.uint32)
+        return frags[:, 0::2] | frags[:, 1::2] << 16
+
+    d = np.ascontiguousarray(scatter(C, acc, 4), dtype=np.float32)[None].copy()
+    emulator.launch("tc_test_mma_bf16", 1, 32,
+                    (np.ascontiguousarray(registers(A, f16_a, 8)[None], np.uint32),
+                     np.ascontiguousarray(registers(B, f16_b, 4)[None], np.uint32), d), 0)
+    ref = (value(A) @ value(B) + C).astype(np.float32)
+    np.testing.assert_allclose(gather(d[0], acc, (16, 8)), ref, rtol=1e-6, atol=1e-6)
+
+
 def test_tensor_core_mma_uses_every_register(emulator):
     """A single nonzero element anywhere in A lands in the right rows of D only."""
     rng = np.random.default_rng(12)
@@ -265,18 +292,14 @@ def test_tensor_core_mma_uses_every_register(emulator):
 
 
 def ldmatrix_reference(smem16, offsets):
-    """(32, 12) registers: x4, x4.trans, x2, x2.trans, from the documented semantics."""
+    """(32, 4) registers of ldmatrix.x4, from the documented semantics."""
     rows = smem16.reshape(-1, 8)  # 16-byte rows
-    out = np.zeros((32, 12), np.uint64)
+    out = np.zeros((32, 4), np.uint64)
     for lane in range(32):
         i, j = lane >> 2, 2 * (lane & 3)
         for m in range(4):
             M = rows[offsets[8 * m:8 * m + 8] // 16].astype(np.uint64)  # matrix m, 8x8
-            plain = M[i, j] | M[i, j + 1] << 16
-            trans = M[j, i] | M[j + 1, i] << 16
-            out[lane, m], out[lane, 4 + m] = plain, trans
-            if m < 2:
-                out[lane, 8 + m], out[lane, 10 + m] = plain, trans
+            out[lane, m] = M[i, j] | M[i, j + 1] << 16
     return out.astype(np.uint32)
 
 
@@ -285,21 +308,19 @@ def test_tensor_core_ldmatrix_matches_numpy(emulator):
     n_rows = 48
     smem16 = rng.integers(0, 2**16, n_rows * 8, dtype=np.uint16)
     offsets = (rng.permutation(n_rows)[:32] * 16).astype(np.int32)  # rows in any order
-    out = np.zeros((32, 12), np.uint32)
+    out = np.zeros((32, 4), np.uint32)
     emulator.launch("tc_test_ldmatrix", 1, 32,
                     (smem16.view(np.uint32), i32(smem16.size // 2), offsets, out), n_rows * 16)
     np.testing.assert_array_equal(out, ldmatrix_reference(smem16, offsets))
 
 
-@pytest.mark.parametrize("b_kn", [True, False], ids=["B_KxN_trans", "B_NxK"])
-def test_tensor_core_ldmatrix_feeds_mma(emulator, b_kn):
-    rng = np.random.default_rng(14 + b_kn)
+def test_tensor_core_ldmatrix_feeds_mma(emulator):
+    rng = np.random.default_rng(14)
     A = rng.standard_normal((16, 16)).astype(np.float16)
     B = rng.standard_normal((16, 8)).astype(np.float16)
-    stored = np.ascontiguousarray(B if b_kn else B.T)
+    stored = np.ascontiguousarray(B.T)   # N x K, as sepconv_tc stores filter rows
     d = np.zeros((16, 8), np.float32)
-    emulator.launch(f"tc_test_ldmatrix_mma<{'true' if b_kn else 'false'}>", 1, 32,
-                    (A, stored, d), 768)
+    emulator.launch("tc_test_ldmatrix_mma", 1, 32, (A, stored, d), 768)
     ref = (A.astype(np.float64) @ B.astype(np.float64)).astype(np.float32)
     np.testing.assert_allclose(d, ref, rtol=1e-6, atol=1e-6)
 
@@ -307,12 +328,12 @@ def test_tensor_core_ldmatrix_feeds_mma(emulator, b_kn):
 def test_tensor_core_cp_async_semantics(emulator):
     n = 64
     rng = np.random.default_rng(15)
-    src = rng.standard_normal(5 * n).astype(np.float32)
+    src = rng.standard_normal(8 * n).astype(np.float32)
     out = np.zeros((n, 13), np.float32)
-    emulator.launch("tc_test_cp_async", 1, n, (src, out, i32(0)), 20 * n)
+    emulator.launch("tc_test_cp_async", 1, n, (src, out, i32(0)), 32 * n)
     t = np.arange(n)
     nxt = (t + 1) % n
-    small = np.where(t % 2 == 0, src[4 * n + t], 0.0)  # odd threads: zero fill
+    small = np.where(t % 2 == 0, src[4 * n + 4 * t], 0.0)  # odd threads: zero fill
     assert np.isnan(out[:, 0]).all()                      # read before any wait: poison
     np.testing.assert_array_equal(out[:, 1], src[4 * t])  # wait_group 1 finished group 0 ...
     assert np.isnan(out[:, 2]).all()                      # ... but not group 1
@@ -382,13 +403,13 @@ def run_trap(case):
     elif case == "smem_write_past_end":
         em.launch("tc_test_smem_bounds", 1, 32, (zeros(3, np.float32), i32(256), i32(1)), 256)
     elif case == "cp_async_never_waited":
-        em.launch("tc_test_cp_async", 1, 32, (zeros(160, np.float32), zeros(13 * 32, np.float32),
-                                              i32(1)), 640)
+        em.launch("tc_test_cp_async", 1, 32, (zeros(256, np.float32), zeros(13 * 32, np.float32),
+                                              i32(1)), 1024)
     elif case in ("ldmatrix_misaligned", "ldmatrix_outside_shared"):
         offsets = np.arange(32, dtype=np.int32) * 16
         offsets[5] = 8 if case == "ldmatrix_misaligned" else 32 * 16
         em.launch("tc_test_ldmatrix", 1, 32, (zeros(128, np.uint32), i32(128), offsets,
-                                              zeros(32 * 12, np.uint32)), 32 * 16)
+                                              zeros(32 * 4, np.uint32)), 32 * 16)
     else:
         raise ValueError(f"unknown trap case {case!r}")
 

@@ -99,6 +99,65 @@ def test_tensor_core_matches_reference_and_simt(geom_case, mode):
     assert np.all(np.abs(tc - simt) <= tol + U * np.abs(ref)), launches[0]
 
 
+# The planner's round-2 structure at sizes where it matters (the planner's own choice):
+# bands of rows on a wide image, A resident over 3 / 8 filter blocks with channel splits,
+# tiles spanning images on small ones.
+SUITE_SHAPES = [
+    ((2, 147, 147, 64), 128, 1),
+    ((4, 19, 19, 728), 728, 1),
+    ((8, 10, 10, 1536), 2048, 1),
+    ((4, 7, 7, 960), 320, 1),
+    ((4, 56, 56, 144), 24, 1),
+]
+
+
+@pytest.mark.parametrize("shape,filters,stride", SUITE_SHAPES, ids=lambda v: str(v))
+def test_tensor_core_suite_shapes(shape, filters, stride):
+    x, dk, pk, b, geom, act = case(11, shape, 3, filters, stride)
+    ref = reference_separable_conv(x, dk, pk, b, geom, act)
+    tc, launches = run("tc", x, dk, pk, b, geom, act)
+    tol = bound(x, dk, pk, geom, ref)
+    assert np.all(np.abs(tc - ref) <= tol), (float(np.max(np.abs(tc - ref) - tol)), launches[0])
+
+
+@pytest.mark.parametrize("plan_case", __import__("test_tensor_core_kernel").PLAN_SHAPES,
+                         ids=lambda c: f"{c[-1]}-f{c[2]}-{c[0]}")
+@pytest.mark.parametrize("mode", ["float16", "tf32"])
+def test_tensor_core_every_plan_shape(plan_case, mode):
+    """Each position order, halo layout and A arrangement the emulated tests force
+    (tests/test_tensor_core_kernel.py PLAN_SHAPES), now on the device."""
+    from test_tensor_core_kernel import plan_with
+
+    shape, kernel, filters, strides, dilation, want = plan_case
+    dtype = "float16" if mode == "float16" else "float32"
+    x, dk, pk, b, geom, act = case(12, shape, kernel, filters, strides, "same", dilation, dtype)
+    tp = plan_with(dtype, geom, **want)
+    if tp.shared_bytes > cuda_backend._shared_memory_limit(0):
+        pytest.skip(f"{tp.shared_bytes} B of shared memory: more than this device allows")
+    xd = cupy.asarray(x)
+    strides_x = cuda_kernels.input_element_strides(xd.shape, xd.strides, xd.itemsize, geom)
+    weights = cuda_backend._prepared_weights(cuda_kernels.weights_layout("tc", dtype), dk, pk,
+                                             b, xd.device, None)
+    y = cupy.full(geom.output_shape, np.nan, dtype=x.dtype)
+    partial = cupy.full(max(1, tp.k_splits * geom.output_positions * filters), np.nan,
+                        dtype=cupy.float32)
+    launches = [cuda_kernels.Launch(
+        "tc", cuda_kernels.tc_name(dtype, cuda_kernels.tc_extent(geom.kernel), tp.m_tiles),
+        tp.grid, cuda_kernels.TC_THREADS, tp.shared_bytes,
+        cuda_kernels.tc_scalar_args(geom, tp, strides_x, True, act.kernel_id, act.kernel_param),
+        partial=partial.size if tp.k_splits > 1 else 0)]
+    if tp.k_splits > 1:
+        grid, block = cuda_kernels.tc_reduce_grid(geom, cuda_backend._sm_count(0))
+        launches.append(cuda_kernels.Launch(
+            "tc_reduce", cuda_kernels.tc_reduce_name(dtype), grid, block, 0,
+            cuda_kernels.tc_reduce_scalar_args(geom, tp, True, act.kernel_id, act.kernel_param)))
+    for launch in launches:
+        cuda_backend._launch(launch, cuda_kernels.launch_arrays(launch, xd, weights, y, partial))
+    ref = reference_separable_conv(x, dk, pk, b, geom, act)
+    got = cupy.asnumpy(y).astype(np.float64)
+    assert np.all(np.abs(got - ref) <= bound(x, dk, pk, geom, ref)), tp
+
+
 @pytest.mark.parametrize("name", activations.NAMES)
 def test_tensor_core_every_activation_through_ops(name):
     x, dk, pk, b, geom, act = case(6, (2, 8, 9, 16), 3, 24, activation=name)

@@ -52,6 +52,7 @@ LINEAR = activations.get(None)
 def emulator():
     names = cuda_kernels.tc_name_expressions() + [
         cuda_kernels.softmax_name(dtype, log) for dtype in cuda_kernels.TC_DTYPES
+        if dtype in cuda_kernels.DTYPES
         for log in (False, True)]
     return emu.HostEmulator(names)
 
@@ -151,7 +152,8 @@ def test_tensor_core_geometries(emulator, case, mode):
 @needs_emulator
 @pytest.mark.parametrize("shape,strides,dilation,strips", [
     ((1, 8, 16, 16), 1, 1, True),          # sliding-window strips
-    ((2, 10, 9, 24), 1, (2, 1), True),     # strips with a dilated height
+    ((2, 10, 9, 24), 1, (2, 1), True),     # strips with a dilated height, segments crossed
+    ((2, 9, 7, 16), (2, 1), 1, True),      # strips at a height stride
     ((1, 9, 9, 16), 2, 1, False),          # stride 2: one output a thread
     ((1, 8, 12, 16), 1, (1, 2), False),    # dilated width
 ])
@@ -162,7 +164,7 @@ def test_tensor_core_depthwise_paths(emulator, shape, strides, dilation, strips,
     case = make_case(rng, 2, shape, 3, 40, strides, "same", dilation, "relu6", dtype)
     geom = case[4]
     tp = cuda_kernels.tc_plan(dtype, geom, False)
-    assert cuda_kernels.tc_uses_strips(geom, tp.tw, tp.th) == strips
+    assert cuda_kernels.tc_uses_strips(geom) == strips
     check(emulator, *case, allow_tf32=mode == "tf32")
 
 
@@ -182,26 +184,88 @@ def test_tensor_core_channel_splits(emulator, mode, activation):
     assert launches[0].partial == tp.k_splits * case[4].output_positions * 40
 
 
-def launch_plan(emulator, x, dk, pk, b, geom, act, tp):
-    """One sepconv_tc launch with the given plan (no reduce: tp.k_splits must be 1),
-    checked against the float64 reference with the tolerance derived above."""
-    assert tp.k_splits == 1  # the reduce launch is covered by test_tensor_core_channel_splits
-    dtype = x.dtype.name
+def run_plan(emulator, dtype, x, weights, y, geom, act, tp):
+    """The sepconv_tc launch of plan `tp` for `dtype` (and its sepconv_tc_reduce when the
+    channels are split) on NumPy arrays, the partial sums poisoned with NaN."""
     strides_x = cuda_kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
-    y = np.full(geom.output_shape, np.nan, dtype=x.dtype)
-    weights = cuda_kernels.prepare_weights(np, cuda_kernels.weights_layout("tc", dtype), dk, pk, b)
-    launch = cuda_kernels.Launch(
+    outputs = geom.output_positions * geom.filters
+    partial = np.full(tp.k_splits * outputs, np.nan, np.float32) if tp.k_splits > 1 else None
+    launches = [cuda_kernels.Launch(
         "tc", cuda_kernels.tc_name(dtype, cuda_kernels.tc_extent(geom.kernel), tp.m_tiles),
         tp.grid, cuda_kernels.TC_THREADS, tp.shared_bytes,
-        cuda_kernels.tc_scalar_args(geom, tp, strides_x, True, act.kernel_id, act.kernel_param))
-    emulator.launch(launch.name, launch.grid, launch.block,
-                    cuda_kernels.launch_arrays(launch, x, weights, y, None) + launch.scalars,
-                    launch.shared_bytes)
+        cuda_kernels.tc_scalar_args(geom, tp, strides_x, True, act.kernel_id, act.kernel_param),
+        partial=0 if partial is None else partial.size)]
+    if partial is not None:
+        grid, block = cuda_kernels.tc_reduce_grid(geom)
+        launches.append(cuda_kernels.Launch(
+            "tc_reduce", cuda_kernels.tc_reduce_name(dtype), grid, block, 0,
+            cuda_kernels.tc_reduce_scalar_args(geom, tp, True, act.kernel_id, act.kernel_param)))
+    for launch in launches:
+        emulator.launch(launch.name, launch.grid, launch.block,
+                        cuda_kernels.launch_arrays(launch, x, weights, y, partial) + launch.scalars,
+                        launch.shared_bytes)
+
+
+def launch_plan(emulator, x, dk, pk, b, geom, act, tp):
+    """The launches of the given plan, checked against the float64 reference with the
+    tolerance derived above. The output and the partial sums start as NaN: each must be
+    written."""
+    dtype = x.dtype.name
+    y = np.full(geom.output_shape, np.nan, dtype=x.dtype)
+    weights = cuda_kernels.prepare_weights(np, cuda_kernels.weights_layout("tc", dtype), dk, pk, b)
+    run_plan(emulator, dtype, x, weights, y, geom, act, tp)
     ref = reference_separable_conv(x, dk, pk, b, geom, act)
     magnitude = np.max(reference_separable_conv(
         np.abs(x.astype(np.float64)), np.abs(dk.astype(np.float64)),
         np.abs(pk.astype(np.float64)), None, geom, LINEAR))
-    assert np.all(np.abs(y.astype(np.float64) - ref) <= 2 * U * (magnitude + np.abs(ref)) + 1e-6)
+    assert np.all(np.abs(y.astype(np.float64) - ref) <= 2 * U * (magnitude + np.abs(ref)) + 1e-6), tp
+
+
+def plan_with(dtype, geom, **want):
+    """The cheapest plan the planner considered (any activation, the default device's
+    shared memory) with the attributes `want`, e.g. slab=True, band_h=4."""
+    every = cuda_kernels.tc_candidates(dtype, geom, False, count=10**6)
+    found = [tp for tp in every if all(getattr(tp, k) == v for k, v in want.items())]
+    assert found, f"no candidate with {want} among {len(every)}"
+    return found[0]
+
+
+# (x shape, kernel, F, strides, dilation, plan attributes): every position order and halo
+# layout, A double-buffered and resident, with and without channel splits, both warp tiles
+PLAN_SHAPES = [
+    ((3, 5, 6, 16), 3, 24, 1, 1, dict(slab=True)),                  # slab over 3 images
+    ((3, 5, 6, 16), 3, 24, 1, 1, dict(slab=False, band_h=1)),       # row segments, images
+    ((2, 9, 11, 16), 3, 20, 1, 1, dict(band_h=2)),                  # bands, strips stacked
+    ((2, 9, 11, 16), 3, 20, 1, 1, dict(band_h=4)),                  # last band of 1 row
+    ((1, 9, 13, 16), 3, 20, 1, 1, dict(band_h=8, m_tiles=4)),       # tall bands, MT 4
+    ((2, 11, 13, 16), (2, 3), 20, 2, 1, dict(band_h=2)),            # generic, stride 2
+    ((2, 12, 9, 16), 3, 20, (2, 1), 1, dict(band_h=2)),             # strips at height stride
+    ((1, 10, 9, 16), 3, 20, 1, (2, 1), dict(slab=True)),            # slab, dilated height
+    ((1, 6, 7, 64), 3, 300, 1, 1, dict(filter_blocks=2, k_splits=1)),   # A resident
+    ((1, 6, 7, 64), 3, 300, 1, 1, dict(bn=128, k_splits=2)),        # resident, split
+    ((2, 5, 7, 32), 3, 520, 1, 1, dict(m_tiles=4, filter_blocks=3)),    # resident, MT 4
+    ((1, 7, 5, 40), 3, 13, 1, 1, dict(k_splits=2, slab=False)),     # split, ragged K and F
+    ((2, 6, 7, 32), 3, 300, 1, 1, dict(m_tiles=1, band_h=4)),       # MT 1: BM 32, resident
+    ((1, 9, 10, 24), 3, 70, (1, 2), 1, dict(m_tiles=1, slab=True)), # MT 1, slab, stride
+]
+
+
+@needs_emulator
+@pytest.mark.parametrize("case", PLAN_SHAPES, ids=lambda c: "-".join(
+    [f"{k}{int(v)}" for k, v in c[-1].items()] + [f"f{c[2]}", "x" + "x".join(map(str, c[0]))]))
+@pytest.mark.parametrize("mode", ["float16", "tf32"])
+def test_tensor_core_plan_shapes(emulator, case, mode):
+    """Each position order, halo layout and A arrangement the planner can choose, forced
+    (whatever the model prefers for this small case), against the float64 reference."""
+    shape, kernel, filters, strides, dilation, want = case
+    dtype = "float16" if mode == "float16" else "float32"
+    rng = np.random.default_rng(31)
+    x, dk, pk, b, geom, act = make_case(rng, 2, shape, kernel, filters, strides, "same",
+                                        dilation, "relu", dtype)
+    tp = plan_with(dtype, geom, **want)
+    if tp.filter_blocks > 1:
+        assert tp.a_slots == -(-tp.k_pad * x.itemsize // cuda_kernels.TC_CHUNK_BYTES // tp.k_splits)
+    launch_plan(emulator, x, dk, pk, b, geom, act, tp)
 
 
 @needs_emulator
@@ -239,9 +303,53 @@ def test_tensor_core_every_pipeline_depth(emulator, stages, mode):
     tp = dataclasses.replace(
         tp, stages=stages, k_splits=1, grid=tp.grid // tp.k_splits,
         shared_bytes=cuda_kernels._tc_shared_bytes(tp.bm, tp.bn, stages, tp.halo_h,
-                                                   tp.halo_ws * geom.strides[1], 9))
+                                                   tp.halo_ws * geom.strides[1], 9, tp.a_slots,
+                                                   tp.filter_blocks))
     assert tp.k_pad // (cuda_kernels.TC_CHUNK_BYTES // x.itemsize) > stages
     launch_plan(emulator, x, dk, pk, b, geom, act, tp)
+
+
+def bfloat16_values(bits):
+    """uint16 bfloat16 bit patterns -> their float64 values (exact)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+def test_tensor_core_bfloat16_rounding_is_nearest_even():
+    one = 2.0 ** -7   # bfloat16 spacing in [1, 2)
+    values = np.array([1 + one / 2, 1 + 1.5 * one, -(1 + one / 2), 1 + one / 2 + 2**-20,
+                       np.inf, -np.inf, 0.0, 3.0, np.nan], dtype=np.float32)
+    out = bfloat16_values(cuda_kernels.round_to_bfloat16_bits(np, values))
+    expected = [1.0, 1 + 2 * one, -1.0, 1 + one, np.inf, -np.inf, 0.0, 3.0, np.nan]
+    np.testing.assert_array_equal(out, expected)
+
+
+@needs_emulator
+@pytest.mark.parametrize("case", [PLAN_SHAPES[i] for i in (0, 2, 5, 8, 9, 12)],
+                         ids=lambda c: "-".join([f"{k}{int(v)}" for k, v in c[-1].items()]))
+def test_tensor_core_bfloat16(emulator, case):
+    """The bf16 variant (mma.m16n8k16.bf16, fp32 accumulation), with inputs and weights as
+    bfloat16 bit patterns (NumPy has no bfloat16), against the float64 reference on the
+    bfloat16 values. Tolerance as above with u = 2^-8 (bfloat16's unit roundoff): the
+    depthwise result rounded once to the operand, the output once."""
+    shape, kernel, filters, strides, dilation, want = case
+    rng = np.random.default_rng(41)
+    x32, dk, pk, b, geom, act = make_case(rng, 2, shape, kernel, filters, strides, "same",
+                                          dilation, "relu", "float32")
+    x_bits = cuda_kernels.round_to_bfloat16_bits(np, x32)
+    dk = bfloat16_values(cuda_kernels.round_to_bfloat16_bits(np, dk))
+    pk = bfloat16_values(cuda_kernels.round_to_bfloat16_bits(np, pk))
+    tp = plan_with("bfloat16", geom, **want)
+    weights = cuda_kernels.prepare_weights(np, "tc:bfloat16", dk, pk, b)
+    assert weights[0].dtype == weights[1].dtype == np.uint16
+    y = np.full(geom.output_shape, 0xFFFF, np.uint16)   # NaN: every element must be written
+    run_plan(emulator, "bfloat16", x_bits, weights, y, geom, act, tp)
+    x = bfloat16_values(x_bits)
+    ref = reference_separable_conv(x, dk, pk, b, geom, act)
+    magnitude = np.max(reference_separable_conv(np.abs(x), np.abs(dk), np.abs(pk), None, geom,
+                                                LINEAR))
+    u = 2.0 ** -8
+    got = bfloat16_values(y)
+    assert np.all(np.abs(got - ref) <= 2 * u * (magnitude + np.abs(ref)) + 1e-6), tp
 
 
 def _random_geometry(seed):
@@ -386,8 +494,8 @@ def test_tensor_core_plan_is_consistent(shape, filters, stride, dtype):
     (oh, ow) = geom.out_size
     assert tp.bm * tp.bn == cuda_kernels.TC_TILE_ELEMS * tp.m_tiles // 2
     assert tp.bn in cuda_kernels.TC_FILTER_BLOCKS and tp.m_tiles in cuda_kernels.TC_M_TILES
-    assert tp.tiles_w * tp.tw >= ow and (tp.tiles_img // tp.tiles_w) * tp.th >= oh
-    assert tp.grid == geom.batch * tp.tiles_img * tp.filter_blocks * tp.k_splits
+    assert tp.tiles * tp.bm >= geom.output_positions > (tp.tiles - 1) * tp.bm
+    assert tp.grid == tp.tiles * tp.k_splits
     assert tp.k_splits in cuda_kernels.TC_SPLITS
     assert tp.shared_bytes <= cuda_kernels.TC_SMEM_LIMIT
     # no depthwise recompute while the filters fit one block
@@ -396,7 +504,7 @@ def test_tensor_core_plan_is_consistent(shape, filters, stride, dtype):
         assert tp.filter_blocks == 1
     itemsize = 2 if dtype == "float16" else 4
     work = cost_model.tc_fused_work(geom, tp, itemsize,
-                                    strips=cuda_kernels.tc_uses_strips(geom, tp.tw, tp.th))
+                                    strips=cuda_kernels.tc_uses_strips(geom))
     predicted = cost_model.predict(work).us
     if tp.k_splits > 1:
         predicted += cost_model.predict(cost_model.tc_reduce_work(
@@ -404,6 +512,103 @@ def test_tensor_core_plan_is_consistent(shape, filters, stride, dtype):
     assert tp.predicted_us == pytest.approx(predicted)
     assert tp.predicted_us > cost_model.DEFAULT_DEVICE.launch_us
     assert work.tensor_flops >= 2 * geom.output_positions * geom.channels * geom.filters
+
+
+def _suite_layers():
+    from benchmarks import suites
+
+    return [layer for name in suites.DEFAULT_SUITES for layer in suites.SUITES[name]]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("batch", [1, 8, 32])
+def test_tensor_core_plans_waste_no_tensor_work_on_the_suites(batch, dtype):
+    """Tiles over flattened positions: what the chosen plan issues is at most 1.15x the
+    useful FLOPs at batch 8 and 32, and at batch 1 exactly the mma granularity's padding
+    (positions to 16, filters to 8, channels to the mma's k); the depthwise is computed
+    once (recompute 1) for every layer, whatever F."""
+    k_step = 16 if dtype == "float16" else 8
+    up = lambda v, g: -(-v // g) * g
+    for layer in _suite_layers():
+        geom = layer.geometry(batch)
+        tp = cuda_kernels.tc_plan(dtype, geom, layer.activation is None)
+        p, c, f = geom.output_positions, geom.channels, geom.filters
+        assert tp.useful_flops == 2.0 * p * c * f
+        assert tp.issued_flops == 2.0 * up(p, 16) * up(f, 8) * up(c, k_step), layer.key
+        if batch > 1:
+            assert tp.issued_flops <= 1.15 * tp.useful_flops, (layer.key, tp)
+        assert tp.recompute == 1.0
+        itemsize = 2 if dtype == "float16" else 4
+        work = cost_model.tc_fused_work(geom, tp, itemsize, layer.activation is None,
+                                        strips=cuda_kernels.tc_uses_strips(geom))
+        assert work.tensor_flops == tp.issued_flops
+        # staged bytes: the halo and depthwise weights once a tile and chunk (filter block
+        # 0 only), the pointwise rows once a tile, chunk and filter block
+        y = (tp.k_splits * 4 if tp.k_splits > 1 else itemsize) * p * f
+        assert work.l2_bytes == pytest.approx(tp.staged_bytes + tp.l2_weight_bytes + y)
+
+
+@pytest.mark.parametrize("shape,filters,stride", SUITE_LIKE)
+def test_tensor_core_plan_states_its_occupancy(shape, filters, stride):
+    """Blocks an SM as registers (the instantiation's cap) and shared memory allow, for
+    every candidate: the launch bound promises nothing more (MT <= 2: two blocks only
+    where the shared memory leaves room)."""
+    geom = _geom(shape, 3, filters, strides=stride)
+    device = cost_model.DEFAULT_DEVICE
+    for tp in cuda_kernels.tc_candidates("float16", geom, count=50):
+        expected = cost_model.blocks_per_sm(cuda_kernels.TC_THREADS,
+                                            cost_model.TC_REGISTERS[tp.m_tiles],
+                                            tp.shared_bytes, device)
+        assert tp.blocks_per_sm == expected >= 1
+        fits_two = 2 * (tp.shared_bytes + device.smem_reserved_per_block) <= device.smem_per_sm
+        assert (tp.blocks_per_sm >= 2) == (tp.m_tiles <= 2 and fits_two)
+
+
+def test_tensor_core_candidates_are_sorted_and_plan_is_the_first():
+    geom = _geom((8, 19, 19, 728), 3, 728)
+    found = cuda_kernels.tc_candidates("float16", geom, False)
+    assert 1 < len(found) <= 4
+    assert [c.predicted_us for c in found] == sorted(c.predicted_us for c in found)
+    assert found[0] == cuda_kernels.tc_plan("float16", geom, False)
+    assert len(cuda_kernels.tc_candidates("float16", geom, False, count=2)) == 2
+    assert cuda_kernels.tc_candidates("float16", geom, smem_limit=1024) == ()
+
+
+def test_tensor_core_reduce_grid_follows_the_device():
+    geom = _geom((32, 56, 56, 64), 3, 64)
+    assert cuda_kernels.tc_reduce_grid(geom) == (8 * cost_model.DEFAULT_DEVICE.sms,
+                                                 cuda_kernels.TC_THREADS)
+    assert cuda_kernels.tc_reduce_grid(geom, sms=10) == (80, cuda_kernels.TC_THREADS)
+    small = _geom((1, 2, 2, 16), 3, 8)
+    assert cuda_kernels.tc_reduce_grid(small, sms=10) == (1, cuda_kernels.TC_THREADS)
+
+
+def test_tensor_core_selection_checks_the_plan_that_launches(monkeypatch):
+    """select_kernel's 32-bit and reach checks run on the plan of the activation the
+    launch uses (a non-linear epilogue is priced differently, so the two plans can
+    differ): every plan consulted is for that activation, and the launch is its plan."""
+    geom = _geom((8, 7, 7, 960), 3, 320)
+    gelu, linear = activations.get("gelu"), activations.get(None)
+    plans = [cuda_kernels.tc_plan("float16", geom, linear_activation) for linear_activation in (False, True)]
+    assert plans[0].shared_bytes != plans[1].shared_bytes   # the case where it matters
+    asked = []
+    real = cuda_kernels.tc_plan
+
+    def recording(dtype, g, linear_activation=True, *args, **kwargs):
+        asked.append(linear_activation)
+        return real(dtype, g, linear_activation, *args, **kwargs)
+
+    monkeypatch.setattr(cuda_kernels, "tc_plan", recording)
+    for act in (gelu, linear):
+        cuda_kernels._launch_sequence.cache_clear()
+        asked.clear()
+        launches, _ = cuda_kernels.launch_sequence("float16", geom, act,
+                                                   _contiguous_strides(geom), True)
+        is_linear = act.kernel_id == "linear"
+        assert asked and all(flag == is_linear for flag in asked), (act.kernel_id, asked)
+        tp = real("float16", geom, is_linear)
+        assert (launches[0].grid, launches[0].shared_bytes) == (tp.grid, tp.shared_bytes)
+    cuda_kernels._launch_sequence.cache_clear()
 
 
 def test_tensor_core_launch_reports_predicted_time():
@@ -446,3 +651,53 @@ def test_tensor_core_tf32_rounding_is_nearest_ties_away():
     expected = np.array([1 + step, -(1 + step), 1.0, 1 + 2 * step, np.inf, -np.inf, np.nan,
                          0.0, 3.0], dtype=np.float32)
     np.testing.assert_array_equal(out, expected)
+
+
+def _tile_halo(geom, bm, band_h, slab, tile):
+    """(rows, columns) of the halo sepconv_tc stages for `tile`: its table arithmetic,
+    written again in Python."""
+    (oh, ow), (kh, kw), (sh, sw), (dh, dw) = geom.out_size, geom.kernel, geom.strides, geom.dilation
+    p_total = geom.output_positions
+    bands = -(-oh // band_h)
+    span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    round_s = lambda v: -(-v // sw) * sw
+
+    def locate(p):
+        n, q = divmod(p, oh * ow)
+        b = q // (band_h * ow)
+        hb = min(band_h, oh - b * band_h)
+        col = (q - b * band_h * ow) // hb
+        return n * bands + b, col, q - b * band_h * ow - col * hb
+
+    p0, last = tile * bm, min(tile * bm + bm, p_total) - 1
+    (gb_a, ow_a, r_a), (gb_b, ow_b, _) = locate(p0), locate(last)
+    wf = round_s((ow - 1) * sw + span_w)
+    if slab:
+        n_a, oh_a = divmod(gb_a, oh)
+        n_b, oh_b = divmod(gb_b, oh)
+        first_rows, img_rows = (oh - 1 - oh_a) * sh + span_h, (oh - 1) * sh + span_h
+        slot = (oh_b - oh_a) * sh if n_b == n_a else first_rows + (n_b - n_a - 1) * img_rows + oh_b * sh
+        return slot + span_h, wf
+    w0 = round_s(((ow - 1 if gb_b > gb_a else ow_b) - ow_a) * sw + span_w)
+    width = w0 + (gb_b - gb_a - 1) * wf + round_s(ow_b * sw + span_w) if gb_b > gb_a else w0
+    return (band_h - 1) * sh + span_h, width
+
+
+@pytest.mark.parametrize("shape,kernel,strides,dilation", [
+    ((3, 5, 6, 16), 3, 1, 1), ((2, 9, 11, 16), 3, 1, 1), ((2, 11, 13, 16), (2, 3), 2, 1),
+    ((2, 12, 9, 16), 3, (2, 1), 1), ((1, 10, 9, 16), 3, 1, (2, 1)), ((4, 7, 7, 16), 5, 1, 1),
+    ((3, 19, 19, 16), 3, 1, 1), ((2, 1, 40, 16), (1, 4), 1, (1, 2)), ((2, 17, 30, 16), 4, 3, 1),
+])
+def test_tensor_core_halo_extent_bounds_every_tile(shape, kernel, strides, dilation):
+    """The planner sizes the halo (and so the shared memory) by tc_halo_extent: no tile
+    of any position order may stage more rows or columns than that."""
+    geom = geometry.make_geometry(2, shape, tuple(np.broadcast_to(kernel, 2)) + (shape[-1], 1),
+                                  (1, 1, shape[-1], 8), None, tuple(np.broadcast_to(strides, 2)),
+                                  "same", "channels_last", tuple(np.broadcast_to(dilation, 2)))
+    for bm in (32, 64, 128, 256, 512):
+        tiles = -(-geom.output_positions // bm)
+        for band_h, slab in [(b, False) for b in cuda_kernels.TC_BANDS if b <= geom.out_size[0]] + [(1, True)]:
+            rows, cols = cuda_kernels.tc_halo_extent(geom, bm, slab, band_h)
+            for tile in range(tiles):
+                r, c = _tile_halo(geom, bm, band_h, slab, tile)
+                assert r <= rows and c <= cols, (bm, band_h, slab, tile, (r, c), (rows, cols))

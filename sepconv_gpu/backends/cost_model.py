@@ -256,52 +256,119 @@ TC_TAP_INSTRUCTIONS = {2: 8, 4: 3}          # by input itemsize
 # KW weight words, converts them once (half2) and issues 4 x KW FMA pairs.
 TC_POSITION_INSTRUCTIONS = 6
 TC_GRANULE_INSTRUCTIONS = 12
-TC_REGISTERS = {2: 128, 4: 212}             # by m16 tiles per warp (ptxas, sm_90)
+TC_REGISTERS = {1: 96, 2: 128, 4: 255}      # by m16 tiles per warp (ptxas, sm_80 and sm_90: at most)
+
+
+def _tc_tile_shape(geom, plan, in_itemsize):
+    """(chunks of the whole K, expected halo bytes a tile stages a chunk, BK channels a
+    chunk) of a `TcPlan`. A tile of bm consecutive positions (in bands of TH = band_h
+    output rows) touches R = 1 + (bm - 1) / (TH OW) bands and crosses X = (bm - 1) /
+    (OH OW) image boundaries on average. Segments stage (TH - 1) s_h + (KH - 1) d_h + 1
+    input rows of each band's bm / (R TH) + 1 columns (and KW - 1 halo columns); a slab
+    (TH = 1) stages whole rows, each once: (R - 1) s_h + (KH - 1) d_h + 1 +
+    X ((KH - 1) d_h + 1 - s_h) (cuda_kernels.tc_halo_extent gives the largest)."""
+    chunk = 64                                  # bytes of one position's channel chunk
+    (oh, ow), (kh, kw), (sh, sw), (dh, dw) = geom.out_size, geom.kernel, geom.strides, geom.dilation
+    span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    round_s = lambda v: -(-v // sw) * sw
+    band = plan.band_h
+    rows = min(1 + (plan.bm - 1) / (band * ow), plan.bm, geom.batch * -(-oh // band))
+    if plan.slab:
+        crossings = min((plan.bm - 1) / (oh * ow), geom.batch - 1)
+        halo = ((rows - 1) * sh + span_h + crossings * (span_h - sh)) * round_s((ow - 1) * sw + span_w)
+    else:
+        columns = min(plan.bm / band + rows * (band - 1) / band, rows * ow)
+        halo = ((band - 1) * sh + span_h) * ((columns - rows) * sw + rows * round_s(span_w))
+    return plan.k_pad * in_itemsize // chunk, halo * chunk, chunk // in_itemsize
+
+
+def _tc_issued_flops(geom, plan, in_itemsize):
+    """(tensor FLOPs filter block 0 issues, those of the other filter blocks): sepconv_tc
+    skips mma tiles wholly past the positions, filters or channels, so the padding is the
+    instruction's granularity (m16 rows, n8 columns, k16 / k8 channels) and the ragged last
+    tile's."""
+    r16 = lambda v, g: -(-v // g) * g
+    positions = geom.output_positions
+    rows = (plan.tiles - 1) * plan.bm + r16(positions - (plan.tiles - 1) * plan.bm, 16)
+    k = r16(geom.channels, 16 if in_itemsize == 2 else 8)
+    first = r16(min(plan.bn, geom.filters), 8)
+    return 2.0 * rows * first * k, 2.0 * rows * (r16(geom.filters, 8) - first) * k
+
+
+def tc_plan_charges(geom, plan, in_itemsize):
+    """What `tc_fused_work` charges a `TcPlan` for, whole launch: tensor FLOPs issued
+    (padding to the mma granularity and the ragged last tile included) and useful; bytes
+    staged from L2 (halo and depthwise weights, once a tile and chunk); pointwise weight
+    bytes through L2 (once a tile, chunk and filter block); the depthwise recompute factor
+    (1: each block computes its positions' depthwise once, for all filter blocks)."""
+    chunks, halo, _ = _tc_tile_shape(geom, plan, in_itemsize)
+    taps = geom.kernel[0] * geom.kernel[1]
+    return dict(
+        issued_flops=sum(_tc_issued_flops(geom, plan, in_itemsize)),
+        useful_flops=2.0 * geom.output_positions * geom.channels * geom.filters,
+        staged_bytes=float(plan.tiles * chunks * (halo + taps * 64)),
+        l2_weight_bytes=float(plan.tiles * chunks * plan.filter_blocks * plan.bn * 64),
+        recompute=1.0)
 
 
 def tc_fused_work(geom, plan, in_itemsize, linear_activation=True, threads=256,
                   strips=False):
-    """`Work` of one `sepconv_tc` launch for a `cuda_kernels.TcPlan`, in two phases: the
-    chunk loop (cp.async stores, halo reads, A stores, ldmatrix reads; SIMT issue of the
-    staging and depthwise; tensor pipe), and the epilogue (once a block). `strips`: the
-    depthwise runs sliding-window strips (cuda_kernels.tc_uses_strips). With channel
-    splits each block runs its share of the chunks and writes fp32 partial sums."""
+    """`Work` of one `sepconv_tc` launch for a `cuda_kernels.TcPlan`, in three phases a
+    block runs one after the other: filter block 0's chunk loop (cp.async of halo,
+    depthwise weights and pointwise rows; the depthwise's halo reads and A stores; the
+    ldmatrix reads; SIMT issue of staging and depthwise; the tensor pipe), the chunk
+    loops of filter blocks 1 .. FB - 1 (pointwise rows and mma only: A stays resident),
+    and the FB epilogues. `strips`: the depthwise runs sliding-window strips
+    (cuda_kernels.tc_uses_strips; groups of 4 crossing a row segment run output by
+    output, and the two half-warps' strips share banks: their pixel reads count twice).
+    With channel splits each block runs its share of the chunks and writes fp32 partial
+    sums."""
     x, y, weights = _sizes(geom, in_itemsize, in_itemsize)
     taps = geom.kernel[0] * geom.kernel[1]
-    chunk = 64                                  # bytes of one position's channel chunk
-    splits = plan.k_splits
-    chunks = -(-(plan.k_pad * in_itemsize // chunk) // splits)   # a block's chunks
+    chunk = 64
+    splits, fb = plan.k_splits, plan.filter_blocks
+    total_chunks, halo, _ = _tc_tile_shape(geom, plan, in_itemsize)
     if splits > 1:   # fp32 partial sums instead of the output
         y = splits * geom.output_positions * geom.filters * 4
     warps_n = plan.bn // 64
     warps_m = 8 // warps_n
-    halo = plan.halo_h * plan.halo_w * chunk
-    staged = halo + taps * chunk + plan.bn * chunk     # bytes cp.async'ed a chunk
+    staged_first = halo + taps * chunk + plan.bn * chunk   # bytes cp.async'ed a chunk, fb 0
+    staged_rest = plan.bn * chunk                          # filter blocks 1 ..
     kh, kw = geom.kernel
+    generic_loads, generic_instr = 2 * taps, taps * TC_TAP_INSTRUCTIONS[in_itemsize]
     if strips:   # per 4 outputs of a word: kh rows of (3 + kw) pixels and kw weights
-        loads = kh * (3 + kw + kw) / 4
-        converts = kh * (3 + kw + kw) / 4 * (2 if in_itemsize == 2 else 0)
-        word_instr = loads + converts + taps * (4 // in_itemsize)
+        # strips broken by a band's end (each band's last partial group of 4 columns)
+        bands = min(1 + (plan.bm - 1) / (plan.band_h * geom.out_size[1]), plan.bm)
+        crossing = min(1.0, (bands - 1) * 4 * plan.band_h / plan.bm)
+        strip_loads = kh * (3 + kw + kw) / 4
+        # the half-warps' strips: 4 pixels apart (TH = 1: two-way bank conflicts), else
+        # vertically adjacent at an odd row pitch (unit height stride)
+        two_way = plan.band_h == 1 or geom.strides[0] != 1
+        strip_waves = kh * ((2 if two_way else 1) * (3 + kw) + kw) / 4
+        strip_instr = (strip_loads + strip_loads * (2 if in_itemsize == 2 else 0)
+                       + taps * (4 // in_itemsize))
+        dw_waves = crossing * generic_loads + (1 - crossing) * strip_waves
+        word_instr = crossing * generic_instr + (1 - crossing) * strip_instr
     else:        # every tap loads a pixel and a weight (and unpacks both for half2)
-        loads = 2 * taps
-        word_instr = taps * TC_TAP_INSTRUCTIONS[in_itemsize]
-    dw_smem = staged + plan.bm * loads * chunk + plan.bm * chunk
+        dw_waves, word_instr = generic_loads, generic_instr
+    dw_smem = staged_first + plan.bm * dw_waves * chunk + plan.bm * chunk
     mma_smem = plan.bm * chunk * warps_n + plan.bn * chunk * warps_m
     dw_instr = (plan.bm * 16 * (word_instr + TC_POSITION_INSTRUCTIONS)
-                + staged // 16 * TC_GRANULE_INSTRUCTIONS)
+                + staged_first // 16 * TC_GRANULE_INSTRUCTIONS)
+    rest_instr = staged_rest // 16 * TC_GRANULE_INSTRUCTIONS
     tile = plan.bm * plan.bn
-    mma_flops = 2.0 * tile * chunk // in_itemsize
+    flops_first, flops_rest = _tc_issued_flops(geom, plan, in_itemsize)
     epi_instr = tile * (3 + (0 if linear_activation else 20))
     epi_smem = tile * 4 * (2 if linear_activation else 4)
-    blocks = plan.grid
-    # chunk kc + 1's depthwise and chunk kc's mma share a barrier interval: one phase
-    phases = ((blocks * chunks * (dw_smem + mma_smem), blocks * chunks * dw_instr,
-               blocks * chunks * mma_flops),
-              (blocks * epi_smem, blocks * epi_instr, 0.0))
+    n = plan.tiles * total_chunks       # (tile, chunk) pairs over all blocks
+    phases = ((n * (dw_smem + mma_smem), n * dw_instr, flops_first),
+              (n * (fb - 1) * (staged_rest + mma_smem), n * (fb - 1) * rest_instr,
+               flops_rest),
+              (plan.grid * fb * epi_smem, plan.grid * fb * epi_instr, 0.0))
     return Work(
-        blocks=blocks, threads=threads, registers=TC_REGISTERS[plan.m_tiles],
+        blocks=plan.grid, threads=threads, registers=TC_REGISTERS[plan.m_tiles],
         shared_bytes=plan.shared_bytes, hbm_bytes=x + y + weights,
-        l2_bytes=blocks * chunks * staged + y,
+        l2_bytes=n * (staged_first + (fb - 1) * staged_rest) + y,
         smem_bytes=sum(p[0] for p in phases), simt_instructions=sum(p[1] for p in phases),
         tensor_flops=sum(p[2] for p in phases),
         tensor_kind="f16" if in_itemsize == 2 else "tf32", phases=phases)

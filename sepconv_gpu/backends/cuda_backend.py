@@ -289,7 +289,7 @@ def _call_plan(dtype, geom, kernel_id, kernel_param, byte_strides, has_bias, all
         x_aligned = True  # a fresh allocation
     call = (name, geom, _KernelActivation(kernel_id, kernel_param), x_strides, has_bias,
             allow_tf32, x_aligned, _shared_memory_limit(device_id))
-    launches, apply_after = _kernels.launch_sequence(*call, plan=plan)
+    launches, apply_after = _kernels.launch_sequence(*call, plan=plan, sms=_sm_count(device_id))
     loaded = []
     for launch in launches:
         try:
@@ -371,6 +371,13 @@ def _shared_memory_limit(device_id):
     if int(cupy.cuda.Device(device_id).compute_capability) < TENSOR_CORE_MIN_ARCH:
         return 0
     attribute = getattr(cupy.cuda.runtime, "cudaDevAttrMaxSharedMemoryPerBlockOptin", 97)
+    return cupy.cuda.runtime.deviceGetAttribute(attribute, device_id)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_id):
+    """Streaming multiprocessors of this device (sizes the grid-stride reduce launch)."""
+    attribute = getattr(cupy.cuda.runtime, "cudaDevAttrMultiProcessorCount", 16)
     return cupy.cuda.runtime.deviceGetAttribute(attribute, device_id)
 
 

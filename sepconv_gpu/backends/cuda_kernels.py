@@ -400,7 +400,7 @@ def launch_arrays(launch, x, weights, y, partial):
 
 
 def launch_sequence(dtype, geom, activation, x_strides, has_bias, allow_tf32=False,
-                    x_aligned=True, smem_limit=None, plan=None):
+                    x_aligned=True, smem_limit=None, plan=None, sms=None):
     """The launches computing one separable convolution, and whether `activation(y)` must
     still be applied afterwards (activations without a kernel variant).
 
@@ -409,7 +409,8 @@ def launch_sequence(dtype, geom, activation, x_strides, has_bias, allow_tf32=Fal
     `smem_limit`: the device's opt-in dynamic shared memory per block (None:
     TC_SMEM_LIMIT); `plan`: the plan to launch, a `TcPlan` (of `tc_candidates`, for a
     call the tensor-core kernel may serve) or a `KernelPlan` (of `simt_plan`): the
-    autotuner's pick (autotune.py); None: the cost model's choice.
+    autotuner's pick (autotune.py); None: the cost model's choice; `sms`: the device's SM
+    count (None: the cost model's device), which sizes the grid of sepconv_tc_reduce.
 
     Array-agnostic: the CUDA backend runs it with CuPy arrays; the host-emulation test runs
     the very same sequence with NumPy arrays. Memoized: a layer called again with the same
@@ -418,19 +419,21 @@ def launch_sequence(dtype, geom, activation, x_strides, has_bias, allow_tf32=Fal
     return _launch_sequence(dtype, geom, activation.kernel_id, activation.kernel_param,
                             tuple(int(s) for s in x_strides), bool(has_bias),
                             bool(allow_tf32), bool(x_aligned),
-                            TC_SMEM_LIMIT if smem_limit is None else int(smem_limit), plan)
+                            TC_SMEM_LIMIT if smem_limit is None else int(smem_limit), plan,
+                            None if sms is None else int(sms))
 
 
 @functools.lru_cache(maxsize=1024)
 def _launch_sequence(dtype, geom, kernel_id, kernel_param, x_strides, has_bias, allow_tf32,
-                     x_aligned, smem_limit, chosen):
+                     x_aligned, smem_limit, chosen, sms):
     if dtype not in DTYPES:
         raise TypeError(f"sepconv_gpu CUDA backend: unsupported dtype {dtype}; expected one of {tuple(DTYPES)}.")
     fused = kernel_id in FUSED_ACTIVATIONS
     normalize = kernel_id in LAST_AXIS_ACTIVATIONS
     act = kernel_id if fused else "linear"
     param = kernel_param if fused else 0.0
-    tc_allowed = select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned, smem_limit) == "tc"
+    tc_allowed = select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned, smem_limit,
+                               act == "linear") == "tc"
     if isinstance(chosen, TcPlan) and not (
             tc_allowed and chosen.shared_bytes <= smem_limit and tc_fits_int32(geom, chosen)):
         raise ValueError(f"sepconv_gpu: plan {chosen} cannot serve this call on the "
@@ -445,7 +448,7 @@ def _launch_sequence(dtype, geom, kernel_id, kernel_param, x_strides, has_bias, 
                            tc_scalar_args(geom, tp, x_strides, has_bias, act, param),
                            weights_layout("tc", dtype), tp.predicted_us, partial)]
         if partial:
-            grid, block = tc_reduce_grid(geom)
+            grid, block = tc_reduce_grid(geom, sms)
             launches.append(Launch("tc_reduce", tc_reduce_name(dtype), grid, block, 0,
                                    tc_reduce_scalar_args(geom, tp, has_bias, act, param),
                                    weights_layout("tc", dtype)))
@@ -492,15 +495,22 @@ TC_FILTER_BLOCKS = (64, 128, 256)   # BN choices (multiples of TC_WARP_N, <= 8 w
 TC_STAGES = (4, 3)       # cp.async pipeline depths, deepest first (the kernel needs >= 3)
 TC_K_ALIGN = 32          # prepared weights: channels zero-padded to a multiple of this
 TC_SPLITS = (1, 2, 4, 8) # channel splits (powers of two) for grids too small for the GPU
-# m16 tiles per warp (template MT): 2 = 32 x 64 warp tiles, 64 accumulators, 2 blocks an
-# SM; 4 = 64 x 64, twice the tile per block (half the weight traffic per output), 1 block.
-TC_M_TILES = (2, 4)
+# m16 tiles per warp (template MT): 2 = 32 x 64 warp tiles, 64 accumulators, capped at
+# TC_MT2_REGISTERS registers (2 blocks an SM where shared memory allows); 1 = 16 x 64,
+# the same cap, half the positions a tile (more tiles for small layers, a smaller
+# resident A); 4 = 64 x 64, twice the tile per block (half the weight traffic per
+# output), up to 255 registers, one block an SM.
+TC_M_TILES = (1, 2, 4)
+TC_MT2_REGISTERS = 128   # TC_MT2_REGISTERS: __maxnreg__ of the MT <= 2 instantiations
 # Dynamic shared memory a block may opt in to on the planner's default device (H100/H200,
 # sm_90); the CUDA backend passes its device's own limit (A100 163 KB, sm_86/89 99 KB).
 TC_SMEM_LIMIT = 227 * 1024
 TC_SOURCE = "sepconv_tc.cu"
-# dtype -> C++ type. float32 runs only with allow_tf32 (mma.m16n8k8.tf32).
-TC_DTYPES = {"float16": "__half", "float32": "float"}
+# dtype -> C++ type. float32 runs only with allow_tf32 (mma.m16n8k8.tf32). bfloat16
+# (mma.m16n8k16.bf16) is planned and compiled; the Python side does not route it yet
+# (launch_sequence takes the DTYPES only).
+TC_DTYPES = {"float16": "__half", "float32": "float", "bfloat16": "__nv_bfloat16"}
+TC_ITEMSIZE = {"float16": 2, "float32": 4, "bfloat16": 2}
 # Specialized extents (weights in registers, taps unrolled); others: generic (0, 0).
 # Measured with nvcc 13.0 -arch=sm_90 (a loaded 2-core machine): ~0.5 s per TC
 # instantiation (SIMT: ~0.3 s), so 2 dtypes x (generic, 3x3) x 2 warp tiles = 8 kernels
@@ -535,120 +545,188 @@ class TcPlan:
     """Tiles, pipeline and shared memory of one `sepconv_tc` launch (see the top of
     sepconv_tc.cu), and what the cost model predicts for it."""
 
-    bn: int              # filters per block (64, 128, 256)
-    bm: int              # output positions per block (TC_TILE_ELEMS // 2 * m_tiles // bn)
-    tw: int              # tile width, a power of two; tile height = bm // tw
-    tiles_w: int
-    tiles_img: int
-    filter_blocks: int   # ceil(F / bn): how often the depthwise of a tile is computed
-    halo_h: int
-    halo_w: int
+    bn: int              # filters per filter block (64, 128, 256)
+    bm: int              # output positions per tile (TC_TILE_ELEMS // 2 * m_tiles // bn),
+                         # consecutive in the flattened N x OH x OW space
+    tiles: int           # ceil(N * OH * OW / bm)
+    filter_blocks: int   # ceil(F / bn), run one after the other by every block
+    halo_h: int          # most staged input rows of a tile: (KH - 1) * d_h + 1 for row
+                         # segments, more for a slab of whole rows
+    halo_w: int          # most staged input columns of a tile (segments side by side, or
+                         # a whole row for a slab)
     halo_ws: int         # halo columns per stride residue (row pitch = halo_ws * stride_w)
     stages: int
     k_pad: int           # channels rounded up to TC_K_ALIGN (the prepared weights' K)
     shared_bytes: int
-    grid: int            # batch x tiles x filter blocks x k_splits
+    grid: int            # tiles x k_splits
     predicted_us: float  # cost_model.predict on the default device (H100 constants), both
                          # launches when split
     k_splits: int = 1    # channel splits (then sepconv_tc_reduce finishes the sum)
     m_tiles: int = 2     # m16 tiles per warp (the MT template argument)
+    a_slots: int = 2     # A slots: 2 (double-buffered), or a block's chunks (resident, FB > 1)
+    band_h: int = 1      # position order: bands of this many output rows, a band column
+                         # by column (1: row-major)
+    slab: bool = False   # halo of whole input rows (small images; band_h 1), else segments
+    blocks_per_sm: int = 1       # resident blocks an SM (registers and shared memory)
+    # what the model charges (whole launch; `python -m benchmarks --predict` prints them)
+    issued_flops: float = 0.0    # tensor-core FLOPs issued, padding included
+    useful_flops: float = 0.0    # 2 x N*OH*OW x C x F
+    staged_bytes: float = 0.0    # halo + depthwise weights cp.async'ed (L2 -> shared)
+    l2_weight_bytes: float = 0.0  # pointwise rows streamed through L2
+    recompute: float = 1.0       # depthwise evaluations per (position, channel)
 
-    @property
-    def th(self):
-        return self.bm // self.tw
 
-
-def _tc_shared_bytes(bm, bn, stages, halo_h, halo_pitch, taps):
-    stage = halo_h * halo_pitch * TC_CHUNK_BYTES + taps * TC_CHUNK_BYTES + bn * TC_ROW_BYTES
-    pipeline = stages * stage + 2 * bm * TC_ROW_BYTES   # A double-buffered
+def tc_layout(bm, bn, stages, halo_h, halo_pitch, taps, a_slots, filter_blocks):
+    """Byte offsets of `sepconv_tc`'s shared memory (the carve-up at the top of
+    sepconv_tc.cu; the kernel takes them as arguments) and its size: (as_at, ring_at,
+    stage_bytes, halo_bytes, b_at, shared_bytes). The column / position tables come
+    first, then the A slots (2, or the block's chunks when filter_blocks > 1: A stays
+    resident), then the cp.async stages (halo, depthwise weights at halo_bytes,
+    pointwise rows at b_at); the epilogue's Cs lies over the stages (and over A with a
+    single filter block)."""
+    as_at = -(-(bm * 8 + (halo_pitch + halo_h) * 12) // 16) * 16 + 16   # + the tile's halo size
+    halo = halo_h * halo_pitch * TC_CHUNK_BYTES
+    b_at = halo + taps * TC_CHUNK_BYTES
+    stage = b_at + bn * TC_ROW_BYTES
+    ring_at = as_at + a_slots * bm * TC_ROW_BYTES
     epilogue = bm * (bn + TC_OUT_PAD) * 4
-    return max(pipeline, epilogue)
+    end = max(ring_at + stages * stage, (ring_at if filter_blocks > 1 else as_at) + epilogue)
+    return as_at, ring_at, stage, halo, b_at, end
 
 
-@functools.lru_cache(maxsize=4096)
-def tc_plan(dtype, geom, linear_activation=True, smem_limit=TC_SMEM_LIMIT, m_tiles=TC_M_TILES):
-    """The cheapest `TcPlan` by the cost model (the first of `tc_candidates`), or None
-    when no tile fits `smem_limit` bytes of shared memory."""
-    found = tc_candidates(dtype, geom, linear_activation, smem_limit, m_tiles=m_tiles)
-    return found[0] if found else None
+def _tc_shared_bytes(bm, bn, stages, halo_h, halo_pitch, taps, a_slots, filter_blocks):
+    """Dynamic shared memory of `sepconv_tc` (see `tc_layout`)."""
+    return tc_layout(bm, bn, stages, halo_h, halo_pitch, taps, a_slots, filter_blocks)[-1]
 
 
-@functools.lru_cache(maxsize=4096)
+def tc_halo_extent(geom, bm, slab, band_h=1):
+    """(rows, columns) of the largest halo a tile of `bm` positions stages (sepconv_tc's
+    tables). Segments: one a band of `band_h` output rows the tile touches,
+    (band_h - 1) s_h + (KH - 1) d_h + 1 rows of the columns its positions read, side by
+    side, each rounded up to a multiple of the width stride. Slab (band_h 1): whole rows
+    (OW - 1) s_w + (KW - 1) d_w + 1, rounded so, each input row once: (R - 1) s_h +
+    (KH - 1) d_h + 1 for R output rows, plus (KH - 1) d_h + 1 - s_h for every image
+    boundary crossed."""
+    (oh, ow), (kh, kw), (sh, sw), (dh, dw) = geom.out_size, geom.kernel, geom.strides, geom.dilation
+    span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    round_s = lambda v: -(-v // sw) * sw
+    bands = -(-oh // band_h)
+    low = oh - (bands - 1) * band_h          # rows of an image's last band
+    # segments (bands) a tile touches: bm - 1 positions after the first one's band
+    segments = min(-(-(bm - 1) // (low * ow)) + 1, geom.batch * bands, bm)
+    if not slab:
+        # a band's positions of one segment span at most ceil(count / height) + 1 columns
+        columns = min(bm // low + 2 * segments, segments * ow)
+        return ((band_h - 1) * sh + span_h,
+                min((columns - segments) * sw + segments * round_s(span_w),
+                    segments * round_s((ow - 1) * sw + span_w)))
+    crossings = min(-(-(segments - 1) // oh), geom.batch - 1)
+    return ((segments - 1) * sh + span_h + crossings * max(0, span_h - sh),
+            round_s((ow - 1) * sw + span_w))
+
+
+TC_BANDS = (1, 2, 4, 8)   # band heights (position orders) the planner considers
+
+
 def tc_candidates(dtype, geom, linear_activation=True, smem_limit=TC_SMEM_LIMIT, count=4,
                   m_tiles=TC_M_TILES):
-    """The `count` cheapest `TcPlan`s by the cost model, fastest predicted first (ties:
-    the earlier candidate), each with its `predicted_us`; () when no tile fits
-    `smem_limit` bytes of shared memory. `m_tiles`: the warp-tile heights to consider.
-    The autotuner (autotune.py) times these on the device.
+    """The `count` cheapest `TcPlan`s by the cost model, cheapest first (empty when no
+    tile fits `smem_limit` bytes of shared memory); `tc_plan` is the first.
 
-    Candidates: BN in TC_FILTER_BLOCKS (only those holding all F when F <= 256: no
-    depthwise recompute then; the model weighs it above), every power-of-two tile width up to the output width, TC_STAGES. Each
-    is priced by `cost_model.tc_fused_work`: compulsory DRAM bytes, L2 bytes (halo and
-    weights re-staged per block and chunk: the recompute factor), shared-memory bytes
-    and SIMT issue of the depthwise (sliding-window strips where they apply), tensor
-    FLOPs including padding, resident blocks and waves.
+    Candidates: BN in TC_FILTER_BLOCKS (only those holding all F when F <= 256), MT in
+    `m_tiles`, the position orders (bands of TC_BANDS rows, staged as segments; row-major
+    staged as a slab), TC_STAGES, TC_SPLITS. Each is priced by `cost_model.tc_fused_work`:
+    compulsory DRAM bytes; L2 bytes (the staged halo and depthwise weights once per
+    tile and chunk, the pointwise rows once per tile, chunk and filter block); shared-
+    memory bytes and SIMT issue of the depthwise (sliding-window strips where they
+    apply); tensor FLOPs as issued (padded to the mma granularity); resident blocks
+    (registers and shared memory) and waves. Each plan carries its prediction, blocks an
+    SM and those charges.
     """
+    return _tc_candidates(dtype, geom, bool(linear_activation), int(smem_limit),
+                          tuple(m_tiles))[:count]
+
+
+@functools.lru_cache(maxsize=4096)
+def _tc_candidates(dtype, geom, linear_activation, smem_limit, m_tiles):
     from . import cost_model
 
-    itemsize = DTYPES[dtype][1]
-    (oh, ow), (kh, kw), (sh, sw), (dh, dw) = geom.out_size, geom.kernel, geom.strides, geom.dilation
+    itemsize = TC_ITEMSIZE[dtype]
+    (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.strides, geom.dilation
     taps = kh * kw
     k_pad = -(-geom.channels // TC_K_ALIGN) * TC_K_ALIGN
     chunks = k_pad * itemsize // TC_CHUNK_BYTES
-    priced = []
+    positions = geom.output_positions
+    strips = tc_uses_strips(geom)
+    found = []
     for bn, mt in itertools.product(TC_FILTER_BLOCKS, m_tiles):
         bm = TC_TILE_ELEMS // 2 * mt // bn
         blocks_f = -(-geom.filters // bn)
         if blocks_f > 1 and geom.filters <= max(TC_FILTER_BLOCKS):
-            continue  # the rule: no depthwise recompute while one block can hold F
-        # power-of-two widths up to the first that covers the output row (1D included:
-        # a single-row tile can need a halo too wide for shared memory)
-        widths = tuple(1 << i for i in range(1, bm.bit_length())
-                       if (1 << i) < 2 * ow or i == 1)
-        for tw in widths:
-            th = bm // tw
-            tiles_w, tiles_h = -(-ow // tw), -(-oh // th)
-            hh, hw = _halo_extent(th, sh, dh, kh), _halo_extent(tw, sw, dw, kw)
-            # columns per stride residue; an odd row pitch at stride 1 keeps the
-            # depthwise strips of vertically adjacent rows on distinct banks
-            hws = -(-hw // sw) if sw > 1 else hw | 1
-            for stages, splits in itertools.product(TC_STAGES, TC_SPLITS):
-                shared = _tc_shared_bytes(bm, bn, stages, hh, hws * sw, taps)
-                per_split = -(-chunks // splits)
-                if shared > smem_limit or (splits - 1) * per_split >= chunks:
-                    continue  # too big, or a split without channels
-                candidate = TcPlan(
-                    bn=bn, bm=bm, tw=tw, tiles_w=tiles_w, tiles_img=tiles_w * tiles_h,
-                    filter_blocks=blocks_f, halo_h=hh, halo_w=hw, halo_ws=hws, stages=stages,
-                    k_pad=k_pad, shared_bytes=shared, k_splits=splits, m_tiles=mt,
-                    predicted_us=0.0,
-                    grid=geom.batch * tiles_w * tiles_h * blocks_f * splits)
-                us = cost_model.predict(cost_model.tc_fused_work(
-                    geom, candidate, itemsize, linear_activation,
-                    strips=tc_uses_strips(geom, tw, th))).us
-                if splits > 1:
-                    us += cost_model.predict(cost_model.tc_reduce_work(
-                        geom, splits, itemsize, *tc_reduce_grid(geom))).us
-                priced.append(dataclasses.replace(candidate, predicted_us=us))
-    # a stable sort: ties keep the enumeration order
-    return tuple(sorted(priced, key=lambda p: p.predicted_us)[:count])
+            continue  # one filter block holds F: A double-buffered, not resident
+        tiles = -(-positions // bm)
+        layouts = [(band, False) for band in TC_BANDS if band <= geom.out_size[0]] + [(1, True)]
+        for (band, slab), stages, splits in itertools.product(layouts, TC_STAGES, TC_SPLITS):
+            hh, hw = tc_halo_extent(geom, bm, slab, band)
+            hws = -(-hw // sw)
+            if band > 1 and sw == 1:
+                hws |= 1   # odd row pitch: vertically adjacent strips on distinct banks
+            per_split = -(-chunks // splits)
+            if (splits - 1) * per_split >= chunks:
+                continue  # a split without channels
+            a_slots = per_split if blocks_f > 1 else 2
+            shared = _tc_shared_bytes(bm, bn, stages, hh, hws * sw, taps, a_slots, blocks_f)
+            if shared > smem_limit:
+                continue
+            candidate = TcPlan(
+                bn=bn, bm=bm, tiles=tiles, filter_blocks=blocks_f, halo_h=hh, halo_w=hw,
+                halo_ws=hws, stages=stages, k_pad=k_pad, shared_bytes=shared,
+                k_splits=splits, m_tiles=mt, a_slots=a_slots, band_h=band, slab=slab,
+                predicted_us=0.0,
+                grid=tiles * splits)
+            work = cost_model.tc_fused_work(geom, candidate, itemsize, linear_activation,
+                                            strips=strips)
+            prediction = cost_model.predict(work)
+            us = prediction.us
+            if splits > 1:
+                us += cost_model.predict(cost_model.tc_reduce_work(
+                    geom, splits, itemsize, *tc_reduce_grid(geom))).us
+            found.append(dataclasses.replace(
+                candidate, predicted_us=us, blocks_per_sm=prediction.blocks_per_sm,
+                **cost_model.tc_plan_charges(geom, candidate, itemsize)))
+    # cheapest first; ties keep the enumeration order (sorted is stable)
+    return tuple(sorted(found, key=lambda c: c.predicted_us))
 
 
-def tc_reduce_grid(geom):
-    """(grid, block) of sepconv_tc_reduce: a grid-stride loop over the outputs."""
+def tc_plan(dtype, geom, linear_activation=True, smem_limit=TC_SMEM_LIMIT, m_tiles=TC_M_TILES):
+    """The cheapest `TcPlan` by the cost model (the first of `tc_candidates`), or None
+    when no tile fits `smem_limit` bytes of shared memory. `m_tiles`: the warp-tile
+    heights to consider. `linear_activation`: the epilogue applies no activation (the
+    launch plans with the activation it runs: see `select_kernel`)."""
+    found = tc_candidates(dtype, geom, linear_activation, smem_limit, 1, m_tiles)
+    return found[0] if found else None
+
+
+def tc_reduce_grid(geom, sms=None):
+    """(grid, block) of sepconv_tc_reduce: a grid-stride loop over the outputs, at most 8
+    blocks an SM (`sms`: the device's SM count; default: the cost model's device)."""
+    from . import cost_model
+
+    sms = cost_model.DEFAULT_DEVICE.sms if sms is None else int(sms)
     count = geom.output_positions * geom.filters
-    return max(1, min(-(-count // TC_THREADS), 8 * 132)), TC_THREADS
+    return max(1, min(-(-count // TC_THREADS), 8 * sms)), TC_THREADS
 
 
-def tc_uses_strips(geom, tw, th):
+def tc_uses_strips(geom):
     """Whether sepconv_tc's depthwise runs sliding-window strips of 4 outputs (the
     kernel's `strips` condition): a specialized extent, unit stride and dilation along
-    the width, unit stride along the height, tiles at least 4 wide and an even height."""
-    return (tc_extent(geom.kernel) != GENERIC_EXTENT and geom.strides == (1, 1)
-            and geom.dilation[1] == 1 and tw >= 4 and th % 2 == 0)
+    the width. Groups of 4 that cross a row segment run output by output."""
+    return (tc_extent(geom.kernel) != GENERIC_EXTENT and geom.strides[1] == 1
+            and geom.dilation[1] == 1)
 
 
-def select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned, smem_limit=TC_SMEM_LIMIT):
+def select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned, smem_limit=TC_SMEM_LIMIT,
+                  linear_activation=True):
     """"tc" (sepconv_tc) or "simt" (sepconv_fused): the one rule that picks the kernel.
 
     The tensor-core kernel needs: float16, or float32 with allow_tf32 (default: exact
@@ -656,30 +734,33 @@ def select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned, smem_limit=TC_S
     input: contiguous channels, C and every other element stride (`x_strides`, (n, c, h,
     w)) a multiple of 16 bytes, a 16-byte aligned base (`x_aligned`, which the memoized
     planner cannot see in the strides); sizes within 32-bit indexing; a tile that fits
-    the device's `smem_limit`. Everything else runs the SIMT kernel.
+    the device's `smem_limit`. Everything else runs the SIMT kernel. The checks are made
+    on the plan that launches: the one for `linear_activation` (whether the epilogue
+    runs an activation, which the model prices).
     """
     if dtype not in TC_DTYPES or (dtype == "float32" and not allow_tf32):
         return "simt"
     if geom.channels_first or geom.depth_multiplier != 1 or not x_aligned:
         return "simt"
-    vec = 16 // DTYPES[dtype][1]
+    vec = 16 // TC_ITEMSIZE[dtype]
     n_stride, c_stride, h_stride, w_stride = (int(s) for s in x_strides)
     if c_stride != 1 or any(s % vec for s in (geom.channels, n_stride, h_stride, w_stride)):
         return "simt"
-    tp = tc_plan(dtype, geom, smem_limit=smem_limit)
+    tp = tc_plan(dtype, geom, linear_activation, smem_limit)
     return "tc" if tp is not None and tc_fits_int32(geom, tp) else "simt"
 
 
 def tc_fits_int32(geom, tp):
-    """Whether the sizes sepconv_tc indexes with 32-bit ints stay below 2^31 under `tp`."""
+    """Whether the sizes sepconv_tc indexes with 32-bit ints stay below 2^31 under `tp`:
+    the furthest input coordinate a position's taps reach, the flattened position index
+    of the last tile (positions past the end included), the grid, the weight offsets."""
     (oh, ow), (sh, sw), (dh, dw), (kh, kw) = geom.out_size, geom.strides, geom.dilation, geom.kernel
-    reach = max(geom.in_size[0] + (oh + tp.th) * sh + (kh - 1) * dh,
-                geom.in_size[1] + (ow + tp.tw) * sw + (kw - 1) * dw)
-    return max(tp.grid, reach, tp.k_pad * max(geom.filters, kh * kw)) <= INT32_MAX
+    reach = max(oh * sh + (kh - 1) * dh, ow * sw + (kw - 1) * dw) + max(geom.in_size)
+    return max(tp.grid, reach, tp.tiles * tp.bm, tp.k_pad * max(geom.filters, kh * kw)) <= INT32_MAX
 
 
 def tc_scalar_args(geom, tp, x_strides, has_bias, kernel_id, act_param):
-    """Scalars of `sepconv_tc` after its five pointers, typed as the kernel declares them."""
+    """Scalars of `sepconv_tc` after its six pointers, typed as the kernel declares them."""
     import numpy as np
 
     i32 = np.int32
@@ -689,13 +770,15 @@ def tc_scalar_args(geom, tp, x_strides, has_bias, kernel_id, act_param):
     n_stride, _, h_stride, w_stride = x_strides
     return (
         np.int64(n_stride), np.int64(h_stride), np.int64(w_stride),
-        i32(geom.channels), i32(h), i32(w), i32(geom.filters), i32(oh), i32(ow),
-        i32(kh), i32(kw), i32(sh), i32(sw), i32(dh), i32(dw), i32(ph), i32(pw),
-        i32(tp.bn), i32(tp.tw.bit_length() - 1), i32(tp.tiles_w), i32(tp.tiles_img),
-        i32(tp.filter_blocks), i32(tp.halo_h), i32(tp.halo_w), i32(tp.halo_ws),
+        i32(geom.batch), i32(geom.channels), i32(h), i32(w), i32(geom.filters), i32(oh),
+        i32(ow), i32(kh), i32(kw), i32(sh), i32(sw), i32(dh), i32(dw), i32(ph), i32(pw),
+        i32(tp.bn), i32(tp.filter_blocks), i32(tp.halo_h), i32(tp.halo_ws),
         i32(tp.stages), i32(tp.k_pad), i32(bool(has_bias)),
         i32(FUSED_ACTIVATIONS.index(kernel_id)), np.float32(act_param),
         i32(tp.k_splits.bit_length() - 1),
+        *(i32(v) for v in tc_layout(tp.bm, tp.bn, tp.stages, tp.halo_h, tp.halo_ws * sw,
+                                    kh * kw, tp.a_slots, tp.filter_blocks)[:5]),
+        i32(tp.band_h), i32(tp.slab),
     )
 
 
@@ -712,9 +795,10 @@ def tc_reduce_scalar_args(geom, tp, has_bias, kernel_id, act_param):
 
 def weights_layout(kind, dtype):
     """Key of the weight layout a kernel reads: "simt:<accumulator dtype>",
-    "tc:float16" or "tc:tf32" (also the key under which a layer caches them)."""
+    "tc:float16", "tc:bfloat16" or "tc:tf32" (also the key under which a layer caches
+    them)."""
     if kind == "tc":
-        return "tc:float16" if dtype == "float16" else "tc:tf32"
+        return "tc:tf32" if dtype == "float32" else "tc:" + dtype
     return "simt:" + ("float64" if dtype == "float64" else "float32")
 
 
@@ -727,6 +811,14 @@ def round_to_tf32(xp, a):
     return xp.where(xp.isfinite(a), rounded, a)
 
 
+def round_to_bfloat16_bits(xp, a):
+    """float32 -> bfloat16 bit patterns (uint16), rounded to nearest even as
+    __float2bfloat16_rn; NaN stays NaN (quiet)."""
+    bits = xp.ascontiguousarray(a, dtype=xp.float32).view(xp.uint32)
+    rounded = (bits + xp.uint32(0x7FFF) + ((bits >> 16) & xp.uint32(1))) >> 16
+    return xp.where(xp.isnan(a), xp.uint32(0x7FC0), rounded).astype(xp.uint16)
+
+
 def prepare_weights(xp, layout, depthwise, pointwise, bias):
     """(depthwise, pointwise, bias) in the layout `layout` (see `weights_layout`), as new
     contiguous `xp` arrays (xp = numpy or cupy); bias None stays None.
@@ -734,7 +826,8 @@ def prepare_weights(xp, layout, depthwise, pointwise, bias):
     simt: depthwise [taps][C*M], pointwise [C*M][F], bias [F], in the accumulator dtype.
     tc:   depthwise [taps][K_pad] and pointwise [F][K_pad] (transposed: ldmatrix reads
           filter rows), channels zero-padded to K_pad = TC_K_ALIGN multiple, in half
-          ("tc:float16") or float32 ("tc:tf32", pointwise rounded to TF32; depthwise stays
+          ("tc:float16"), bfloat16 bit patterns as uint16 ("tc:bfloat16", rounded to
+          nearest even) or float32 ("tc:tf32", pointwise rounded to TF32; depthwise stays
           exact FP32 for the FFMA stage); bias float32.
     """
     kind, fmt = layout.split(":")
@@ -746,7 +839,7 @@ def prepare_weights(xp, layout, depthwise, pointwise, bias):
         return (xp.ascontiguousarray(depthwise.reshape(taps, k), dtype=acc),
                 xp.ascontiguousarray(pointwise.reshape(k, filters), dtype=acc),
                 None if bias is None else xp.ascontiguousarray(xp.asarray(bias), dtype=acc))
-    operand = xp.float16 if fmt == "float16" else xp.float32
+    operand = {"float16": xp.float16, "bfloat16": xp.float32}.get(fmt, xp.float32)
     k_pad = -(-k // TC_K_ALIGN) * TC_K_ALIGN
     dw = xp.zeros((taps, k_pad), dtype=operand)
     dw[:, :k] = depthwise.reshape(taps, k).astype(operand)
@@ -754,5 +847,7 @@ def prepare_weights(xp, layout, depthwise, pointwise, bias):
     pw[:, :k] = pointwise.reshape(k, filters).T.astype(operand)
     if fmt == "tf32":
         pw = round_to_tf32(xp, pw)
+    elif fmt == "bfloat16":   # bit patterns: NumPy and CuPy have no bfloat16 dtype
+        dw, pw = round_to_bfloat16_bits(xp, dw), round_to_bfloat16_bits(xp, pw)
     b = None if bias is None else xp.ascontiguousarray(xp.asarray(bias), dtype=xp.float32)
     return dw, pw, b
