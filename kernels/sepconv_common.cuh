@@ -205,6 +205,37 @@ template <int ACT, typename A> __device__ __forceinline__ A activate(A v, A p) {
     }
 }
 
+// The activation as a runtime switch, uniform over the grid: one kernel instantiation
+// serves every activation. `visit(act, f)` calls f(ActTag<ACT>()) with ACT the runtime
+// enum value `act` in [LO, HI], found by binary search (log2(HI - LO + 1) uniform
+// branches), so f's body is compiled once per activation and runs without further
+// branching: a kernel dispatches once around its whole epilogue. Values past the enum
+// (up to ACT_SLOTS - 1) act as ACT_LINEAR.
+template <int ACT> struct ActTag { static constexpr int value = ACT; };
+
+template <int LO, int HI> struct ActivationSwitch {
+    template <typename F> __device__ __forceinline__ static auto visit(int act, F&& f) {
+        constexpr int MID = (LO + HI) / 2;
+        if (act <= MID) return ActivationSwitch<LO, MID>::visit(act, f);
+        return ActivationSwitch<MID + 1, HI>::visit(act, f);
+    }
+    // activate<act>(v, p) for one value
+    template <typename A> __device__ __forceinline__ static A apply(int act, A v, A p) {
+        return visit(act, [&](auto tag) { return activate<decltype(tag)::value>(v, p); });
+    }
+};
+template <int ACT> struct ActivationSwitch<ACT, ACT> {
+    template <typename F> __device__ __forceinline__ static auto visit(int, F&& f) {
+        return f(ActTag<ACT>());
+    }
+    template <typename A> __device__ __forceinline__ static A apply(int, A v, A p) {
+        return activate<ACT>(v, p);
+    }
+};
+
+#define ACT_SLOTS 32   // enum values the runtime switch covers (a power of two: 5 branches)
+typedef ActivationSwitch<0, ACT_SLOTS - 1> ActivationDispatch;
+
 }  // namespace sepconv
 
 #endif  // SEPCONV_COMMON_CUH

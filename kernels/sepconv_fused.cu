@@ -21,8 +21,10 @@
 //          per channel, lanes along positions; for the specialized extents the weights
 //          sit in registers and the tap offsets are instruction immediates);
 //       3. multiply-accumulate Ds against the pointwise chunk into the registers.
-//   * Epilogue: bias, activation (template), store in the output layout (vectorized when
-//     aligned). channels_first / channels_last only change indexing, never a transpose.
+//   * Epilogue: bias, activation, store in the output layout (vectorized when aligned).
+//     channels_first / channels_last only change indexing, never a transpose. The
+//     activation is a runtime argument (ActivationDispatch, sepconv_common.cuh): one
+//     uniform branch tree around the epilogue instead of one instantiation per activation.
 //   * When no tile's halo fits the shared-memory budget (very large dilated extents) the
 //     planner sets use_halo = 0 and picks the generic-extent instantiation: step 1 then
 //     stages only the weights, and step 2 gathers each tap straight from global memory,
@@ -157,7 +159,7 @@ __device__ __forceinline__ void depthwise_fixed(A* ds, const T* xs, const A* wd,
 
 }  // namespace sepconv
 
-template <typename T, int ACT, bool CF, int KH_, int KW_>
+template <typename T, bool CF, int KH_, int KW_>
 __global__ void __launch_bounds__(SC_THREADS, SC_MIN_BLOCKS)
 sepconv_fused(const T* __restrict__ x,
               const typename sepconv::Acc<T>::type* __restrict__ dwk,   // [taps][K]
@@ -170,7 +172,7 @@ sepconv_fused(const T* __restrict__ x,
               int pad_h, int pad_w,
               int BF, int tw_shift, int tiles_w, int tiles_img, int FB,
               int HH, int HWd, int pitch, int plane, int use_halo, int has_bias,
-              double act_param) {
+              int act, double act_param) {
     using namespace sepconv;
     typedef typename Acc<T>::type A;
 
@@ -356,6 +358,16 @@ sepconv_fused(const T* __restrict__ x,
     A bv[4];
 #pragma unroll
     for (int j = 0; j < 4; ++j) bv[j] = (has_bias && fbase + j < F) ? bias[fbase + j] : A(0);
+    // The activation of 4 values about to be stored: one uniform dispatch on `act`. Four
+    // at a time, not all 16 at once, keeps the activations' temporaries within the 128
+    // registers (all 16 spilled 8 bytes in two float32 instantiations).
+    auto activate4 = [&](A (&v)[4]) {
+        ActivationDispatch::visit(act, [&](auto tag) {
+            constexpr int ACT = decltype(tag)::value;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) v[e] = activate<ACT>(v[e], prm);
+        });
+    };
 
     if (!CF) {
         // channels_last: y[n, oh, ow, f]; this thread's 4 filters are contiguous.
@@ -367,7 +379,8 @@ sepconv_fused(const T* __restrict__ x,
             if (oh >= OH || ow >= OW) continue;
             A v[4];
 #pragma unroll
-            for (int j = 0; j < 4; ++j) v[j] = activate<ACT>(acc[i][j] + bv[j], prm);
+            for (int j = 0; j < 4; ++j) v[j] = acc[i][j] + bv[j];
+            activate4(v);
             T* dst = y + (((long long)n * OH + oh) * OW + ow) * F + fbase;
             if (vec) {
                 store4(dst, v);
@@ -389,7 +402,8 @@ sepconv_fused(const T* __restrict__ x,
             if (f >= F) continue;
             A v[4];
 #pragma unroll
-            for (int i = 0; i < 4; ++i) v[i] = activate<ACT>(acc[i][j] + bv[j], prm);
+            for (int i = 0; i < 4; ++i) v[i] = acc[i][j] + bv[j];
+            activate4(v);
             T* plane_f = y + ((long long)n * F + f) * OH * OW;
             if (vec) {
                 store4(plane_f + (long long)oh * OW + ow, v);
