@@ -358,17 +358,11 @@ sepconv_fused(const T* __restrict__ x,
     A bv[4];
 #pragma unroll
     for (int j = 0; j < 4; ++j) bv[j] = (has_bias && fbase + j < F) ? bias[fbase + j] : A(0);
-    // The activation of 4 values about to be stored: one uniform dispatch on `act`. Four
-    // at a time, not all 16 at once, keeps the activations' temporaries within the 128
-    // registers (all 16 spilled 8 bytes in two float32 instantiations).
-    auto activate4 = [&](A (&v)[4]) {
-        ActivationDispatch::visit(act, [&](auto tag) {
-            constexpr int ACT = decltype(tag)::value;
-#pragma unroll
-            for (int e = 0; e < 4; ++e) v[e] = activate<ACT>(v[e], prm);
-        });
-    };
-
+    // One uniform dispatch on `act` around the whole epilogue: each branch is the epilogue
+    // of one activation, as a template parameter would compile it (dispatching per row or
+    // per value instead runs 4 or 16 branch trees, and the per-row form spilled).
+    ActivationDispatch::visit(act, [&](auto tag) {
+    constexpr int ACT = decltype(tag)::value;
     if (!CF) {
         // channels_last: y[n, oh, ow, f]; this thread's 4 filters are contiguous.
         const bool vec = (F & 3) == 0 && fbase + 3 < F;
@@ -379,8 +373,7 @@ sepconv_fused(const T* __restrict__ x,
             if (oh >= OH || ow >= OW) continue;
             A v[4];
 #pragma unroll
-            for (int j = 0; j < 4; ++j) v[j] = acc[i][j] + bv[j];
-            activate4(v);
+            for (int j = 0; j < 4; ++j) v[j] = activate<ACT>(acc[i][j] + bv[j], prm);
             T* dst = y + (((long long)n * OH + oh) * OW + ow) * F + fbase;
             if (vec) {
                 store4(dst, v);
@@ -402,8 +395,7 @@ sepconv_fused(const T* __restrict__ x,
             if (f >= F) continue;
             A v[4];
 #pragma unroll
-            for (int i = 0; i < 4; ++i) v[i] = acc[i][j] + bv[j];
-            activate4(v);
+            for (int i = 0; i < 4; ++i) v[i] = activate<ACT>(acc[i][j] + bv[j], prm);
             T* plane_f = y + ((long long)n * F + f) * OH * OW;
             if (vec) {
                 store4(plane_f + (long long)oh * OW + ow, v);
@@ -417,6 +409,7 @@ sepconv_fused(const T* __restrict__ x,
             }
         }
     }
+    });
 }
 
 // softmax / log_softmax over the last axis of a contiguous (rows, L) array, in place:
