@@ -5,13 +5,13 @@ the one compile check, on the very CUBINs the product loads.
 `kernel_cache.library_kernels((name,), arch)`: our ctypes NVRTC binding, the libnvrtc and
 CUDA headers of the nvidia wheels (the `test`, `cuda12` and `cuda13` extras install
 them), the library's options (`-ftz=true` included). Here the same function builds every
-name expression (`cuda_kernels.all_name_expressions()`) for sm_80 and sm_90, and the SIMT
-family for sm_75 (Turing runs only the SIMT kernel), a few kernels per NVRTC program, the
-programs spread over processes (threads did not compile in parallel). Any compile error,
-any line in an NVRTC log, a kernel missing from its CUBIN, a stack frame (register
-spills, local memory) or more registers than its __launch_bounds__ allows fails; and the
-tensor-core kernels' SASS (nvdisasm, from the test extra) must hold the mma, ldmatrix and
-cp.async instructions they are written around.
+name expression (`cuda_kernels.all_name_expressions()`) for sm_80 and sm_90, and SIMT
+kernels of each dtype for sm_75 (Turing runs only those), a few kernels per NVRTC
+program, the programs spread over processes (threads did not compile in parallel). Any
+compile error, any line in an NVRTC log, a kernel missing from its CUBIN, a stack frame
+(register spills, local memory) or more registers than its __launch_bounds__ allows
+fails; and the tensor-core kernels' SASS (nvdisasm, from the test extra) must hold the
+mma, ldmatrix and cp.async instructions they are written around.
 
 Linux only (the wheels are found by their Linux layout); there, a missing NVRTC wheel is
 a failure, not a skip: `pip install ".[test]"` installs it.
@@ -32,6 +32,14 @@ from sepconv_gpu.backends import cuda_kernels, kernel_cache, nvrtc
 
 ARCHS = (80, 90)
 SIMT_ONLY_ARCHS = (75,)  # below sm_80 the backend plans no tensor-core kernel (cp.async)
+# One program for those: each dtype's SIMT kernel in both layouts, generic and
+# specialized extents, and the softmax (the whole SIMT family would cost ~60 CPU-s more)
+SIMT_ONLY_NAMES = (
+    cuda_kernels.fused_name("float32", False, (3, 3)),
+    cuda_kernels.fused_name("float16", True, cuda_kernels.GENERIC_EXTENT),
+    cuda_kernels.fused_name("float64", False, cuda_kernels.GENERIC_EXTENT),
+    cuda_kernels.softmax_name("float16", True),
+)
 # ~0.3 s of NVRTC per program (the source's front end), 0.2-3 s per kernel: the names are
 # dealt round-robin to this many programs per architecture, so that the costly ones
 # (float64, the tensor-core kernels) spread over the workers
@@ -61,9 +69,11 @@ def _jobs(source):
     """(name expressions, arch, source) of every NVRTC program the fixture builds."""
     jobs = []
     for arch in ARCHS + SIMT_ONLY_ARCHS:
-        names = (cuda_kernels.simt_name_expressions() if arch in SIMT_ONLY_ARCHS
-                 else cuda_kernels.all_name_expressions())
-        jobs += [(chunk, arch, source) for chunk in _chunks(names, PROGRAMS_PER_ARCH)]
+        if arch in SIMT_ONLY_ARCHS:
+            jobs.append((SIMT_ONLY_NAMES, arch, source))
+        else:
+            names = cuda_kernels.all_name_expressions()
+            jobs += [(chunk, arch, source) for chunk in _chunks(names, PROGRAMS_PER_ARCH)]
     return jobs
 
 
@@ -104,7 +114,7 @@ def _built(all_built, arch):
 
 @pytest.mark.parametrize("arch", ARCHS + SIMT_ONLY_ARCHS)
 def test_nvrtc_builds_every_instantiation_without_a_word(all_built, arch):
-    names = all_built[0] if arch in ARCHS else cuda_kernels.simt_name_expressions()
+    names = all_built[0] if arch in ARCHS else SIMT_ONLY_NAMES
     built = {}
     for (chunk, _, _), compiled in _built(all_built, arch):
         assert compiled.log == "", f"NVRTC said, for sm_{arch} and {chunk[0]}...:\n{compiled.log}"
@@ -146,8 +156,8 @@ def test_nvrtc_kernel_cache_returns_what_was_built(all_built, capsys):
     with capsys.disabled():
         kernels = sum(len(job[0]) for job in jobs)
         print(f"\n[nvrtc] {kernels} kernels ({len(cuda_kernels.all_name_expressions())} "
-              f"instantiations for sm_{'/'.join(map(str, ARCHS))}, the SIMT ones for "
-              f"sm_{'/'.join(map(str, SIMT_ONLY_ARCHS))}) "
+              f"instantiations for sm_{'/'.join(map(str, ARCHS))}, {len(SIMT_ONLY_NAMES)} "
+              f"SIMT ones for sm_{'/'.join(map(str, SIMT_ONLY_ARCHS))}) "
               f"(NVRTC {'.'.join(map(str, nvrtc.toolkit().version))}): compiled in {cold:.1f} s "
               f"on {WORKERS} processes ({cpu:.0f} CPU-s), read back from the kernel cache "
               f"in {warm:.2f} s")
