@@ -209,8 +209,9 @@ template <int ACT, typename A> __device__ __forceinline__ A activate(A v, A p) {
 // serves every activation. `visit(act, f)` calls f(ActTag<ACT>()) with ACT the runtime
 // enum value `act` in [LO, HI], found by binary search (log2(HI - LO + 1) uniform
 // branches), so f's body is compiled once per activation and runs without further
-// branching: a kernel dispatches once around its whole epilogue. Values past the enum
-// (up to ACT_SLOTS - 1) act as ACT_LINEAR.
+// branching (sepconv_fused dispatches once around its whole epilogue; `apply`, one value
+// at a time, serves sepconv_tc's pass over its output tile). Values past the enum (up to
+// ACT_SLOTS - 1) act as ACT_LINEAR.
 template <int ACT> struct ActTag { static constexpr int value = ACT; };
 
 template <int LO, int HI> struct ActivationSwitch {
@@ -227,9 +228,6 @@ template <int LO, int HI> struct ActivationSwitch {
 template <int ACT> struct ActivationSwitch<ACT, ACT> {
     template <typename F> __device__ __forceinline__ static auto visit(int, F&& f) {
         return f(ActTag<ACT>());
-    }
-    template <typename A> __device__ __forceinline__ static A apply(int, A v, A p) {
-        return activate<ACT>(v, p);
     }
 };
 
