@@ -14,6 +14,7 @@
 //   that ends with copies never waited for aborts.
 // - mma products are accumulated in double and rounded to float once.
 #include <cuda_fp16.h>
+#include <cuda_bf16.h>
 #include <vector_types.h>
 #include <vector_functions.h>
 #include <algorithm>

@@ -176,8 +176,9 @@ def test_every_launch_requests_a_built_instantiation(dtype):
             shape = (2, 4, 12, 10) if channels_first else (2, 12, 10, 4)
             geom = geometry.make_geometry(2, shape, kernel + (4, 2), (1, 1, 8, 16), (16,), (1, 1),
                                           "same", "channels_first" if channels_first else "channels_last", (1, 1))
-            strides = cuda_kernels.input_element_strides(shape, np.zeros(shape, dtype).strides,
-                                                         np.dtype(dtype).itemsize, geom)
+            itemsize = cuda_kernels.DTYPES[dtype][1]   # bfloat16: no NumPy dtype without ml_dtypes
+            byte_strides = tuple(s * itemsize for s in np.zeros(shape, np.uint8).strides)
+            strides = cuda_kernels.input_element_strides(shape, byte_strides, itemsize, geom)
             launches, apply_after = cuda_kernels.launch_sequence(dtype, geom, act, strides, True,
                                                                  allow_tf32=allow_tf32)
             missing = [launch.name for launch in launches if launch.name not in built]

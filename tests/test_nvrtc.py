@@ -182,7 +182,8 @@ def test_tensor_core_kernels_use_tensor_cores(all_built, arch):
     """Every sepconv_tc instantiation's SASS has the mma (HMMA), ldmatrix (LDSM) and
     cp.async (LDGSTS) instructions it is written around."""
     nvdisasm = _nvdisasm()
-    expected = [n for n in cuda_kernels.tc_name_expressions() if not n.startswith("sepconv_tc_reduce")]
+    expected = [n for n in cuda_kernels.tc_name_expressions()
+                if not n.startswith("sepconv_tc_reduce")]
     checked = []
     for _, compiled in _built(all_built, arch):
         sass = sass_opcodes(compiled.cubin, nvdisasm)

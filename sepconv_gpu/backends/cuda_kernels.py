@@ -41,6 +41,7 @@ DTYPES = {
     "float32": ("float", 4, 4),
     "float16": ("__half", 2, 4),
     "float64": ("double", 8, 8),
+    "bfloat16": ("__nv_bfloat16", 2, 4),   # NumPy needs ml_dtypes for it
 }
 
 # Activation.kernel_id values fused into the epilogue (enum SepconvActivation, same order),
@@ -65,6 +66,7 @@ SPECIALIZED_EXTENTS = {
     "float32": ((3, 3), (5, 5), (1, 3)),
     "float16": ((3, 3), (5, 5), (1, 3)),
     "float64": (),
+    "bfloat16": (),   # new, no speed record yet: the generic path only
 }
 GENERIC_EXTENT = (0, 0)
 
