@@ -60,13 +60,14 @@ LAST_AXIS_ACTIVATIONS = ("softmax", "log_softmax")
 # Kernel extents (KH, KW) with a compile-time specialization (fully unrolled taps, weights
 # in registers); every other extent runs the generic runtime-extent path (0, 0).
 # 3x3 covers Xception / MobileNet, 5x5 EfficientNet-style blocks, (1, 3) the common 1D
-# case. Each entry costs 2 instantiations (layouts) per dtype, about 0.4 s of NVRTC each
-# on a user's first call, so float64 (rarely a speed concern) only gets the generic path.
+# case. Each entry costs 2 instantiations (layouts) per dtype, 2-3 s of NVRTC each (every
+# activation's epilogue is in it) on a user's first call, so float64 (rarely a speed
+# concern) and bfloat16 only get the generic path.
 SPECIALIZED_EXTENTS = {
     "float32": ((3, 3), (5, 5), (1, 3)),
     "float16": ((3, 3), (5, 5), (1, 3)),
     "float64": (),
-    "bfloat16": (),   # new, no speed record yet: the generic path only
+    "bfloat16": (),
 }
 GENERIC_EXTENT = (0, 0)
 
