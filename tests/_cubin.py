@@ -90,13 +90,29 @@ _FUNCTION = re.compile(r"^\.text\.(\S+):$")
 _INSTRUCTION = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
 
 
-def sass_opcodes(cubin, nvdisasm):
-    """{mangled kernel name: [opcode of each instruction, NOPs included]} of `cubin`."""
+def _symbol_indices(cubin):
+    """{symbol name: index in .symtab}."""
+    sections = _sections(cubin)
+    symbols, strings = sections[".symtab"], sections[".strtab"]
+    found = {}
+    for index in range(len(symbols) // 24):
+        (offset,) = struct.unpack_from("<I", symbols, 24 * index)
+        found[strings[offset:strings.index(b"\0", offset)].decode()] = index
+    return found
+
+
+def sass_opcodes(cubin, nvdisasm, kernels=None):
+    """{mangled kernel name: [opcode of each instruction, NOPs included]} of `cubin`'s
+    kernels, or only of the mangled names in `kernels` (disassembling only those)."""
+    only = []
+    if kernels is not None:
+        indices = _symbol_indices(cubin)
+        only = ["-fun", ",".join(str(indices[name]) for name in kernels)]
     with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
         fh.write(cubin)
         fh.flush()
-        text = subprocess.run([nvdisasm, "-c", fh.name], capture_output=True, text=True,
-                              check=True).stdout
+        text = subprocess.run([nvdisasm, "-c", *only, fh.name], capture_output=True,
+                              text=True, check=True).stdout
     functions, current = {}, None
     for line in text.splitlines():
         match = _FUNCTION.match(line)

@@ -186,8 +186,9 @@ def test_tensor_core_kernels_use_tensor_cores(all_built, arch):
                 if not n.startswith("sepconv_tc_reduce")]
     checked = []
     for _, compiled in _built(all_built, arch):
-        sass = sass_opcodes(compiled.cubin, nvdisasm)
-        for name in set(expected) & set(compiled.lowered):
+        names = sorted(set(expected) & set(compiled.lowered))
+        sass = sass_opcodes(compiled.cubin, nvdisasm, [compiled.lowered[n] for n in names])
+        for name in names:
             opcodes = {op.split(".")[0] for op in sass[compiled.lowered[name]]}
             for opcode in ("HMMA", "LDSM", "LDGSTS"):
                 assert opcode in opcodes, f"{opcode} missing from {name} on sm_{arch}"
