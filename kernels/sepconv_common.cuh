@@ -1,26 +1,31 @@
 // Shared device helpers for the sepconv kernels: accumulation types, conversions, math
 // overloads, vector shared/global accesses and the fused activation epilogue.
 //
-// Compiles under NVRTC (no host standard headers; cuda_fp16.h comes with NVRTC / CuPy's
-// include path) and under nvcc. The loader inlines this file into sepconv_fused.cu, so
+// Compiles under NVRTC (no host standard headers; cuda_fp16.h and cuda_bf16.h come with
+// NVRTC / CuPy's include path) and under nvcc. The loader inlines this file into sepconv_fused.cu, so
 // CuPy's on-disk cache sees its text too.
 #ifndef SEPCONV_COMMON_CUH
 #define SEPCONV_COMMON_CUH
 
 #include <cuda_fp16.h>
+#include <cuda_bf16.h>
 
 namespace sepconv {
 
-// Accumulation type: fp32 for float and __half inputs, fp64 for double.
+// Accumulation type: fp32 for float, __half and __nv_bfloat16 inputs, fp64 for double.
 template <typename T> struct Acc { typedef float type; };
 template <> struct Acc<double> { typedef double type; };
 
 __device__ __forceinline__ float to_acc(float v) { return v; }
 __device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ double to_acc(double v) { return v; }
 
 template <typename T> __device__ __forceinline__ T from_acc(typename Acc<T>::type v) { return v; }
 template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+    return __float2bfloat16_rn(v);
+}
 
 // Overloads so templated code calls the right-precision libdevice function.
 __device__ __forceinline__ float m_exp(float v) { return expf(v); }
@@ -73,13 +78,16 @@ __device__ __forceinline__ void store4(double* p, const double (&v)[4]) {
     reinterpret_cast<double2*>(p)[0] = make_double2(v[0], v[1]);
     reinterpret_cast<double2*>(p)[1] = make_double2(v[2], v[3]);
 }
+template <typename T2> __device__ __forceinline__ unsigned pair_bits(const T2& pair) {
+    return *reinterpret_cast<const unsigned int*>(&pair);
+}
 __device__ __forceinline__ void store4(__half* p, const float (&v)[4]) {
-    const __half2 lo = __floats2half2_rn(v[0], v[1]);
-    const __half2 hi = __floats2half2_rn(v[2], v[3]);
-    uint2 u;
-    u.x = *reinterpret_cast<const unsigned int*>(&lo);
-    u.y = *reinterpret_cast<const unsigned int*>(&hi);
-    *reinterpret_cast<uint2*>(p) = u;
+    *reinterpret_cast<uint2*>(p) = make_uint2(pair_bits(__floats2half2_rn(v[0], v[1])),
+                                              pair_bits(__floats2half2_rn(v[2], v[3])));
+}
+__device__ __forceinline__ void store4(__nv_bfloat16* p, const float (&v)[4]) {
+    *reinterpret_cast<uint2*>(p) = make_uint2(pair_bits(__floats2bfloat162_rn(v[0], v[1])),
+                                              pair_bits(__floats2bfloat162_rn(v[2], v[3])));
 }
 
 // Walks the flat indices start, start + step, ... of a 3-digit mixed-radix index
@@ -204,6 +212,35 @@ template <int ACT, typename A> __device__ __forceinline__ A activate(A v, A p) {
     default: return v;  // ACT_LINEAR
     }
 }
+
+// The activation as a runtime switch, uniform over the grid: one kernel instantiation
+// serves every activation. `visit(act, f)` calls f(ActTag<ACT>()) with ACT the runtime
+// enum value `act` in [LO, HI], found by binary search (log2(HI - LO + 1) uniform
+// branches), so f's body is compiled once per activation and runs without further
+// branching (sepconv_fused dispatches once around its whole epilogue; `apply`, one value
+// at a time, serves sepconv_tc's pass over its output tile). Values past the enum (up to
+// ACT_SLOTS - 1) act as ACT_LINEAR.
+template <int ACT> struct ActTag { static constexpr int value = ACT; };
+
+template <int LO, int HI> struct ActivationSwitch {
+    template <typename F> __device__ __forceinline__ static auto visit(int act, F&& f) {
+        constexpr int MID = (LO + HI) / 2;
+        if (act <= MID) return ActivationSwitch<LO, MID>::visit(act, f);
+        return ActivationSwitch<MID + 1, HI>::visit(act, f);
+    }
+    // activate<act>(v, p) for one value
+    template <typename A> __device__ __forceinline__ static A apply(int act, A v, A p) {
+        return visit(act, [&](auto tag) { return activate<decltype(tag)::value>(v, p); });
+    }
+};
+template <int ACT> struct ActivationSwitch<ACT, ACT> {
+    template <typename F> __device__ __forceinline__ static auto visit(int, F&& f) {
+        return f(ActTag<ACT>());
+    }
+};
+
+#define ACT_SLOTS 32   // enum values the runtime switch covers (a power of two: 5 branches)
+typedef ActivationSwitch<0, ACT_SLOTS - 1> ActivationDispatch;
 
 }  // namespace sepconv
 

@@ -21,8 +21,10 @@
 //          per channel, lanes along positions; for the specialized extents the weights
 //          sit in registers and the tap offsets are instruction immediates);
 //       3. multiply-accumulate Ds against the pointwise chunk into the registers.
-//   * Epilogue: bias, activation (template), store in the output layout (vectorized when
-//     aligned). channels_first / channels_last only change indexing, never a transpose.
+//   * Epilogue: bias, activation, store in the output layout (vectorized when aligned).
+//     channels_first / channels_last only change indexing, never a transpose. The
+//     activation is a runtime argument (ActivationDispatch, sepconv_common.cuh): one
+//     uniform branch tree around the epilogue instead of one instantiation per activation.
 //   * When no tile's halo fits the shared-memory budget (very large dilated extents) the
 //     planner sets use_halo = 0 and picks the generic-extent instantiation: step 1 then
 //     stages only the weights, and step 2 gathers each tap straight from global memory,
@@ -157,7 +159,7 @@ __device__ __forceinline__ void depthwise_fixed(A* ds, const T* xs, const A* wd,
 
 }  // namespace sepconv
 
-template <typename T, int ACT, bool CF, int KH_, int KW_>
+template <typename T, bool CF, int KH_, int KW_>
 __global__ void __launch_bounds__(SC_THREADS, SC_MIN_BLOCKS)
 sepconv_fused(const T* __restrict__ x,
               const typename sepconv::Acc<T>::type* __restrict__ dwk,   // [taps][K]
@@ -170,7 +172,7 @@ sepconv_fused(const T* __restrict__ x,
               int pad_h, int pad_w,
               int BF, int tw_shift, int tiles_w, int tiles_img, int FB,
               int HH, int HWd, int pitch, int plane, int use_halo, int has_bias,
-              double act_param) {
+              int act, double act_param) {
     using namespace sepconv;
     typedef typename Acc<T>::type A;
 
@@ -356,7 +358,11 @@ sepconv_fused(const T* __restrict__ x,
     A bv[4];
 #pragma unroll
     for (int j = 0; j < 4; ++j) bv[j] = (has_bias && fbase + j < F) ? bias[fbase + j] : A(0);
-
+    // One uniform dispatch on `act` around the whole epilogue: each branch is the epilogue
+    // of one activation, as a template parameter would compile it (dispatching per row or
+    // per value instead runs 4 or 16 branch trees, and the per-row form spilled).
+    ActivationDispatch::visit(act, [&](auto tag) {
+    constexpr int ACT = decltype(tag)::value;
     if (!CF) {
         // channels_last: y[n, oh, ow, f]; this thread's 4 filters are contiguous.
         const bool vec = (F & 3) == 0 && fbase + 3 < F;
@@ -403,6 +409,7 @@ sepconv_fused(const T* __restrict__ x,
             }
         }
     }
+    });
 }
 
 // softmax / log_softmax over the last axis of a contiguous (rows, L) array, in place:

@@ -265,19 +265,6 @@ template <typename T, int MT> struct MmaSync {
     }
 };
 
-// activate<ACT>(v, p) for a runtime ACT in [LO, HI], by binary search (log2 branches,
-// uniform over the grid).
-template <int LO, int HI> struct ActivationSwitch {
-    __device__ __forceinline__ static float apply(int act, float v, float p) {
-        constexpr int MID = (LO + HI) / 2;
-        return act <= MID ? ActivationSwitch<LO, MID>::apply(act, v, p)
-                          : ActivationSwitch<MID + 1, HI>::apply(act, v, p);
-    }
-};
-template <int A> struct ActivationSwitch<A, A> {
-    __device__ __forceinline__ static float apply(int, float v, float p) { return activate<A>(v, p); }
-};
-
 }  // namespace sepconv
 
 template <typename T, int KH_, int KW_, int MT>

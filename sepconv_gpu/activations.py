@@ -14,8 +14,9 @@ three ways (`sepconv_gpu/backends/cuda_kernels.py` holds the lists):
   parameters), `glu` (halves the last axis), `sparsemax` (sorts along the last axis),
   `tf_keras_hard_sigmoid` (old configs only), any parameter other than the fused
   variant's one (`relu(max_value=...)`, `softmax(axis=1)`, ...) and any other callable.
-  Each fused variant costs 18 more kernel instantiations (every dtype, layout and
-  specialized kernel extent); the multi-parameter and reshaping ones are not worth that.
+  Each fused variant adds its code to every kernel's epilogue (a runtime switch: no more
+  instantiations, but compile time and binary size); the multi-parameter and reshaping
+  ones are not worth that.
 
 Where Keras 3.15 is surprising:
 

@@ -18,6 +18,7 @@
 //   access past the end fails at once, naming the thread.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_bf16.h>
 #include <vector_types.h>
 #include <vector_functions.h>
 #include <algorithm>

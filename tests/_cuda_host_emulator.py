@@ -49,26 +49,34 @@ def cuda_include_dir():
 
 
 class HostEmulator:
-    """The given kernel instantiations, compiled for the host."""
+    """The given kernel instantiations, compiled for the host; a name launched that is not
+    among them is built on its first launch (one more small library)."""
 
     def __init__(self, names, build_dir=None, *, extra_source=""):
         """`extra_source`: more kernels (e.g. a test's), compiled after the project source;
         it may `#include "sepconv_ptx.cuh"` (or any file of kernels/)."""
-        self.names = list(dict.fromkeys(names))
+        self._build_dir = build_dir or os.path.join(tempfile.gettempdir(), "sepconv_gpu_emulator")
+        self._extra_source = extra_source
+        self._libraries = []   # kept alive: the entries point into them
+        self._entries = {}
+        self._build(list(dict.fromkeys(names)))
+
+    def _build(self, names):
+        """Compile `names` into one shared library (cached by the source's digest) and bind
+        their entry points."""
         with open(RUNTIME, encoding="utf-8") as fh:
             runtime = fh.read()
-        source = (runtime + cuda_kernels.source() + extra_source + "\n" + "".join(
+        source = (runtime + cuda_kernels.source() + self._extra_source + "\n" + "".join(
             f'extern "C" void emu_entry_{i}(unsigned g, unsigned b, size_t s, void** a) '
-            f"{{ emu_launch(&{name}, g, b, s, a); }}\n" for i, name in enumerate(self.names)))
+            f"{{ emu_launch(&{name}, g, b, s, a); }}\n" for i, name in enumerate(names)))
         kernels = cuda_kernels.kernels_dir()
         headers = "".join(open(os.path.join(kernels, f), encoding="utf-8").read()
                           for f in sorted(os.listdir(kernels)) if f.endswith((".cuh", ".cu")))
         digest = hashlib.sha256((source + headers).encode()).hexdigest()[:16]
-        build_dir = build_dir or os.path.join(tempfile.gettempdir(), "sepconv_gpu_emulator")
-        os.makedirs(build_dir, exist_ok=True)
-        library = os.path.join(build_dir, f"emu_{digest}.so")
+        os.makedirs(self._build_dir, exist_ok=True)
+        library = os.path.join(self._build_dir, f"emu_{digest}.so")
         if not os.path.exists(library):
-            src = os.path.join(build_dir, f"emu_{digest}.cpp")
+            src = os.path.join(self._build_dir, f"emu_{digest}.cpp")
             with open(src, "w") as fh:
                 fh.write(source)
             tmp = library + f".{os.getpid()}.tmp"
@@ -78,10 +86,10 @@ class HostEmulator:
             if result.returncode != 0:
                 raise RuntimeError(f"host build of the kernels failed:\n{result.stderr[-6000:]}")
             os.replace(tmp, library)
-        self._lib = ctypes.CDLL(library)
-        self._entries = {}
-        for i, name in enumerate(self.names):
-            fn = getattr(self._lib, f"emu_entry_{i}")
+        lib = ctypes.CDLL(library)
+        self._libraries.append(lib)
+        for i, name in enumerate(names):
+            fn = getattr(lib, f"emu_entry_{i}")
             fn.argtypes = (ctypes.c_uint, ctypes.c_uint, ctypes.c_size_t,
                            ctypes.POINTER(ctypes.c_void_p))
             fn.restype = None
@@ -103,6 +111,8 @@ class HostEmulator:
                 holder = np.array(a)
             keep.append(holder)
             pointers[i] = holder.ctypes.data
+        if name not in self._entries:
+            self._build([name])
         self._entries[name](grid, block, int(shared_bytes), pointers)
 
 

@@ -7,12 +7,15 @@ that claim to mirror them. To mirror a new constant, add a row to MIRRORED.
 from __future__ import annotations
 
 import ast
+import itertools
 import operator
 import os
 import re
 
+import numpy as np
 import pytest
 
+from sepconv_gpu import activations, geometry
 from sepconv_gpu.backends import cuda_kernels
 
 try:
@@ -29,6 +32,9 @@ MIRRORED = {
         "SC_BK": cuda_kernels.CHUNK,
         "SC_TILE_ELEMS": cuda_kernels.TILE_ELEMS,
         "SC_DW_SMEM_TAPS": cuda_kernels.DW_SMEM_TAPS,
+    },
+    os.path.join(KERNELS, "sepconv_common.cuh"): {
+        "ACT_SLOTS": cuda_kernels.ACT_SLOTS,
     },
     os.path.join(KERNELS, "sepconv_tc.cu"): {
         "TC_THREADS": cuda_kernels.TC_THREADS,
@@ -127,6 +133,11 @@ def test_activation_enum_order_matches_python():
     assert all("=" not in e for e in entries[1:])
 
 
+def test_runtime_activation_switch_covers_every_activation():
+    # ActivationDispatch (both kernels' epilogues) branches over ACT_SLOTS enum values
+    assert len(cuda_kernels.FUSED_ACTIVATIONS) <= cuda_kernels.ACT_SLOTS
+
+
 def test_tensor_core_dispatch_covers_every_activation():
     # the runtime switch in sepconv_tc's epilogue dispatches over TC_ACT_SLOTS enum values
     slots = cpp_constants(os.path.join(KERNELS, "sepconv_tc.cu"))["TC_ACT_SLOTS"]
@@ -142,5 +153,46 @@ def test_softmax_block_size():
 
 
 def test_derived_python_constants():
-    assert cuda_kernels.MAX_POSITIONS == cuda_kernels.TILE_ELEMS // min(cuda_kernels.FILTER_BLOCKS)
     assert all(cuda_kernels.TILE_ELEMS % bf == 0 for bf in cuda_kernels.FILTER_BLOCKS)
+
+
+# --- the catalogue: what the launches request is what the NVRTC test builds -------------
+
+# What the documentation promises is applied to the output after the kernel (activations
+# module docstring); every other activation name runs fused or with the last-axis kernel.
+APPLIED_AFTER_THE_KERNEL = {"glu", "sparsemax", "tf_keras_hard_sigmoid"}
+
+
+@pytest.mark.parametrize("dtype", sorted(cuda_kernels.DTYPES))
+def test_every_launch_requests_a_built_instantiation(dtype):
+    """The planner's requests (what NVRTC compiles at run time) are all among the
+    instantiations tests/test_nvrtc.py builds: any activation, layout, kernel size, path."""
+    built = cuda_kernels.all_name_expressions()
+    assert len(built) == len(set(built))
+    after = set()
+    for name in activations.NAMES:
+        act = activations.get(name)
+        for channels_first, kernel, allow_tf32 in itertools.product(
+                (False, True), ((3, 3), (5, 5), (1, 3), (7, 7), (2, 5)), (False, True)):
+            shape = (2, 4, 12, 10) if channels_first else (2, 12, 10, 4)
+            geom = geometry.make_geometry(2, shape, kernel + (4, 2), (1, 1, 8, 16), (16,), (1, 1),
+                                          "same", "channels_first" if channels_first else "channels_last", (1, 1))
+            itemsize = cuda_kernels.DTYPES[dtype][1]   # bfloat16: no NumPy dtype without ml_dtypes
+            byte_strides = tuple(s * itemsize for s in np.zeros(shape, np.uint8).strides)
+            strides = cuda_kernels.input_element_strides(shape, byte_strides, itemsize, geom)
+            launches, apply_after = cuda_kernels.launch_sequence(dtype, geom, act, strides, True,
+                                                                 allow_tf32=allow_tf32)
+            missing = [launch.name for launch in launches if launch.name not in built]
+            assert not missing, (name, missing)
+            if apply_after:
+                after.add(act.name)
+    assert after == APPLIED_AFTER_THE_KERNEL
+
+
+def test_source_lines_point_at_real_files():
+    source = cuda_kernels.source()
+    assert source.startswith('#line 1 "kernels/sepconv_fused.cu"')
+    assert '#line 1 "kernels/sepconv_common.cuh"' in source
+    assert "#include \"" not in source  # local headers are inlined
+    for banned in ("<cstdio>", "<cmath>", "<vector>", "<iostream>", "<cstdint>"):
+        assert banned not in source, f"host standard header {banned} breaks NVRTC"

@@ -1,14 +1,17 @@
-"""Every kernel instantiation compiles through the run-time NVRTC path, without a GPU.
+"""Every kernel instantiation compiles through the run-time NVRTC path, without a GPU:
+the one compile check, on the very CUBINs the product loads.
 
 `cuda_backend.get_function(name)` builds a kernel with
 `kernel_cache.library_kernels((name,), arch)`: our ctypes NVRTC binding, the libnvrtc and
 CUDA headers of the nvidia wheels (the `test`, `cuda12` and `cuda13` extras install
 them), the library's options (`-ftz=true` included). Here the same function builds every
-name expression (`cuda_kernels.all_name_expressions()`) for sm_80 and sm_90, a few dozen
-per NVRTC program, the programs spread over processes (threads did not compile in
-parallel). Any compile error, any line in an NVRTC log, a kernel missing from its CUBIN,
-or a stack frame (register spills, local memory) in the CUBIN fails. (Register counts
-need no check: ptxas holds each kernel to its __launch_bounds__, spilling if it must.)
+name expression (`cuda_kernels.all_name_expressions()`) for sm_80 and sm_90, and SIMT
+kernels of each dtype for sm_75 (Turing runs only those), a few kernels per NVRTC
+program, the programs spread over processes (threads did not compile in parallel). Any
+compile error, any line in an NVRTC log, a kernel missing from its CUBIN, a stack frame
+(register spills, local memory) or more registers than its __launch_bounds__ allows
+fails; and the tensor-core kernels' SASS (nvdisasm, from the test extra) must hold the
+mma, ldmatrix and cp.async instructions they are written around.
 
 Linux only (the wheels are found by their Linux layout); there, a missing NVRTC wheel is
 a failure, not a skip: `pip install ".[test]"` installs it.
@@ -23,12 +26,24 @@ import sys
 import time
 
 import pytest
-from _cubin import kernel_resources
+from _cubin import find_nvdisasm, kernel_resources, sass_opcodes
 
 from sepconv_gpu.backends import cuda_kernels, kernel_cache, nvrtc
 
 ARCHS = (80, 90)
-NAMES_PER_PROGRAM = 24  # ~0.03 s of NVRTC overhead per program; ~0.3 s per kernel
+SIMT_ONLY_ARCHS = (75,)  # below sm_80 the backend plans no tensor-core kernel (cp.async)
+# One program for those: each dtype's SIMT kernel in both layouts, generic and
+# specialized extents, and the softmax (the whole SIMT family would cost ~60 CPU-s more)
+SIMT_ONLY_NAMES = (
+    cuda_kernels.fused_name("float32", False, (3, 3)),
+    cuda_kernels.fused_name("float16", True, cuda_kernels.GENERIC_EXTENT),
+    cuda_kernels.fused_name("float64", False, cuda_kernels.GENERIC_EXTENT),
+    cuda_kernels.softmax_name("float16", True),
+)
+# ~0.3 s of NVRTC per program (the source's front end), 0.2-3 s per kernel: the names are
+# dealt round-robin to this many programs per architecture, so that the costly ones
+# (float64, the tensor-core kernels) spread over the workers
+PROGRAMS_PER_ARCH = 3
 WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
@@ -46,8 +61,20 @@ def test_nvrtc_comes_from_the_wheels():
     assert set(ARCHS) <= set(toolkit.archs)
 
 
-def _chunks(names, size):
-    return [tuple(names[i:i + size]) for i in range(0, len(names), size)]
+def _chunks(names, count):
+    return [tuple(names[i::count]) for i in range(count) if names[i::count]]
+
+
+def _jobs(source):
+    """(name expressions, arch, source) of every NVRTC program the fixture builds."""
+    jobs = []
+    for arch in ARCHS + SIMT_ONLY_ARCHS:
+        if arch in SIMT_ONLY_ARCHS:
+            jobs.append((SIMT_ONLY_NAMES, arch, source))
+        else:
+            names = cuda_kernels.all_name_expressions()
+            jobs += [(chunk, arch, source) for chunk in _chunks(names, PROGRAMS_PER_ARCH)]
+    return jobs
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +83,7 @@ def all_built(tmp_path_factory):
     (warm): names, jobs, cold results, warm results, (cold seconds, the workers' CPU
     seconds, warm seconds)."""
     names = cuda_kernels.all_name_expressions()
-    source = cuda_kernels.source()  # one snapshot for every process
-    jobs = [(chunk, arch, source) for arch in ARCHS for chunk in _chunks(names, NAMES_PER_PROGRAM)]
+    jobs = _jobs(cuda_kernels.source())  # one source snapshot for every process
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(kernel_cache.ENV_VAR, str(tmp_path_factory.mktemp("kernel-cache")))
         start, children_before = time.monotonic(), _children_cpu_seconds()
@@ -80,13 +106,17 @@ def _children_cpu_seconds():
     return usage.ru_utime + usage.ru_stime
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+def _built(all_built, arch):
+    """The jobs and results of `arch`."""
+    _, jobs, results, _, _ = all_built
+    return [(job, compiled) for job, compiled in zip(jobs, results) if job[1] == arch]
+
+
+@pytest.mark.parametrize("arch", ARCHS + SIMT_ONLY_ARCHS)
 def test_nvrtc_builds_every_instantiation_without_a_word(all_built, arch):
-    names, jobs, results, _, _ = all_built
+    names = all_built[0] if arch in ARCHS else SIMT_ONLY_NAMES
     built = {}
-    for (chunk, job_arch, _), compiled in zip(jobs, results):
-        if job_arch != arch:
-            continue
+    for (chunk, _, _), compiled in _built(all_built, arch):
         assert compiled.log == "", f"NVRTC said, for sm_{arch} and {chunk[0]}...:\n{compiled.log}"
         assert compiled.cubin.startswith(b"\x7fELF")
         for name in chunk:
@@ -95,19 +125,23 @@ def test_nvrtc_builds_every_instantiation_without_a_word(all_built, arch):
     assert sorted(built) == sorted(names)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ARCHS + SIMT_ONLY_ARCHS)
 def test_nvrtc_kernels_have_no_stack_frame(all_built, arch, capsys):
-    """What `ptxas -v` would say (no stack frame: no spills, no local arrays), read from the
-    very CUBINs the run-time path loads."""
-    _, jobs, results, _, _ = all_built
+    """What `ptxas -v` would say (no stack frame: no spills, no local arrays; registers
+    within the launch bounds), read from the very CUBINs the run-time path loads."""
     resources = {}
-    for (_, job_arch, _), compiled in zip(jobs, results):
-        if job_arch == arch:
-            found = kernel_resources(compiled.cubin)
-            assert set(compiled.lowered.values()) <= set(found), "a kernel without its records"
-            resources.update(found)
+    for _, compiled in _built(all_built, arch):
+        found = kernel_resources(compiled.cubin)
+        assert set(compiled.lowered.values()) <= set(found), "a kernel without its records"
+        resources.update(found)
     framed = {name: frame for name, (_, frame) in resources.items() if frame}
     assert not framed, f"stack frames (spills or local memory) on sm_{arch}: {framed}"
+    # __launch_bounds__(256, 2) caps the SIMT and 32 x 64 tensor-core kernels at 128
+    # registers; the tensor-core kernel's 64 x 64 warp tiles (MT = 4) run one block an
+    # SM: 255
+    tall = {k for k in resources if re.search(r"sepconv_tcI.*Li4EEv", k)}
+    assert max(regs for k, (regs, _) in resources.items() if k not in tall) <= 128
+    assert all(resources[k][0] <= 255 for k in tall)
     registers = sorted(regs for regs, _ in resources.values())
     with capsys.disabled():
         print(f"\n[nvrtc] sm_{arch}: {len(registers)} kernels, no stack frame; registers "
@@ -115,15 +149,64 @@ def test_nvrtc_kernels_have_no_stack_frame(all_built, arch, capsys):
 
 
 def test_nvrtc_kernel_cache_returns_what_was_built(all_built, capsys):
-    names, _, results, again, (cold, cpu, warm) = all_built
+    _, jobs, results, again, (cold, cpu, warm) = all_built
     assert all(c.from_cache for c in again)
     assert [c.cubin for c in again] == [c.cubin for c in results]
     assert [c.lowered for c in again] == [c.lowered for c in results]
     with capsys.disabled():
-        print(f"\n[nvrtc] {len(names)} instantiations x {len(ARCHS)} archs "
+        kernels = sum(len(job[0]) for job in jobs)
+        print(f"\n[nvrtc] {kernels} kernels ({len(cuda_kernels.all_name_expressions())} "
+              f"instantiations for sm_{'/'.join(map(str, ARCHS))}, {len(SIMT_ONLY_NAMES)} "
+              f"SIMT ones for sm_{'/'.join(map(str, SIMT_ONLY_ARCHS))}) "
               f"(NVRTC {'.'.join(map(str, nvrtc.toolkit().version))}): compiled in {cold:.1f} s "
               f"on {WORKERS} processes ({cpu:.0f} CPU-s), read back from the kernel cache "
               f"in {warm:.2f} s")
+
+
+NVDISASM = find_nvdisasm()
+
+
+def _nvdisasm():
+    """nvdisasm, or a skip where it is not installed; CI (CI=true) must have it."""
+    if NVDISASM is None:
+        reason = ("nvdisasm not found: pip install '.[test]' brings it "
+                  "(nvidia-cuda-nvdisasm; on PATH also works)")
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return NVDISASM
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tensor_core_kernels_use_tensor_cores(all_built, arch):
+    """Every sepconv_tc instantiation's SASS has the mma (HMMA), ldmatrix (LDSM) and
+    cp.async (LDGSTS) instructions it is written around."""
+    nvdisasm = _nvdisasm()
+    expected = [n for n in cuda_kernels.tc_name_expressions()
+                if not n.startswith("sepconv_tc_reduce")]
+    checked = []
+    for _, compiled in _built(all_built, arch):
+        names = sorted(set(expected) & set(compiled.lowered))
+        sass = sass_opcodes(compiled.cubin, nvdisasm, [compiled.lowered[n] for n in names])
+        for name in names:
+            opcodes = {op.split(".")[0] for op in sass[compiled.lowered[name]]}
+            for opcode in ("HMMA", "LDSM", "LDGSTS"):
+                assert opcode in opcodes, f"{opcode} missing from {name} on sm_{arch}"
+            checked.append(name)
+    assert sorted(checked) == sorted(expected)
+
+
+def test_sass_reader_sees_each_kernels_instructions():
+    """What makes the opcode checks above able to fail: the float and double kernels of
+    TINY multiply with FMUL and DMUL respectively (modifiers such as .FTZ aside), and
+    neither with the other's."""
+    compiled = nvrtc.compile_cubin(TINY, ["scale<float>", "scale<double>"], 80,
+                                   kernel_cache.CUPY_OPTIONS)
+    sass = sass_opcodes(compiled.cubin, _nvdisasm())
+    single, double = ({op.split(".")[0] for op in sass[compiled.lowered[n]]}
+                      for n in ("scale<float>", "scale<double>"))
+    assert "FMUL" in single and "DMUL" not in single and "EXIT" in single
+    assert "DMUL" in double and "FMUL" not in double
 
 
 # --- the binding reports what NVRTC says ------------------------------------------------

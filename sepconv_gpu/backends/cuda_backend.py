@@ -1,8 +1,8 @@
 """CUDA backend: CuPy arrays, one fused kernel launch per separable convolution.
 
 The kernels live in kernels/*.cu (see sepconv_fused.cu for the design). They are read
-once and compiled lazily, one instantiation (name expression: dtype, activation, layout,
-kernel extent, exactly what changes the code) at a time on first use, to SASS for the
+once and compiled lazily, one instantiation (name expression: dtype, layout, kernel
+extent; the activation is a runtime argument) at a time on first use, to SASS for the
 device's architecture by our own NVRTC binding (`nvrtc.py`, the wheel's libnvrtc). The
 binaries are kept on disk by `kernel_cache.py` (SEPCONV_GPU_CACHE_DIR, default
 ~/.cache/sepconv_gpu), so a later process loads them instead of compiling, and memoized

@@ -1,11 +1,13 @@
 """The CUDA kernel catalogue and launch planner, free of CuPy.
 
-Everything here is plain Python so that the compile check (tests/test_cuda_compile.py)
-can enumerate and build every kernel instantiation with nvcc on a machine without CuPy or
-a GPU. `cuda_backend.py` uses the same functions to request kernels through NVRTC.
+Everything here is plain Python so that the compile check (tests/test_nvrtc.py) can
+enumerate and build every kernel instantiation through NVRTC on a machine without CuPy or
+a GPU, and the host emulator can run them. `cuda_backend.py` uses the same functions to
+request kernels.
 
 Kept in step with kernels/sepconv_fused.cu: the SC_* constants, the template parameters
-of `sepconv_fused` / `sepconv_softmax_lastaxis`, and the shared-memory layout; and with
+of `sepconv_fused` / `sepconv_softmax_lastaxis`, and the shared-memory layout; with
+kernels/sepconv_common.cuh: the activation enum and ACT_SLOTS; and with
 kernels/sepconv_tc.cu (the tensor-core kernel): the TC_* constants, `sepconv_tc` /
 `sepconv_tc_reduce`, its shared memory (`_tc_shared_bytes`). `select_kernel` is the one
 rule that picks between the two kernels; `prepare_weights` lays the weights out for each.
@@ -26,7 +28,6 @@ from ..geometry import INT32_MAX, ConvGeometry
 THREADS = 256            # SC_THREADS
 CHUNK = 16               # SC_BK: depthwise channels per chunk
 TILE_ELEMS = 4096        # SC_TILE_ELEMS = BP * BF
-MAX_POSITIONS = 256      # largest BP = TILE_ELEMS // min(FILTER_BLOCKS) (Python only)
 DW_SMEM_TAPS = 64        # SC_DW_SMEM_TAPS
 FILTER_BLOCKS = (16, 32, 64)   # BF choices (BP = TILE_ELEMS // BF = 256, 128, 64)
 SMEM_BUDGET = 48 * 1024  # dynamic shared memory without an opt-in attribute
@@ -40,9 +41,12 @@ DTYPES = {
     "float32": ("float", 4, 4),
     "float16": ("__half", 2, 4),
     "float64": ("double", 8, 8),
+    "bfloat16": ("__nv_bfloat16", 2, 4),   # NumPy needs ml_dtypes for it
 }
 
-# Activation.kernel_id values fused into the epilogue (enum SepconvActivation, same order).
+# Activation.kernel_id values fused into the epilogue (enum SepconvActivation, same order),
+# passed to the kernels as the runtime argument `act` (the index in this tuple).
+ACT_SLOTS = 32           # ACT_SLOTS (sepconv_common.cuh): enum values the runtime switch covers
 FUSED_ACTIVATIONS = (
     "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "gelu_tanh",
     "sigmoid", "hard_sigmoid", "hard_silu", "silu", "mish", "softplus", "softsign", "tanh",
@@ -56,12 +60,14 @@ LAST_AXIS_ACTIVATIONS = ("softmax", "log_softmax")
 # Kernel extents (KH, KW) with a compile-time specialization (fully unrolled taps, weights
 # in registers); every other extent runs the generic runtime-extent path (0, 0).
 # 3x3 covers Xception / MobileNet, 5x5 EfficientNet-style blocks, (1, 3) the common 1D
-# case. Each entry costs len(FUSED_ACTIVATIONS) * 2 layouts instantiations per dtype, so
-# float64 (rarely a speed concern) only gets the generic path.
+# case. Each entry costs 2 instantiations (layouts) per dtype, 2-3 s of NVRTC each (every
+# activation's epilogue is in it) on a user's first call, so float64 (rarely a speed
+# concern) and bfloat16 only get the generic path.
 SPECIALIZED_EXTENTS = {
     "float32": ((3, 3), (5, 5), (1, 3)),
     "float16": ((3, 3), (5, 5), (1, 3)),
     "float64": (),
+    "bfloat16": (),
 }
 GENERIC_EXTENT = (0, 0)
 
@@ -76,12 +82,17 @@ def kernel_extent(dtype, kernel):
     return kernel if kernel in SPECIALIZED_EXTENTS[dtype] else GENERIC_EXTENT
 
 
-def fused_name(dtype, kernel_id, channels_first, extent):
-    """Name expression of one `sepconv_fused` instantiation."""
+def activation_index(kernel_id):
+    """The kernels' runtime `act` argument: the enum SepconvActivation value."""
+    return FUSED_ACTIVATIONS.index(kernel_id)
+
+
+def fused_name(dtype, channels_first, extent):
+    """Name expression of one `sepconv_fused` instantiation (every activation)."""
     ctype = DTYPES[dtype][0]
     kh, kw = extent
     layout = "true" if channels_first else "false"
-    return f"sepconv_fused<{ctype}, {activation_enum(kernel_id)}, {layout}, {kh}, {kw}>"
+    return f"sepconv_fused<{ctype}, {layout}, {kh}, {kw}>"
 
 
 def softmax_name(dtype, log):
@@ -90,15 +101,19 @@ def softmax_name(dtype, log):
 
 def all_name_expressions():
     """Every kernel instantiation the library can request (what the compile test builds)."""
+    return simt_name_expressions() + tc_name_expressions()
+
+
+def simt_name_expressions():
+    """The `sepconv_fused` and `sepconv_softmax_lastaxis` instantiations."""
     names = []
     for dtype in DTYPES:
         for extent in (GENERIC_EXTENT,) + tuple(SPECIALIZED_EXTENTS[dtype]):
             for channels_first in (False, True):
-                for kernel_id in FUSED_ACTIVATIONS:
-                    names.append(fused_name(dtype, kernel_id, channels_first, extent))
+                names.append(fused_name(dtype, channels_first, extent))
         for log in (False, True):
             names.append(softmax_name(dtype, log))
-    return names + tc_name_expressions()
+    return names
 
 
 # --- sources ----------------------------------------------------------------------------
@@ -314,7 +329,7 @@ def check_launchable(geom, kernel_plan):
 
 # --- launch arguments (the scalar tail of each kernel's parameter list) -----------------
 
-def fused_scalar_args(geom, kernel_plan, x_strides, has_bias, act_param):
+def fused_scalar_args(geom, kernel_plan, x_strides, has_bias, kernel_id, act_param):
     """Scalars of `sepconv_fused` after its five pointers, typed as the kernel declares
     them (CuPy passes NumPy scalars by their exact type and does not check)."""
     import numpy as np
@@ -332,7 +347,7 @@ def fused_scalar_args(geom, kernel_plan, x_strides, has_bias, act_param):
         i32(p.bf), i32(p.tw.bit_length() - 1), i32(p.tiles_w), i32(p.tiles_img),
         i32(p.filter_blocks),
         i32(p.halo_h), i32(p.halo_w), i32(p.pitch), i32(p.plane), i32(p.use_halo),
-        i32(bool(has_bias)),
+        i32(bool(has_bias)), i32(activation_index(kernel_id)),
         np.float64(act_param),  # double: exact for the float64 kernels too
     )
 
@@ -474,8 +489,8 @@ def _simt_launch(dtype, geom, kernel_id, x_strides, has_bias, act_param, kp=None
     check_launchable(geom, kp)
     # The specialized extents assume a shared-memory halo; without one, use the generic path.
     extent = kernel_extent(dtype, geom.kernel) if kp.use_halo else GENERIC_EXTENT
-    name = fused_name(dtype, kernel_id, geom.channels_first, extent)
-    scalars = fused_scalar_args(geom, kp, x_strides, has_bias, act_param)
+    name = fused_name(dtype, geom.channels_first, extent)
+    scalars = fused_scalar_args(geom, kp, x_strides, has_bias, kernel_id, act_param)
     return Launch("fused", name, kp.grid, THREADS, kp.shared_bytes, scalars,
                   weights_layout("simt", dtype), kp.predicted_us)
 
