@@ -195,3 +195,33 @@ def test_bfloat16_tensor_a_cupy_cannot_import_is_refused_clearly():
 
     with pytest.raises(TypeError, match=r"cannot import bfloat16.*CuPy >= 14 with ml_dtypes"):
         backend.CupyOps().take(Bf16CudaTensor())
+
+
+@pytest.mark.parametrize("channels, family", [(16, "sepconv_tc"), (5, "sepconv_fused")])
+def test_bfloat16_emulated_kernels_through_the_backend_launch_path(channels, family):
+    """bfloat16 arrays through the CUDA backend's launch sequence (kernel choice, weight
+    preparation, launches) on the host emulator: 16 channels take the tensor-core kernel
+    (mma.m16n8k16.bf16), 5 the SIMT one (fp32 math). Bound, as in
+    tests/test_tensor_core_kernel.py with u = 2**-8: 2u(A + |y|), A the reference of the
+    absolute values (the tensor-core kernel rounds the depthwise result to bfloat16 once
+    before the products, every kernel rounds the output once; fp32 sums are far below)."""
+    emu = pytest.importorskip("_cuda_host_emulator")
+    if emu.compiler() is None or emu.cuda_include_dir() is None:
+        pytest.skip("the host emulator needs g++ and the CUDA headers")
+    from sepconv_gpu import activations, geometry
+    from sepconv_gpu.backends.numpy_backend import reference_separable_conv
+
+    x, dk, pk, b = _bf16_case(7, 2, (2, 9, 11, channels), 3, 1, 24)
+    strides, padding, data_format, dilation = geometry.normalize_call_args(
+        2, 1, "same", "channels_last", 1)
+    geom = geometry.make_geometry(2, x.shape, dk.shape, pk.shape, b.shape, strides, padding,
+                                  data_format, dilation)
+    relu = activations.get("relu")
+    y, launches = emu.separable_conv(emu.HostEmulator([]), x, dk, pk, b, geom, relu)
+    assert [launch.name.split("<")[0] for launch in launches] == [family]
+    assert y.dtype == BF16
+    f64 = [a.astype(np.float64) for a in (x, dk, pk, b)]
+    reference = reference_separable_conv(*f64, geom, relu)
+    bound = reference_separable_conv(*(np.abs(a) for a in f64), geom, activations.get(None))
+    error = np.abs(y.astype(np.float64) - reference)
+    assert (error <= 2 * 2.0 ** -8 * (bound + np.abs(reference)) + 1e-6).all(), error.max()

@@ -386,7 +386,10 @@ def test_bfloat16_kernels(emulator, rank, shape, data_format, activation):
                                         activation=activation)
     x_bits = bfloat16_bits(x)
     strides = cuda_kernels.input_element_strides(x_bits.shape, x_bits.strides, 2, geom)
-    launches, apply_after = cuda_kernels.launch_sequence("bfloat16", geom, act, strides, True)
+    # x_aligned=False keeps the channels_last case on the SIMT kernel: an aligned one takes
+    # the tensor-core kernel (tests/test_tensor_core_kernel.py::test_tensor_core_bfloat16)
+    launches, apply_after = cuda_kernels.launch_sequence("bfloat16", geom, act, strides, True,
+                                                         x_aligned=False)
     assert not apply_after and launches[0].name.startswith("sepconv_fused<__nv_bfloat16,")
     y_bits = np.full(geom.output_shape, 0xFFFF, np.uint16)   # NaN: every output written
     weights = cuda_kernels.prepare_weights(np, launches[0].weights, dk, pk, b)
