@@ -48,6 +48,8 @@ __device__ __forceinline__ float m_fma(float a, float b, float c) { return fmaf(
 __device__ __forceinline__ double m_fma(double a, double b, double c) { return fma(a, b, c); }
 __device__ __forceinline__ float m_neg_inf(float) { return __int_as_float(0xff800000); }
 __device__ __forceinline__ double m_neg_inf(double) { return __longlong_as_double(0xfff0000000000000ULL); }
+__device__ __forceinline__ float m_nan(float) { return __int_as_float(0x7fffffff); }
+__device__ __forceinline__ double m_nan(double) { return __longlong_as_double(0x7fffffffffffffffULL); }
 
 // Read-only global load (the non-coherent path, LDG.CONSTANT); a plain load in the host
 // emulator, which has no __ldg.

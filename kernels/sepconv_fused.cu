@@ -425,23 +425,35 @@ sepconv_softmax_lastaxis(T* __restrict__ y, long long rows, int L) {
     const long long step = (long long)gridDim.x * warps_per_block;
     for (long long row = blockIdx.x * warps_per_block + threadIdx.x / 32; row < rows; row += step) {
         T* r = y + row * L;
+        // m: the row's largest finite value, s: the sum of exp(v - m) over its finite
+        // values (online: rescaled when m grows); NaN and +inf are only noted (flags)
         A m = m_neg_inf(A(0)), s = A(0);
+        int flags = 0;   // 1: a NaN, 2: a +inf
         for (int i = lane; i < L; i += 32) {
             const A v = to_acc(r[i]);
-            if (v > m) { s = s * m_exp(m - v) + A(1); m = v; }
-            else if (v == v && m != m_neg_inf(A(0))) { s += m_exp(v - m); }
-            else if (v != v) { s = v; }   // NaN propagates, as in NumPy
+            if (v != v) flags |= 1;
+            else if (v == -m_neg_inf(A(0))) flags |= 2;
+            else if (v > m) { s = s * m_exp(m - v) + A(1); m = v; }
+            else if (m != m_neg_inf(A(0))) s += m_exp(v - m);   // -inf adds 0
         }
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) {
             const A mo = __shfl_xor_sync(0xffffffffu, m, o);
             const A so = __shfl_xor_sync(0xffffffffu, s, o);
+            flags |= __shfl_xor_sync(0xffffffffu, flags, o);
             const A mx = mo > m ? mo : m;
             // scale by exp(m_i - mx); lanes at the max (or both empty: -inf) keep theirs
             const A a = (m == mx) ? s : s * m_exp(m - mx);
             const A b = (mo == mx) ? so : so * m_exp(mo - mx);
             m = mx;
             s = a + b;
+        }
+        // A row with NaN or +inf, as activations.softmax (Keras) computes it: shift by the
+        // largest finite value (0 if none), NaN terms left out of the sum, +inf makes it
+        // inf: NaN and +inf entries give NaN, the others 0. log_softmax, as NumPy: all NaN.
+        if (flags) {
+            if (m == m_neg_inf(A(0))) m = A(0);
+            s = LOG ? m_nan(A(0)) : (flags & 2) ? -m_neg_inf(A(0)) : s;
         }
         const A logs = m_log(s);
         for (int i = lane; i < L; i += 32) {

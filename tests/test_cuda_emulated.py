@@ -146,6 +146,35 @@ def test_softmax_over_the_last_axis_as_laid_out(emulator):
             assert launches[1].kind == "softmax"
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_softmax_kernel_on_nan_and_inf_rows_as_the_activation(emulator, dtype):
+    """sepconv_softmax_lastaxis on rows holding NaN / +-inf gives what
+    activations.softmax / log_softmax give (issue 18: Keras's [nan, inf, -inf, 0, 1e30,
+    -1e30] -> [nan, nan, 0, 0, 0, 0]), NaN where they are NaN; ordinary rows are
+    checked by the tests above. Rows longer than a warp (70) test the lanes' merge."""
+    inf, nan = np.inf, np.nan
+    rows = [[nan, inf, -inf, 0, 1e30, -1e30], [nan, 0, 1, 2, -inf, 3], [inf, 1, 2, -inf, 0, 5],
+            [nan, -inf, -inf, nan, -inf, -inf], [-inf] * 6, [inf, inf, 0, 1, 2, 3],
+            [0.5, -1, 2, 3, -inf, 1]]
+    big = np.random.default_rng(4).normal(size=(3, 70))
+    big[0, 37], big[1, 5], big[1, 64], big[2, 40] = nan, inf, -inf, -inf
+    for log in (False, True):
+        for table in (np.array(rows), big):
+            with np.errstate(all="ignore"):
+                x = np.where(np.abs(table) > 6e4, table * (dtype != "float16"), table)
+                x = x.astype(dtype)  # 1e30 only where the dtype holds it
+                expected = (activations.log_softmax if log else activations.softmax)(
+                    x.astype(np.float64))
+            y = x.copy()
+            grid, scalars = cuda_kernels.softmax_launch(*y.shape)
+            emulator.launch(cuda_kernels.softmax_name(dtype, log), grid,
+                            cuda_kernels.SOFTMAX_THREADS, [y, *scalars], 0)
+            y = y.astype(np.float64)
+            np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+            finite = ~np.isnan(expected)
+            np.testing.assert_allclose(y[finite], expected[finite], rtol=4e-3 if dtype == "float16" else 1e-5, atol=1e-6)
+
+
 @settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_random_configurations(emulator, data):
