@@ -62,10 +62,20 @@ def tc_m_tiles(launches):
     return int(template_args(launches[0].name)[-1]) if launches[0].kind == "tc" else None
 
 
-def tc_strips(case, geom):
-    """Whether the tensor-core launch runs the depthwise as sliding-window strips."""
-    tp = cuda_kernels.tc_plan(case.dtype, geom, case.activation == "linear")
-    return tp is not None and cuda_kernels.tc_uses_strips(geom)
+def tc_plan_of(case, geom, launches):
+    """The planner's `TcPlan` for the case (planned, as the launch sequence plans it, with
+    the activation its epilogue runs), checked to be the one its "tc" launch runs."""
+    kernel_id = activations.get(case.activation).kernel_id
+    epilogue = kernel_id if kernel_id in cuda_kernels.FUSED_ACTIVATIONS else "linear"
+    tp = cuda_kernels.tc_plan(case.dtype, geom, epilogue == "linear")
+    launch = launches[0]
+    # the launch's last two scalars are band_h and slab (tc_scalar_args)
+    ran = (launch.grid, launch.shared_bytes, tc_m_tiles(launches),
+           int(launch.scalars[-2]), bool(launch.scalars[-1]))
+    assert ran == (tp.grid, tp.shared_bytes, tp.m_tiles, tp.band_h, tp.slab), (
+        f"{case.label}: the launch {ran} is not the plan {tp}: the launch sequence no longer "
+        "runs tc_plan's pick; update tc_plan_of in tests/test_emulator_sanitizer.py")
+    return tp
 
 
 def simt_extent(launches):
@@ -105,12 +115,22 @@ class Case:
     max_blocks: object = None
 
 
-def _tc(m_tiles, split=False, strips=None, after=()):
+def _tc(split=False, resident=False, strips=None, after=(), **fields):
+    """`fields`: TcPlan field -> the value wanted, or a predicate on it. `split`: channel
+    splits (then the reduce launch); `resident`: several filter blocks (A resident)."""
     def wants(case, launches, geom):
-        return (kinds(launches) == ["tc"] + (["tc_reduce"] if split else []) + list(after)
-                and tc_m_tiles(launches) == m_tiles
-                and (strips is None or tc_strips(case, geom) == strips))
+        if kinds(launches) != ["tc"] + (["tc_reduce"] if split else []) + list(after):
+            return False
+        tp = tc_plan_of(case, geom, launches)
+        return ((tp.k_splits > 1) == split and (tp.filter_blocks > 1) == resident
+                and (strips is None or cuda_kernels.tc_uses_strips(geom) == strips)
+                and all(v(getattr(tp, k)) if callable(v) else getattr(tp, k) == v
+                        for k, v in fields.items()))
     return wants
+
+
+def banded(band_h):
+    return band_h > 1
 
 
 def _simt(extent, halo=True, after=()):
@@ -121,15 +141,20 @@ def _simt(extent, halo=True, after=()):
 
 
 CASES = (
-    Case("tc-mt2-generic-extent", "float16", _tc(2), kernel=(2, 2)),
-    Case("tc-mt2-strips", "float16", _tc(2, strips=True), activation="gelu"),
-    Case("tc-mt2-stride2-filter-blocks", "float16", _tc(2, strips=False), strides=2,
-         activation="linear", filters=(300,)),
-    Case("tc-tf32-split-reduce", "float32", _tc(2, split=True), allow_tf32=True,
+    # tensor cores: small grids plan MT = 1; MT = 2 and 4 need 100+ tiles (sampled blocks)
+    Case("tc-mt1-generic-extent-slab", "float16", _tc(m_tiles=1, slab=True), kernel=(2, 2)),
+    Case("tc-mt1-strips-bands", "float16", _tc(strips=True, m_tiles=1, slab=False, band_h=banded),
+         activation="gelu"),
+    Case("tc-stride2-resident-filter-blocks", "float16",
+         _tc(resident=True, strips=False, a_slots=lambda slots: slots > 1), strides=2,
+         activation="linear", channels=(64,), filters=(300,)),
+    Case("tc-tf32-split-reduce", "float32", _tc(split=True), allow_tf32=True,
          activation="elu", channels=(64, 128), spatial=((2, 2), (4, 4))),
-    Case("tc-mt4", "float16", _tc(4), activation="linear", batches=(8,),
-         spatial=((32, 128), (64, 128)), channels=(16,), filters=(16,), max_blocks=3),
-    Case("tc-softmax", "float16", _tc(2, after=["softmax"]), activation="softmax"),
+    Case("tc-mt2-strips", "float16", _tc(strips=True, m_tiles=2), activation="linear",
+         batches=(8,), spatial=((32, 128),), channels=(16,), filters=(16,), max_blocks=3),
+    Case("tc-mt4-generic-extent", "float16", _tc(m_tiles=4), kernel=(2, 2), activation="linear",
+         batches=(8,), spatial=((64, 128),), channels=(16,), filters=(16,), max_blocks=3),
+    Case("tc-softmax", "float16", _tc(after=["softmax"]), activation="softmax"),
     Case("simt-float32-3x3", "float32", _simt((3, 3)), channels=(8,), filters=(20,)),
     Case("simt-float64-generic-channels-first", "float64", _simt((0, 0)), kernel=(2, 4),
          strides=2, multiplier=2, data_format="channels_first", activation="selu",
@@ -229,7 +254,7 @@ def test_sanitizer_finds_nothing(drivers, planned, check, label):
 
 def test_sanitizer_cases_cover_every_kernel_template(planned):
     """Every __global__ template of the kernel source runs in some case."""
-    templates = set(re.findall(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(",
+    templates = set(re.findall(r"__global__\s+void\s+(?:__\w+__\([^)]*\)\s+)*(\w+)\s*\(",
                                cuda_kernels.source()))
     ran = {launch.name.split("<")[0] for _, _, _, launches in planned.values() for launch in launches}
     assert len(templates) >= 4 and templates == ran, (templates, ran)
@@ -263,9 +288,9 @@ def without_barrier_before(marker):
 
 RACES = {
     # sepconv_fused: the pointwise stage reads Ds, which other warps' depthwise wrote
-    "simt-float32-3x3": "// ---- 3. pointwise",
+    "simt-float32-3x3": "// ---- 3. pointwise: acc",
     # sepconv_tc: the epilogue's Cs reuses the pipeline buffers other warps' mma still read
-    "tc-mt2-strips": "// ---- epilogue: Cs",
+    "tc-mt1-strips-bands": "// ---- epilogue: Cs",
 }
 
 
