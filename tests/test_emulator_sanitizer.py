@@ -3,12 +3,14 @@
 The CUDA backend's launch sequences run through the host emulator built with
 ThreadSanitizer (racecheck) and AddressSanitizer (memcheck), over launches that cover
 every kernel template (sepconv_fused, sepconv_softmax_lastaxis, sepconv_tc,
-sepconv_tc_reduce) and plan shape: tensor-core warp tiles MT = 2 and 4, depthwise strips
-and the generic loop, channel splits with the reduce launch, several filter blocks, SIMT
-float32 / float64 / float16 with specialized and generic extents, the no-halo gather,
-softmax and log_softmax. Each geometry is found by asking the planner (the smallest in a
-search space whose launches have the property), so the cases follow planner changes;
-outputs are compared with the float64 reference. These clean runs also show that the
+sepconv_tc_reduce) and plan shape: tensor-core warp tiles MT = 1, 2 and 4, position
+orders in bands of row segments and as a slab, depthwise strips and the generic loop,
+resident A over several filter blocks, channel splits with the reduce launch, float16,
+TF32 and bfloat16 operands; SIMT float32 / float64 / float16 / bfloat16 with specialized
+and generic extents, the no-halo gather, softmax and log_softmax. Each geometry is found
+by asking the planner (the smallest in a search space whose plan has the property, the
+`TcPlan` fields checked against what the launch runs), so the cases follow planner
+changes; outputs are compared with the float64 reference. These clean runs also show that the
 emulator's own machinery (shared memory NaN-poisoned between blocks, cp.async copies
 deferred to their wait, shuffle / mma / ldmatrix exchange slots) raises no false report.
 Then mutated copies of the kernel source (a barrier removed, a bound widened) must make
@@ -110,8 +112,8 @@ class Case:
     channels: tuple = (16, 32)
     filters: tuple = (16, 40)
     # Run only this many blocks of each launch (first, last, evenly spaced between), for
-    # plans that exist only for large grids: the tensor-core planner picks MT = 4 for 100+
-    # blocks, about a second each under ThreadSanitizer. Outputs of the blocks run are checked.
+    # plans that exist only for large grids: the tensor-core planner picks MT = 2 and 4
+    # for 100+ tiles (MT = 1 below). Outputs of the blocks run are checked.
     max_blocks: object = None
 
 
@@ -155,6 +157,7 @@ CASES = (
     Case("tc-mt4-generic-extent", "float16", _tc(m_tiles=4), kernel=(2, 2), activation="linear",
          batches=(8,), spatial=((64, 128),), channels=(16,), filters=(16,), max_blocks=3),
     Case("tc-softmax", "float16", _tc(after=["softmax"]), activation="softmax"),
+    Case("tc-bfloat16", "bfloat16", _tc(m_tiles=1)),
     Case("simt-float32-3x3", "float32", _simt((3, 3)), channels=(8,), filters=(20,)),
     Case("simt-float64-generic-channels-first", "float64", _simt((0, 0)), kernel=(2, 4),
          strides=2, multiplier=2, data_format="channels_first", activation="selu",
@@ -163,6 +166,8 @@ CASES = (
          spatial=((1, 40),), channels=(6,), filters=(70,)),
     Case("simt-float32-no-halo", "float32", _simt((0, 0), halo=False), dilation=40,
          channels=(4,), filters=(8,), spatial=((8, 8),)),
+    Case("simt-bfloat16-generic", "bfloat16", _simt((0, 0)), multiplier=2, channels=(5,),
+         filters=(9,)),
     Case("simt-float64-log-softmax", "float64", _simt((0, 0), after=["softmax"]),
          kernel=(3, 2), data_format="channels_first", activation="log_softmax",
          channels=(3,), filters=(9,)),
@@ -221,26 +226,67 @@ def drivers(planned):
     return build(names)
 
 
+def bfloat16_values(bits):
+    """uint16 bfloat16 bit patterns -> their float64 values (exact)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+def separable_conv_bfloat16(emulator, x, dk, pk, b, geom, act):
+    """emu.separable_conv for bfloat16, which NumPy lacks: the input and output as bit
+    patterns in uint16 arrays (which emu.separable_conv would take for integers), the
+    launch sequence planned for "bfloat16". Returns y's values (float64) and the launches."""
+    strides = cuda_kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
+    launches, apply_after = cuda_kernels.launch_sequence("bfloat16", geom, act, strides, True)
+    assert not apply_after
+    y = np.full(geom.output_shape, 0xFFFF, np.uint16)   # NaN: every output must be written
+    weights = cuda_kernels.prepare_weights(np, launches[0].weights, dk, pk, b)
+    partial = np.full(launches[0].partial, np.nan, np.float32) if launches[0].partial else None
+    for launch in launches:
+        arrays = cuda_kernels.launch_arrays(launch, x, weights, y, partial)
+        emulator.launch(launch.name, launch.grid, launch.block, arrays + launch.scalars,
+                        launch.shared_bytes)
+    return bfloat16_values(y), launches
+
+
 def run_case(emulator, case, x_shape, geom, seed=0):
     """The case's convolution through `emulator` (the planner's launch sequence), checked
     against the float64 reference; returns its launches. Outputs of blocks a sampled
     launch skipped stay NaN (poisoned) and are left out of the comparison."""
     rng = np.random.default_rng(seed)
+    bf16 = case.dtype == "bfloat16"
     x, dk, pk, b = random_case(rng, case.rank, x_shape, case.kernel, case.multiplier,
-                               geom.filters, case.dtype,
+                               geom.filters, "float32" if bf16 else case.dtype,
                                channels_first=case.data_format == "channels_first")
-    before = x.copy()
     act = activations.get(case.activation)
     if case.max_blocks:
         emulator = emulator.sampling(case.max_blocks)
-    y, launches = emu.separable_conv(emulator, x, dk, pk, b, geom, act, case.allow_tf32)
-    reference = reference_separable_conv(x, dk, pk, b, geom, act)
+    if bf16:
+        # inputs and weights rounded to bfloat16: the reference sees the values computed with
+        x = cuda_kernels.round_to_bfloat16_bits(np, x)
+        dk, pk = (bfloat16_values(cuda_kernels.round_to_bfloat16_bits(np, w)) for w in (dk, pk))
+    before = x.copy()
+    if bf16:
+        y, launches = separable_conv_bfloat16(emulator, x, dk, pk, b, geom, act)
+    else:
+        y, launches = emu.separable_conv(emulator, x, dk, pk, b, geom, act, case.allow_tf32)
     np.testing.assert_array_equal(x, before)  # the input is never written
+    if bf16:
+        x = bfloat16_values(x)
+    reference = reference_separable_conv(x, dk, pk, b, geom, act)
     sampled = any(sanitizer.sample_blocks(launch.grid, case.max_blocks) for launch in launches)
     ran = ~np.isnan(y) if sampled else np.ones(y.shape, bool)
     assert ran.any()
-    # TF32 operands have float16's 10-bit mantissa: float16's tolerance
-    assert_matches(y[ran], reference[ran], dtype="float16" if case.allow_tf32 else case.dtype)
+    if bf16:
+        # as tests/test_tensor_core_kernel.py: u = 2^-8, bfloat16's unit roundoff; the
+        # depthwise result rounded once (to the mma operand; SIMT: none), the output once
+        u, linear = 2.0 ** -8, activations.get("linear")
+        magnitude = np.max(reference_separable_conv(np.abs(x), np.abs(dk), np.abs(pk), None,
+                                                    geom, linear))
+        error = np.abs(y[ran] - reference[ran])
+        assert np.all(error <= 2 * u * (magnitude + np.abs(reference[ran])) + 1e-6), error.max()
+    else:
+        # TF32 operands have float16's 10-bit mantissa: float16's tolerance
+        assert_matches(y[ran], reference[ran], dtype="float16" if case.allow_tf32 else case.dtype)
     return launches
 
 
