@@ -152,8 +152,10 @@ CASES = (
          activation="linear", channels=(64,), filters=(300,)),
     Case("tc-tf32-split-reduce", "float32", _tc(split=True), allow_tf32=True,
          activation="elu", channels=(64, 128), spatial=((2, 2), (4, 4))),
+    # 31 rows: a last band of 7 rows and a last tile of 8 positions (the last block runs)
     Case("tc-mt2-strips", "float16", _tc(strips=True, m_tiles=2), activation="linear",
-         batches=(8,), spatial=((32, 128),), channels=(16,), filters=(16,), max_blocks=3),
+         batches=(8,), spatial=((31, 127), (32, 128)), channels=(16,), filters=(16,),
+         max_blocks=3),
     Case("tc-mt4-generic-extent", "float16", _tc(m_tiles=4), kernel=(2, 2), activation="linear",
          batches=(8,), spatial=((64, 128),), channels=(16,), filters=(16,), max_blocks=3),
     Case("tc-softmax", "float16", _tc(after=["softmax"]), activation="softmax"),
