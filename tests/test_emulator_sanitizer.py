@@ -3,12 +3,14 @@
 The CUDA backend's launch sequences run through the host emulator built with
 ThreadSanitizer (racecheck) and AddressSanitizer (memcheck), over launches that cover
 every kernel template (sepconv_fused, sepconv_softmax_lastaxis, sepconv_tc,
-sepconv_tc_reduce) and plan shape: tensor-core warp tiles MT = 2 and 4, depthwise strips
-and the generic loop, channel splits with the reduce launch, several filter blocks, SIMT
-float32 / float64 / float16 with specialized and generic extents, the no-halo gather,
-softmax and log_softmax. Each geometry is found by asking the planner (the smallest in a
-search space whose launches have the property), so the cases follow planner changes;
-outputs are compared with the float64 reference. These clean runs also show that the
+sepconv_tc_reduce) and plan shape: tensor-core warp tiles MT = 1, 2 and 4, position
+orders in bands of row segments and as a slab, depthwise strips and the generic loop,
+resident A over several filter blocks, channel splits with the reduce launch, float16,
+TF32 and bfloat16 operands; SIMT float32 / float64 / float16 / bfloat16 with specialized
+and generic extents, the no-halo gather, softmax and log_softmax. Each geometry is found
+by asking the planner (the smallest in a search space whose plan has the property, the
+`TcPlan` fields checked against what the launch runs), so the cases follow planner
+changes; outputs are compared with the float64 reference. These clean runs also show that the
 emulator's own machinery (shared memory NaN-poisoned between blocks, cp.async copies
 deferred to their wait, shuffle / mma / ldmatrix exchange slots) raises no false report.
 Then mutated copies of the kernel source (a barrier removed, a bound widened) must make
@@ -62,10 +64,20 @@ def tc_m_tiles(launches):
     return int(template_args(launches[0].name)[-1]) if launches[0].kind == "tc" else None
 
 
-def tc_strips(case, geom):
-    """Whether the tensor-core launch runs the depthwise as sliding-window strips."""
-    tp = cuda_kernels.tc_plan(case.dtype, geom, case.activation == "linear")
-    return tp is not None and cuda_kernels.tc_uses_strips(geom)
+def tc_plan_of(case, geom, launches):
+    """The planner's `TcPlan` for the case (planned, as the launch sequence plans it, with
+    the activation its epilogue runs), checked to be the one its "tc" launch runs."""
+    kernel_id = activations.get(case.activation).kernel_id
+    epilogue = kernel_id if kernel_id in cuda_kernels.FUSED_ACTIVATIONS else "linear"
+    tp = cuda_kernels.tc_plan(case.dtype, geom, epilogue == "linear")
+    launch = launches[0]
+    # the launch's last two scalars are band_h and slab (tc_scalar_args)
+    ran = (launch.grid, launch.shared_bytes, tc_m_tiles(launches),
+           int(launch.scalars[-2]), bool(launch.scalars[-1]))
+    assert ran == (tp.grid, tp.shared_bytes, tp.m_tiles, tp.band_h, tp.slab), (
+        f"{case.label}: the launch {ran} is not the plan {tp}: the launch sequence no longer "
+        "runs tc_plan's pick; update tc_plan_of in tests/test_emulator_sanitizer.py")
+    return tp
 
 
 def simt_extent(launches):
@@ -100,17 +112,27 @@ class Case:
     channels: tuple = (16, 32)
     filters: tuple = (16, 40)
     # Run only this many blocks of each launch (first, last, evenly spaced between), for
-    # plans that exist only for large grids: the tensor-core planner picks MT = 4 for 100+
-    # blocks, about a second each under ThreadSanitizer. Outputs of the blocks run are checked.
+    # plans that exist only for large grids: the tensor-core planner picks MT = 2 and 4
+    # for 100+ tiles (MT = 1 below). Outputs of the blocks run are checked.
     max_blocks: object = None
 
 
-def _tc(m_tiles, split=False, strips=None, after=()):
+def _tc(split=False, resident=False, strips=None, after=(), **fields):
+    """`fields`: TcPlan field -> the value wanted, or a predicate on it. `split`: channel
+    splits (then the reduce launch); `resident`: several filter blocks (A resident)."""
     def wants(case, launches, geom):
-        return (kinds(launches) == ["tc"] + (["tc_reduce"] if split else []) + list(after)
-                and tc_m_tiles(launches) == m_tiles
-                and (strips is None or tc_strips(case, geom) == strips))
+        if kinds(launches) != ["tc"] + (["tc_reduce"] if split else []) + list(after):
+            return False
+        tp = tc_plan_of(case, geom, launches)
+        return ((tp.k_splits > 1) == split and (tp.filter_blocks > 1) == resident
+                and (strips is None or cuda_kernels.tc_uses_strips(geom) == strips)
+                and all(v(getattr(tp, k)) if callable(v) else getattr(tp, k) == v
+                        for k, v in fields.items()))
     return wants
+
+
+def banded(band_h):
+    return band_h > 1
 
 
 def _simt(extent, halo=True, after=()):
@@ -121,15 +143,23 @@ def _simt(extent, halo=True, after=()):
 
 
 CASES = (
-    Case("tc-mt2-generic-extent", "float16", _tc(2), kernel=(2, 2)),
-    Case("tc-mt2-strips", "float16", _tc(2, strips=True), activation="gelu"),
-    Case("tc-mt2-stride2-filter-blocks", "float16", _tc(2, strips=False), strides=2,
-         activation="linear", filters=(300,)),
-    Case("tc-tf32-split-reduce", "float32", _tc(2, split=True), allow_tf32=True,
+    # tensor cores: small grids plan MT = 1; MT = 2 and 4 need 100+ tiles (sampled blocks)
+    Case("tc-mt1-generic-extent-slab", "float16", _tc(m_tiles=1, slab=True), kernel=(2, 2)),
+    Case("tc-mt1-strips-bands", "float16", _tc(strips=True, m_tiles=1, slab=False, band_h=banded),
+         activation="gelu"),
+    Case("tc-stride2-resident-filter-blocks", "float16",
+         _tc(resident=True, strips=False, a_slots=lambda slots: slots > 1), strides=2,
+         activation="linear", channels=(64,), filters=(300,)),
+    Case("tc-tf32-split-reduce", "float32", _tc(split=True), allow_tf32=True,
          activation="elu", channels=(64, 128), spatial=((2, 2), (4, 4))),
-    Case("tc-mt4", "float16", _tc(4), activation="linear", batches=(8,),
-         spatial=((32, 128), (64, 128)), channels=(16,), filters=(16,), max_blocks=3),
-    Case("tc-softmax", "float16", _tc(2, after=["softmax"]), activation="softmax"),
+    # 31 rows: a last band of 7 rows and a last tile of 8 positions (the last block runs)
+    Case("tc-mt2-strips", "float16", _tc(strips=True, m_tiles=2), activation="linear",
+         batches=(8,), spatial=((31, 127), (32, 128)), channels=(16,), filters=(16,),
+         max_blocks=3),
+    Case("tc-mt4-generic-extent", "float16", _tc(m_tiles=4), kernel=(2, 2), activation="linear",
+         batches=(8,), spatial=((64, 128),), channels=(16,), filters=(16,), max_blocks=3),
+    Case("tc-softmax", "float16", _tc(after=["softmax"]), activation="softmax"),
+    Case("tc-bfloat16", "bfloat16", _tc(m_tiles=1)),
     Case("simt-float32-3x3", "float32", _simt((3, 3)), channels=(8,), filters=(20,)),
     Case("simt-float64-generic-channels-first", "float64", _simt((0, 0)), kernel=(2, 4),
          strides=2, multiplier=2, data_format="channels_first", activation="selu",
@@ -138,6 +168,8 @@ CASES = (
          spatial=((1, 40),), channels=(6,), filters=(70,)),
     Case("simt-float32-no-halo", "float32", _simt((0, 0), halo=False), dilation=40,
          channels=(4,), filters=(8,), spatial=((8, 8),)),
+    Case("simt-bfloat16-generic", "bfloat16", _simt((0, 0)), multiplier=2, channels=(5,),
+         filters=(9,)),
     Case("simt-float64-log-softmax", "float64", _simt((0, 0), after=["softmax"]),
          kernel=(3, 2), data_format="channels_first", activation="log_softmax",
          channels=(3,), filters=(9,)),
@@ -196,26 +228,67 @@ def drivers(planned):
     return build(names)
 
 
+def bfloat16_values(bits):
+    """uint16 bfloat16 bit patterns -> their float64 values (exact)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+def separable_conv_bfloat16(emulator, x, dk, pk, b, geom, act):
+    """emu.separable_conv for bfloat16, which NumPy lacks: the input and output as bit
+    patterns in uint16 arrays (which emu.separable_conv would take for integers), the
+    launch sequence planned for "bfloat16". Returns y's values (float64) and the launches."""
+    strides = cuda_kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
+    launches, apply_after = cuda_kernels.launch_sequence("bfloat16", geom, act, strides, True)
+    assert not apply_after
+    y = np.full(geom.output_shape, 0xFFFF, np.uint16)   # NaN: every output must be written
+    weights = cuda_kernels.prepare_weights(np, launches[0].weights, dk, pk, b)
+    partial = np.full(launches[0].partial, np.nan, np.float32) if launches[0].partial else None
+    for launch in launches:
+        arrays = cuda_kernels.launch_arrays(launch, x, weights, y, partial)
+        emulator.launch(launch.name, launch.grid, launch.block, arrays + launch.scalars,
+                        launch.shared_bytes)
+    return bfloat16_values(y), launches
+
+
 def run_case(emulator, case, x_shape, geom, seed=0):
     """The case's convolution through `emulator` (the planner's launch sequence), checked
     against the float64 reference; returns its launches. Outputs of blocks a sampled
     launch skipped stay NaN (poisoned) and are left out of the comparison."""
     rng = np.random.default_rng(seed)
+    bf16 = case.dtype == "bfloat16"
     x, dk, pk, b = random_case(rng, case.rank, x_shape, case.kernel, case.multiplier,
-                               geom.filters, case.dtype,
+                               geom.filters, "float32" if bf16 else case.dtype,
                                channels_first=case.data_format == "channels_first")
-    before = x.copy()
     act = activations.get(case.activation)
     if case.max_blocks:
         emulator = emulator.sampling(case.max_blocks)
-    y, launches = emu.separable_conv(emulator, x, dk, pk, b, geom, act, case.allow_tf32)
-    reference = reference_separable_conv(x, dk, pk, b, geom, act)
+    if bf16:
+        # inputs and weights rounded to bfloat16: the reference sees the values computed with
+        x = cuda_kernels.round_to_bfloat16_bits(np, x)
+        dk, pk = (bfloat16_values(cuda_kernels.round_to_bfloat16_bits(np, w)) for w in (dk, pk))
+    before = x.copy()
+    if bf16:
+        y, launches = separable_conv_bfloat16(emulator, x, dk, pk, b, geom, act)
+    else:
+        y, launches = emu.separable_conv(emulator, x, dk, pk, b, geom, act, case.allow_tf32)
     np.testing.assert_array_equal(x, before)  # the input is never written
+    if bf16:
+        x = bfloat16_values(x)
+    reference = reference_separable_conv(x, dk, pk, b, geom, act)
     sampled = any(sanitizer.sample_blocks(launch.grid, case.max_blocks) for launch in launches)
     ran = ~np.isnan(y) if sampled else np.ones(y.shape, bool)
     assert ran.any()
-    # TF32 operands have float16's 10-bit mantissa: float16's tolerance
-    assert_matches(y[ran], reference[ran], dtype="float16" if case.allow_tf32 else case.dtype)
+    if bf16:
+        # as tests/test_tensor_core_kernel.py: u = 2^-8, bfloat16's unit roundoff; the
+        # depthwise result rounded once (to the mma operand; SIMT: none), the output once
+        u, linear = 2.0 ** -8, activations.get("linear")
+        magnitude = np.max(reference_separable_conv(np.abs(x), np.abs(dk), np.abs(pk), None,
+                                                    geom, linear))
+        error = np.abs(y[ran] - reference[ran])
+        assert np.all(error <= 2 * u * (magnitude + np.abs(reference[ran])) + 1e-6), error.max()
+    else:
+        # TF32 operands have float16's 10-bit mantissa: float16's tolerance
+        assert_matches(y[ran], reference[ran], dtype="float16" if case.allow_tf32 else case.dtype)
     return launches
 
 
@@ -229,7 +302,7 @@ def test_sanitizer_finds_nothing(drivers, planned, check, label):
 
 def test_sanitizer_cases_cover_every_kernel_template(planned):
     """Every __global__ template of the kernel source runs in some case."""
-    templates = set(re.findall(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(",
+    templates = set(re.findall(r"__global__\s+void\s+(?:__\w+__\([^)]*\)\s+)*(\w+)\s*\(",
                                cuda_kernels.source()))
     ran = {launch.name.split("<")[0] for _, _, _, launches in planned.values() for launch in launches}
     assert len(templates) >= 4 and templates == ran, (templates, ran)
@@ -263,9 +336,9 @@ def without_barrier_before(marker):
 
 RACES = {
     # sepconv_fused: the pointwise stage reads Ds, which other warps' depthwise wrote
-    "simt-float32-3x3": "// ---- 3. pointwise",
+    "simt-float32-3x3": "// ---- 3. pointwise: acc",
     # sepconv_tc: the epilogue's Cs reuses the pipeline buffers other warps' mma still read
-    "tc-mt2-strips": "// ---- epilogue: Cs",
+    "tc-mt1-strips-bands": "// ---- epilogue: Cs",
 }
 
 
