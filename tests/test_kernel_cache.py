@@ -16,7 +16,7 @@ import sys
 import time
 
 import pytest
-from test_launch_arguments import _launch, fake_backend  # noqa: F401 (a fixture)
+from test_launch_arguments import _launch, fake_backend, fake_nvrtc  # noqa: F401 (a fixture)
 
 from sepconv_gpu.backends import cuda_kernels, kernel_cache, nvrtc
 
@@ -234,13 +234,8 @@ def test_the_backend_builds_a_device_newer_than_nvrtc_through_the_cache(fake_bac
     """cuda_backend on a device above NVRTC's list (a fake CuPy, compute capability 10.0
     against archs up to 90): our build path (PTX, as above), not CuPy's RawModule."""
     backend, cupy = fake_backend("100")
-    toolkit = nvrtc.Toolkit(library="libnvrtc.so.13", include_dir="/include", version=(13, 0),
-                            archs=(75, 80, 90), from_wheel=True)
-    monkeypatch.setattr(backend._nvrtc, "toolkit", lambda: toolkit)
-    built = []
-    monkeypatch.setattr(backend._kernel_cache, "library_kernels", lambda names, arch: built.append(
-        (names, arch)) or nvrtc.Compiled(cubin=b".version\0", lowered={n: "_Zk" for n in names},
-                                         log="", ptx=True))
+    built = fake_nvrtc(backend, monkeypatch, lambda names: nvrtc.Compiled(
+        cubin=b".version\0", lowered={n: "_Zk" for n in names}, log="", ptx=True))
     launch = _launch(0)
     backend._launch(launch, ("x",))
     assert built == [((launch.name,), 100)]

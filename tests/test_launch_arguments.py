@@ -230,16 +230,27 @@ def _launch(shared_bytes, name="sepconv_tc<__half, 3, 3, 2>"):
     return cuda_kernels.Launch("tc", name, 7, 256, shared_bytes, (np.int32(1), np.float32(2)))
 
 
-def test_launch_loads_the_cubin_and_opts_in_above_48_kb_once(fake_backend, monkeypatch):
+def fake_nvrtc(backend, monkeypatch, compiled=None):
+    """Our NVRTC 13.0 (sm_75/80/90) on the fake backend. `compiled(names)`: what the kernel
+    cache's library_kernels returns (None: it must not be called); the list it returns
+    records each (names, arch) built."""
     from sepconv_gpu.backends import nvrtc
 
-    backend, cupy = fake_backend("90")
     toolkit = nvrtc.Toolkit(library="libnvrtc.so.13", include_dir="/include", version=(13, 0),
                             archs=(75, 80, 90), from_wheel=True)
     monkeypatch.setattr(backend._nvrtc, "toolkit", lambda: toolkit)
     built = []
-    monkeypatch.setattr(backend._kernel_cache, "library_kernels", lambda names, arch: built.append(
-        (names, arch)) or nvrtc.Compiled(cubin=b"ELF", lowered={n: "_Z" + n.split("<")[0] for n in names}, log=""))
+    monkeypatch.setattr(backend._kernel_cache, "library_kernels", compiled and (
+        lambda names, arch: built.append((names, arch)) or compiled(names)))
+    return built
+
+
+def test_launch_loads_the_cubin_and_opts_in_above_48_kb_once(fake_backend, monkeypatch):
+    from sepconv_gpu.backends import nvrtc
+
+    backend, cupy = fake_backend("90")
+    built = fake_nvrtc(backend, monkeypatch, lambda names: nvrtc.Compiled(
+        cubin=b"ELF", lowered={n: "_Z" + n.split("<")[0] for n in names}, log=""))
     arrays = ("x", "dw", "pw", "b", "y", "partial")
     backend._launch(_launch(100 * 1024), arrays)
     backend._launch(_launch(100 * 1024), arrays)
@@ -264,10 +275,7 @@ def test_cupy_compiles_when_nvrtc_is_newer_than_the_driver(fake_backend, monkeyp
     from sepconv_gpu.backends import nvrtc
 
     backend, cupy = fake_backend("90", driver_version=12040)
-    toolkit = nvrtc.Toolkit(library="libnvrtc.so.13", include_dir="/include", version=(13, 0),
-                            archs=(75, 80, 90), from_wheel=True)
-    monkeypatch.setattr(backend._nvrtc, "toolkit", lambda: toolkit)
-    monkeypatch.setattr(backend._kernel_cache, "library_kernels", None)  # must not be used
+    fake_nvrtc(backend, monkeypatch)  # library_kernels must not be used
     monkeypatch.setattr(backend._kernels, "source", lambda: "// the kernels")
     backend._launch(_launch(0), ("x",))
     assert cupy.calls[0] == ("RawModule", cuda_kernels.NVRTC_OPTIONS, ("sepconv_tc<__half, 3, 3, 2>",))

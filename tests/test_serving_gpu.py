@@ -20,14 +20,8 @@ pytestmark = pytest.mark.gpu  # conftest.py skips it where no CUDA device answer
 if GPU:
     import cupy
 
-# (input shape, filters, dtype, activation, allow_tf32): the SIMT kernel, SIMT + softmax,
-# the tensor-core kernel, and the split tensor-core kernel with its reduction
-CASES = [
-    ((1, 14, 14, 32), 48, "float32", "relu", False),
-    ((2, 7, 7, 16), 24, "float32", "softmax", False),
-    ((2, 19, 21, 64), 72, "float16", "gelu", False),
-    ((1, 7, 7, 256), 64, "float32", "relu", True),
-]
+# the layer calls the CPU graph-capture tests plan (test_serving.py)
+from test_serving import GRAPH_CASES as CASES  # noqa: E402
 
 
 def _layer(shape, filters, dtype, activation, allow_tf32):

@@ -31,7 +31,6 @@ import logging
 import math
 import os
 import statistics
-import tempfile
 import threading
 
 from . import cuda_kernels, kernel_cache
@@ -192,19 +191,10 @@ class Tuner:
     def _store(self, key, entry):
         self._entries[key] = entry
         entries = {**self._read(), key: entry}   # keep what other processes added
-        directory, temp = os.path.dirname(self.path), None
+        text = json.dumps({"format": FORMAT, "entries": entries}, indent=1, sort_keys=True)
         try:
-            os.makedirs(directory, exist_ok=True)
-            fd, temp = tempfile.mkstemp(dir=directory, prefix=".autotune.", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({"format": FORMAT, "entries": entries}, fh, indent=1, sort_keys=True)
-            os.replace(temp, self.path)   # atomic: readers see the old file or the new one
+            kernel_cache.write_atomically(self.path, text.encode(), ".autotune.")
         except OSError as exc:
-            if temp is not None:
-                try:
-                    os.unlink(temp)
-                except OSError:
-                    pass
             if not self._write_failure_said:
                 self._write_failure_said = True
                 logger.warning("sepconv_gpu: cannot write the autotune cache %s (%s); "

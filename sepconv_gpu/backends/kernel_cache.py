@@ -22,6 +22,7 @@ Clear the cache by deleting the directory.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -161,22 +162,30 @@ def _read(path, key, name_expressions):
     return compiled
 
 
+def write_atomically(path, data, prefix):
+    """Writes the bytes `data` to `path` through a temporary file beside it and a rename,
+    so readers see the old file, the new one, or none; OSError (the temporary file
+    removed) where it cannot. Shared by the kernel cache and autotune.json."""
+    directory, temp = os.path.dirname(path), None
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(temp, path)
+    except OSError:
+        if temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+        raise
+
+
 def _write(path, key, compiled):
     global _write_failure_said
     directory = os.path.dirname(path)
-    temp = None
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{key[:16]}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(encode_entry(key, compiled))
-        os.replace(temp, path)  # atomic: readers see the old entry, the new one, or none
+        write_atomically(path, encode_entry(key, compiled), f".{key[:16]}.")
     except OSError as exc:
-        if temp is not None:
-            try:
-                os.unlink(temp)
-            except OSError:
-                pass
         if not _write_failure_said:
             _write_failure_said = True
             logger.warning("sepconv_gpu: cannot write the kernel cache in %s (%s); kernels "
