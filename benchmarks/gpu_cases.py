@@ -1,16 +1,18 @@
 """The convolutions the GPU check runs: every distinct plan the planner picks for the
-benchmark suites, plus the dtypes and activations the suites do not reach.
+benchmark suites, plus the dtypes, layouts and activations the suites do not reach.
 
 `check_cases()` walks the suites (benchmarks/suites.py) at batch 1, 8 and 32 in each mode
 (float32: SIMT; tf32 and float16: the tensor-core kernel where it applies), asks the
 planner (`cuda_kernels.launch_sequence`, `plan`, `tc_plan`) what it launches, and keeps
 the first case of each distinct plan: the kernel names (sepconv_tc_reduce after a channel
-split) and the tile shape. Then float64 versions of the SIMT plans and softmax /
-log_softmax in every mode. Kernel names are never written here: they come from the
+split) and the tile shape. Then float64 versions of the SIMT plans, channels_first
+(SIMT, float16 too) and softmax / log_softmax in every mode. Kernel names are never written here: they come from the
 planner, so the check follows the catalogue as it changes.
 
-`shrunk(case)` is the smallest batch and spatial size with the same plan, for the host
-emulator (a dry run) and compute-sanitizer, where every block costs time.
+`dry_run_cases()` is what the host emulator (a dry run) and compute-sanitizer run, where
+every block costs time: shrunk cases (`shrunk`: the batch, size, channels and filters
+halved while the planner keeps the plan shape) that together reach every kernel and
+plan-shape flag of the full list.
 CuPy-free: a machine without a GPU enumerates the same cases.
 """
 from __future__ import annotations
@@ -163,6 +165,12 @@ def check_cases(smem_limit=None, batches=BATCHES):
     for case in [c for c in cases if c.mode == "float32"]:
         double = dataclasses.replace(case, mode="float64", label=case.label.replace("float32", "float64"))
         chosen.setdefault(plan_key(double, smem_limit), double)
+    # channels_first runs the SIMT kernel in every dtype (float16 included)
+    tiny = suites.SUITES["tiny"][0]
+    for mode in ("float32", "float16"):
+        case = _from_layer(tiny, 2, mode, channels_first=True)
+        chosen.setdefault(plan_key(case, smem_limit), dataclasses.replace(
+            case, label=f"{case.label} channels_first"))
     # the normalizing activations (a linear convolution, then sepconv_softmax_lastaxis)
     tiny = suites.SUITES["tiny"][0]
     for mode in MODES + ("float64",):
@@ -183,8 +191,8 @@ def coverage(cases):
     keys = [plan_key(case) for case in cases]
     tc = [shape for _, shape in keys if shape[0] == "tc"]
     return {"plans": len(keys), "kernels": sorted({n for names, _ in keys for n in names}),
-            "tc_m_tiles": sorted({shape[6] for shape in tc}),
-            "tc_k_splits": sorted({shape[5] for shape in tc}),
+            "tc_m_tiles": sorted({shape[7] for shape in tc}),
+            "tc_k_splits": sorted({shape[6] for shape in tc}),
             "modes": sorted({case.mode for case in cases})}
 
 
