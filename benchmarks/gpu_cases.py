@@ -6,8 +6,9 @@ benchmark suites, plus the dtypes, layouts and activations the suites do not rea
 planner (`cuda_kernels.launch_sequence`, `plan`, `tc_plan`) what it launches, and keeps
 the first case of each distinct plan: the kernel names (sepconv_tc_reduce after a channel
 split) and the tile shape. Then float64 versions of the SIMT plans, channels_first
-(SIMT, float16 too) and softmax / log_softmax in every mode. Kernel names are never written here: they come from the
-planner, so the check follows the catalogue as it changes.
+(SIMT, float16 too) and softmax / log_softmax in every mode. Kernel names are never
+written here: they come from the planner, so the check follows the catalogue as it
+changes.
 
 `dry_run_cases()` is what the host emulator (a dry run) and compute-sanitizer run, where
 every block costs time: shrunk cases (`shrunk`: the batch, size, channels and filters
@@ -133,15 +134,6 @@ def plan_key(case, smem_limit=None):
     return names, ("simt", p.bf, p.bp, p.tw, p.use_halo, p.filter_blocks > 1)
 
 
-def coarse_key(case, smem_limit=None):
-    """The plan's kernels (dtype, extent and warp tile MT are template arguments; a
-    channel split adds sepconv_tc_reduce, a normalizing activation the softmax kernel)
-    and the depthwise path (tensor-core strips or not; SIMT halo or global gather),
-    without tile sizes: what a dry run must cover."""
-    names, shape = plan_key(case, smem_limit)
-    return names, shape[0], shape[-1] if shape[0] == "tc" else shape[4]
-
-
 def _from_layer(layer, batch, mode, **changes):
     fields = dict(label=f"{layer.key} b{batch} {mode}", mode=mode, batch=batch, size=layer.size,
                   channels=layer.channels, filters=layer.filters, stride=layer.stride,
@@ -172,7 +164,6 @@ def check_cases(smem_limit=None, batches=BATCHES):
         chosen.setdefault(plan_key(case, smem_limit), dataclasses.replace(
             case, label=f"{case.label} channels_first"))
     # the normalizing activations (a linear convolution, then sepconv_softmax_lastaxis)
-    tiny = suites.SUITES["tiny"][0]
     for mode in MODES + ("float64",):
         for activation in ("softmax", "log_softmax"):
             case = _from_layer(tiny, 2, mode, activation=activation)
@@ -197,10 +188,12 @@ def coverage(cases):
 
 
 def dry_key(case, smem_limit=None):
-    """`coarse_key` plus the plan shapes that take different code in a kernel: for
-    sepconv_tc the position order (bands of rows or row-major), the slab halo and the
-    resident depthwise (more than one filter block); for sepconv_fused the halo (or the
-    global gather) and filter blocks. What a dry run must cover."""
+    """A plan's kernels (dtype, extent and warp tile MT are template arguments; a channel
+    split adds sepconv_tc_reduce, a normalizing activation the softmax kernel) and the
+    plan shapes that take different code in them, without tile sizes: for sepconv_tc
+    the depthwise strips, the slab halo, the position order (bands of rows or row-major)
+    and the resident depthwise (more than one filter block); for sepconv_fused the halo
+    (or the global gather) and filter blocks. What a dry run must cover."""
     names, shape = plan_key(case, smem_limit)
     if shape[0] == "tc":
         _, _, _, band_h, slab, _, _, _, resident, strips = shape
@@ -210,7 +203,7 @@ def dry_key(case, smem_limit=None):
 
 
 def shrunk(case, smem_limit=None, key=plan_key):
-    """A cheaper case (by `_work`) with the same `key` (plan_key, coarse_key, dry_key) as
+    """A cheaper case (by `_work`) with the same `key` (plan_key, dry_key) as
     `case`: greedy halving of the batch, the spatial size, the channels and the filters
     (multiples of 8), each kept only while the planner still picks the same key; a few
     dozen planner calls, not a search of every size. `case` itself when nothing smaller
@@ -245,8 +238,8 @@ def _features(case, smem_limit=None):
     filter blocks), and of a channel split with and without the resident depthwise."""
     names, kind, *flags = dry_key(case, smem_limit)
     split = any("reduce" in name for name in names)
-    return {("kernel", name) for name in names} | {(case.mode, kind, "split", split, flags[-1])} | {
-        (case.mode, kind, i, flag) for i, flag in enumerate(flags)}
+    return ({("kernel", name) for name in names} | {(case.mode, kind, "split", split, flags[-1])}
+            | {(case.mode, kind, i, flag) for i, flag in enumerate(flags)})
 
 
 def _dry_cost(case, smem_limit=None):
