@@ -1,16 +1,19 @@
 """The convolutions the GPU check runs: every distinct plan the planner picks for the
-benchmark suites, plus the dtypes and activations the suites do not reach.
+benchmark suites, plus the dtypes, layouts and activations the suites do not reach.
 
 `check_cases()` walks the suites (benchmarks/suites.py) at batch 1, 8 and 32 in each mode
 (float32: SIMT; tf32 and float16: the tensor-core kernel where it applies), asks the
 planner (`cuda_kernels.launch_sequence`, `plan`, `tc_plan`) what it launches, and keeps
 the first case of each distinct plan: the kernel names (sepconv_tc_reduce after a channel
-split) and the tile shape. Then float64 versions of the SIMT plans and softmax /
-log_softmax in every mode. Kernel names are never written here: they come from the
-planner, so the check follows the catalogue as it changes.
+split) and the tile shape. Then float64 versions of the SIMT plans, channels_first
+(SIMT, float16 too) and softmax / log_softmax in every mode. Kernel names are never
+written here: they come from the planner, so the check follows the catalogue as it
+changes.
 
-`shrunk(case)` is the smallest batch and spatial size with the same plan, for the host
-emulator (a dry run) and compute-sanitizer, where every block costs time.
+`dry_run_cases()` is what the host emulator (a dry run) and compute-sanitizer run, where
+every block costs time: shrunk cases (`shrunk`: the batch, size, channels and filters
+halved while the planner keeps the plan shape) that together reach every kernel and
+plan-shape flag of the full list.
 CuPy-free: a machine without a GPU enumerates the same cases.
 """
 from __future__ import annotations
@@ -118,6 +121,7 @@ def tile_plan(case, smem_limit=None):
         geom.channels_first)
 
 
+@functools.lru_cache(maxsize=None)
 def plan_key(case, smem_limit=None):
     """What makes two cases the same plan: the kernels launched and the tile shape (not
     the grid, which only repeats blocks)."""
@@ -128,15 +132,6 @@ def plan_key(case, smem_limit=None):
         return names, ("tc", p.bn, p.bm, p.band_h, p.slab, p.stages, p.k_splits, p.m_tiles,
                        p.filter_blocks > 1, strips)
     return names, ("simt", p.bf, p.bp, p.tw, p.use_halo, p.filter_blocks > 1)
-
-
-def coarse_key(case, smem_limit=None):
-    """The plan's kernels (dtype, extent and warp tile MT are template arguments; a
-    channel split adds sepconv_tc_reduce, a normalizing activation the softmax kernel)
-    and the depthwise path (tensor-core strips or not; SIMT halo or global gather),
-    without tile sizes: what a dry run must cover."""
-    names, shape = plan_key(case, smem_limit)
-    return names, shape[0], shape[-1] if shape[0] == "tc" else shape[4]
 
 
 def _from_layer(layer, batch, mode, **changes):
@@ -162,8 +157,13 @@ def check_cases(smem_limit=None, batches=BATCHES):
     for case in [c for c in cases if c.mode == "float32"]:
         double = dataclasses.replace(case, mode="float64", label=case.label.replace("float32", "float64"))
         chosen.setdefault(plan_key(double, smem_limit), double)
-    # the normalizing activations (a linear convolution, then sepconv_softmax_lastaxis)
+    # channels_first runs the SIMT kernel in every dtype (float16 included)
     tiny = suites.SUITES["tiny"][0]
+    for mode in ("float32", "float16"):
+        case = _from_layer(tiny, 2, mode, channels_first=True)
+        chosen.setdefault(plan_key(case, smem_limit), dataclasses.replace(
+            case, label=f"{case.label} channels_first"))
+    # the normalizing activations (a linear convolution, then sepconv_softmax_lastaxis)
     for mode in MODES + ("float64",):
         for activation in ("softmax", "log_softmax"):
             case = _from_layer(tiny, 2, mode, activation=activation)
@@ -182,29 +182,46 @@ def coverage(cases):
     keys = [plan_key(case) for case in cases]
     tc = [shape for _, shape in keys if shape[0] == "tc"]
     return {"plans": len(keys), "kernels": sorted({n for names, _ in keys for n in names}),
-            "tc_m_tiles": sorted({shape[6] for shape in tc}),
-            "tc_k_splits": sorted({shape[5] for shape in tc}),
+            "tc_m_tiles": sorted({shape[7] for shape in tc}),
+            "tc_k_splits": sorted({shape[6] for shape in tc}),
             "modes": sorted({case.mode for case in cases})}
 
 
-def shrunk(case, smem_limit=None, key=plan_key, max_tries=40):
-    """The cheapest case (by `_work`) with the same `key` (plan_key, coarse_key) as `case`:
-    the same kernels and tile shape on fewer blocks, and fewer channels and filters where
-    the key allows. `case` itself when nothing smaller keeps it."""
+def dry_key(case, smem_limit=None):
+    """A plan's kernels (dtype, extent and warp tile MT are template arguments; a channel
+    split adds sepconv_tc_reduce, a normalizing activation the softmax kernel) and the
+    plan shapes that take different code in them, without tile sizes: for sepconv_tc
+    the depthwise strips, the slab halo, the position order (bands of rows or row-major)
+    and the resident depthwise (more than one filter block); for sepconv_fused the halo
+    (or the global gather) and filter blocks. What a dry run must cover."""
+    names, shape = plan_key(case, smem_limit)
+    if shape[0] == "tc":
+        _, _, _, band_h, slab, _, _, _, resident, strips = shape
+        return names, "tc", strips, slab, band_h > 1, resident
+    _, _, _, _, use_halo, blocks = shape
+    return names, "simt", use_halo, blocks
+
+
+def shrunk(case, smem_limit=None, key=plan_key):
+    """A cheaper case (by `_work`) with the same `key` (plan_key, dry_key) as
+    `case`: greedy halving of the batch, the spatial size, the channels and the filters
+    (multiples of 8), each kept only while the planner still picks the same key; a few
+    dozen planner calls, not a search of every size. `case` itself when nothing smaller
+    keeps it."""
     key = functools.partial(key, smem_limit=smem_limit)
     wanted = key(case)
-    fractions = (12, 8, 6, 4, 3, 2, 1)
     assert isinstance(case.size, int), "shrinks the suites' square cases"
-    smaller = {dataclasses.replace(case, batch=b, size=max(1, case.size // ds),
-                                   channels=max(8, case.channels // dc // 8 * 8),
-                                   filters=max(8, case.filters // df // 8 * 8))
-               for b in (1, 2, 4, case.batch) if b <= case.batch
-               for ds in fractions for dc in (4, 2, 1) for df in (4, 2, 1)}
-    for candidate in sorted(smaller, key=_work)[:max_tries]:
-        if _work(candidate) >= _work(case):
-            break
-        if key(candidate) == wanted:
-            return candidate
+    halvings = (("batch", lambda v: v // 2, 1), ("size", lambda v: v // 2, 1),
+                ("channels", lambda v: v // 16 * 8, 8), ("filters", lambda v: v // 16 * 8, 8))
+    progress = True
+    while progress:
+        progress = False
+        for field, half, least in halvings:
+            while getattr(case, field) > least:
+                candidate = dataclasses.replace(case, **{field: max(least, half(getattr(case, field)))})
+                if key(candidate) != wanted:
+                    break
+                case, progress = candidate, True
     return case
 
 
@@ -214,13 +231,42 @@ def _work(case):
             * case.multiplier * case.filters)
 
 
+def _features(case, smem_limit=None):
+    """What a dry run must reach, as a set: each kernel launched (dtype, extent, warp
+    tile MT, sepconv_tc_reduce, softmax are in the names), and per mode each value of
+    each plan-shape flag of `dry_key` (strips, slab, bands, resident depthwise; halo,
+    filter blocks), and of a channel split with and without the resident depthwise."""
+    names, kind, *flags = dry_key(case, smem_limit)
+    split = any("reduce" in name for name in names)
+    return ({("kernel", name) for name in names} | {(case.mode, kind, "split", split, flags[-1])}
+            | {(case.mode, kind, i, flag) for i, flag in enumerate(flags)})
+
+
+def _dry_cost(case, smem_limit=None):
+    """Roughly what a dry run of the case costs: a single launch is sampled (one tile
+    emulated, the reference on image 0), a sequence runs whole."""
+    if len(case.launches(smem_limit)) > 1:
+        return _work(case)
+    return _work(case) // case.batch + 4096
+
+
+@functools.lru_cache(maxsize=8)
 def dry_run_cases(smem_limit=None):
-    """One shrunk case per coarse key of `check_cases()`: every kernel and every code
-    path the full check reaches, on the fewest blocks (for the host emulator)."""
-    chosen = {}
+    """Shrunk cases (see `shrunk`; one per `dry_key` of `check_cases()`) that together
+    reach every kernel and every plan-shape flag (`_features`) the full check reaches,
+    each chosen as the cheapest to emulate that adds one still missing: every code path
+    of the full check, on the fewest blocks (for the host emulator)."""
+    groups = {}
     for case in check_cases(smem_limit):
-        small = shrunk(case, smem_limit, key=coarse_key)
-        key = coarse_key(small, smem_limit)
-        if key not in chosen or _work(small) < _work(chosen[key]):
-            chosen[key] = small
-    return tuple(chosen.values())
+        key = dry_key(case, smem_limit)
+        if key not in groups or _work(case) < _work(groups[key]):
+            groups[key] = case
+    small = sorted((shrunk(case, smem_limit, key=dry_key) for case in groups.values()),
+                   key=lambda c: _dry_cost(c, smem_limit))
+    chosen, covered = [], set()
+    for case in small:  # cheapest first: a case is kept when it adds a feature
+        features = _features(case, smem_limit)
+        if not features <= covered:
+            chosen.append(case)
+            covered |= features
+    return tuple(chosen)

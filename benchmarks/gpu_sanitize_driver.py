@@ -9,8 +9,9 @@ so the run also fails on wrong numbers or on launches other than the planner's:
   and the global-gather paths, filter blocks, a depth multiplier above the channel chunk,
   softmax / log_softmax, with and without bias (SIMT); float16 and TF32 tensor-core cases
   with F above 256, strides, a generic extent and a channel split.
-- every code path of the suites' plans, shrunk (`gpu_cases.dry_run_cases`): both warp
-  tiles (MT 2 and 4), channel splits + sepconv_tc_reduce, strips, softmax; of a grid
+- every code path of the suites' plans, shrunk (`gpu_cases.dry_run_cases`): every warp
+  tile (MT 1, 2 and 4), channel splits + sepconv_tc_reduce, strips, bands and slabs, the
+  resident depthwise, softmax; of a grid
   that stays big only the first SAMPLE_TILES output tiles run.
 
 On the GPU CuPy's memory pool is off (`cupy.cuda.set_allocator(None)`: every array its
