@@ -177,6 +177,16 @@ def kernel_names(cases):
     return list(dict.fromkeys(name for case in cases for name in plan_key(case)[0]))
 
 
+def one_per_template(names):
+    """The first name of each kernel template (the text before "<"): what a dry run
+    compiles to check a build stage's harness, not the kernels (CI's tests/test_nvrtc.py
+    builds them all)."""
+    first = {}
+    for name in names:
+        first.setdefault(name.split("<")[0], name)
+    return list(first.values())
+
+
 def coverage(cases):
     """What the cases reach, for the record: kernel names, MT values, channel splits."""
     keys = [plan_key(case) for case in cases]

@@ -3,7 +3,7 @@
     python -m benchmarks.gpu_registers [--arch SM] [--dry-run]
 
 tests/test_nvrtc.py's check, for the device's architecture: every kernel instantiation
-(a dry run: those the dry-run cases launch) built through the kernel cache
+(a dry run: one of each kernel template, a check of the harness) built through the kernel cache
 (`sepconv_gpu.prebuild`, in parallel; a warm cache only reads), and none may have an
 NVRTC log line or a stack frame (spills or local memory; tests/_cubin.py reads the
 CUBIN's resource records as `ptxas -v` reports them). The NVRTC that built them, and
@@ -67,7 +67,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     arch = args.arch or (90 if args.dry_run else device_arch())
     if args.dry_run:
-        names = gpu_cases.kernel_names(gpu_cases.dry_run_cases())
+        names = gpu_cases.one_per_template(gpu_cases.kernel_names(gpu_cases.dry_run_cases()))
     else:
         names = cuda_kernels.all_name_expressions()
     result = check(names, arch, args.jobs)

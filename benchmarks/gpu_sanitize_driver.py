@@ -84,7 +84,10 @@ def main(argv=None):
         from sepconv_gpu import prebuild
 
         arch = 90 if args.dry_run else gpu_registers.device_arch()
-        names = [a for name in gpu_cases.kernel_names(chosen) for a in ("--names", name)]
+        names = gpu_cases.kernel_names(chosen)
+        if args.dry_run:
+            names = gpu_cases.one_per_template(names)
+        names = [a for name in names for a in ("--names", name)]
         return prebuild.main(["--arch", str(arch), *names])
     if args.dry_run:
         runner = gpu_correctness.Emulated(gpu_cases.kernel_names(chosen))
