@@ -148,18 +148,19 @@ def test_bfloat16_without_ml_dtypes_says_what_to_install(monkeypatch):
 
 @pytest.mark.parametrize("in_catalogue", [False, True])
 def test_bfloat16_cuda_dispatch_follows_the_kernel_catalogue(monkeypatch, in_catalogue):
-    """The CUDA backend launches bfloat16 only where cuda_kernels' catalogue has bfloat16
+    """The CUDA backend launches bfloat16 only where the kernel catalogue has bfloat16
     kernels; otherwise it refuses, before allocating or launching, saying so."""
     from benchmarks import fake_cupy
 
+    from sepconv_gpu.backends import kernel_common, simt
+
     backend, cupy = fake_cupy.load_backend()
-    kernels = backend._kernels
-    catalogue = {k: v for k, v in kernels.DTYPES.items() if k != "bfloat16"}
+    catalogue = {k: v for k, v in kernel_common.DTYPES.items() if k != "bfloat16"}
     if in_catalogue:
-        catalogue["bfloat16"] = kernels.DTYPES.get("bfloat16", ("__nv_bfloat16", 2, 4))
-        monkeypatch.setitem(kernels.SPECIALIZED_EXTENTS, "bfloat16",
-                            kernels.SPECIALIZED_EXTENTS.get("bfloat16", ()))
-    monkeypatch.setattr(kernels, "DTYPES", catalogue)
+        catalogue["bfloat16"] = kernel_common.DTYPES.get("bfloat16", ("__nv_bfloat16", 2, 4))
+        monkeypatch.setitem(simt.SPECIALIZED_EXTENTS, "bfloat16",
+                            simt.SPECIALIZED_EXTENTS.get("bfloat16", ()))
+    monkeypatch.setattr(kernel_common, "DTYPES", catalogue)
     backend._call_plan.cache_clear()
     x, dk, pk, b = _bf16_case(4, 2, (1, 6, 6, 4), 3, 1, 8)
     call = lambda: ops.separable_conv2d(cupy.asarray(x), dk, pk, b, padding="same",
@@ -197,7 +198,7 @@ def test_bfloat16_tensor_a_cupy_cannot_import_is_refused_clearly():
         backend.CupyOps().take(Bf16CudaTensor())
 
 
-@pytest.mark.parametrize("channels, family", [(16, "sepconv_tc"), (5, "sepconv_fused")])
+@pytest.mark.parametrize("channels, family", [(16, "sepconv_tc"), (5, "sepconv_simt")])
 def test_bfloat16_emulated_kernels_through_the_backend_launch_path(channels, family):
     """bfloat16 arrays through the CUDA backend's launch sequence (kernel choice, weight
     preparation, launches) on the host emulator: 16 channels take the tensor-core kernel

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sepconv_gpu import activations, ops
-from sepconv_gpu.backends import cuda_available, cuda_kernels
+from sepconv_gpu.backends import cuda_available, simt
 
 from _cases import (KERAS_TOLERANCE, SHAPE_PRESERVING_ACTIVATIONS, assert_matches, examples,
                     random_case)
@@ -178,7 +178,7 @@ def test_odd_sizes(shape, kernel, m, f):
 def test_large_dilation_without_halo():
     rng = np.random.default_rng(15)
     x, dk, pk, b = make_case(rng, 2, (1, 90, 85, 20), 3, 1, 10)
-    p = cuda_kernels.plan("float32", 1, 20, 1, 10, (90, 85), (90, 85), (3, 3), (1, 1), (40, 40))
+    p = simt.plan("float32", 1, 20, 1, 10, (90, 85), (90, 85), (3, 3), (1, 1), (40, 40))
     assert not p.use_halo
     compare(2, x, dk, pk, b, padding="same", dilation_rate=40)
 
