@@ -289,14 +289,8 @@ try:
 except ImportError:  # tests/ as a package
     from . import _cuda_host_emulator as emu
 
-needs_emulator = pytest.mark.skipif(
-    emu.compiler() is None or emu.cuda_include_dir() is None,
-    reason="needs a host C++ compiler and the CUDA headers")
-
-
-@needs_emulator
 @pytest.mark.parametrize("mode", ["float16", "tf32"])
-def test_tensor_core_every_candidate_computes_the_reference(mode):
+def test_tensor_core_every_candidate_computes_the_reference(emulator_for, mode):
     """Whichever candidate a device picks, its launch sequence (`plan=`) computes the
     convolution: each against the float64 reference within 2u (A + |y|), the fp16 / TF32
     operand bound of tests/test_tensor_core_kernel.py (emulated, not run on a GPU)."""
@@ -304,7 +298,7 @@ def test_tensor_core_every_candidate_computes_the_reference(mode):
     args = call(batch=2, size=9, channels=40, filters=300, dtype=dtype)  # two filter blocks
     found = candidates_of(args, allow_tf32=mode == "tf32")
     names = {launch_sequence(*args, mode == "tf32", plan=p)[0][0].name for p in found}
-    emulator = emu.HostEmulator(sorted(names) + [tc.tc_reduce_name(dtype)])
+    emulator = emulator_for(sorted(names) + [tc.tc_reduce_name(dtype)])
     rng = np.random.default_rng(5)
     geom, act = args[1], args[2]
     x = rng.standard_normal(geom.input_shape).astype(dtype)

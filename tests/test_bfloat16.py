@@ -199,16 +199,15 @@ def test_bfloat16_tensor_a_cupy_cannot_import_is_refused_clearly():
 
 
 @pytest.mark.parametrize("channels, family", [(16, "sepconv_tc"), (5, "sepconv_simt")])
-def test_bfloat16_emulated_kernels_through_the_backend_launch_path(channels, family):
+def test_bfloat16_emulated_kernels_through_the_backend_launch_path(emulator, channels, family):
     """bfloat16 arrays through the CUDA backend's launch sequence (kernel choice, weight
     preparation, launches) on the host emulator: 16 channels take the tensor-core kernel
     (mma.m16n8k16.bf16), 5 the SIMT one (fp32 math). Bound, as in
     tests/test_tensor_core_kernel.py with u = 2**-8: 2u(A + |y|), A the reference of the
     absolute values (the tensor-core kernel rounds the depthwise result to bfloat16 once
     before the products, every kernel rounds the output once; fp32 sums are far below)."""
-    emu = pytest.importorskip("_cuda_host_emulator")
-    if emu.compiler() is None or emu.cuda_include_dir() is None:
-        pytest.skip("the host emulator needs g++ and the CUDA headers")
+    import _cuda_host_emulator as emu
+
     from sepconv_gpu import activations, geometry
     from sepconv_gpu.backends.numpy_backend import reference_separable_conv
 
@@ -218,7 +217,7 @@ def test_bfloat16_emulated_kernels_through_the_backend_launch_path(channels, fam
     geom = geometry.make_geometry(2, x.shape, dk.shape, pk.shape, b.shape, strides, padding,
                                   data_format, dilation)
     relu = activations.get("relu")
-    y, launches = emu.separable_conv(emu.HostEmulator([]), x, dk, pk, b, geom, relu)
+    y, launches = emu.separable_conv(emulator, x, dk, pk, b, geom, relu)
     assert [launch.name.split("<")[0] for launch in launches] == [family]
     assert y.dtype == BF16
     f64 = [a.astype(np.float64) for a in (x, dk, pk, b)]

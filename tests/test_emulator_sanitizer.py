@@ -46,9 +46,12 @@ except ImportError:  # tests/ as a package
     from . import _cuda_host_emulator as emu
     from . import _emulator_sanitizer as sanitizer
 
-pytestmark = pytest.mark.skipif(
-    emu.compiler() is None or emu.cuda_include_dir() is None,
-    reason="needs a host C++ compiler and the CUDA headers")
+
+@pytest.fixture(autouse=True)
+def _host_toolchain(emulator_for):
+    """The sanitized drivers are built with the host emulator's toolchain: conftest's
+    `emulator_for` skips every test here where it is missing."""
+
 
 CHECKS = ("racecheck", "memcheck")
 
