@@ -24,7 +24,7 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 import sepconv_gpu as sg  # noqa: E402
 from sepconv_gpu import _dtypes, ops  # noqa: E402
 
-from _cases import TOLERANCE, examples, random_case  # noqa: E402
+from _cases import TOLERANCE, conv_configs, examples, input_shape, random_case  # noqa: E402
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 BF16_TOLERANCE = 2.0 ** -8 + TOLERANCE["float32"]
@@ -42,23 +42,17 @@ def _assert_close(y, reference):
     assert err <= BF16_TOLERANCE, err
 
 
-@given(data=st.data())
+@given(c=conv_configs(kernels=st.integers(1, 3), fit_every_padding=True, channels=(1, 9),
+                     multiplier=(1, 2), dtypes=("bfloat16",), max_stride=2, dilate=False,
+                     paddings=("valid", "same"),
+                     activation_choices=lambda _: [None, "relu", "gelu", "softmax", "tanh"]))
 @settings(max_examples=examples(20))
-def test_bfloat16_numpy_ops_match_the_reference_and_round_the_float32_result(data):
-    rank = data.draw(st.sampled_from([1, 2]))
-    channels_first = data.draw(st.booleans())
-    size = data.draw(st.integers(3, 12))
-    channels = data.draw(st.integers(1, 9))
-    batch = data.draw(st.integers(1, 3))
-    spatial = (size,) * rank
-    shape = ((batch, channels) + spatial) if channels_first else ((batch,) + spatial + (channels,))
-    kernel = data.draw(st.integers(1, 3))
-    multiplier, filters = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 7))
-    kw = dict(strides=data.draw(st.integers(1, 2)), padding=data.draw(st.sampled_from(["valid", "same"])),
-              data_format="channels_first" if channels_first else "channels_last",
-              activation=data.draw(st.sampled_from([None, "relu", "gelu", "softmax", "tanh"])))
-    x, dk, pk, b = _bf16_case(data.draw(st.integers(0, 99)), rank, shape, kernel, multiplier,
-                              filters, channels_first)
+def test_bfloat16_numpy_ops_match_the_reference_and_round_the_float32_result(c):
+    rank = c["rank"]
+    kw = dict(strides=c["strides"], padding=c["padding"], data_format=c["data_format"],
+              activation=c["activation"])
+    x, dk, pk, b = _bf16_case(c["seed"], rank, input_shape(c), c["kernel"], c["multiplier"],
+                              c["filters"], c["data_format"] == "channels_first")
     y = ops.separable_conv(rank, x, dk, pk, b, backend="numpy", **kw)
     assert y.dtype == BF16
     reference = ops.reference_separable_conv(rank, x, dk, pk, b, **kw)

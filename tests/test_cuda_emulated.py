@@ -20,7 +20,8 @@ from sepconv_gpu.backends.launch import (
     input_element_strides, launch_arrays, launch_sequence, prepare_weights)
 from sepconv_gpu.backends.numpy_backend import reference_separable_conv
 
-from _cases import SHAPE_PRESERVING_ACTIVATIONS, assert_matches, examples, random_case, stable_seed
+from _cases import (
+    assert_matches, conv_configs, examples, input_shape, random_case, stable_seed)
 
 try:
     import _cuda_host_emulator as emu  # tests/ on sys.path (pytest's default rootdir import)
@@ -174,28 +175,12 @@ def test_softmax_kernel_on_nan_and_inf_rows_as_the_activation(emulator, dtype):
 
 
 @settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data())
-def test_random_configurations(emulator, data):
-    rank = data.draw(st.sampled_from([1, 2]))
-    dtype = data.draw(st.sampled_from(["float32", "float16", "float64"]))
-    data_format = data.draw(st.sampled_from(["channels_last", "channels_first"]))
-    kernel = tuple(data.draw(st.integers(1, 5)) for _ in range(rank))
-    if data.draw(st.booleans()):
-        strides, dilation = tuple(data.draw(st.integers(1, 3)) for _ in range(rank)), 1
-    else:
-        strides, dilation = 1, tuple(data.draw(st.integers(1, 3)) for _ in range(rank))
-    padding = data.draw(st.sampled_from(["valid", "same"] + (["causal"] if rank == 1 else [])))
-    # only non-empty outputs: "valid" needs the dilated kernel to fit
-    extent = [1 + (k - 1) * d if padding == "valid" else 1
-              for k, d in zip(kernel, np.broadcast_to(dilation, rank))]
-    spatial = tuple(data.draw(st.integers(e, e + (24 if rank == 2 else 90))) for e in extent)
-    channels, multiplier = data.draw(st.integers(1, 20)), data.draw(st.integers(1, 4))
-    filters, batch = data.draw(st.integers(1, 80)), data.draw(st.integers(1, 3))
-    act = data.draw(st.sampled_from(SHAPE_PRESERVING_ACTIVATIONS))
-    shape = (batch,) + ((channels,) + spatial if data_format == "channels_first" else spatial + (channels,))
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    check(emulator, *make_case(rng, rank, shape, kernel, multiplier, filters, strides, padding,
-                               data_format, dilation, act, dtype, data.draw(st.booleans())))
+@given(c=conv_configs(slack=(90, 24), channels=(1, 20), multiplier=(1, 4), filters=(1, 80)))
+def test_random_configurations(emulator, c):
+    rng = np.random.default_rng(c["seed"])
+    check(emulator, *make_case(rng, c["rank"], input_shape(c), c["kernel"], c["multiplier"],
+                               c["filters"], c["strides"], c["padding"], c["data_format"],
+                               c["dilation"], c["activation"], c["dtype"], c["use_bias"]))
 
 
 @settings(max_examples=examples(300), deadline=None)
