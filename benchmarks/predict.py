@@ -74,7 +74,7 @@ def row(layer, mode, batch=BATCH):
     plan = autotune.candidates(dtype, geom, act.kernel_id, strides, allow_tf32, True,
                                tc.TC_SMEM_LIMIT)[0]
     launches, _ = launch_sequence(dtype, geom, act, strides, layer.use_bias,
-                                               allow_tf32, plan=plan)
+                                  allow_tf32, plan=plan)
     predicted = sum(launch.predicted_us for launch in launches)
     torch = torch_eager_us(layer, mode)
     floor = floor_us(layer, batch, mode)

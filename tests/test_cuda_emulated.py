@@ -195,7 +195,7 @@ def test_random_configurations(emulator, c):
 def test_plan_fits_shared_memory_and_covers_the_output(dtype, channels, multiplier, filters, out,
                                                         kernel, strides, dilation):
     p = simt.plan(dtype, 2, channels, multiplier, filters, (500, 500), out, kernel,
-                          strides, dilation)
+                  strides, dilation)
     assert p.bf in simt.FILTER_BLOCKS and p.bp * p.bf == simt.TILE_ELEMS
     assert p.tw & (p.tw - 1) == 0 and p.bp % p.tw == 0
     assert p.shared_bytes <= simt.SMEM_BUDGET
@@ -254,7 +254,7 @@ def test_halo_pitch_makes_depthwise_reads_conflict_free(dtype, size, stride):
     out = -(-size // stride)
     itemsize = kernel_common.DTYPES[dtype][1]
     p = simt.plan(dtype, 8, 64, 1, 128, (size, size), (out, out), (3, 3),
-                          (stride, stride), (1, 1))
+                  (stride, stride), (1, 1))
     if dtype == "float64" and stride == 2:
         # no 8-byte stride-2 halo of 16 channels fits 48 KB: gathered from global memory
         assert not p.use_halo
@@ -401,7 +401,7 @@ def test_bfloat16_kernels(emulator, rank, shape, data_format, activation):
     # x_aligned=False keeps the channels_last case on the SIMT kernel: an aligned one takes
     # the tensor-core kernel (tests/test_tensor_core_kernel.py::test_tensor_core_bfloat16)
     launches, apply_after = launch_sequence("bfloat16", geom, act, strides, True,
-                                                         x_aligned=False)
+                                            x_aligned=False)
     assert not apply_after and launches[0].name.startswith("sepconv_simt<__nv_bfloat16,")
     y_bits = np.full(geom.output_shape, 0xFFFF, np.uint16)   # NaN: every output written
     weights = prepare_weights(np, launches[0].weights, dk, pk, b)

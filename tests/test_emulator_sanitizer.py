@@ -91,8 +91,8 @@ def simt_extent(launches):
 
 def simt_uses_halo(geom, dtype):
     return simt.plan(dtype, geom.batch, geom.channels, geom.depth_multiplier,
-                             geom.filters, geom.in_size, geom.out_size, geom.kernel,
-                             geom.strides, geom.dilation, geom.channels_first).use_halo
+                     geom.filters, geom.in_size, geom.out_size, geom.kernel,
+                     geom.strides, geom.dilation, geom.channels_first).use_halo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +196,7 @@ def _geometry(case, batch, spatial, channels, filters):
 
 def _launches(case, geom, x_strides):
     return launch_sequence(case.dtype, geom, activations.get(case.activation),
-                                        x_strides, True, case.allow_tf32, True)[0]
+                           x_strides, True, case.allow_tf32, True)[0]
 
 
 def find_geometry(case):

@@ -182,7 +182,7 @@ def test_every_launch_requests_a_built_instantiation(dtype):
             byte_strides = tuple(s * itemsize for s in np.zeros(shape, np.uint8).strides)
             strides = input_element_strides(shape, byte_strides, itemsize, geom)
             launches, apply_after = launch_sequence(dtype, geom, act, strides, True,
-                                                                 allow_tf32=allow_tf32)
+                                                    allow_tf32=allow_tf32)
             missing = [launch.name for launch in launches if launch.name not in built]
             assert not missing, (name, missing)
             if apply_after:

@@ -56,7 +56,7 @@ def _planned(x, filters, dtype, activation, allow_tf32):
                                   (1,) * rank, "same", "channels_last", (1,) * rank)
     strides = input_element_strides(x.shape, x.strides, x.itemsize, geom)
     return launch_sequence(dtype, geom, activations.get(activation), strides, True,
-                                        allow_tf32, smem_limit=232448)[0]
+                           allow_tf32, smem_limit=232448)[0]
 
 
 @pytest.mark.parametrize("shape,filters,dtype,activation,allow_tf32", GRAPH_CASES)

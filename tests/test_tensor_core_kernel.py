@@ -295,8 +295,8 @@ def test_tensor_core_every_pipeline_depth(emulator, stages, mode):
     tp = dataclasses.replace(
         tp, stages=stages, k_splits=1, grid=tp.grid // tp.k_splits,
         shared_bytes=tc._tc_shared_bytes(tp.bm, tp.bn, stages, tp.halo_h,
-                                                   tp.halo_ws * geom.strides[1], 9, tp.a_slots,
-                                                   tp.filter_blocks))
+                                         tp.halo_ws * geom.strides[1], 9, tp.a_slots,
+                                         tp.filter_blocks))
     assert tp.k_pad // (tc.TC_CHUNK_BYTES // x.itemsize) > stages
     launch_plan(emulator, x, dk, pk, b, geom, act, tp)
 
@@ -563,7 +563,7 @@ def test_tensor_core_candidates_are_sorted_and_plan_is_the_first():
 def test_tensor_core_reduce_grid_follows_the_device():
     geom = _geom((32, 56, 56, 64), 3, 64)
     assert tc.tc_reduce_grid(geom) == (8 * cost_model.DEFAULT_DEVICE.sms,
-                                                 tc.TC_THREADS)
+                                       tc.TC_THREADS)
     assert tc.tc_reduce_grid(geom, sms=10) == (80, tc.TC_THREADS)
     small = _geom((1, 2, 2, 16), 3, 8)
     assert tc.tc_reduce_grid(small, sms=10) == (1, tc.TC_THREADS)
@@ -589,7 +589,7 @@ def test_tensor_core_selection_checks_the_plan_that_launches(monkeypatch):
         _launch_sequence.cache_clear()
         asked.clear()
         launches, _ = launch_sequence("float16", geom, act,
-                                                   _contiguous_strides(geom), True)
+                                      _contiguous_strides(geom), True)
         is_linear = act.kernel_id == "linear"
         assert asked and all(flag == is_linear for flag in asked), (act.kernel_id, asked)
         tp = real("float16", geom, is_linear)
@@ -600,7 +600,7 @@ def test_tensor_core_selection_checks_the_plan_that_launches(monkeypatch):
 def test_tensor_core_launch_reports_predicted_time():
     geom = _geom((4, 16, 16, 32), 3, 48)
     launches, _ = launch_sequence("float16", geom, activations.get("relu"),
-                                               _contiguous_strides(geom), False)
+                                  _contiguous_strides(geom), False)
     assert launches[0].predicted_us == tc.tc_plan("float16", geom, False).predicted_us > 0
 
 

@@ -107,7 +107,8 @@ def kernel_source():
     """The complete kernel source as NVRTC compiles it (read once): the SIMT kernels,
     then the tensor-core kernel (sharing the inlined headers)."""
     seen = set()
-    return "\n".join(_inline(kernels_dir(), name, seen) for name in (simt.SOURCE, tc.TC_SOURCE)) + "\n"
+    files = (simt.SOURCE, tc.TC_SOURCE)
+    return "\n".join(_inline(kernels_dir(), name, seen) for name in files) + "\n"
 
 
 # --- the disk cache ---------------------------------------------------------------------------

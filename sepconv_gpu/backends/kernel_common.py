@@ -24,7 +24,7 @@ FUSED_ACTIVATIONS = (
     "exponential", "hard_tanh", "hard_shrink", "soft_shrink", "log_sigmoid", "sparse_plus",
     "sparse_sigmoid", "squareplus", "tanh_shrink",
 )
-# Normalizing activations with a kernel: linear fused kernel, then sepconv_softmax_lastaxis.
+# Normalizing activations with a kernel: a linear convolution, then sepconv_softmax_lastaxis.
 # Every other kernel_id (glu, sparsemax, ...) is applied to the output afterwards.
 LAST_AXIS_ACTIVATIONS = ("softmax", "log_softmax")
 
