@@ -3,7 +3,7 @@ benchmark suites, plus the dtypes, layouts and activations the suites do not rea
 
 `check_cases()` walks the suites (benchmarks/suites.py) at batch 1, 8 and 32 in each mode
 (float32: SIMT; tf32 and float16: the tensor-core kernel where it applies), asks the
-planner (`cuda_kernels.launch_sequence`, `plan`, `tc_plan`) what it launches, and keeps
+planner (`launch_sequence`, `plan`, `tc_plan`) what it launches, and keeps
 the first case of each distinct plan: the kernel names (sepconv_tc_reduce after a channel
 split) and the tile shape. Then float64 versions of the SIMT plans, channels_first
 (SIMT, float16 too) and softmax / log_softmax in every mode. Kernel names are never
@@ -24,7 +24,8 @@ import math
 from dataclasses import dataclass
 
 from sepconv_gpu import activations, geometry
-from sepconv_gpu.backends import cuda_kernels
+from sepconv_gpu.backends import kernel_common, simt, tc
+from sepconv_gpu.backends.launch import input_element_strides, launch_sequence
 
 from . import suites
 
@@ -95,8 +96,8 @@ class Case:
         """The planner's launches for a contiguous, aligned input."""
         geom, shape = self.geometry(), self.input_shape()
         contiguous = [math.prod(shape[i + 1:]) for i in range(len(shape))]
-        strides = cuda_kernels.input_element_strides(shape, contiguous, 1, geom)
-        return cuda_kernels.launch_sequence(
+        strides = input_element_strides(shape, contiguous, 1, geom)
+        return launch_sequence(
             self.dtype, geom, activations.get(self.activation), strides, self.use_bias,
             self.allow_tf32, x_aligned=True, smem_limit=smem_limit)[0]
 
@@ -110,12 +111,12 @@ def tile_plan(case, smem_limit=None):
     """("tc", TcPlan) or ("simt", KernelPlan) of the case's first launch."""
     geom = case.geometry()
     if case.launches(smem_limit)[0].kind == "tc":
-        fused = activations.get(case.activation).kernel_id in cuda_kernels.FUSED_ACTIVATIONS
+        fused = activations.get(case.activation).kernel_id in kernel_common.FUSED_ACTIVATIONS
         linear = not fused or activations.get(case.activation).kernel_id == "linear"
-        return "tc", cuda_kernels.tc_plan(
+        return "tc", tc.tc_plan(
             case.dtype, geom, linear,
-            cuda_kernels.TC_SMEM_LIMIT if smem_limit is None else smem_limit)
-    return "simt", cuda_kernels.plan(
+            tc.TC_SMEM_LIMIT if smem_limit is None else smem_limit)
+    return "simt", simt.plan(
         case.dtype, geom.batch, geom.channels, geom.depth_multiplier, geom.filters,
         geom.in_size, geom.out_size, geom.kernel, geom.strides, geom.dilation,
         geom.channels_first)
@@ -128,7 +129,7 @@ def plan_key(case, smem_limit=None):
     names = tuple(launch.name for launch in case.launches(smem_limit))
     kind, p = tile_plan(case, smem_limit)
     if kind == "tc":
-        strips = cuda_kernels.tc_uses_strips(case.geometry())
+        strips = tc.tc_uses_strips(case.geometry())
         return names, ("tc", p.bn, p.bm, p.band_h, p.slab, p.stages, p.k_splits, p.m_tiles,
                        p.filter_blocks > 1, strips)
     return names, ("simt", p.bf, p.bp, p.tw, p.use_halo, p.filter_blocks > 1)

@@ -87,7 +87,7 @@ def check(case, runner, rng, sample_tiles=0):
     planned = [launch.name for launch in launches]
     limits = block_limits(case, sample_tiles, runner.smem_limit)
     sampled = any(limits.get(one.name, one.grid) < one.grid
-                  for one in launches if one.kind in ("tc", "fused"))
+                  for one in launches if one.kind in ("tc", "simt"))
     start = time.monotonic()
     y, launched = runner(case, x, dk, pk, b, limits)
     images = [0] if sampled else sorted({0, case.batch - 1})

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from sepconv_gpu import prebuild
-from sepconv_gpu.backends import cuda_kernels, kernel_cache, nvrtc
+from sepconv_gpu.backends import kernel_cache, nvrtc
 
 from . import gpu_cases
 
@@ -69,7 +69,7 @@ def main(argv=None):
     if args.dry_run:
         names = gpu_cases.one_per_template(gpu_cases.kernel_names(gpu_cases.dry_run_cases()))
     else:
-        names = cuda_kernels.all_name_expressions()
+        names = kernel_cache.all_name_expressions()
     result = check(names, arch, args.jobs)
     tk = nvrtc.toolkit()
     result["nvrtc"] = ".".join(map(str, tk.version))

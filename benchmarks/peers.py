@@ -91,18 +91,19 @@ def kernel_model(case, mode):
     "launches": kernel names, "predicted_us", "model_device"}. CuPy-free, so a CPU run
     records it too; only a GPU run has a measured time to compare it with."""
     from sepconv_gpu import activations
-    from sepconv_gpu.backends import cost_model, cuda_kernels
+    from sepconv_gpu.backends import cost_model
+    from sepconv_gpu.backends.launch import input_element_strides, launch_sequence, select_kernel
 
     geom, x = case.geom, case.xs[0]
     allow_tf32 = mode == "tf32"
-    strides = cuda_kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
+    strides = input_element_strides(x.shape, x.strides, x.itemsize, geom)
     if strides is None:
         raise Skip("input strides are not whole elements (the backend copies it first)")
     # fresh CuPy / NumPy buffers are 16-byte aligned
-    launches, _ = cuda_kernels.launch_sequence(
+    launches, _ = launch_sequence(
         case.dtype, geom, activations.get(case.layer.activation), strides,
         case.weights[2] is not None, allow_tf32=allow_tf32, x_aligned=True)
-    return {"kernel": cuda_kernels.select_kernel(case.dtype, geom, allow_tf32, strides, True),
+    return {"kernel": select_kernel(case.dtype, geom, allow_tf32, strides, True),
             "launches": [launch.name for launch in launches],
             "predicted_us": sum(launch.predicted_us for launch in launches),
             "model_device": cost_model.DEFAULT_DEVICE.name}

@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 
 from sepconv_gpu import activations
-from sepconv_gpu.backends import autotune, cost_model, cuda_kernels
+from sepconv_gpu.backends import autotune, cost_model, tc
+from sepconv_gpu.backends.launch import launch_sequence
 
 from .torch_eager_estimates import BATCH, TORCH_EAGER_F16_US
 
@@ -55,7 +56,7 @@ def contiguous_strides(shape):
 
 def plan_label(plan):
     """A plan's short form: kernel family and tile sizes."""
-    if isinstance(plan, cuda_kernels.TcPlan):
+    if isinstance(plan, tc.TcPlan):
         split = f" K{plan.k_splits}" if plan.k_splits > 1 else ""
         return (f"tc BN{plan.bn} BM{plan.bm} FB{plan.filter_blocks} S{plan.stages} "
                 f"MT{plan.m_tiles}{split}")
@@ -71,9 +72,9 @@ def row(layer, mode, batch=BATCH):
     allow_tf32 = mode == "tf32"
     # the first candidate is the cost model's choice: what an untuned call launches
     plan = autotune.candidates(dtype, geom, act.kernel_id, strides, allow_tf32, True,
-                               cuda_kernels.TC_SMEM_LIMIT)[0]
-    launches, _ = cuda_kernels.launch_sequence(dtype, geom, act, strides, layer.use_bias,
-                                               allow_tf32, plan=plan)
+                               tc.TC_SMEM_LIMIT)[0]
+    launches, _ = launch_sequence(dtype, geom, act, strides, layer.use_bias,
+                                  allow_tf32, plan=plan)
     predicted = sum(launch.predicted_us for launch in launches)
     torch = torch_eager_us(layer, mode)
     floor = floor_us(layer, batch, mode)

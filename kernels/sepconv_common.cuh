@@ -2,7 +2,7 @@
 // overloads, vector shared/global accesses and the fused activation epilogue.
 //
 // Compiles under NVRTC (no host standard headers; cuda_fp16.h and cuda_bf16.h come with
-// NVRTC / CuPy's include path) and under nvcc. The loader inlines this file into sepconv_fused.cu, so
+// NVRTC / CuPy's include path) and under nvcc. The loader inlines this file into sepconv_simt.cu, so
 // CuPy's on-disk cache sees its text too.
 #ifndef SEPCONV_COMMON_CUH
 #define SEPCONV_COMMON_CUH
@@ -219,7 +219,7 @@ template <int ACT, typename A> __device__ __forceinline__ A activate(A v, A p) {
 // serves every activation. `visit(act, f)` calls f(ActTag<ACT>()) with ACT the runtime
 // enum value `act` in [LO, HI], found by binary search (log2(HI - LO + 1) uniform
 // branches), so f's body is compiled once per activation and runs without further
-// branching (sepconv_fused dispatches once around its whole epilogue; `apply`, one value
+// branching (sepconv_simt dispatches once around its whole epilogue; `apply`, one value
 // at a time, serves sepconv_tc's pass over its output tile). Values past the enum (up to
 // ACT_SLOTS - 1) act as ACT_LINEAR.
 template <int ACT> struct ActTag { static constexpr int value = ACT; };

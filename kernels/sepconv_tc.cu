@@ -2,7 +2,7 @@
 // depthwise on the SIMT pipes into shared memory, pointwise as mma.sync, bias and
 // activation in the epilogue, one launch. fp16 and bf16 (mma.m16n8k16, fp32 accumulate)
 // and, when the caller allows TF32, float32 (mma.m16n8k8.tf32). Every other case runs
-// sepconv_fused (sepconv_fused.cu); cuda_kernels.select_kernel is the rule.
+// sepconv_simt (sepconv_simt.cu); launch.select_kernel is the rule.
 //
 //   y[n, p, f] = act(b[f] + sum_c P[f, c] * sum_t x[n, p*s + t*d - pad, c] * D[t, c])
 //
@@ -15,7 +15,7 @@
 // splits of a tile adjacent). TC_THREADS = 256 threads (8 warps) arranged (8/WN) x WN,
 // WN = BN/64; a warp owns 16 MT x 64 of a BM x BN filter block (MT m16 x 8 n8 mma tiles,
 // 32 MT fp32 accumulators a thread), so BM x BN = TC_TILE_ELEMS x MT / 2. The planner
-// (cuda_kernels.tc_candidates) picks BN in {64, 128, 256} and MT in {1, 2, 4}.
+// (tc.tc_candidates) picks BN in {64, 128, 256} and MT in {1, 2, 4}.
 //
 // The depthwise is computed once (recompute factor 1): with one filter block the A
 // operand (the depthwise result) is double-buffered by chunk; with FB > 1 the block keeps
@@ -57,10 +57,10 @@
 //      filters or channels.
 // One __syncthreads a chunk: in the interval after it every warp runs the depthwise of
 // chunk kc + 1 and then the mma of chunk kc, so one warp's FMAs overlap another's mma
-// inside the block, and across the blocks an SM holds (cuda_kernels.TcPlan.blocks_per_sm:
+// inside the block, and across the blocks an SM holds (tc.TcPlan.blocks_per_sm:
 // what registers and shared memory allow; no launch bound promises more).
 //
-// Shared memory (dynamic, > 48 KB needs the opt-in attribute; cuda_kernels._tc_shared_bytes
+// Shared memory (dynamic, > 48 KB needs the opt-in attribute; tc._tc_shared_bytes
 // sizes it):
 //   tables            : row_pix [BM], row_out [BM], col_off [HWp] and row_off [HH] (int64),
 //                       col_ih [HWp], row_ih [HH]; the tile's halo width and rows (16 B)
@@ -79,12 +79,12 @@
 // The activation is a runtime switch (TC_ACT_SLOTS-way binary dispatch, uniform across
 // the grid, applied in one non-unrolled pass over Cs): a template parameter would multiply
 // the instantiations of this large kernel by the number of activations (the compile-time
-// measurements that made this call are in cuda_kernels.py next to TC_EXTENTS).
+// measurements that made this call are in tc.py next to TC_EXTENTS).
 //
-// Requirements (checked by cuda_kernels.select_kernel): NHWC with channels contiguous,
+// Requirements (checked by launch.select_kernel): NHWC with channels contiguous,
 // C a multiple of 16 bytes' worth of elements, every other stride too, a 16-byte aligned
 // base, N x OH x OW < 2^31. Offsets into x and y are 64-bit. Every constant below is
-// mirrored in sepconv_gpu/backends/cuda_kernels.py (tests/test_kernel_constants.py).
+// mirrored in sepconv_gpu/backends/tc.py (tests/test_kernel_constants.py).
 #include "sepconv_common.cuh"
 #include "sepconv_ptx.cuh"
 
@@ -281,7 +281,7 @@ sepconv_tc(const T* __restrict__ x,
            int pad_h, int pad_w,
            int BN, int FB, int HH, int HWs, int stages, int K_pad, int has_bias, int act,
            float act_param, int split_shift,
-           // shared-memory carve-up in bytes (cuda_kernels.tc_layout): kernel parameters
+           // shared-memory carve-up in bytes (tc.tc_layout): kernel parameters
            // are constant-bank operands, which spares registers next to the accumulators
            int as_at, int ring_at, int stage_bytes, int halo_bytes, int b_at,
            int band_h, int slab) {   // position order and halo layout: see the tables
@@ -311,7 +311,7 @@ sepconv_tc(const T* __restrict__ x,
     auto tile_p0 = [&]() { return (int)(blockIdx.x >> split_shift) * BM; };
     const int P = N * OH * OW;                               // < 2^31 (select_kernel)
 
-    // shared memory (the carve-up at the top; cuda_kernels.tc_layout computes it)
+    // shared memory (the carve-up at the top; tc.tc_layout computes it)
     const int a_bytes = BM * TC_ROW_BYTES;                   // one A slot
     extern __shared__ __align__(16) unsigned char smem_raw[];
     int* row_pix = reinterpret_cast<int*>(smem_raw);                          // [BM]
@@ -441,7 +441,7 @@ sepconv_tc(const T* __restrict__ x,
         return str_w == 1 ? j * dil_w : (j % str_w) * HWs + j / str_w;
     };
     constexpr int SKH = KH_ > 0 ? KH_ : 1, SKW = KW_ > 0 ? KW_ : 1;
-    // Sliding-window strips (cuda_kernels.tc_uses_strips mirrors this condition).
+    // Sliding-window strips (tc.tc_uses_strips mirrors this condition).
     const bool strips = KH_ > 0 && str_w == 1 && dil_w == 1;
 
 

@@ -2,7 +2,7 @@
 
     python -m sepconv_gpu.prebuild --arch 90 [--arch 80 ...] [--jobs N] [--suites]
 
-Builds every kernel instantiation (`cuda_kernels.all_name_expressions()`), or with
+Builds every kernel instantiation (`kernel_cache.all_name_expressions()`), or with
 `--suites` those the benchmark suites and the GPU check launch (benchmarks/gpu_cases.py,
 from a source checkout), for each architecture, in parallel processes, into the kernel
 cache: SEPCONV_GPU_CACHE_DIR (default ~/.cache/sepconv_gpu). Each kernel is one entry,
@@ -24,7 +24,7 @@ import sys
 import time
 
 from ._progress import Progress
-from .backends import cuda_kernels, kernel_cache, nvrtc
+from .backends import kernel_cache, nvrtc
 
 
 def _build_one(name, arch, source):
@@ -35,7 +35,7 @@ def _build_one(name, arch, source):
 def build(names, arch, jobs=None, progress=None):
     """Every name for sm_`arch` into the kernel cache, on `jobs` processes (default: the
     usable CPUs); (compiled, from the cache) counts."""
-    source = cuda_kernels.source()  # one snapshot for every process
+    source = kernel_cache.kernel_source()  # one snapshot for every process
     jobs = max(1, min(jobs or _cpus(), len(names)))
     hits = 0
     # spawn: workers inherit the environment (cache directory, lineinfo), not our state
@@ -88,7 +88,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.lineinfo:
         os.environ[kernel_cache.LINEINFO_VAR] = "1"  # this process and the workers
-    known = cuda_kernels.all_name_expressions()
+    known = kernel_cache.all_name_expressions()
     if args.names:
         unknown = [n for n in args.names if n not in known]
         if unknown:

@@ -1,10 +1,12 @@
-"""What the backend tests share: random separable-convolution inputs and the one
-tolerance table for comparing against the float64 reference."""
+"""What the backend tests share: random separable-convolution configurations (the
+hypothesis strategy `conv_configs`) and inputs, and the one tolerance table for comparing
+against the float64 reference."""
 import math
 import zlib
 
 import numpy as np
 from hypothesis import settings
+from hypothesis import strategies as st
 
 from sepconv_gpu import activations
 
@@ -69,3 +71,53 @@ def random_case(rng, rank, x_shape, kernel, multiplier, filters, dtype="float32"
           / math.sqrt(channels * multiplier)).astype(dtype)
     b = rng.uniform(-1, 1, filters).astype(dtype) if bias else None
     return x, dk, pk, b
+
+
+@st.composite
+def conv_configs(draw, *, kernels=st.integers(1, 5), slack=(9, 9), fit_every_padding=False,
+                 channels=(1, 6), multiplier=(1, 3), filters=(1, 7), batch=(1, 3),
+                 dtypes=("float32", "float16", "float64"), activation_choices=None,
+                 max_stride=3, dilate=True, paddings=("valid", "same", "causal")):
+    """A random separable-convolution configuration, a dict: rank (1 or 2), dtype,
+    data_format, kernel, strides, dilation (tuples; strides or dilation above 1, not
+    both), padding ("causal" in 1D only), spatial (the input's sizes), batch, channels,
+    multiplier, filters, activation, use_bias, seed (for the inputs' rng).
+
+    What each test restricts: `kernels`, a strategy of one kernel extent; `slack`, how far
+    (rank 1, rank 2) each spatial size may exceed the smallest one, which is the dilated
+    kernel's extent under "valid" padding (every padding with `fit_every_padding`), else
+    1; the (low, high) ranges of channels, multiplier, filters and batch; `dtypes`;
+    `activation_choices`, a function dtype -> the activations to draw from (default:
+    those whose output has their input's shape); `max_stride`; `dilate` (False: strides
+    only); `paddings`.
+    """
+    rank = draw(st.sampled_from([1, 2]))
+    dtype = draw(st.sampled_from(dtypes))
+    data_format = draw(st.sampled_from(["channels_last", "channels_first"]))
+    kernel = tuple(draw(kernels) for _ in range(rank))
+    ones = (1,) * rank
+    if not dilate or draw(st.booleans()):
+        strides, dilation = tuple(draw(st.integers(1, max_stride)) for _ in range(rank)), ones
+    else:
+        strides, dilation = ones, tuple(draw(st.integers(1, 3)) for _ in range(rank))
+    padding = draw(st.sampled_from([p for p in paddings if p != "causal" or rank == 1]))
+    # only non-empty outputs: "valid" needs the dilated kernel to fit
+    fit = padding == "valid" or fit_every_padding
+    extent = [1 + (k - 1) * d if fit else 1 for k, d in zip(kernel, dilation)]
+    spatial = tuple(draw(st.integers(e, e + slack[rank - 1])) for e in extent)
+    choices = (SHAPE_PRESERVING_ACTIVATIONS if activation_choices is None
+               else activation_choices(dtype))
+    return dict(rank=rank, dtype=dtype, data_format=data_format, kernel=kernel,
+                strides=strides, dilation=dilation, padding=padding, spatial=spatial,
+                batch=draw(st.integers(*batch)), channels=draw(st.integers(*channels)),
+                multiplier=draw(st.integers(*multiplier)), filters=draw(st.integers(*filters)),
+                activation=draw(st.sampled_from(choices)), use_bias=draw(st.booleans()),
+                seed=draw(st.integers(0, 2**32 - 1)))
+
+
+def input_shape(c, data_format=None):
+    """The input's shape for configuration `c` (of `conv_configs`) in `data_format`
+    (default: c's)."""
+    if (data_format or c["data_format"]) == "channels_first":
+        return (c["batch"], c["channels"]) + c["spatial"]
+    return (c["batch"],) + c["spatial"] + (c["channels"],)

@@ -26,7 +26,9 @@ import tempfile
 
 import numpy as np
 
-from sepconv_gpu.backends import cuda_kernels
+from sepconv_gpu.backends import kernel_cache
+from sepconv_gpu.backends.launch import (
+    input_element_strides, launch_sequence, prepare_weights, run_launches)
 
 RUNTIME = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cuda_emulator_runtime.h")
 SMEM_LIMIT = 227 * 1024  # EMU_SMEM_LIMIT in the runtime: the opt-in maximum of sm_90
@@ -66,10 +68,10 @@ class HostEmulator:
         their entry points."""
         with open(RUNTIME, encoding="utf-8") as fh:
             runtime = fh.read()
-        source = (runtime + cuda_kernels.source() + self._extra_source + "\n" + "".join(
+        source = (runtime + kernel_cache.kernel_source() + self._extra_source + "\n" + "".join(
             f'extern "C" void emu_entry_{i}(unsigned g, unsigned b, size_t s, void** a) '
             f"{{ emu_launch(&{name}, g, b, s, a); }}\n" for i, name in enumerate(names)))
-        kernels = cuda_kernels.kernels_dir()
+        kernels = kernel_cache.kernels_dir()
         headers = "".join(open(os.path.join(kernels, f), encoding="utf-8").read()
                           for f in sorted(os.listdir(kernels)) if f.endswith((".cuh", ".cu")))
         digest = hashlib.sha256((source + headers).encode()).hexdigest()[:16]
@@ -119,25 +121,22 @@ class HostEmulator:
 def separable_conv(emulator, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False,
                    plan=None):
     """CupyOps.separable_conv with NumPy arrays and emulated launches (the same kernel
-    choice, weight preparation and launch sequence); `plan`: launch_sequence's."""
+    choice, weight preparation, launch sequence and launch loop); `plan`: launch_sequence's."""
     dtype = x.dtype.name
     y = np.empty(geom.output_shape, dtype=x.dtype)
     # poison the output: every element must be written by the kernel
     y.view(np.uint8).fill(0xFF)
-    strides = cuda_kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
+    strides = input_element_strides(x.shape, x.strides, x.itemsize, geom)
     aligned = x.__array_interface__["data"][0] % 16 == 0
-    launches, apply_after = cuda_kernels.launch_sequence(dtype, geom, activation, strides,
-                                                         bias is not None, allow_tf32, aligned,
-                                                         plan=plan)
-    weights = partial = None
-    for launch in launches:
-        if launch.weights and weights is None:
-            weights = cuda_kernels.prepare_weights(np, launch.weights, depthwise, pointwise, bias)
-        if launch.partial:  # poisoned like y: every partial sum must be written
-            partial = np.full(launch.partial, np.nan, dtype=np.float32)
-        arrays = cuda_kernels.launch_arrays(launch, x, weights, y, partial)
-        emulator.launch(launch.name, launch.grid, launch.block, arrays + launch.scalars,
-                        launch.shared_bytes)
+    launches, apply_after = launch_sequence(dtype, geom, activation, strides, bias is not None,
+                                            allow_tf32, aligned, plan=plan)
+    run_launches(
+        launches, x, y,
+        prepare=lambda layout: prepare_weights(np, layout, depthwise, pointwise, bias),
+        # poisoned like y: every partial sum must be written
+        empty=lambda n: np.full(n, np.nan, dtype=np.float32),
+        launch_one=lambda launch, arrays: emulator.launch(
+            launch.name, launch.grid, launch.block, arrays + launch.scalars, launch.shared_bytes))
     if apply_after:
         y = np.asarray(activation(y), dtype=x.dtype)
     return y, launches

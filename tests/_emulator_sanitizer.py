@@ -39,7 +39,7 @@ import tempfile
 
 import numpy as np
 
-from sepconv_gpu.backends import cuda_kernels
+from sepconv_gpu.backends import kernel_cache
 
 try:
     import _cuda_host_emulator as emu  # tests/ on sys.path (pytest's default rootdir import)
@@ -71,7 +71,7 @@ class SanitizerError(AssertionError):
 class SanitizedEmulator:
     """The given kernel instantiations, built into the driver with one sanitizer.
 
-    `source`: the kernel source (default: `cuda_kernels.source()`, what NVRTC compiles; a
+    `source`: the kernel source (default: `kernel_cache.kernel_source()`, what NVRTC compiles; a
     test passes a mutated copy). Builds are cached by content digest, like the emulator's
     shared library."""
 
@@ -90,7 +90,7 @@ class SanitizedEmulator:
             f'    {{"{n}", [](unsigned g, unsigned b, std::size_t s, void** a) '
             f"{{ emu_launch(&{n}, g, b, s, a); }}, emu_param_kinds(&{n}), emu_param_sizes(&{n})}},\n"
             for n in self.names)
-        text = "\n".join([parts[0], cuda_kernels.source() if source is None else source, parts[1],
+        text = "\n".join([parts[0], kernel_cache.kernel_source() if source is None else source, parts[1],
                           f'#line 1 "the generated kernel table"\n'
                           f"const EmuKernelEntry emu_kernel_table[] = {{\n{table}}};\n"
                           f"const std::size_t emu_kernel_count = {len(self.names)};\n"])
@@ -107,7 +107,7 @@ class SanitizedEmulator:
                 fh.write(text)
             tmp = f"{self.executable}.{os.getpid()}.tmp"
             cmd = [emu.compiler(), *flags, "-I", emu.cuda_include_dir(),
-                   "-I", cuda_kernels.kernels_dir(), "-x", "c++", src, "-o", tmp]
+                   "-I", kernel_cache.kernels_dir(), "-x", "c++", src, "-o", tmp]
             result = subprocess.run(cmd, capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError(f"{check} build of the kernels failed:\n{result.stderr[-6000:]}")

@@ -1,4 +1,5 @@
-"""Shared fixtures: the recorded Keras goldens (copied from shared/ into tests/data)."""
+"""Shared fixtures: the recorded Keras goldens (copied from shared/ into tests/data), the
+host emulator of the CUDA kernels (`emulator`, `emulator_for`), the GPU skip."""
 import json
 import pathlib
 
@@ -38,3 +39,29 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# --- the host emulator (tests/_cuda_host_emulator.py) -----------------------------------------
+
+@pytest.fixture(scope="session")
+def emulator_for():
+    """`HostEmulator(names, ...)`, for a test or fixture that builds its own instantiations;
+    skips where the emulator cannot be built (no host C++ compiler or CUDA headers)."""
+    import _cuda_host_emulator as emu
+
+    if emu.compiler() is None or emu.cuda_include_dir() is None:
+        pytest.skip("the host emulator needs a host C++ compiler and the CUDA headers")
+    return emu.HostEmulator
+
+
+@pytest.fixture(scope="module")
+def emulator_names():
+    """The instantiations a module's `emulator` builds up front; a module overrides it with
+    the names it launches (any other name is built on its first launch)."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def emulator(emulator_for, emulator_names):
+    """One host emulator per module, holding `emulator_names`."""
+    return emulator_for(emulator_names)

@@ -14,7 +14,8 @@ import pytest
 
 import sepconv_gpu as sg
 from sepconv_gpu import activations, geometry
-from sepconv_gpu.backends import autotune, cuda_kernels
+from sepconv_gpu.backends import autotune, simt, tc
+from sepconv_gpu.backends.launch import launch_sequence
 from sepconv_gpu.backends.numpy_backend import reference_separable_conv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def by_rank(found, order):
 def candidates_of(args, allow_tf32=False):
     dtype, geom, act, strides, _ = args
     return autotune.candidates(dtype, geom, act.kernel_id, strides, allow_tf32, True,
-                               cuda_kernels.TC_SMEM_LIMIT)
+                               tc.TC_SMEM_LIMIT)
 
 
 def choose(tuner, device, args, name="GPU A", allow_tf32=False):
@@ -86,36 +87,36 @@ def isolated(tmp_path, monkeypatch):
 def test_candidates_are_the_model_s_choice_first_then_the_others_and_simt():
     dtype, geom, act, strides, bias = args = call()
     found = candidates_of(args)
-    assert found[0] == cuda_kernels.tc_plan(dtype, geom, False)   # relu: not linear
-    assert all(isinstance(p, cuda_kernels.TcPlan) for p in found[:-1]) and len(found) >= 3
-    assert found[-1] == cuda_kernels.simt_plan(dtype, geom)
+    assert found[0] == tc.tc_plan(dtype, geom, False)   # relu: not linear
+    assert all(isinstance(p, tc.TcPlan) for p in found[:-1]) and len(found) >= 3
+    assert found[-1] == simt.simt_plan(dtype, geom)
     predicted = [p.predicted_us for p in found[:-1]]
     assert predicted == sorted(predicted)
     assert len(set(found)) == len(found)
     for plan in found:  # each builds its launch sequence: the family and the plan's sizes
-        launches, _ = cuda_kernels.launch_sequence(*args, plan=plan)
-        tc = isinstance(plan, cuda_kernels.TcPlan)
-        assert launches[0].name.startswith("sepconv_tc<" if tc else "sepconv_fused<")
+        launches, _ = launch_sequence(*args, plan=plan)
+        is_tc = isinstance(plan, tc.TcPlan)
+        assert launches[0].name.startswith("sepconv_tc<" if is_tc else "sepconv_simt<")
         assert (launches[0].grid, launches[0].shared_bytes) == (plan.grid, plan.shared_bytes)
     # no plan given: the model's choice, as before
-    assert cuda_kernels.launch_sequence(*args) == cuda_kernels.launch_sequence(*args, plan=found[0])
+    assert launch_sequence(*args) == launch_sequence(*args, plan=found[0])
 
 
 def test_a_call_only_simt_serves_has_one_candidate_and_is_never_timed(tmp_path):
     tuner = autotune.Tuner()
     for args in (call(dtype="float32"), call(dtype="float64"), call(channels_first=True)):
         [only] = candidates_of(args)
-        assert only == cuda_kernels.simt_plan(args[0], args[1])
+        assert only == simt.simt_plan(args[0], args[1])
         assert tuner.choose("GPU A", *args, run=never, clock=never) == only
         with pytest.raises(ValueError, match="tensor-core"):  # a TC plan cannot serve it
-            cuda_kernels.launch_sequence(*args, plan=candidates_of(call())[0])
+            launch_sequence(*args, plan=candidates_of(call())[0])
     assert not (tmp_path / autotune.FILENAME).exists()
 
 
 def test_float32_with_tf32_times_the_tensor_core_plans_and_exact_simt():
     found = candidates_of(call(dtype="float32"), allow_tf32=True)
-    assert isinstance(found[0], cuda_kernels.TcPlan)
-    assert isinstance(found[-1], cuda_kernels.KernelPlan)
+    assert isinstance(found[0], tc.TcPlan)
+    assert isinstance(found[-1], simt.KernelPlan)
 
 
 @pytest.mark.parametrize("fastest", [1, 2, -1])
@@ -211,7 +212,7 @@ def test_a_stale_entry_is_timed_again_and_other_entries_are_kept(tmp_path):
     args = call()
     found = candidates_of(args)
     key = autotune.entry_key("GPU A", args[0], args[1], "relu", args[3], True, False, True,
-                             cuda_kernels.TC_SMEM_LIMIT)
+                             tc.TC_SMEM_LIMIT)
     entries = {key: {"plan": {"kernel": "tc", "bn": 12345}},   # no longer a candidate
                "another call": {"plan": {"kernel": "simt"}}}
     (tmp_path / autotune.FILENAME).write_text(json.dumps({"format": 1, "entries": entries}))
@@ -288,22 +289,16 @@ try:
 except ImportError:  # tests/ as a package
     from . import _cuda_host_emulator as emu
 
-needs_emulator = pytest.mark.skipif(
-    emu.compiler() is None or emu.cuda_include_dir() is None,
-    reason="needs a host C++ compiler and the CUDA headers")
-
-
-@needs_emulator
 @pytest.mark.parametrize("mode", ["float16", "tf32"])
-def test_tensor_core_every_candidate_computes_the_reference(mode):
+def test_tensor_core_every_candidate_computes_the_reference(emulator_for, mode):
     """Whichever candidate a device picks, its launch sequence (`plan=`) computes the
     convolution: each against the float64 reference within 2u (A + |y|), the fp16 / TF32
     operand bound of tests/test_tensor_core_kernel.py (emulated, not run on a GPU)."""
     dtype = "float16" if mode == "float16" else "float32"
     args = call(batch=2, size=9, channels=40, filters=300, dtype=dtype)  # two filter blocks
     found = candidates_of(args, allow_tf32=mode == "tf32")
-    names = {cuda_kernels.launch_sequence(*args, mode == "tf32", plan=p)[0][0].name for p in found}
-    emulator = emu.HostEmulator(sorted(names) + [cuda_kernels.tc_reduce_name(dtype)])
+    names = {launch_sequence(*args, mode == "tf32", plan=p)[0][0].name for p in found}
+    emulator = emulator_for(sorted(names) + [tc.tc_reduce_name(dtype)])
     rng = np.random.default_rng(5)
     geom, act = args[1], args[2]
     x = rng.standard_normal(geom.input_shape).astype(dtype)

@@ -201,20 +201,20 @@ def test_past_2_to_31_elements_the_cuda_plan_keeps_64_bit_offsets():
     """A 2^32-element call is planned for the GPU (CuPy-free planner): element strides go
     to the kernel as int64, nothing is refused; a single axis past 2^31 is refused."""
     from sepconv_gpu import activations
-    from sepconv_gpu.backends import cuda_kernels
+    from sepconv_gpu.backends.launch import launch_sequence
     from sepconv_gpu.geometry import make_geometry
 
     g = make_geometry(2, (64, 1024, 1024, 64), (3, 3, 64, 1), (1, 1, 64, 64), None,
                       (1, 1), "same", "channels_last", (1, 1))
     assert g.output_shape == (64, 1024, 1024, 64)  # "same", stride 1: 2^32 outputs
     strides = (2**26, 1, 2**16, 2**6)  # (n, c, h, w) of a contiguous NHWC input
-    launches, _ = cuda_kernels.launch_sequence("float32", g, activations.get("relu"), strides, True)
+    launches, _ = launch_sequence("float32", g, activations.get("relu"), strides, True)
     assert launches[0].scalars[:4] == strides
     assert all(isinstance(s, np.int64) for s in launches[0].scalars[:4])
     wide = make_geometry(1, (1, 2**31, 1), (3, 1, 1), (1, 1, 1), None,
                          (1,), "same", "channels_last", (1,))
     with pytest.raises(ValueError, match=r"exceed 2\^31 - 1.*input width reach"):
-        cuda_kernels.launch_sequence("float32", wide, activations.get(None), (2**31, 1, 0, 1), False)
+        launch_sequence("float32", wide, activations.get(None), (2**31, 1, 0, 1), False)
 
 
 # -- issue 18: robustness, round 3 ---------------------------------------------------------

@@ -70,22 +70,23 @@ def test_model_entry_is_the_dispatch_and_its_cost_model(mode):
     """Our entry's `model`: the kernel the CUDA dispatch picks and the cost model's time
     for exactly the launches it makes; with a measured time, the ratio to it."""
     from sepconv_gpu import activations
-    from sepconv_gpu.backends import cost_model, cuda_kernels
+    from sepconv_gpu.backends import cost_model
+    from sepconv_gpu.backends.launch import input_element_strides, launch_sequence, select_kernel
 
     for layer in suites.SUITES["tiny"]:
         case = _tiny_case(layer, peers.compute_dtype(mode))
         model = runner.model_entry(case, mode)
         allow_tf32 = mode == "tf32"
-        strides = cuda_kernels.input_element_strides(case.xs[0].shape, case.xs[0].strides,
+        strides = input_element_strides(case.xs[0].shape, case.xs[0].strides,
                                                      case.xs[0].itemsize, case.geom)
-        launches, _ = cuda_kernels.launch_sequence(
+        launches, _ = launch_sequence(
             case.dtype, case.geom, activations.get(layer.activation), strides,
             layer.use_bias, allow_tf32=allow_tf32)
-        assert model["kernel"] == cuda_kernels.select_kernel(case.dtype, case.geom, allow_tf32,
+        assert model["kernel"] == select_kernel(case.dtype, case.geom, allow_tf32,
                                                              strides, True)
         assert model["launches"] == [launch.name for launch in launches]
         assert model["launches"][0].startswith("sepconv_tc<" if model["kernel"] == "tc"
-                                               else "sepconv_fused<")
+                                               else "sepconv_simt<")
         assert model["predicted_us"] == pytest.approx(sum(l.predicted_us for l in launches))
         assert cost_model.DEFAULT_DEVICE.launch_us < model["predicted_us"] < 1e6
         assert model["model_device"] == cost_model.DEFAULT_DEVICE.name
@@ -106,7 +107,7 @@ def test_summary_and_table_carry_the_model():
     def layer(ratio):
         ours = {"median_s": 1e-3, "pct_of_floor": 150.0,
                 "model": {"kernel": "simt", "predicted_us": 1e3 / ratio, "measured_us": 1e3,
-                          "ratio": ratio, "launches": ["sepconv_fused<...>"]}}
+                          "ratio": ratio, "launches": ["sepconv_simt<...>"]}}
         return {"key": f"s/{ratio}", "repeat": 1, "modes": {"float32": {"impls": {"sepconv_gpu": ours}}}}
 
     layers = [layer(2.0), layer(8.0)]
@@ -259,7 +260,7 @@ def test_predict_rows_are_the_untuned_dispatch_and_the_model_s_floor():
     """Each row's plan is what a call without autotuning launches (launch_sequence with no
     plan), its time the cost model's for those launches; the floor by hand."""
     from sepconv_gpu import activations
-    from sepconv_gpu.backends import cuda_kernels
+    from sepconv_gpu.backends.launch import launch_sequence
 
     device = cost_model.DEFAULT_DEVICE
     for layer in suites.select("all"):
@@ -267,12 +268,12 @@ def test_predict_rows_are_the_untuned_dispatch_and_the_model_s_floor():
         for mode in predict.MODES:
             r = predict.row(layer, mode)
             dtype = "float16" if mode == "float16" else "float32"
-            launches, _ = cuda_kernels.launch_sequence(
+            launches, _ = launch_sequence(
                 dtype, layer.geometry(32), activations.get(layer.activation), strides,
                 layer.use_bias, mode == "tf32")
             assert r["predicted_us"] == pytest.approx(sum(l.predicted_us for l in launches))
             assert r["plan"].split()[0] == launches[0].name.split("<")[0].replace(
-                "sepconv_fused", "simt").replace("sepconv_tc", "tc")
+                "sepconv_simt", "simt").replace("sepconv_tc", "tc")
     layer = next(l for l in suites.SUITES["mobilenet_v2"] if l.name == "56x56x144->24")
     positions = 32 * 56 * 56
     elements = 32 * 56 * 56 * 144 + positions * 24 + (9 * 144 + 144 * 24 + 24)
@@ -298,11 +299,11 @@ def test_predict_torch_estimates_cover_the_suites_and_tf32_is_derived():
 
 
 def test_predict_contiguous_strides_are_the_backend_s():
-    from sepconv_gpu.backends import cuda_kernels
+    from sepconv_gpu.backends.launch import input_element_strides
 
     for layer in suites.SUITES["tiny"] + suites.SUITES["conformer1d"]:
         x = np.zeros(layer.input_shape(2), dtype=np.float16)
-        assert predict.contiguous_strides(x.shape) == cuda_kernels.input_element_strides(
+        assert predict.contiguous_strides(x.shape) == input_element_strides(
             x.shape, x.strides, x.itemsize, layer.geometry(2))
 
 

@@ -24,7 +24,7 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 import sepconv_gpu as sg  # noqa: E402
 from sepconv_gpu import _dtypes, ops  # noqa: E402
 
-from _cases import TOLERANCE, examples, random_case  # noqa: E402
+from _cases import TOLERANCE, conv_configs, examples, input_shape, random_case  # noqa: E402
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 BF16_TOLERANCE = 2.0 ** -8 + TOLERANCE["float32"]
@@ -42,23 +42,17 @@ def _assert_close(y, reference):
     assert err <= BF16_TOLERANCE, err
 
 
-@given(data=st.data())
+@given(c=conv_configs(kernels=st.integers(1, 3), fit_every_padding=True, channels=(1, 9),
+                     multiplier=(1, 2), dtypes=("bfloat16",), max_stride=2, dilate=False,
+                     paddings=("valid", "same"),
+                     activation_choices=lambda _: [None, "relu", "gelu", "softmax", "tanh"]))
 @settings(max_examples=examples(20))
-def test_bfloat16_numpy_ops_match_the_reference_and_round_the_float32_result(data):
-    rank = data.draw(st.sampled_from([1, 2]))
-    channels_first = data.draw(st.booleans())
-    size = data.draw(st.integers(3, 12))
-    channels = data.draw(st.integers(1, 9))
-    batch = data.draw(st.integers(1, 3))
-    spatial = (size,) * rank
-    shape = ((batch, channels) + spatial) if channels_first else ((batch,) + spatial + (channels,))
-    kernel = data.draw(st.integers(1, 3))
-    multiplier, filters = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 7))
-    kw = dict(strides=data.draw(st.integers(1, 2)), padding=data.draw(st.sampled_from(["valid", "same"])),
-              data_format="channels_first" if channels_first else "channels_last",
-              activation=data.draw(st.sampled_from([None, "relu", "gelu", "softmax", "tanh"])))
-    x, dk, pk, b = _bf16_case(data.draw(st.integers(0, 99)), rank, shape, kernel, multiplier,
-                              filters, channels_first)
+def test_bfloat16_numpy_ops_match_the_reference_and_round_the_float32_result(c):
+    rank = c["rank"]
+    kw = dict(strides=c["strides"], padding=c["padding"], data_format=c["data_format"],
+              activation=c["activation"])
+    x, dk, pk, b = _bf16_case(c["seed"], rank, input_shape(c), c["kernel"], c["multiplier"],
+                              c["filters"], c["data_format"] == "channels_first")
     y = ops.separable_conv(rank, x, dk, pk, b, backend="numpy", **kw)
     assert y.dtype == BF16
     reference = ops.reference_separable_conv(rank, x, dk, pk, b, **kw)
@@ -148,18 +142,19 @@ def test_bfloat16_without_ml_dtypes_says_what_to_install(monkeypatch):
 
 @pytest.mark.parametrize("in_catalogue", [False, True])
 def test_bfloat16_cuda_dispatch_follows_the_kernel_catalogue(monkeypatch, in_catalogue):
-    """The CUDA backend launches bfloat16 only where cuda_kernels' catalogue has bfloat16
+    """The CUDA backend launches bfloat16 only where the kernel catalogue has bfloat16
     kernels; otherwise it refuses, before allocating or launching, saying so."""
     from benchmarks import fake_cupy
 
+    from sepconv_gpu.backends import kernel_common, simt
+
     backend, cupy = fake_cupy.load_backend()
-    kernels = backend._kernels
-    catalogue = {k: v for k, v in kernels.DTYPES.items() if k != "bfloat16"}
+    catalogue = {k: v for k, v in kernel_common.DTYPES.items() if k != "bfloat16"}
     if in_catalogue:
-        catalogue["bfloat16"] = kernels.DTYPES.get("bfloat16", ("__nv_bfloat16", 2, 4))
-        monkeypatch.setitem(kernels.SPECIALIZED_EXTENTS, "bfloat16",
-                            kernels.SPECIALIZED_EXTENTS.get("bfloat16", ()))
-    monkeypatch.setattr(kernels, "DTYPES", catalogue)
+        catalogue["bfloat16"] = kernel_common.DTYPES.get("bfloat16", ("__nv_bfloat16", 2, 4))
+        monkeypatch.setitem(simt.SPECIALIZED_EXTENTS, "bfloat16",
+                            simt.SPECIALIZED_EXTENTS.get("bfloat16", ()))
+    monkeypatch.setattr(kernel_common, "DTYPES", catalogue)
     backend._call_plan.cache_clear()
     x, dk, pk, b = _bf16_case(4, 2, (1, 6, 6, 4), 3, 1, 8)
     call = lambda: ops.separable_conv2d(cupy.asarray(x), dk, pk, b, padding="same",
@@ -197,17 +192,16 @@ def test_bfloat16_tensor_a_cupy_cannot_import_is_refused_clearly():
         backend.CupyOps().take(Bf16CudaTensor())
 
 
-@pytest.mark.parametrize("channels, family", [(16, "sepconv_tc"), (5, "sepconv_fused")])
-def test_bfloat16_emulated_kernels_through_the_backend_launch_path(channels, family):
+@pytest.mark.parametrize("channels, family", [(16, "sepconv_tc"), (5, "sepconv_simt")])
+def test_bfloat16_emulated_kernels_through_the_backend_launch_path(emulator, channels, family):
     """bfloat16 arrays through the CUDA backend's launch sequence (kernel choice, weight
     preparation, launches) on the host emulator: 16 channels take the tensor-core kernel
     (mma.m16n8k16.bf16), 5 the SIMT one (fp32 math). Bound, as in
     tests/test_tensor_core_kernel.py with u = 2**-8: 2u(A + |y|), A the reference of the
     absolute values (the tensor-core kernel rounds the depthwise result to bfloat16 once
     before the products, every kernel rounds the output once; fp32 sums are far below)."""
-    emu = pytest.importorskip("_cuda_host_emulator")
-    if emu.compiler() is None or emu.cuda_include_dir() is None:
-        pytest.skip("the host emulator needs g++ and the CUDA headers")
+    import _cuda_host_emulator as emu
+
     from sepconv_gpu import activations, geometry
     from sepconv_gpu.backends.numpy_backend import reference_separable_conv
 
@@ -217,7 +211,7 @@ def test_bfloat16_emulated_kernels_through_the_backend_launch_path(channels, fam
     geom = geometry.make_geometry(2, x.shape, dk.shape, pk.shape, b.shape, strides, padding,
                                   data_format, dilation)
     relu = activations.get("relu")
-    y, launches = emu.separable_conv(emu.HostEmulator([]), x, dk, pk, b, geom, relu)
+    y, launches = emu.separable_conv(emulator, x, dk, pk, b, geom, relu)
     assert [launch.name.split("<")[0] for launch in launches] == [family]
     assert y.dtype == BF16
     f64 = [a.astype(np.float64) for a in (x, dk, pk, b)]

@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sepconv_gpu import activations, ops
-from sepconv_gpu.backends import cuda_available, cuda_kernels
+from sepconv_gpu.backends import cuda_available, simt
 
-from _cases import (KERAS_TOLERANCE, SHAPE_PRESERVING_ACTIVATIONS, assert_matches, examples,
-                    random_case)
+from _cases import (KERAS_TOLERANCE, SHAPE_PRESERVING_ACTIVATIONS, assert_matches, conv_configs,
+                    examples, input_shape, random_case)
 
 GPU = cuda_available()
 pytestmark = pytest.mark.gpu  # conftest.py skips it where no CUDA device answers
@@ -103,32 +103,17 @@ def compare(rank, x, dk, pk, b, **kw):
 
 @settings(max_examples=examples(80), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(data=st.data())
-def test_random_configurations_match_reference(data):
-    rank = data.draw(st.sampled_from([1, 2]), "rank")
-    dtype = data.draw(st.sampled_from(["float32", "float16", "float64"]), "dtype")
-    data_format = data.draw(st.sampled_from(["channels_last", "channels_first"]), "data_format")
-    kernel = tuple(data.draw(st.sampled_from([1, 2, 3, 3, 5, 7])) for _ in range(rank))
-    if data.draw(st.booleans()):
-        strides, dilation = tuple(data.draw(st.integers(1, 3)) for _ in range(rank)), 1
-    else:
-        strides, dilation = 1, tuple(data.draw(st.integers(1, 3)) for _ in range(rank))
-    padding = data.draw(st.sampled_from(["valid", "same"] + (["causal"] if rank == 1 else [])))
-    # only non-empty outputs: "valid" needs the dilated kernel to fit
-    extent = [1 + (k - 1) * d if padding == "valid" else 1
-              for k, d in zip(kernel, np.broadcast_to(dilation, rank))]
-    spatial = tuple(data.draw(st.integers(e, e + (40 if rank == 2 else 300))) for e in extent)
-    channels = data.draw(st.integers(1, 48))
-    multiplier = data.draw(st.integers(1, 4))
-    filters = data.draw(st.integers(1, 150))
-    batch = data.draw(st.integers(1, 4))
-    act = data.draw(st.sampled_from((None,) + SHAPE_PRESERVING_ACTIVATIONS), "activation")
-    use_bias = data.draw(st.booleans())
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    x, dk, pk, b = make_case(rng, rank, (batch,) + spatial + (channels,), kernel, multiplier,
-                             filters, dtype, use_bias)
-    kw = dict(strides=strides, padding=padding, data_format=data_format,
-              dilation_rate=dilation, activation=act)
+@given(c=conv_configs(kernels=st.sampled_from([1, 2, 3, 3, 5, 7]), slack=(300, 40),
+                     channels=(1, 48), multiplier=(1, 4), filters=(1, 150), batch=(1, 4),
+                     activation_choices=lambda dtype: (None,) + SHAPE_PRESERVING_ACTIVATIONS),
+       data=st.data())
+def test_random_configurations_match_reference(c, data):
+    rank, data_format = c["rank"], c["data_format"]
+    rng = np.random.default_rng(c["seed"])
+    x, dk, pk, b = make_case(rng, rank, input_shape(c, "channels_last"), c["kernel"],
+                             c["multiplier"], c["filters"], c["dtype"], c["use_bias"])
+    kw = dict(strides=c["strides"], padding=c["padding"], data_format=data_format,
+              dilation_rate=c["dilation"], activation=c["activation"])
     device_x = data.draw(st.booleans(), "cupy input")
     x = to_layout(x, data_format)
     compare(rank, cupy.asarray(x) if device_x else x, dk, pk, b, **kw)
@@ -178,7 +163,7 @@ def test_odd_sizes(shape, kernel, m, f):
 def test_large_dilation_without_halo():
     rng = np.random.default_rng(15)
     x, dk, pk, b = make_case(rng, 2, (1, 90, 85, 20), 3, 1, 10)
-    p = cuda_kernels.plan("float32", 1, 20, 1, 10, (90, 85), (90, 85), (3, 3), (1, 1), (40, 40))
+    p = simt.plan("float32", 1, 20, 1, 10, (90, 85), (90, 85), (3, 3), (1, 1), (40, 40))
     assert not p.use_halo
     compare(2, x, dk, pk, b, padding="same", dilation_rate=40)
 

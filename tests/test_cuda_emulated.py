@@ -2,7 +2,7 @@
 
 The kernel source is compiled for the host with a shim of the CUDA execution model
 (tests/_cuda_host_emulator.py) and run through the same launch sequence and argument
-marshalling as the CUDA backend (`cuda_kernels.launch_sequence`). No GPU, no CuPy: needs a
+marshalling as the CUDA backend (`launch_sequence`). No GPU, no CuPy: needs a
 C++20 compiler and the CUDA headers (cuda_fp16.h). Timing, races and GPU math-library
 accuracy are left to the GPU tests (tests/test_cuda_backend.py).
 """
@@ -15,26 +15,25 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sepconv_gpu import activations, geometry
-from sepconv_gpu.backends import cuda_kernels
+from sepconv_gpu.backends import kernel_common, simt
+from sepconv_gpu.backends.launch import (
+    input_element_strides, launch_arrays, launch_sequence, prepare_weights)
 from sepconv_gpu.backends.numpy_backend import reference_separable_conv
 
-from _cases import SHAPE_PRESERVING_ACTIVATIONS, assert_matches, examples, random_case, stable_seed
+from _cases import (
+    assert_matches, conv_configs, examples, input_shape, random_case, stable_seed)
 
 try:
     import _cuda_host_emulator as emu  # tests/ on sys.path (pytest's default rootdir import)
 except ImportError:  # tests/ as a package
     from . import _cuda_host_emulator as emu
 
-pytestmark = pytest.mark.skipif(
-    emu.compiler() is None or emu.cuda_include_dir() is None,
-    reason="needs a host C++ compiler and the CUDA headers")
-
 
 @pytest.fixture(scope="module")
-def emulator():
+def emulator_names():
     # the SIMT and softmax kernels these cases launch (a few CPU-seconds of host
     # compilation); a case planned onto the tensor-core kernel builds it on first launch
-    return emu.HostEmulator(cuda_kernels.simt_name_expressions())
+    return simt.simt_name_expressions()
 
 
 def make_case(rng, rank, x_shape, kernel, multiplier, filters, strides=1, padding="valid",
@@ -94,7 +93,7 @@ def test_every_activation(emulator, name, data_format):
 def test_unfusable_activation_is_applied_after(emulator):
     rng = np.random.default_rng(3)
     launches = check(emulator, *make_case(rng, 2, (1, 5, 5, 3), 3, 1, 4, activation=lambda t: t * 3 - 1))
-    assert launches[0].scalars[-2] == cuda_kernels.activation_index("linear") and len(launches) == 1
+    assert launches[0].scalars[-2] == kernel_common.activation_index("linear") and len(launches) == 1
 
 
 def test_activation_parameter_is_passed(emulator):
@@ -112,7 +111,7 @@ def test_without_halo_fallback(emulator):
     rng = np.random.default_rng(5)
     case = make_case(rng, 2, (1, 90, 85, 20), 3, 1, 10, 1, "same", "channels_last", 40)
     launches = check(emulator, *case)
-    plan = cuda_kernels.plan("float32", 1, 20, 1, 10, (90, 85), (90, 85), (3, 3), (1, 1), (40, 40))
+    plan = simt.plan("float32", 1, 20, 1, 10, (90, 85), (90, 85), (3, 3), (1, 1), (40, 40))
     assert not plan.use_halo and launches[0].name.endswith("0, 0>")
 
 
@@ -166,9 +165,9 @@ def test_softmax_kernel_on_nan_and_inf_rows_as_the_activation(emulator, dtype):
                 expected = (activations.log_softmax if log else activations.softmax)(
                     x.astype(np.float64))
             y = x.copy()
-            grid, scalars = cuda_kernels.softmax_launch(*y.shape)
-            emulator.launch(cuda_kernels.softmax_name(dtype, log), grid,
-                            cuda_kernels.SOFTMAX_THREADS, [y, *scalars], 0)
+            grid, scalars = simt.softmax_launch(*y.shape)
+            emulator.launch(simt.softmax_name(dtype, log), grid,
+                            simt.SOFTMAX_THREADS, [y, *scalars], 0)
             y = y.astype(np.float64)
             np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
             finite = ~np.isnan(expected)
@@ -176,33 +175,17 @@ def test_softmax_kernel_on_nan_and_inf_rows_as_the_activation(emulator, dtype):
 
 
 @settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data())
-def test_random_configurations(emulator, data):
-    rank = data.draw(st.sampled_from([1, 2]))
-    dtype = data.draw(st.sampled_from(["float32", "float16", "float64"]))
-    data_format = data.draw(st.sampled_from(["channels_last", "channels_first"]))
-    kernel = tuple(data.draw(st.integers(1, 5)) for _ in range(rank))
-    if data.draw(st.booleans()):
-        strides, dilation = tuple(data.draw(st.integers(1, 3)) for _ in range(rank)), 1
-    else:
-        strides, dilation = 1, tuple(data.draw(st.integers(1, 3)) for _ in range(rank))
-    padding = data.draw(st.sampled_from(["valid", "same"] + (["causal"] if rank == 1 else [])))
-    # only non-empty outputs: "valid" needs the dilated kernel to fit
-    extent = [1 + (k - 1) * d if padding == "valid" else 1
-              for k, d in zip(kernel, np.broadcast_to(dilation, rank))]
-    spatial = tuple(data.draw(st.integers(e, e + (24 if rank == 2 else 90))) for e in extent)
-    channels, multiplier = data.draw(st.integers(1, 20)), data.draw(st.integers(1, 4))
-    filters, batch = data.draw(st.integers(1, 80)), data.draw(st.integers(1, 3))
-    act = data.draw(st.sampled_from(SHAPE_PRESERVING_ACTIVATIONS))
-    shape = (batch,) + ((channels,) + spatial if data_format == "channels_first" else spatial + (channels,))
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    check(emulator, *make_case(rng, rank, shape, kernel, multiplier, filters, strides, padding,
-                               data_format, dilation, act, dtype, data.draw(st.booleans())))
+@given(c=conv_configs(slack=(90, 24), channels=(1, 20), multiplier=(1, 4), filters=(1, 80)))
+def test_random_configurations(emulator, c):
+    rng = np.random.default_rng(c["seed"])
+    check(emulator, *make_case(rng, c["rank"], input_shape(c), c["kernel"], c["multiplier"],
+                               c["filters"], c["strides"], c["padding"], c["data_format"],
+                               c["dilation"], c["activation"], c["dtype"], c["use_bias"]))
 
 
 @settings(max_examples=examples(300), deadline=None)
 @given(
-    dtype=st.sampled_from(sorted(cuda_kernels.DTYPES)),
+    dtype=st.sampled_from(sorted(kernel_common.DTYPES)),
     channels=st.integers(1, 3000), multiplier=st.integers(1, 50), filters=st.integers(1, 5000),
     out=st.tuples(st.integers(1, 300), st.integers(1, 300)),
     kernel=st.tuples(st.integers(1, 9), st.integers(1, 9)),
@@ -211,11 +194,11 @@ def test_random_configurations(emulator, data):
 )
 def test_plan_fits_shared_memory_and_covers_the_output(dtype, channels, multiplier, filters, out,
                                                         kernel, strides, dilation):
-    p = cuda_kernels.plan(dtype, 2, channels, multiplier, filters, (500, 500), out, kernel,
-                          strides, dilation)
-    assert p.bf in cuda_kernels.FILTER_BLOCKS and p.bp * p.bf == cuda_kernels.TILE_ELEMS
+    p = simt.plan(dtype, 2, channels, multiplier, filters, (500, 500), out, kernel,
+                  strides, dilation)
+    assert p.bf in simt.FILTER_BLOCKS and p.bp * p.bf == simt.TILE_ELEMS
     assert p.tw & (p.tw - 1) == 0 and p.bp % p.tw == 0
-    assert p.shared_bytes <= cuda_kernels.SMEM_BUDGET
+    assert p.shared_bytes <= simt.SMEM_BUDGET
     assert p.tiles_w * p.tw >= out[1] and (p.tiles_img // p.tiles_w) * p.th >= out[0]
     assert p.filter_blocks * p.bf >= filters
     if p.use_halo:  # the halo holds every input a tile position reads
@@ -246,9 +229,9 @@ def test_halo_staging_paths(emulator, dtype, layout):
 
 def _warp_bank_conflicts(plan, itemsize, strides):
     """Most distinct words one shared-memory bank serves in one depthwise read (tap 0) of
-    any warp, simulated from the kernel's halo layout (sepconv_fused.cu, Shared memory)."""
+    any warp, simulated from the kernel's halo layout (sepconv_simt.cu, Shared memory)."""
     sh, sw = strides
-    split = cuda_kernels.halo_split(itemsize, sw)
+    split = simt.halo_split(itemsize, sw)
     wsub = (plan.halo_w + 1) // 2
     lanes_per_pass = 16 if itemsize == 8 else 32   # 8-byte loads: a half-warp per pass
     worst = 1
@@ -269,9 +252,9 @@ def _warp_bank_conflicts(plan, itemsize, strides):
                                           (19, 1), (37, 1), (10, 2)])
 def test_halo_pitch_makes_depthwise_reads_conflict_free(dtype, size, stride):
     out = -(-size // stride)
-    itemsize = cuda_kernels.DTYPES[dtype][1]
-    p = cuda_kernels.plan(dtype, 8, 64, 1, 128, (size, size), (out, out), (3, 3),
-                          (stride, stride), (1, 1))
+    itemsize = kernel_common.DTYPES[dtype][1]
+    p = simt.plan(dtype, 8, 64, 1, 128, (size, size), (out, out), (3, 3),
+                  (stride, stride), (1, 1))
     if dtype == "float64" and stride == 2:
         # no 8-byte stride-2 halo of 16 channels fits 48 KB: gathered from global memory
         assert not p.use_halo
@@ -279,8 +262,8 @@ def test_halo_pitch_makes_depthwise_reads_conflict_free(dtype, size, stride):
     assert p.use_halo and p.pitch >= p.halo_w
     ways = _warp_bank_conflicts(p, itemsize, (stride, stride))
     # the planner's own belief (what its cost model prices) matches the simulated banks
-    col_step = 1 if cuda_kernels.halo_split(itemsize, stride) else stride
-    assert (ways == 1) == cuda_kernels._rows_disjoint(p.pitch, p.tw, stride, col_step, itemsize), p
+    col_step = 1 if simt.halo_split(itemsize, stride) else stride
+    assert (ways == 1) == simt._rows_disjoint(p.pitch, p.tw, stride, col_step, itemsize), p
     if dtype != "float64":
         # float16 / float32: the planner always lands on a conflict-free pitch for these
         # layers (float64 may trade a 2-way conflict for occupancy where the model says so)
@@ -308,12 +291,12 @@ def test_plan_is_priced_by_the_cost_model(dtype, shape):
     from sepconv_gpu.backends import cost_model
 
     batch, c, m, f, size_in, size_out, kernel, strides, dilation, cf = shape
-    p = cuda_kernels.plan(dtype, batch, c, m, f, size_in, size_out, kernel, strides, dilation, cf)
+    p = simt.plan(dtype, batch, c, m, f, size_in, size_out, kernel, strides, dilation, cf)
     geom = geometry_of(batch, c, m, f, size_in, size_out, kernel, strides, dilation, cf)
-    _, in_isz, acc_isz = cuda_kernels.DTYPES[dtype]
-    specialized = cuda_kernels.kernel_extent(dtype, kernel) != cuda_kernels.GENERIC_EXTENT
-    ways = 1 if cuda_kernels._rows_disjoint(
-        p.pitch, p.tw, strides[0], 1 if cuda_kernels.halo_split(in_isz, strides[1]) else strides[1],
+    _, in_isz, acc_isz = kernel_common.DTYPES[dtype]
+    specialized = simt.kernel_extent(dtype, kernel) != kernel_common.GENERIC_EXTENT
+    ways = 1 if simt._rows_disjoint(
+        p.pitch, p.tw, strides[0], 1 if simt.halo_split(in_isz, strides[1]) else strides[1],
         in_isz) else 2
     work = cost_model.simt_fused_work(geom, p, in_isz, acc_isz, specialized=specialized,
                                       bank_ways=ways)
@@ -349,15 +332,15 @@ def _inf_case(name):
 
 
 @pytest.fixture(scope="module")
-def inf_emulator():
+def inf_emulator(emulator_for):
     """Only the instantiations these cases launch (a few seconds of host compilation)."""
     names = []
     for case in INF_CASES:
         x, dk, pk, geom = _inf_case(case)
-        strides = cuda_kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
-        launches, _ = cuda_kernels.launch_sequence(x.dtype.name, geom, activations.get(None), strides, False)
+        strides = input_element_strides(x.shape, x.strides, x.itemsize, geom)
+        launches, _ = launch_sequence(x.dtype.name, geom, activations.get(None), strides, False)
         names += [launch.name for launch in launches]
-    return emu.HostEmulator(names)
+    return emulator_for(names)
 
 
 @pytest.mark.parametrize("case", sorted(INF_CASES))
@@ -371,7 +354,7 @@ def test_inf_depthwise_weight_with_same_padding(inf_emulator, case):
     with np.errstate(invalid="ignore", over="ignore"):
         y, launches = emu.separable_conv(inf_emulator, x, dk, pk, None, geom, activations.get(None))
         ref = reference_separable_conv(x, dk, pk, None, geom, activations.get(None))
-    assert launches[0].name.startswith("sepconv_tc" if case == "tensor_core" else "sepconv_fused")
+    assert launches[0].name.startswith("sepconv_tc" if case == "tensor_core" else "sepconv_simt")
     padded_tap = np.isnan(ref)  # where tap (0, 0) of channel 0 reads the padding
     assert padded_tap.any() and (np.isposinf(ref) | padded_tap).all()
     if case == "simt_no_halo":
@@ -414,16 +397,16 @@ def test_bfloat16_kernels(emulator, rank, shape, data_format, activation):
     x, dk, pk, b, geom, act = make_case(rng, rank, shape, 3, 1, 13, 1, "same", data_format,
                                         activation=activation)
     x_bits = bfloat16_bits(x)
-    strides = cuda_kernels.input_element_strides(x_bits.shape, x_bits.strides, 2, geom)
+    strides = input_element_strides(x_bits.shape, x_bits.strides, 2, geom)
     # x_aligned=False keeps the channels_last case on the SIMT kernel: an aligned one takes
     # the tensor-core kernel (tests/test_tensor_core_kernel.py::test_tensor_core_bfloat16)
-    launches, apply_after = cuda_kernels.launch_sequence("bfloat16", geom, act, strides, True,
-                                                         x_aligned=False)
-    assert not apply_after and launches[0].name.startswith("sepconv_fused<__nv_bfloat16,")
+    launches, apply_after = launch_sequence("bfloat16", geom, act, strides, True,
+                                            x_aligned=False)
+    assert not apply_after and launches[0].name.startswith("sepconv_simt<__nv_bfloat16,")
     y_bits = np.full(geom.output_shape, 0xFFFF, np.uint16)   # NaN: every output written
-    weights = cuda_kernels.prepare_weights(np, launches[0].weights, dk, pk, b)
+    weights = prepare_weights(np, launches[0].weights, dk, pk, b)
     for launch in launches:
-        arrays = cuda_kernels.launch_arrays(launch, x_bits, weights, y_bits, None)
+        arrays = launch_arrays(launch, x_bits, weights, y_bits, None)
         emulator.launch(launch.name, launch.grid, launch.block, arrays + launch.scalars,
                         launch.shared_bytes)
     x_rounded = from_bfloat16_bits(x_bits)

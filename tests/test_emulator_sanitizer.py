@@ -2,7 +2,7 @@
 
 The CUDA backend's launch sequences run through the host emulator built with
 ThreadSanitizer (racecheck) and AddressSanitizer (memcheck), over launches that cover
-every kernel template (sepconv_fused, sepconv_softmax_lastaxis, sepconv_tc,
+every kernel template (sepconv_simt, sepconv_softmax_lastaxis, sepconv_tc,
 sepconv_tc_reduce) and plan shape: tensor-core warp tiles MT = 1, 2 and 4, position
 orders in bands of row segments and as a slab, depthwise strips and the generic loop,
 resident A over several filter blocks, channel splits with the reduce launch, float16,
@@ -32,7 +32,9 @@ import numpy as np
 import pytest
 
 from sepconv_gpu import activations, geometry
-from sepconv_gpu.backends import cuda_kernels
+from sepconv_gpu.backends import kernel_cache, kernel_common, simt, tc
+from sepconv_gpu.backends.launch import (
+    input_element_strides, launch_arrays, launch_sequence, prepare_weights, round_to_bfloat16_bits)
 from sepconv_gpu.backends.numpy_backend import reference_separable_conv
 
 from _cases import assert_matches, random_case
@@ -44,9 +46,12 @@ except ImportError:  # tests/ as a package
     from . import _cuda_host_emulator as emu
     from . import _emulator_sanitizer as sanitizer
 
-pytestmark = pytest.mark.skipif(
-    emu.compiler() is None or emu.cuda_include_dir() is None,
-    reason="needs a host C++ compiler and the CUDA headers")
+
+@pytest.fixture(autouse=True)
+def _host_toolchain(emulator_for):
+    """The sanitized drivers are built with the host emulator's toolchain: conftest's
+    `emulator_for` skips every test here where it is missing."""
+
 
 CHECKS = ("racecheck", "memcheck")
 
@@ -68,8 +73,8 @@ def tc_plan_of(case, geom, launches):
     """The planner's `TcPlan` for the case (planned, as the launch sequence plans it, with
     the activation its epilogue runs), checked to be the one its "tc" launch runs."""
     kernel_id = activations.get(case.activation).kernel_id
-    epilogue = kernel_id if kernel_id in cuda_kernels.FUSED_ACTIVATIONS else "linear"
-    tp = cuda_kernels.tc_plan(case.dtype, geom, epilogue == "linear")
+    epilogue = kernel_id if kernel_id in kernel_common.FUSED_ACTIVATIONS else "linear"
+    tp = tc.tc_plan(case.dtype, geom, epilogue == "linear")
     launch = launches[0]
     # the launch's last two scalars are band_h and slab (tc_scalar_args)
     ran = (launch.grid, launch.shared_bytes, tc_m_tiles(launches),
@@ -85,9 +90,9 @@ def simt_extent(launches):
 
 
 def simt_uses_halo(geom, dtype):
-    return cuda_kernels.plan(dtype, geom.batch, geom.channels, geom.depth_multiplier,
-                             geom.filters, geom.in_size, geom.out_size, geom.kernel,
-                             geom.strides, geom.dilation, geom.channels_first).use_halo
+    return simt.plan(dtype, geom.batch, geom.channels, geom.depth_multiplier,
+                     geom.filters, geom.in_size, geom.out_size, geom.kernel,
+                     geom.strides, geom.dilation, geom.channels_first).use_halo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +130,7 @@ def _tc(split=False, resident=False, strips=None, after=(), **fields):
             return False
         tp = tc_plan_of(case, geom, launches)
         return ((tp.k_splits > 1) == split and (tp.filter_blocks > 1) == resident
-                and (strips is None or cuda_kernels.tc_uses_strips(geom) == strips)
+                and (strips is None or tc.tc_uses_strips(geom) == strips)
                 and all(v(getattr(tp, k)) if callable(v) else getattr(tp, k) == v
                         for k, v in fields.items()))
     return wants
@@ -137,7 +142,7 @@ def banded(band_h):
 
 def _simt(extent, halo=True, after=()):
     def wants(case, launches, geom):
-        return (kinds(launches) == ["fused"] + list(after) and simt_extent(launches) == extent
+        return (kinds(launches) == ["simt"] + list(after) and simt_extent(launches) == extent
                 and simt_uses_halo(geom, case.dtype) == halo)
     return wants
 
@@ -190,8 +195,8 @@ def _geometry(case, batch, spatial, channels, filters):
 
 
 def _launches(case, geom, x_strides):
-    return cuda_kernels.launch_sequence(case.dtype, geom, activations.get(case.activation),
-                                        x_strides, True, case.allow_tf32, True)[0]
+    return launch_sequence(case.dtype, geom, activations.get(case.activation),
+                           x_strides, True, case.allow_tf32, True)[0]
 
 
 def find_geometry(case):
@@ -202,7 +207,7 @@ def find_geometry(case):
     for batch, spatial, channels, filters in candidates:
         x_shape, geom = _geometry(case, batch, spatial, channels, filters)
         x_strides = np.cumprod((1,) + x_shape[:0:-1])[::-1]   # contiguous, in elements
-        strides = cuda_kernels.input_element_strides(x_shape, x_strides, 1, geom)
+        strides = input_element_strides(x_shape, x_strides, 1, geom)
         launches = _launches(case, geom, strides)
         if case.wants(case, launches, geom):
             return x_shape, geom, launches
@@ -237,14 +242,14 @@ def separable_conv_bfloat16(emulator, x, dk, pk, b, geom, act):
     """emu.separable_conv for bfloat16, which NumPy lacks: the input and output as bit
     patterns in uint16 arrays (which emu.separable_conv would take for integers), the
     launch sequence planned for "bfloat16". Returns y's values (float64) and the launches."""
-    strides = cuda_kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
-    launches, apply_after = cuda_kernels.launch_sequence("bfloat16", geom, act, strides, True)
+    strides = input_element_strides(x.shape, x.strides, x.itemsize, geom)
+    launches, apply_after = launch_sequence("bfloat16", geom, act, strides, True)
     assert not apply_after
     y = np.full(geom.output_shape, 0xFFFF, np.uint16)   # NaN: every output must be written
-    weights = cuda_kernels.prepare_weights(np, launches[0].weights, dk, pk, b)
+    weights = prepare_weights(np, launches[0].weights, dk, pk, b)
     partial = np.full(launches[0].partial, np.nan, np.float32) if launches[0].partial else None
     for launch in launches:
-        arrays = cuda_kernels.launch_arrays(launch, x, weights, y, partial)
+        arrays = launch_arrays(launch, x, weights, y, partial)
         emulator.launch(launch.name, launch.grid, launch.block, arrays + launch.scalars,
                         launch.shared_bytes)
     return bfloat16_values(y), launches
@@ -264,8 +269,8 @@ def run_case(emulator, case, x_shape, geom, seed=0):
         emulator = emulator.sampling(case.max_blocks)
     if bf16:
         # inputs and weights rounded to bfloat16: the reference sees the values computed with
-        x = cuda_kernels.round_to_bfloat16_bits(np, x)
-        dk, pk = (bfloat16_values(cuda_kernels.round_to_bfloat16_bits(np, w)) for w in (dk, pk))
+        x = round_to_bfloat16_bits(np, x)
+        dk, pk = (bfloat16_values(round_to_bfloat16_bits(np, w)) for w in (dk, pk))
     before = x.copy()
     if bf16:
         y, launches = separable_conv_bfloat16(emulator, x, dk, pk, b, geom, act)
@@ -303,7 +308,7 @@ def test_sanitizer_finds_nothing(drivers, planned, check, label):
 def test_sanitizer_cases_cover_every_kernel_template(planned):
     """Every __global__ template of the kernel source runs in some case."""
     templates = set(re.findall(r"__global__\s+void\s+(?:__\w+__\([^)]*\)\s+)*(\w+)\s*\(",
-                               cuda_kernels.source()))
+                               kernel_cache.kernel_source()))
     ran = {launch.name.split("<")[0] for _, _, _, launches in planned.values() for launch in launches}
     assert len(templates) >= 4 and templates == ran, (templates, ran)
 
@@ -335,7 +340,7 @@ def without_barrier_before(marker):
 
 
 RACES = {
-    # sepconv_fused: the pointwise stage reads Ds, which other warps' depthwise wrote
+    # sepconv_simt: the pointwise stage reads Ds, which other warps' depthwise wrote
     "simt-float32-3x3": "// ---- 3. pointwise: acc",
     # sepconv_tc: the epilogue's Cs reuses the pipeline buffers other warps' mma still read
     "tc-mt1-strips-bands": "// ---- epilogue: Cs",
@@ -346,7 +351,7 @@ RACES = {
 def test_sanitizer_racecheck_finds_a_removed_barrier(planned, label):
     case, x_shape, geom, launches = planned[label]
     mutation = f"remove the barrier before {RACES[label]}"
-    source = mutate(cuda_kernels.source(), without_barrier_before(RACES[label]),
+    source = mutate(kernel_cache.kernel_source(), without_barrier_before(RACES[label]),
                     "/* barrier removed by the test */", mutation)
     racecheck = build([launches[0].name], source, ["racecheck"])["racecheck"]
     report = report_of(lambda: run_case(racecheck, case, x_shape, geom), mutation)
@@ -355,13 +360,13 @@ def test_sanitizer_racecheck_finds_a_removed_barrier(planned, label):
 
 
 def test_sanitizer_memcheck_finds_a_load_past_the_end(planned):
-    """sepconv_fused stages the depthwise weights of channel slot k == K too: it reads one
+    """sepconv_simt stages the depthwise weights of channel slot k == K too: it reads one
     element past the end of the weights (their last tap) and never uses it, so the result
     is still right (the plain build passes) while memcheck fails."""
     case, x_shape, geom, launches = planned["simt-float32-3x3"]
     assert geom.intermediate_channels % 16, "the mutation needs a chunk with a slot past K"
     mutation = "widen the depthwise-weight bound"
-    source = mutate(cuda_kernels.source(), r"(Wd\[i\] = k )<( K \? load_ro\(dwk)", r"\1<=\2",
+    source = mutate(kernel_cache.kernel_source(), r"(Wd\[i\] = k )<( K \? load_ro\(dwk)", r"\1<=\2",
                     mutation)
     builds = build([launches[0].name], source, ["memcheck", "plain"])
     run_case(builds["plain"], case, x_shape, geom)

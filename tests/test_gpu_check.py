@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sepconv_gpu.backends import cuda_available, cuda_kernels
+from sepconv_gpu.backends import cuda_available, kernel_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
@@ -64,7 +64,7 @@ def test_the_record_says_what_ran(dry_run):
     # both kernel families, every warp tile MT, a channel split with its reduce, every dtype
     assert coverage["tc_m_tiles"] == [1, 2, 4] and max(coverage["tc_k_splits"]) > 1
     assert coverage["modes"] == ["float16", "float32", "float64", "tf32"]
-    templates = {name.split("<")[0] for name in cuda_kernels.all_name_expressions()}
+    templates = {name.split("<")[0] for name in kernel_cache.all_name_expressions()}
     assert {name.split("<")[0] for name in coverage["kernels"]} == templates
     registers = record["stages"]["registers"]["commands"][0]["result"]
     assert registers["checked"] == registers["kernels"] > 0 and not registers["framed"]

@@ -18,7 +18,7 @@ import time
 import pytest
 from test_launch_arguments import _launch, fake_backend, fake_nvrtc  # noqa: F401 (a fixture)
 
-from sepconv_gpu.backends import cuda_kernels, kernel_cache, nvrtc
+from sepconv_gpu.backends import kernel_cache, nvrtc
 
 SOURCE = "template <typename T> __global__ void scale(T* x, T a) { x[threadIdx.x] *= a; }\n"
 NAMES = ("scale<float>", "scale<double>")
@@ -63,7 +63,7 @@ def test_miss_writes_one_entry_and_a_hit_returns_it_without_nvrtc(cache):
 def test_library_kernel_cold_and_warm(cache, capsys):
     """A real instantiation through the path get_function uses; the times are printed."""
     directory, compiles = cache
-    name = cuda_kernels.all_name_expressions()[0]
+    name = kernel_cache.all_name_expressions()[0]
     start = time.monotonic()
     cold = kernel_cache.library_kernels((name,), ARCH)
     cold_s = time.monotonic() - start

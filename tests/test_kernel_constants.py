@@ -16,37 +16,38 @@ import numpy as np
 import pytest
 
 from sepconv_gpu import activations, geometry
-from sepconv_gpu.backends import cuda_kernels
+from sepconv_gpu.backends import kernel_cache, kernel_common, simt, tc
+from sepconv_gpu.backends.launch import input_element_strides, launch_sequence
 
 try:
     import _cuda_host_emulator as emu  # tests/ on sys.path (pytest's default rootdir import)
 except ImportError:  # tests/ as a package
     from . import _cuda_host_emulator as emu
 
-KERNELS = cuda_kernels.kernels_dir()
+KERNELS = kernel_cache.kernels_dir()
 
 # source file -> {C++ constant: the Python value that mirrors it}
 MIRRORED = {
-    os.path.join(KERNELS, "sepconv_fused.cu"): {
-        "SC_THREADS": cuda_kernels.THREADS,
-        "SC_BK": cuda_kernels.CHUNK,
-        "SC_TILE_ELEMS": cuda_kernels.TILE_ELEMS,
-        "SC_DW_SMEM_TAPS": cuda_kernels.DW_SMEM_TAPS,
+    os.path.join(KERNELS, "sepconv_simt.cu"): {
+        "SC_THREADS": simt.THREADS,
+        "SC_BK": simt.CHUNK,
+        "SC_TILE_ELEMS": simt.TILE_ELEMS,
+        "SC_DW_SMEM_TAPS": simt.DW_SMEM_TAPS,
     },
     os.path.join(KERNELS, "sepconv_common.cuh"): {
-        "ACT_SLOTS": cuda_kernels.ACT_SLOTS,
+        "ACT_SLOTS": kernel_common.ACT_SLOTS,
     },
     os.path.join(KERNELS, "sepconv_tc.cu"): {
-        "TC_THREADS": cuda_kernels.TC_THREADS,
-        "TC_WARPS": cuda_kernels.TC_WARPS,
-        "TC_WARP_M": cuda_kernels.TC_WARP_M,
-        "TC_WARP_N": cuda_kernels.TC_WARP_N,
-        "TC_TILE_ELEMS": cuda_kernels.TC_TILE_ELEMS,
-        "TC_CHUNK_BYTES": cuda_kernels.TC_CHUNK_BYTES,
-        "TC_ROW_BYTES": cuda_kernels.TC_ROW_BYTES,
-        "TC_OUT_PAD": cuda_kernels.TC_OUT_PAD,
-        "TC_ACT_SLOTS": cuda_kernels.TC_ACT_SLOTS,
-        "TC_MT2_REGISTERS": cuda_kernels.TC_MT2_REGISTERS,
+        "TC_THREADS": tc.TC_THREADS,
+        "TC_WARPS": tc.TC_WARPS,
+        "TC_WARP_M": tc.TC_WARP_M,
+        "TC_WARP_N": tc.TC_WARP_N,
+        "TC_TILE_ELEMS": tc.TC_TILE_ELEMS,
+        "TC_CHUNK_BYTES": tc.TC_CHUNK_BYTES,
+        "TC_ROW_BYTES": tc.TC_ROW_BYTES,
+        "TC_OUT_PAD": tc.TC_OUT_PAD,
+        "TC_ACT_SLOTS": tc.TC_ACT_SLOTS,
+        "TC_MT2_REGISTERS": tc.TC_MT2_REGISTERS,
     },
     emu.RUNTIME: {
         "EMU_SMEM_LIMIT": emu.SMEM_LIMIT,
@@ -127,7 +128,7 @@ def _enum_names(text, enum):
 def test_activation_enum_order_matches_python():
     with open(os.path.join(KERNELS, "sepconv_common.cuh"), encoding="utf-8") as fh:
         names, entries = _enum_names(fh.read(), "SepconvActivation")
-    assert names == [cuda_kernels.activation_enum(k) for k in cuda_kernels.FUSED_ACTIVATIONS]
+    assert names == [kernel_common.activation_enum(k) for k in kernel_common.FUSED_ACTIVATIONS]
     # values come from the order alone
     assert entries[0].replace(" ", "") in ("ACT_LINEAR", "ACT_LINEAR=0")
     assert all("=" not in e for e in entries[1:])
@@ -135,25 +136,25 @@ def test_activation_enum_order_matches_python():
 
 def test_runtime_activation_switch_covers_every_activation():
     # ActivationDispatch (both kernels' epilogues) branches over ACT_SLOTS enum values
-    assert len(cuda_kernels.FUSED_ACTIVATIONS) <= cuda_kernels.ACT_SLOTS
+    assert len(kernel_common.FUSED_ACTIVATIONS) <= kernel_common.ACT_SLOTS
 
 
 def test_tensor_core_dispatch_covers_every_activation():
     # the runtime switch in sepconv_tc's epilogue dispatches over TC_ACT_SLOTS enum values
     slots = cpp_constants(os.path.join(KERNELS, "sepconv_tc.cu"))["TC_ACT_SLOTS"]
-    assert len(cuda_kernels.FUSED_ACTIVATIONS) <= slots
+    assert len(kernel_common.FUSED_ACTIVATIONS) <= slots
 
 
 def test_softmax_block_size():
-    with open(os.path.join(KERNELS, cuda_kernels.MAIN_SOURCE), encoding="utf-8") as fh:
+    with open(os.path.join(KERNELS, simt.SOURCE), encoding="utf-8") as fh:
         text = _strip_comments(fh.read())
     m = re.search(r"__launch_bounds__\((\d+)\)\s*sepconv_softmax_lastaxis\b", text)
     assert m, "sepconv_softmax_lastaxis has no __launch_bounds__(N)"
-    assert int(m.group(1)) == cuda_kernels.SOFTMAX_THREADS
+    assert int(m.group(1)) == simt.SOFTMAX_THREADS
 
 
 def test_derived_python_constants():
-    assert all(cuda_kernels.TILE_ELEMS % bf == 0 for bf in cuda_kernels.FILTER_BLOCKS)
+    assert all(simt.TILE_ELEMS % bf == 0 for bf in simt.FILTER_BLOCKS)
 
 
 # --- the catalogue: what the launches request is what the NVRTC test builds -------------
@@ -163,11 +164,11 @@ def test_derived_python_constants():
 APPLIED_AFTER_THE_KERNEL = {"glu", "sparsemax", "tf_keras_hard_sigmoid"}
 
 
-@pytest.mark.parametrize("dtype", sorted(cuda_kernels.DTYPES))
+@pytest.mark.parametrize("dtype", sorted(kernel_common.DTYPES))
 def test_every_launch_requests_a_built_instantiation(dtype):
     """The planner's requests (what NVRTC compiles at run time) are all among the
     instantiations tests/test_nvrtc.py builds: any activation, layout, kernel size, path."""
-    built = cuda_kernels.all_name_expressions()
+    built = kernel_cache.all_name_expressions()
     assert len(built) == len(set(built))
     after = set()
     for name in activations.NAMES:
@@ -177,11 +178,11 @@ def test_every_launch_requests_a_built_instantiation(dtype):
             shape = (2, 4, 12, 10) if channels_first else (2, 12, 10, 4)
             geom = geometry.make_geometry(2, shape, kernel + (4, 2), (1, 1, 8, 16), (16,), (1, 1),
                                           "same", "channels_first" if channels_first else "channels_last", (1, 1))
-            itemsize = cuda_kernels.DTYPES[dtype][1]   # bfloat16: no NumPy dtype without ml_dtypes
+            itemsize = kernel_common.DTYPES[dtype][1]   # bfloat16: no NumPy dtype without ml_dtypes
             byte_strides = tuple(s * itemsize for s in np.zeros(shape, np.uint8).strides)
-            strides = cuda_kernels.input_element_strides(shape, byte_strides, itemsize, geom)
-            launches, apply_after = cuda_kernels.launch_sequence(dtype, geom, act, strides, True,
-                                                                 allow_tf32=allow_tf32)
+            strides = input_element_strides(shape, byte_strides, itemsize, geom)
+            launches, apply_after = launch_sequence(dtype, geom, act, strides, True,
+                                                    allow_tf32=allow_tf32)
             missing = [launch.name for launch in launches if launch.name not in built]
             assert not missing, (name, missing)
             if apply_after:
@@ -190,8 +191,8 @@ def test_every_launch_requests_a_built_instantiation(dtype):
 
 
 def test_source_lines_point_at_real_files():
-    source = cuda_kernels.source()
-    assert source.startswith('#line 1 "kernels/sepconv_fused.cu"')
+    source = kernel_cache.kernel_source()
+    assert source.startswith('#line 1 "kernels/sepconv_simt.cu"')
     assert '#line 1 "kernels/sepconv_common.cuh"' in source
     assert "#include \"" not in source  # local headers are inlined
     for banned in ("<cstdio>", "<cmath>", "<vector>", "<iostream>", "<cstdint>"):

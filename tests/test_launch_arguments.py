@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 
 from sepconv_gpu import activations, geometry
-from sepconv_gpu.backends import cuda_kernels
+from sepconv_gpu.backends import kernel_cache, simt, tc
+from sepconv_gpu.backends.launch import (
+    input_element_strides, Launch, launch_arrays, launch_sequence, prepare_weights)
 
 try:
     from _cases import random_case  # tests/ on sys.path (pytest's default rootdir import)
@@ -33,13 +35,13 @@ _GLOBAL = re.compile(
     r"__global__\s+void\s+(?:__launch_bounds__\((\w+)[^)]*\)\s*)?(?:__maxnreg__\([^)]*\)\s*)?"
     r"(\w+)\s*\(([^)]*)\)", re.S)
 # the block sizes __launch_bounds__ names (tests/test_kernel_constants.py checks the values)
-_BLOCK_CONSTANTS = {"SC_THREADS": cuda_kernels.THREADS, "TC_THREADS": cuda_kernels.TC_THREADS}
+_BLOCK_CONSTANTS = {"SC_THREADS": simt.THREADS, "TC_THREADS": tc.TC_THREADS}
 
 
 def _globals():
     """(launch bound, name, parameter text) of every __global__ in kernels/*.cu."""
-    for filename in ("sepconv_fused.cu", "sepconv_tc.cu"):
-        with open(os.path.join(cuda_kernels.kernels_dir(), filename), encoding="utf-8") as fh:
+    for filename in ("sepconv_simt.cu", "sepconv_tc.cu"):
+        with open(os.path.join(kernel_cache.kernels_dir(), filename), encoding="utf-8") as fh:
             yield from _GLOBAL.findall(re.sub(r"//[^\n]*", "", fh.read()))
 
 
@@ -83,9 +85,9 @@ def _case(shape, kernel, filters, dtype, activation):
 
 # (shape, kernel, filters, dtype, activation, allow_tf32, kinds that must be launched)
 CASES = [
-    ((2, 9, 10, 6), 3, 20, "float32", "relu", False, {"fused"}),
-    ((2, 9, 10, 6), (2, 4), 20, "float64", "softmax", False, {"fused", "softmax"}),
-    ((2, 31, 5), 5, 7, "float16", "log_softmax", False, {"fused", "softmax"}),
+    ((2, 9, 10, 6), 3, 20, "float32", "relu", False, {"simt"}),
+    ((2, 9, 10, 6), (2, 4), 20, "float64", "softmax", False, {"simt", "softmax"}),
+    ((2, 31, 5), 5, 7, "float16", "log_softmax", False, {"simt", "softmax"}),
     ((2, 19, 21, 64), 3, 72, "float16", "gelu", False, {"tc"}),
     ((2, 19, 21, 64), 3, 72, "float32", "elu", True, {"tc"}),
     ((1, 7, 7, 256), 3, 64, "float16", "relu", False, {"tc", "tc_reduce"}),
@@ -98,16 +100,16 @@ def test_launch_arguments_match_kernel_signatures(shape, kernel, filters, dtype,
                                                   allow_tf32, kinds):
     signatures = kernel_parameters()
     x, dk, pk, b, geom, act = _case(shape, kernel, filters, dtype, activation)
-    strides = cuda_kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
-    launches, _ = cuda_kernels.launch_sequence(dtype, geom, act, strides, True, allow_tf32)
+    strides = input_element_strides(x.shape, x.strides, x.itemsize, geom)
+    launches, _ = launch_sequence(dtype, geom, act, strides, True, allow_tf32)
     assert {launch.kind for launch in launches} == kinds
     y, partial = np.empty(geom.output_shape, x.dtype), None
     for launch in launches:  # as cuda_backend._separable_conv does
-        weights = (cuda_kernels.prepare_weights(np, launch.weights, dk, pk, b)
+        weights = (prepare_weights(np, launch.weights, dk, pk, b)
                    if launch.weights else None)
         if launch.partial:  # made by a split "tc" launch, read by its "tc_reduce"
             partial = np.empty(launch.partial, np.float32)
-        args = cuda_kernels.launch_arrays(launch, x, weights, y, partial) + launch.scalars
+        args = launch_arrays(launch, x, weights, y, partial) + launch.scalars
         kernel_name = launch.name.split("<")[0]
         params = signatures[kernel_name]
         # a larger block fails to launch; the kernels' loops assume exactly this size
@@ -126,7 +128,7 @@ def test_launch_arguments_match_kernel_signatures(shape, kernel, filters, dtype,
 
 def test_every_kernel_is_parsed():
     names = kernel_parameters()
-    assert set(names) == {"sepconv_fused", "sepconv_softmax_lastaxis", "sepconv_tc",
+    assert set(names) == {"sepconv_simt", "sepconv_softmax_lastaxis", "sepconv_tc",
                           "sepconv_tc_reduce"}
     assert all(names.values())
 
@@ -218,16 +220,16 @@ def test_tensor_core_kernel_is_not_planned_below_sm80(fake_backend):
     backend, cupy = fake_backend("75")
     assert backend._shared_memory_limit(0) == 0
     x, dk, pk, b, geom, act = _case((2, 19, 21, 64), 3, 72, "float16", "relu")
-    strides = cuda_kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
-    assert [launch.kind for launch in cuda_kernels.launch_sequence(
-        "float16", geom, act, strides, True, smem_limit=0)[0]] == ["fused"]
+    strides = input_element_strides(x.shape, x.strides, x.itemsize, geom)
+    assert [launch.kind for launch in launch_sequence(
+        "float16", geom, act, strides, True, smem_limit=0)[0]] == ["simt"]
     backend, cupy = fake_backend("90")
     assert backend._shared_memory_limit(0) == 232448
     assert cupy.calls == [("attribute", 97, 0)]  # cudaDevAttrMaxSharedMemoryPerBlockOptin
 
 
 def _launch(shared_bytes, name="sepconv_tc<__half, 3, 3, 2>"):
-    return cuda_kernels.Launch("tc", name, 7, 256, shared_bytes, (np.int32(1), np.float32(2)))
+    return Launch("tc", name, 7, 256, shared_bytes, (np.int32(1), np.float32(2)))
 
 
 def fake_nvrtc(backend, monkeypatch, compiled=None):
@@ -276,9 +278,9 @@ def test_cupy_compiles_when_nvrtc_is_newer_than_the_driver(fake_backend, monkeyp
 
     backend, cupy = fake_backend("90", driver_version=12040)
     fake_nvrtc(backend, monkeypatch)  # library_kernels must not be used
-    monkeypatch.setattr(backend._kernels, "source", lambda: "// the kernels")
+    monkeypatch.setattr(backend._kernel_cache, "kernel_source", lambda: "// the kernels")
     backend._launch(_launch(0), ("x",))
-    assert cupy.calls[0] == ("RawModule", cuda_kernels.NVRTC_OPTIONS, ("sepconv_tc<__half, 3, 3, 2>",))
+    assert cupy.calls[0] == ("RawModule", kernel_cache.NVRTC_OPTIONS, ("sepconv_tc<__half, 3, 3, 2>",))
     assert cupy.calls[1][0] == "launch"
 
 
@@ -304,7 +306,7 @@ def test_a_fault_found_by_the_debug_synchronize_names_the_kernel(fake_backend, m
     runtime.streamSynchronize), which must come back naming the kernel like launch errors."""
     monkeypatch.setenv("SEPCONV_GPU_DEBUG_SYNC", "1")
     backend, cupy = fake_backend("75", driver_version=12040)  # CuPy compiles: no NVRTC needed
-    monkeypatch.setattr(backend._kernels, "source", lambda: "// the kernels")
+    monkeypatch.setattr(backend._kernel_cache, "kernel_source", lambda: "// the kernels")
 
     def synchronize():
         raise cupy.cuda.runtime.CUDARuntimeError("cudaErrorIllegalAddress")

@@ -5,7 +5,7 @@ the one compile check, on the very CUBINs the product loads.
 `kernel_cache.library_kernels((name,), arch)`: our ctypes NVRTC binding, the libnvrtc and
 CUDA headers of the nvidia wheels (the `test`, `cuda12` and `cuda13` extras install
 them), the library's options (`-ftz=true` included). Here the same function builds every
-name expression (`cuda_kernels.all_name_expressions()`) for sm_80 and sm_90, and SIMT
+name expression (`kernel_cache.all_name_expressions()`) for sm_80 and sm_90, and SIMT
 kernels of each dtype for sm_75 (Turing runs only those), a few kernels per NVRTC
 program, the programs spread over processes (threads did not compile in parallel). Any
 compile error, any line in an NVRTC log, a kernel missing from its CUBIN, a stack frame
@@ -28,17 +28,17 @@ import time
 import pytest
 from _cubin import find_nvdisasm, kernel_resources, sass_opcodes
 
-from sepconv_gpu.backends import cuda_kernels, kernel_cache, nvrtc
+from sepconv_gpu.backends import kernel_cache, kernel_common, nvrtc, simt, tc
 
 ARCHS = (80, 90)
 SIMT_ONLY_ARCHS = (75,)  # below sm_80 the backend plans no tensor-core kernel (cp.async)
 # One program for those: each dtype's SIMT kernel in both layouts, generic and
 # specialized extents, and the softmax (the whole SIMT family would cost ~60 CPU-s more)
 SIMT_ONLY_NAMES = (
-    cuda_kernels.fused_name("float32", False, (3, 3)),
-    cuda_kernels.fused_name("float16", True, cuda_kernels.GENERIC_EXTENT),
-    cuda_kernels.fused_name("float64", False, cuda_kernels.GENERIC_EXTENT),
-    cuda_kernels.softmax_name("float16", True),
+    simt.simt_name("float32", False, (3, 3)),
+    simt.simt_name("float16", True, kernel_common.GENERIC_EXTENT),
+    simt.simt_name("float64", False, kernel_common.GENERIC_EXTENT),
+    simt.softmax_name("float16", True),
 )
 # ~0.3 s of NVRTC per program (the source's front end), 0.2-3 s per kernel: the names are
 # dealt round-robin to this many programs per architecture, so that the costly ones
@@ -72,7 +72,7 @@ def _jobs(source):
         if arch in SIMT_ONLY_ARCHS:
             jobs.append((SIMT_ONLY_NAMES, arch, source))
         else:
-            names = cuda_kernels.all_name_expressions()
+            names = kernel_cache.all_name_expressions()
             jobs += [(chunk, arch, source) for chunk in _chunks(names, PROGRAMS_PER_ARCH)]
     return jobs
 
@@ -82,8 +82,8 @@ def all_built(tmp_path_factory):
     """Every instantiation built in a fresh cache directory (cold), then read back from it
     (warm): names, jobs, cold results, warm results, (cold seconds, the workers' CPU
     seconds, warm seconds)."""
-    names = cuda_kernels.all_name_expressions()
-    jobs = _jobs(cuda_kernels.source())  # one source snapshot for every process
+    names = kernel_cache.all_name_expressions()
+    jobs = _jobs(kernel_cache.kernel_source())  # one source snapshot for every process
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(kernel_cache.ENV_VAR, str(tmp_path_factory.mktemp("kernel-cache")))
         start, children_before = time.monotonic(), _children_cpu_seconds()
@@ -155,7 +155,7 @@ def test_nvrtc_kernel_cache_returns_what_was_built(all_built, capsys):
     assert [c.lowered for c in again] == [c.lowered for c in results]
     with capsys.disabled():
         kernels = sum(len(job[0]) for job in jobs)
-        print(f"\n[nvrtc] {kernels} kernels ({len(cuda_kernels.all_name_expressions())} "
+        print(f"\n[nvrtc] {kernels} kernels ({len(kernel_cache.all_name_expressions())} "
               f"instantiations for sm_{'/'.join(map(str, ARCHS))}, {len(SIMT_ONLY_NAMES)} "
               f"SIMT ones for sm_{'/'.join(map(str, SIMT_ONLY_ARCHS))}) "
               f"(NVRTC {'.'.join(map(str, nvrtc.toolkit().version))}): compiled in {cold:.1f} s "
@@ -182,7 +182,7 @@ def test_tensor_core_kernels_use_tensor_cores(all_built, arch):
     """Every sepconv_tc instantiation's SASS has the mma (HMMA), ldmatrix (LDSM) and
     cp.async (LDGSTS) instructions it is written around."""
     nvdisasm = _nvdisasm()
-    expected = [n for n in cuda_kernels.tc_name_expressions()
+    expected = [n for n in tc.tc_name_expressions()
                 if not n.startswith("sepconv_tc_reduce")]
     checked = []
     for _, compiled in _built(all_built, arch):
@@ -280,12 +280,12 @@ def test_nvrtc_tensor_core_kernels_alone(arch, tmp_path, monkeypatch):
     spills, no local arrays), and the MT <= 2 warp tiles within their register cap (two
     blocks an SM where shared memory allows)."""
     monkeypatch.setenv(kernel_cache.ENV_VAR, str(tmp_path))   # a fresh cache: built here
-    names = cuda_kernels.tc_name_expressions()
-    compiled = kernel_cache.library_kernels(tuple(names), arch, cuda_kernels.source())
+    names = tc.tc_name_expressions()
+    compiled = kernel_cache.library_kernels(tuple(names), arch, kernel_cache.kernel_source())
     assert compiled.log == "", compiled.log
     found = kernel_resources(compiled.cubin)
     for name in names:
         registers, frame = found[compiled.lowered[name]]
         assert frame == 0, f"{name}: {frame} bytes of stack frame on sm_{arch}"
         if name.endswith((", 1>", ", 2>")):
-            assert registers <= cuda_kernels.TC_MT2_REGISTERS, (name, registers)
+            assert registers <= tc.TC_MT2_REGISTERS, (name, registers)

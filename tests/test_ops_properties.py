@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from sepconv_gpu import activations, ops
 from sepconv_gpu.backends import numpy_backend
 
-from _cases import assert_matches, examples
+from _cases import assert_matches, conv_configs, examples, input_shape
 
 
 def centered(t):
@@ -29,33 +29,20 @@ F16_SAFE = [a for a in activations.NAMES if a != "exponential"] + CALLABLES
 TILE_SIZES = [1, 256, 4096, numpy_backend.TILE_BYTES]
 
 
-@st.composite
-def conv_case(draw):
-    rank = draw(st.sampled_from([1, 2]))
-    padding = draw(st.sampled_from(["valid", "same"] + (["causal"] if rank == 1 else [])))
-    kernel = tuple(draw(st.integers(1, 5)) for _ in range(rank))
-    if draw(st.booleans()):
-        strides, dilation = tuple(draw(st.integers(1, 3)) for _ in range(rank)), (1,) * rank
-    else:
-        strides, dilation = (1,) * rank, tuple(draw(st.integers(1, 3)) for _ in range(rank))
-    spatial = tuple(draw(st.integers(d * (k - 1) + 1, d * (k - 1) + 9)) for k, d in zip(kernel, dilation))
-    dtype = draw(st.sampled_from(["float32", "float64", "float16"]))
-    act = draw(st.sampled_from(F16_SAFE if dtype == "float16" else list(activations.NAMES) + CALLABLES))
-    return dict(rank=rank, padding=padding, kernel=kernel, strides=strides, dilation=dilation,
-                spatial=spatial, batch=draw(st.integers(1, 3)), channels=draw(st.integers(1, 6)),
-                multiplier=draw(st.integers(1, 3)), filters=draw(st.integers(1, 7)),
-                data_format=draw(st.sampled_from(["channels_last", "channels_first"])),
-                use_bias=draw(st.booleans()), dtype=dtype, activation=act,
-                tile_bytes=draw(st.sampled_from(TILE_SIZES)), seed=draw(st.integers(0, 2**31 - 1)))
+def conv_case():
+    """Configurations with any activation the dtype holds (callables included), every
+    output non-empty, and a tile size for the fast path."""
+    def choices(dtype):
+        return F16_SAFE if dtype == "float16" else list(activations.NAMES) + CALLABLES
+
+    return st.tuples(conv_configs(slack=(8, 8), fit_every_padding=True,
+                                  activation_choices=choices),
+                     st.sampled_from(TILE_SIZES)).map(lambda c: {**c[0], "tile_bytes": c[1]})
 
 
 def make_inputs(c):
     rng = np.random.default_rng(c["seed"])
-    if c["data_format"] == "channels_last":
-        shape = (c["batch"],) + c["spatial"] + (c["channels"],)
-    else:
-        shape = (c["batch"], c["channels"]) + c["spatial"]
-    x = rng.standard_normal(shape).astype(c["dtype"])
+    x = rng.standard_normal(input_shape(c)).astype(c["dtype"])
     dk = (rng.standard_normal(c["kernel"] + (c["channels"], c["multiplier"])) / 3).astype(c["dtype"])
     pk = (rng.standard_normal((1,) * c["rank"] + (c["channels"] * c["multiplier"], c["filters"])) / 3
           ).astype(c["dtype"])

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from sepconv_gpu.backends import cuda_kernels, kernel_cache
+from sepconv_gpu.backends import kernel_cache, simt, tc
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = (cuda_kernels.softmax_name("float32", False), cuda_kernels.tc_reduce_name("float16"))
+NAMES = (simt.softmax_name("float32", False), tc.tc_reduce_name("float16"))
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="the nvidia NVRTC wheels are found by their Linux layout")

@@ -15,7 +15,7 @@ import pytest
 
 import sepconv_gpu as sg
 from sepconv_gpu import activations, geometry, ops
-from sepconv_gpu.backends import cuda_kernels
+from sepconv_gpu.backends.launch import input_element_strides, launch_sequence
 from benchmarks import fake_cupy
 
 
@@ -49,14 +49,14 @@ GRAPH_CASES = [
 
 
 def _planned(x, filters, dtype, activation, allow_tf32):
-    """The launches cuda_kernels plans for this layer call (the fake's device limit)."""
+    """The launches launch_sequence plans for this layer call (the fake's device limit)."""
     rank = x.ndim - 2
     geom = geometry.make_geometry(rank, x.shape, (3,) * rank + (x.shape[-1], 1),
                                   (1,) * rank + (x.shape[-1], filters), (filters,),
                                   (1,) * rank, "same", "channels_last", (1,) * rank)
-    strides = cuda_kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
-    return cuda_kernels.launch_sequence(dtype, geom, activations.get(activation), strides, True,
-                                        allow_tf32, smem_limit=232448)[0]
+    strides = input_element_strides(x.shape, x.strides, x.itemsize, geom)
+    return launch_sequence(dtype, geom, activations.get(activation), strides, True,
+                           allow_tf32, smem_limit=232448)[0]
 
 
 @pytest.mark.parametrize("shape,filters,dtype,activation,allow_tf32", GRAPH_CASES)

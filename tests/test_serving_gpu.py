@@ -121,12 +121,12 @@ def test_bfloat16_cuda_matches_the_reference_or_refuses_clearly():
     (u per term of the pointwise sum, whose magnitudes random_case keeps under ~3 times
     the output's scale): 4u = 2**-6, plus the float32 budget."""
     torch = pytest.importorskip("torch")
-    from sepconv_gpu.backends import cuda_kernels
+    from sepconv_gpu.backends import kernel_common
 
     x, dk, pk, b = random_case(np.random.default_rng(5), 2, (2, 9, 9, 32), 3, 1, 40)
     as_bf16 = lambda a: torch.from_numpy(a).to(torch.bfloat16).cuda()
     args = [as_bf16(a) for a in (x, dk, pk, b)]
-    if "bfloat16" not in cuda_kernels.DTYPES:
+    if "bfloat16" not in kernel_common.DTYPES:
         with pytest.raises(TypeError, match="bfloat16"):
             ops.separable_conv2d(*args, padding="same", activation="relu")
         return

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from sepconv_gpu import activations, geometry, ops
-from sepconv_gpu.backends import cuda_available, cuda_kernels
+from sepconv_gpu.backends import cuda_available, tc
+from sepconv_gpu.backends.launch import (
+    input_element_strides, Launch, launch_arrays, launch_sequence, select_kernel, weights_layout)
 from sepconv_gpu.backends.numpy_backend import reference_separable_conv
 
 from _cases import random_case
@@ -45,21 +47,21 @@ def case(seed, shape, kernel, filters, strides=1, padding="same", dilation=1, dt
 def run(kind, x, dk, pk, b, geom, act, allow_tf32=False):
     """y from the kernel `kind` ("tc" or "simt", forced through x_aligned) on the device."""
     xd = cupy.asarray(x)
-    strides = cuda_kernels.input_element_strides(xd.shape, xd.strides, xd.itemsize, geom)
+    strides = input_element_strides(xd.shape, xd.strides, xd.itemsize, geom)
     aligned = kind == "tc"  # a misaligned base is one of the things that rules TC out
     limit = cuda_backend._shared_memory_limit(xd.device.id)
-    chosen = cuda_kernels.select_kernel(x.dtype.name, geom, allow_tf32, strides, aligned, limit)
-    if chosen != kind and limit < cuda_kernels.TC_SMEM_LIMIT:  # e.g. sm_86 / sm_89: 99 KB
+    chosen = select_kernel(x.dtype.name, geom, allow_tf32, strides, aligned, limit)
+    if chosen != kind and limit < tc.TC_SMEM_LIMIT:  # e.g. sm_86 / sm_89: 99 KB
         pytest.skip(f"no tensor-core tile of this case fits {limit} B of shared memory")
     assert chosen == kind
-    launches, apply_after = cuda_kernels.launch_sequence(
+    launches, apply_after = launch_sequence(
         x.dtype.name, geom, act, strides, True, allow_tf32, aligned, limit)
-    assert launches[0].kind == ("tc" if kind == "tc" else "fused")
+    assert launches[0].kind == ("tc" if kind == "tc" else "simt")
     y = cupy.empty(geom.output_shape, dtype=x.dtype)
     weights = cuda_backend._prepared_weights(launches[0].weights, dk, pk, b, xd.device, None)
     partial = cupy.empty(max(launches[0].partial, 1), dtype=cupy.float32)
     for launch in launches:
-        cuda_backend._launch(launch, cuda_kernels.launch_arrays(launch, xd, weights, y, partial))
+        cuda_backend._launch(launch, launch_arrays(launch, xd, weights, y, partial))
     assert not apply_after
     return cupy.asnumpy(y).astype(np.float64), launches
 
@@ -135,24 +137,24 @@ def test_tensor_core_every_plan_shape(plan_case, mode):
     if tp.shared_bytes > cuda_backend._shared_memory_limit(0):
         pytest.skip(f"{tp.shared_bytes} B of shared memory: more than this device allows")
     xd = cupy.asarray(x)
-    strides_x = cuda_kernels.input_element_strides(xd.shape, xd.strides, xd.itemsize, geom)
-    weights = cuda_backend._prepared_weights(cuda_kernels.weights_layout("tc", dtype), dk, pk,
+    strides_x = input_element_strides(xd.shape, xd.strides, xd.itemsize, geom)
+    weights = cuda_backend._prepared_weights(weights_layout("tc", dtype), dk, pk,
                                              b, xd.device, None)
     y = cupy.full(geom.output_shape, np.nan, dtype=x.dtype)
     partial = cupy.full(max(1, tp.k_splits * geom.output_positions * filters), np.nan,
                         dtype=cupy.float32)
-    launches = [cuda_kernels.Launch(
-        "tc", cuda_kernels.tc_name(dtype, cuda_kernels.tc_extent(geom.kernel), tp.m_tiles),
-        tp.grid, cuda_kernels.TC_THREADS, tp.shared_bytes,
-        cuda_kernels.tc_scalar_args(geom, tp, strides_x, True, act.kernel_id, act.kernel_param),
+    launches = [Launch(
+        "tc", tc.tc_name(dtype, tc.tc_extent(geom.kernel), tp.m_tiles),
+        tp.grid, tc.TC_THREADS, tp.shared_bytes,
+        tc.tc_scalar_args(geom, tp, strides_x, True, act.kernel_id, act.kernel_param),
         partial=partial.size if tp.k_splits > 1 else 0)]
     if tp.k_splits > 1:
-        grid, block = cuda_kernels.tc_reduce_grid(geom, cuda_backend._sm_count(0))
-        launches.append(cuda_kernels.Launch(
-            "tc_reduce", cuda_kernels.tc_reduce_name(dtype), grid, block, 0,
-            cuda_kernels.tc_reduce_scalar_args(geom, tp, True, act.kernel_id, act.kernel_param)))
+        grid, block = tc.tc_reduce_grid(geom, cuda_backend._sm_count(0))
+        launches.append(Launch(
+            "tc_reduce", tc.tc_reduce_name(dtype), grid, block, 0,
+            tc.tc_reduce_scalar_args(geom, tp, True, act.kernel_id, act.kernel_param)))
     for launch in launches:
-        cuda_backend._launch(launch, cuda_kernels.launch_arrays(launch, xd, weights, y, partial))
+        cuda_backend._launch(launch, launch_arrays(launch, xd, weights, y, partial))
     ref = reference_separable_conv(x, dk, pk, b, geom, act)
     got = cupy.asnumpy(y).astype(np.float64)
     assert np.all(np.abs(got - ref) <= bound(x, dk, pk, geom, ref)), tp
@@ -219,8 +221,8 @@ def test_tensor_core_predicted_vs_measured(capsys):
         end.record()
         end.synchronize()
         measured = cupy.cuda.get_elapsed_time(start, end) * 1000 / 10
-        strides = cuda_kernels.input_element_strides(xd.shape, xd.strides, xd.itemsize, geom)
-        launch = cuda_kernels.launch_sequence(
+        strides = input_element_strides(xd.shape, xd.strides, xd.itemsize, geom)
+        launch = launch_sequence(
             "float16", geom, act, strides, True,
             smem_limit=cuda_backend._shared_memory_limit(xd.device.id))[0][0]
         with capsys.disabled():

@@ -30,7 +30,10 @@ import numpy as np
 import pytest
 
 from sepconv_gpu import activations, geometry
-from sepconv_gpu.backends import cost_model, cuda_kernels
+from sepconv_gpu.backends import cost_model, kernel_common, simt, tc
+from sepconv_gpu.backends.launch import (
+    Launch, _launch_sequence, input_element_strides, launch_arrays, launch_sequence,
+    prepare_weights, round_to_bfloat16_bits, round_to_tf32, select_kernel, weights_layout)
 from sepconv_gpu.backends.numpy_backend import reference_separable_conv
 
 from _cases import random_case, stable_seed
@@ -40,21 +43,16 @@ try:
 except ImportError:  # tests/ as a package
     from . import _cuda_host_emulator as emu
 
-needs_emulator = pytest.mark.skipif(
-    emu.compiler() is None or emu.cuda_include_dir() is None,
-    reason="needs a host C++ compiler and the CUDA headers")
-
 U = 2.0 ** -11
 LINEAR = activations.get(None)
 
 
 @pytest.fixture(scope="module")
-def emulator():
-    names = cuda_kernels.tc_name_expressions() + [
-        cuda_kernels.softmax_name(dtype, log) for dtype in cuda_kernels.TC_DTYPES
-        if dtype in cuda_kernels.DTYPES
+def emulator_names():
+    return tc.tc_name_expressions() + [
+        simt.softmax_name(dtype, log) for dtype in tc.TC_DTYPES
+        if dtype in kernel_common.DTYPES
         for log in (False, True)]
-    return emu.HostEmulator(names)
 
 
 def make_case(rng, rank, x_shape, kernel, filters, strides=1, padding="same", dilation=1,
@@ -81,19 +79,19 @@ def rounding_model(x, dk, pk, b, geom, act):
     if x.dtype == np.float16:
         d, p = d.astype(np.float16).astype(f64), pk.astype(np.float16).astype(f64)
     else:
-        d = cuda_kernels.round_to_tf32(np, d.astype(np.float32)).astype(f64)
-        p = cuda_kernels.round_to_tf32(np, pk.astype(np.float32)).astype(f64)
+        d = round_to_tf32(np, d.astype(np.float32)).astype(f64)
+        p = round_to_tf32(np, pk.astype(np.float32)).astype(f64)
     pointwise_only = dataclasses.replace(geom, kernel=(1, 1), strides=(1, 1), dilation=(1, 1),
                                          pad_before=(0, 0), in_size=geom.out_size)
     one_tap = np.ones((1,) * geom.rank + (channels, 1))
-    if act.kernel_id in cuda_kernels.FUSED_ACTIVATIONS:  # applied in fp32 in the epilogue
+    if act.kernel_id in kernel_common.FUSED_ACTIVATIONS:  # applied in fp32 in the epilogue
         return reference_separable_conv(d, one_tap, p, None if b is None else b.astype(f64),
                                         pointwise_only, act)
     # applied afterwards to the output rounded to x's dtype: by the softmax kernel (in
     # fp32: modelled in float64), or by the activation itself in x's dtype
     y = reference_separable_conv(d, one_tap, p, None if b is None else b.astype(f64),
                                  pointwise_only, LINEAR).astype(x.dtype)
-    if act.kernel_id in cuda_kernels.LAST_AXIS_ACTIVATIONS:
+    if act.kernel_id in kernel_common.LAST_AXIS_ACTIVATIONS:
         return np.asarray(act(y.astype(f64)), dtype=f64)
     return np.asarray(act(y), dtype=x.dtype).astype(f64)
 
@@ -138,7 +136,6 @@ GEOMETRIES = [
 ]
 
 
-@needs_emulator
 @pytest.mark.parametrize("case", GEOMETRIES, ids=lambda c: f"{c[0]}d-{c[1]}-k{c[2]}-f{c[3]}-s{c[4]}")
 @pytest.mark.parametrize("mode", ["float16", "tf32"])
 def test_tensor_core_geometries(emulator, case, mode):
@@ -149,7 +146,6 @@ def test_tensor_core_geometries(emulator, case, mode):
           allow_tf32=mode == "tf32")
 
 
-@needs_emulator
 @pytest.mark.parametrize("shape,strides,dilation,strips", [
     ((1, 8, 16, 16), 1, 1, True),          # sliding-window strips
     ((2, 10, 9, 24), 1, (2, 1), True),     # strips with a dilated height, segments crossed
@@ -163,12 +159,11 @@ def test_tensor_core_depthwise_paths(emulator, shape, strides, dilation, strips,
     rng = np.random.default_rng(21)
     case = make_case(rng, 2, shape, 3, 40, strides, "same", dilation, "relu6", dtype)
     geom = case[4]
-    tp = cuda_kernels.tc_plan(dtype, geom, False)
-    assert cuda_kernels.tc_uses_strips(geom) == strips
+    tp = tc.tc_plan(dtype, geom, False)
+    assert tc.tc_uses_strips(geom) == strips
     check(emulator, *case, allow_tf32=mode == "tf32")
 
 
-@needs_emulator
 @pytest.mark.parametrize("activation", [None, "gelu"])
 @pytest.mark.parametrize("mode", ["float16", "tf32"])
 def test_tensor_core_channel_splits(emulator, mode, activation):
@@ -177,7 +172,7 @@ def test_tensor_core_channel_splits(emulator, mode, activation):
     dtype = "float16" if mode == "float16" else "float32"
     rng = np.random.default_rng(22)
     case = make_case(rng, 2, (2, 7, 7, 256), 3, 40, 1, "same", 1, activation, dtype)
-    tp = cuda_kernels.tc_plan(dtype, case[4], activation is None)
+    tp = tc.tc_plan(dtype, case[4], activation is None)
     assert tp.k_splits > 1
     launches = check(emulator, *case, allow_tf32=mode == "tf32")
     assert [launch.kind for launch in launches] == ["tc", "tc_reduce"]
@@ -187,22 +182,22 @@ def test_tensor_core_channel_splits(emulator, mode, activation):
 def run_plan(emulator, dtype, x, weights, y, geom, act, tp):
     """The sepconv_tc launch of plan `tp` for `dtype` (and its sepconv_tc_reduce when the
     channels are split) on NumPy arrays, the partial sums poisoned with NaN."""
-    strides_x = cuda_kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
+    strides_x = input_element_strides(x.shape, x.strides, x.itemsize, geom)
     outputs = geom.output_positions * geom.filters
     partial = np.full(tp.k_splits * outputs, np.nan, np.float32) if tp.k_splits > 1 else None
-    launches = [cuda_kernels.Launch(
-        "tc", cuda_kernels.tc_name(dtype, cuda_kernels.tc_extent(geom.kernel), tp.m_tiles),
-        tp.grid, cuda_kernels.TC_THREADS, tp.shared_bytes,
-        cuda_kernels.tc_scalar_args(geom, tp, strides_x, True, act.kernel_id, act.kernel_param),
+    launches = [Launch(
+        "tc", tc.tc_name(dtype, tc.tc_extent(geom.kernel), tp.m_tiles),
+        tp.grid, tc.TC_THREADS, tp.shared_bytes,
+        tc.tc_scalar_args(geom, tp, strides_x, True, act.kernel_id, act.kernel_param),
         partial=0 if partial is None else partial.size)]
     if partial is not None:
-        grid, block = cuda_kernels.tc_reduce_grid(geom)
-        launches.append(cuda_kernels.Launch(
-            "tc_reduce", cuda_kernels.tc_reduce_name(dtype), grid, block, 0,
-            cuda_kernels.tc_reduce_scalar_args(geom, tp, True, act.kernel_id, act.kernel_param)))
+        grid, block = tc.tc_reduce_grid(geom)
+        launches.append(Launch(
+            "tc_reduce", tc.tc_reduce_name(dtype), grid, block, 0,
+            tc.tc_reduce_scalar_args(geom, tp, True, act.kernel_id, act.kernel_param)))
     for launch in launches:
         emulator.launch(launch.name, launch.grid, launch.block,
-                        cuda_kernels.launch_arrays(launch, x, weights, y, partial) + launch.scalars,
+                        launch_arrays(launch, x, weights, y, partial) + launch.scalars,
                         launch.shared_bytes)
 
 
@@ -212,7 +207,7 @@ def launch_plan(emulator, x, dk, pk, b, geom, act, tp):
     written."""
     dtype = x.dtype.name
     y = np.full(geom.output_shape, np.nan, dtype=x.dtype)
-    weights = cuda_kernels.prepare_weights(np, cuda_kernels.weights_layout("tc", dtype), dk, pk, b)
+    weights = prepare_weights(np, weights_layout("tc", dtype), dk, pk, b)
     run_plan(emulator, dtype, x, weights, y, geom, act, tp)
     ref = reference_separable_conv(x, dk, pk, b, geom, act)
     magnitude = np.max(reference_separable_conv(
@@ -224,7 +219,7 @@ def launch_plan(emulator, x, dk, pk, b, geom, act, tp):
 def plan_with(dtype, geom, **want):
     """The cheapest plan the planner considered (any activation, the default device's
     shared memory) with the attributes `want`, e.g. slab=True, band_h=4."""
-    every = cuda_kernels.tc_candidates(dtype, geom, False, count=10**6)
+    every = tc.tc_candidates(dtype, geom, False, count=10**6)
     found = [tp for tp in every if all(getattr(tp, k) == v for k, v in want.items())]
     assert found, f"no candidate with {want} among {len(every)}"
     return found[0]
@@ -250,7 +245,6 @@ PLAN_SHAPES = [
 ]
 
 
-@needs_emulator
 @pytest.mark.parametrize("case", PLAN_SHAPES, ids=lambda c: "-".join(
     [f"{k}{int(v)}" for k, v in c[-1].items()] + [f"f{c[2]}", "x" + "x".join(map(str, c[0]))]))
 @pytest.mark.parametrize("mode", ["float16", "tf32"])
@@ -264,11 +258,10 @@ def test_tensor_core_plan_shapes(emulator, case, mode):
                                         dilation, "relu", dtype)
     tp = plan_with(dtype, geom, **want)
     if tp.filter_blocks > 1:
-        assert tp.a_slots == -(-tp.k_pad * x.itemsize // cuda_kernels.TC_CHUNK_BYTES // tp.k_splits)
+        assert tp.a_slots == -(-tp.k_pad * x.itemsize // tc.TC_CHUNK_BYTES // tp.k_splits)
     launch_plan(emulator, x, dk, pk, b, geom, act, tp)
 
 
-@needs_emulator
 @pytest.mark.parametrize("shape,kernel,filters,strides", [
     ((1, 16, 16, 32), 3, 200, 1),     # strips; tiles of 128 valid positions
     ((2, 17, 30, 16), (2, 3), 70, 2), # generic extent, stride 2
@@ -280,13 +273,12 @@ def test_tensor_core_tall_warp_tiles(emulator, shape, kernel, filters, strides, 
     rng = np.random.default_rng(23)
     x, dk, pk, b, geom, act = make_case(rng, 2, shape, kernel, filters, strides, "same", 1,
                                         "silu", dtype)
-    tp = cuda_kernels.tc_plan(dtype, geom, False, m_tiles=(4,))
-    assert tp.m_tiles == 4 and tp.bm * tp.bn == 2 * cuda_kernels.TC_TILE_ELEMS
+    tp = tc.tc_plan(dtype, geom, False, m_tiles=(4,))
+    assert tp.m_tiles == 4 and tp.bm * tp.bn == 2 * tc.TC_TILE_ELEMS
     launch_plan(emulator, x, dk, pk, b, geom, act, tp)
 
 
-@needs_emulator
-@pytest.mark.parametrize("stages", cuda_kernels.TC_STAGES)
+@pytest.mark.parametrize("stages", tc.TC_STAGES)
 @pytest.mark.parametrize("mode", ["float16", "tf32"])
 def test_tensor_core_every_pipeline_depth(emulator, stages, mode):
     """Both cp.async pipeline depths over more chunks than stages, so every stage is
@@ -296,16 +288,16 @@ def test_tensor_core_every_pipeline_depth(emulator, stages, mode):
     the chunk about to be read stay in flight leaves NaN in the result."""
     dtype = "float16" if mode == "float16" else "float32"
     rng = np.random.default_rng(24)
-    channels = 5 * cuda_kernels.TC_CHUNK_BYTES // np.dtype(dtype).itemsize   # 5 chunks
+    channels = 5 * tc.TC_CHUNK_BYTES // np.dtype(dtype).itemsize   # 5 chunks
     x, dk, pk, b, geom, act = make_case(rng, 2, (1, 6, 7, channels), 3, 24, 1, "same", 1,
                                         "relu", dtype)
-    tp = cuda_kernels.tc_plan(dtype, geom, False, m_tiles=(2,))
+    tp = tc.tc_plan(dtype, geom, False, m_tiles=(2,))
     tp = dataclasses.replace(
         tp, stages=stages, k_splits=1, grid=tp.grid // tp.k_splits,
-        shared_bytes=cuda_kernels._tc_shared_bytes(tp.bm, tp.bn, stages, tp.halo_h,
-                                                   tp.halo_ws * geom.strides[1], 9, tp.a_slots,
-                                                   tp.filter_blocks))
-    assert tp.k_pad // (cuda_kernels.TC_CHUNK_BYTES // x.itemsize) > stages
+        shared_bytes=tc._tc_shared_bytes(tp.bm, tp.bn, stages, tp.halo_h,
+                                         tp.halo_ws * geom.strides[1], 9, tp.a_slots,
+                                         tp.filter_blocks))
+    assert tp.k_pad // (tc.TC_CHUNK_BYTES // x.itemsize) > stages
     launch_plan(emulator, x, dk, pk, b, geom, act, tp)
 
 
@@ -318,12 +310,11 @@ def test_tensor_core_bfloat16_rounding_is_nearest_even():
     one = 2.0 ** -7   # bfloat16 spacing in [1, 2)
     values = np.array([1 + one / 2, 1 + 1.5 * one, -(1 + one / 2), 1 + one / 2 + 2**-20,
                        np.inf, -np.inf, 0.0, 3.0, np.nan], dtype=np.float32)
-    out = bfloat16_values(cuda_kernels.round_to_bfloat16_bits(np, values))
+    out = bfloat16_values(round_to_bfloat16_bits(np, values))
     expected = [1.0, 1 + 2 * one, -1.0, 1 + one, np.inf, -np.inf, 0.0, 3.0, np.nan]
     np.testing.assert_array_equal(out, expected)
 
 
-@needs_emulator
 @pytest.mark.parametrize("case", [PLAN_SHAPES[i] for i in (0, 2, 5, 8, 9, 12)],
                          ids=lambda c: "-".join([f"{k}{int(v)}" for k, v in c[-1].items()]))
 def test_tensor_core_bfloat16(emulator, case):
@@ -335,11 +326,11 @@ def test_tensor_core_bfloat16(emulator, case):
     rng = np.random.default_rng(41)
     x32, dk, pk, b, geom, act = make_case(rng, 2, shape, kernel, filters, strides, "same",
                                           dilation, "relu", "float32")
-    x_bits = cuda_kernels.round_to_bfloat16_bits(np, x32)
-    dk = bfloat16_values(cuda_kernels.round_to_bfloat16_bits(np, dk))
-    pk = bfloat16_values(cuda_kernels.round_to_bfloat16_bits(np, pk))
+    x_bits = round_to_bfloat16_bits(np, x32)
+    dk = bfloat16_values(round_to_bfloat16_bits(np, dk))
+    pk = bfloat16_values(round_to_bfloat16_bits(np, pk))
     tp = plan_with("bfloat16", geom, **want)
-    weights = cuda_kernels.prepare_weights(np, "tc:bfloat16", dk, pk, b)
+    weights = prepare_weights(np, "tc:bfloat16", dk, pk, b)
     assert weights[0].dtype == weights[1].dtype == np.uint16
     y = np.full(geom.output_shape, 0xFFFF, np.uint16)   # NaN: every element must be written
     run_plan(emulator, "bfloat16", x_bits, weights, y, geom, act, tp)
@@ -370,7 +361,6 @@ def _random_geometry(seed):
             seed)
 
 
-@needs_emulator
 @pytest.mark.parametrize("geometry_case", [_random_geometry(s) for s in range(12)],
                          ids=lambda c: f"seed{c[-1]}")
 def test_tensor_core_random_geometries(emulator, geometry_case):
@@ -385,17 +375,15 @@ def test_tensor_core_random_geometries(emulator, geometry_case):
                                bias=seed % 4 != 1), allow_tf32=mode == "tf32")
 
 
-@needs_emulator
 @pytest.mark.parametrize("name", activations.NAMES)
 def test_tensor_core_every_activation(emulator, name):
     rng = np.random.default_rng(11)
     launches = check(emulator, *make_case(rng, 2, (1, 5, 6, 16), 3, 12, 1, "same", 1, name))
     kernel_id = activations.get(name).kernel_id
-    if kernel_id in cuda_kernels.LAST_AXIS_ACTIVATIONS:
+    if kernel_id in kernel_common.LAST_AXIS_ACTIVATIONS:
         assert launches[1].kind == "softmax"
 
 
-@needs_emulator
 def test_tensor_core_activation_parameter_and_no_bias(emulator):
     rng = np.random.default_rng(12)
     act = functools.partial(activations.leaky_relu, negative_slope=0.37)
@@ -404,7 +392,6 @@ def test_tensor_core_activation_parameter_and_no_bias(emulator):
     check(emulator, x, dk, pk, None, geom, resolved)
 
 
-@needs_emulator
 def test_tensor_core_strided_input_view(emulator):
     # every other column of a wider image: channels stay contiguous, the kernel reads
     # through the strides without a copy
@@ -417,13 +404,12 @@ def test_tensor_core_strided_input_view(emulator):
     check(emulator, view, dk, pk, b, geom, act)
 
 
-@needs_emulator
 def test_tensor_core_float32_without_tf32_stays_exact_on_simt(emulator):
     rng = np.random.default_rng(14)
     x, dk, pk, b, geom, act = make_case(rng, 2, (1, 6, 6, 8), 3, 8, dtype="float32")
-    strides = cuda_kernels.input_element_strides(x.shape, x.strides, x.itemsize, geom)
-    launches, _ = cuda_kernels.launch_sequence("float32", geom, act, strides, True)
-    assert launches[0].name.startswith("sepconv_fused<float,")
+    strides = input_element_strides(x.shape, x.strides, x.itemsize, geom)
+    launches, _ = launch_sequence("float32", geom, act, strides, True)
+    assert launches[0].name.startswith("sepconv_simt<float,")
     assert launches[0].weights == "simt:float32"
 
 
@@ -440,7 +426,7 @@ def _geom(shape=(2, 8, 8, 16), kernel=3, filters=24, multiplier=1, data_format="
 def _contiguous_strides(geom):
     shape = geom.input_shape
     strides = np.cumprod((1,) + shape[::-1][:-1])[::-1] * 2
-    return cuda_kernels.input_element_strides(shape, tuple(int(s) for s in strides), 2, geom)
+    return input_element_strides(shape, tuple(int(s) for s in strides), 2, geom)
 
 
 @pytest.mark.parametrize("dtype,allow_tf32,expected", [
@@ -448,33 +434,33 @@ def _contiguous_strides(geom):
     ("float32", True, "tc"), ("float64", True, "simt")])
 def test_tensor_core_selection_by_dtype(dtype, allow_tf32, expected):
     geom = _geom()
-    assert cuda_kernels.select_kernel(dtype, geom, allow_tf32, _contiguous_strides(geom), True) == expected
+    assert select_kernel(dtype, geom, allow_tf32, _contiguous_strides(geom), True) == expected
 
 
 def test_tensor_core_selection_needs_layout_multiplier_and_alignment():
     geom = _geom()
     strides = _contiguous_strides(geom)
-    assert cuda_kernels.select_kernel("float16", geom, False, strides, True) == "tc"
-    assert cuda_kernels.select_kernel("float16", geom, False, strides, False) == "simt"
+    assert select_kernel("float16", geom, False, strides, True) == "tc"
+    assert select_kernel("float16", geom, False, strides, False) == "simt"
     cf = _geom((2, 16, 8, 8), data_format="channels_first")
-    assert cuda_kernels.select_kernel("float16", cf, False, _contiguous_strides(cf), True) == "simt"
+    assert select_kernel("float16", cf, False, _contiguous_strides(cf), True) == "simt"
     m2 = _geom(multiplier=2)
-    assert cuda_kernels.select_kernel("float16", m2, False, _contiguous_strides(m2), True) == "simt"
+    assert select_kernel("float16", m2, False, _contiguous_strides(m2), True) == "simt"
     n, c, h, w = strides
-    assert cuda_kernels.select_kernel("float16", geom, False, (n, 2, h, w), True) == "simt"
-    assert cuda_kernels.select_kernel("float16", geom, False, (n, c, h, w + 4), True) == "simt"
-    assert cuda_kernels.select_kernel("float16", geom, False, (n, c, h, w + 8), True) == "tc"
-    assert cuda_kernels.select_kernel("float16", geom, False, (-n, c, -h, -w), True) == "tc"
+    assert select_kernel("float16", geom, False, (n, 2, h, w), True) == "simt"
+    assert select_kernel("float16", geom, False, (n, c, h, w + 4), True) == "simt"
+    assert select_kernel("float16", geom, False, (n, c, h, w + 8), True) == "tc"
+    assert select_kernel("float16", geom, False, (-n, c, -h, -w), True) == "tc"
     # 12 channels: 24 bytes a pixel in half (no 16-byte granules), 48 in float
     odd = _geom((1, 8, 8, 12))
-    assert cuda_kernels.select_kernel("float16", odd, False, (768, 1, 96, 12), True) == "simt"
-    assert cuda_kernels.select_kernel("float32", odd, True, (768, 1, 96, 12), True) == "tc"
+    assert select_kernel("float16", odd, False, (768, 1, 96, 12), True) == "simt"
+    assert select_kernel("float32", odd, True, (768, 1, 96, 12), True) == "tc"
 
 
 def test_tensor_core_selection_falls_back_when_no_tile_fits():
     huge = _geom((1, 200, 200, 16), kernel=3, dilation=60)
-    assert cuda_kernels.tc_plan("float16", huge) is None
-    assert cuda_kernels.select_kernel("float16", huge, False, _contiguous_strides(huge), True) == "simt"
+    assert tc.tc_plan("float16", huge) is None
+    assert select_kernel("float16", huge, False, _contiguous_strides(huge), True) == "simt"
 
 
 # --- the planner ----------------------------------------------------------------------------
@@ -490,25 +476,25 @@ SUITE_LIKE = [
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_tensor_core_plan_is_consistent(shape, filters, stride, dtype):
     geom = _geom(shape, 3, filters, strides=stride)
-    tp = cuda_kernels.tc_plan(dtype, geom)
+    tp = tc.tc_plan(dtype, geom)
     (oh, ow) = geom.out_size
-    assert tp.bm * tp.bn == cuda_kernels.TC_TILE_ELEMS * tp.m_tiles // 2
-    assert tp.bn in cuda_kernels.TC_FILTER_BLOCKS and tp.m_tiles in cuda_kernels.TC_M_TILES
+    assert tp.bm * tp.bn == tc.TC_TILE_ELEMS * tp.m_tiles // 2
+    assert tp.bn in tc.TC_FILTER_BLOCKS and tp.m_tiles in tc.TC_M_TILES
     assert tp.tiles * tp.bm >= geom.output_positions > (tp.tiles - 1) * tp.bm
     assert tp.grid == tp.tiles * tp.k_splits
-    assert tp.k_splits in cuda_kernels.TC_SPLITS
-    assert tp.shared_bytes <= cuda_kernels.TC_SMEM_LIMIT
+    assert tp.k_splits in tc.TC_SPLITS
+    assert tp.shared_bytes <= tc.TC_SMEM_LIMIT
     # no depthwise recompute while the filters fit one block
     assert tp.filter_blocks == -(-filters // tp.bn)
-    if filters <= max(cuda_kernels.TC_FILTER_BLOCKS):
+    if filters <= max(tc.TC_FILTER_BLOCKS):
         assert tp.filter_blocks == 1
     itemsize = 2 if dtype == "float16" else 4
     work = cost_model.tc_fused_work(geom, tp, itemsize,
-                                    strips=cuda_kernels.tc_uses_strips(geom))
+                                    strips=tc.tc_uses_strips(geom))
     predicted = cost_model.predict(work).us
     if tp.k_splits > 1:
         predicted += cost_model.predict(cost_model.tc_reduce_work(
-            geom, tp.k_splits, itemsize, *cuda_kernels.tc_reduce_grid(geom))).us
+            geom, tp.k_splits, itemsize, *tc.tc_reduce_grid(geom))).us
     assert tp.predicted_us == pytest.approx(predicted)
     assert tp.predicted_us > cost_model.DEFAULT_DEVICE.launch_us
     assert work.tensor_flops >= 2 * geom.output_positions * geom.channels * geom.filters
@@ -531,7 +517,7 @@ def test_tensor_core_plans_waste_no_tensor_work_on_the_suites(batch, dtype):
     up = lambda v, g: -(-v // g) * g
     for layer in _suite_layers():
         geom = layer.geometry(batch)
-        tp = cuda_kernels.tc_plan(dtype, geom, layer.activation is None)
+        tp = tc.tc_plan(dtype, geom, layer.activation is None)
         p, c, f = geom.output_positions, geom.channels, geom.filters
         assert tp.useful_flops == 2.0 * p * c * f
         assert tp.issued_flops == 2.0 * up(p, 16) * up(f, 8) * up(c, k_step), layer.key
@@ -540,7 +526,7 @@ def test_tensor_core_plans_waste_no_tensor_work_on_the_suites(batch, dtype):
         assert tp.recompute == 1.0
         itemsize = 2 if dtype == "float16" else 4
         work = cost_model.tc_fused_work(geom, tp, itemsize, layer.activation is None,
-                                        strips=cuda_kernels.tc_uses_strips(geom))
+                                        strips=tc.tc_uses_strips(geom))
         assert work.tensor_flops == tp.issued_flops
         # staged bytes: the halo and depthwise weights once a tile and chunk (filter block
         # 0 only), the pointwise rows once a tile, chunk and filter block
@@ -555,8 +541,8 @@ def test_tensor_core_plan_states_its_occupancy(shape, filters, stride):
     where the shared memory leaves room)."""
     geom = _geom(shape, 3, filters, strides=stride)
     device = cost_model.DEFAULT_DEVICE
-    for tp in cuda_kernels.tc_candidates("float16", geom, count=50):
-        expected = cost_model.blocks_per_sm(cuda_kernels.TC_THREADS,
+    for tp in tc.tc_candidates("float16", geom, count=50):
+        expected = cost_model.blocks_per_sm(tc.TC_THREADS,
                                             cost_model.TC_REGISTERS[tp.m_tiles],
                                             tp.shared_bytes, device)
         assert tp.blocks_per_sm == expected >= 1
@@ -566,21 +552,21 @@ def test_tensor_core_plan_states_its_occupancy(shape, filters, stride):
 
 def test_tensor_core_candidates_are_sorted_and_plan_is_the_first():
     geom = _geom((8, 19, 19, 728), 3, 728)
-    found = cuda_kernels.tc_candidates("float16", geom, False)
+    found = tc.tc_candidates("float16", geom, False)
     assert 1 < len(found) <= 4
     assert [c.predicted_us for c in found] == sorted(c.predicted_us for c in found)
-    assert found[0] == cuda_kernels.tc_plan("float16", geom, False)
-    assert len(cuda_kernels.tc_candidates("float16", geom, False, count=2)) == 2
-    assert cuda_kernels.tc_candidates("float16", geom, smem_limit=1024) == ()
+    assert found[0] == tc.tc_plan("float16", geom, False)
+    assert len(tc.tc_candidates("float16", geom, False, count=2)) == 2
+    assert tc.tc_candidates("float16", geom, smem_limit=1024) == ()
 
 
 def test_tensor_core_reduce_grid_follows_the_device():
     geom = _geom((32, 56, 56, 64), 3, 64)
-    assert cuda_kernels.tc_reduce_grid(geom) == (8 * cost_model.DEFAULT_DEVICE.sms,
-                                                 cuda_kernels.TC_THREADS)
-    assert cuda_kernels.tc_reduce_grid(geom, sms=10) == (80, cuda_kernels.TC_THREADS)
+    assert tc.tc_reduce_grid(geom) == (8 * cost_model.DEFAULT_DEVICE.sms,
+                                       tc.TC_THREADS)
+    assert tc.tc_reduce_grid(geom, sms=10) == (80, tc.TC_THREADS)
     small = _geom((1, 2, 2, 16), 3, 8)
-    assert cuda_kernels.tc_reduce_grid(small, sms=10) == (1, cuda_kernels.TC_THREADS)
+    assert tc.tc_reduce_grid(small, sms=10) == (1, tc.TC_THREADS)
 
 
 def test_tensor_core_selection_checks_the_plan_that_launches(monkeypatch):
@@ -589,37 +575,37 @@ def test_tensor_core_selection_checks_the_plan_that_launches(monkeypatch):
     differ): every plan consulted is for that activation, and the launch is its plan."""
     geom = _geom((8, 7, 7, 960), 3, 320)
     gelu, linear = activations.get("gelu"), activations.get(None)
-    plans = [cuda_kernels.tc_plan("float16", geom, linear_activation) for linear_activation in (False, True)]
+    plans = [tc.tc_plan("float16", geom, linear_activation) for linear_activation in (False, True)]
     assert plans[0].shared_bytes != plans[1].shared_bytes   # the case where it matters
     asked = []
-    real = cuda_kernels.tc_plan
+    real = tc.tc_plan
 
     def recording(dtype, g, linear_activation=True, *args, **kwargs):
         asked.append(linear_activation)
         return real(dtype, g, linear_activation, *args, **kwargs)
 
-    monkeypatch.setattr(cuda_kernels, "tc_plan", recording)
+    monkeypatch.setattr(tc, "tc_plan", recording)
     for act in (gelu, linear):
-        cuda_kernels._launch_sequence.cache_clear()
+        _launch_sequence.cache_clear()
         asked.clear()
-        launches, _ = cuda_kernels.launch_sequence("float16", geom, act,
-                                                   _contiguous_strides(geom), True)
+        launches, _ = launch_sequence("float16", geom, act,
+                                      _contiguous_strides(geom), True)
         is_linear = act.kernel_id == "linear"
         assert asked and all(flag == is_linear for flag in asked), (act.kernel_id, asked)
         tp = real("float16", geom, is_linear)
         assert (launches[0].grid, launches[0].shared_bytes) == (tp.grid, tp.shared_bytes)
-    cuda_kernels._launch_sequence.cache_clear()
+    _launch_sequence.cache_clear()
 
 
 def test_tensor_core_launch_reports_predicted_time():
     geom = _geom((4, 16, 16, 32), 3, 48)
-    launches, _ = cuda_kernels.launch_sequence("float16", geom, activations.get("relu"),
-                                               _contiguous_strides(geom), False)
-    assert launches[0].predicted_us == cuda_kernels.tc_plan("float16", geom, False).predicted_us > 0
+    launches, _ = launch_sequence("float16", geom, activations.get("relu"),
+                                  _contiguous_strides(geom), False)
+    assert launches[0].predicted_us == tc.tc_plan("float16", geom, False).predicted_us > 0
 
 
 def test_tensor_core_activation_slots_cover_every_fused_activation():
-    assert len(cuda_kernels.FUSED_ACTIVATIONS) <= cuda_kernels.TC_ACT_SLOTS
+    assert len(kernel_common.FUSED_ACTIVATIONS) <= tc.TC_ACT_SLOTS
 
 
 # --- weights in the kernel's layout ---------------------------------------------------------
@@ -629,17 +615,17 @@ def test_tensor_core_weights_layout():
     dk = rng.standard_normal((3, 3, 20, 1)).astype(np.float32)
     pk = rng.standard_normal((1, 1, 20, 7)).astype(np.float32)
     b = rng.standard_normal(7).astype(np.float32)
-    dw, pw, bias = cuda_kernels.prepare_weights(np, "tc:float16", dk, pk, b)
+    dw, pw, bias = prepare_weights(np, "tc:float16", dk, pk, b)
     assert dw.dtype == pw.dtype == np.float16 and bias.dtype == np.float32
     assert dw.shape == (9, 32) and pw.shape == (7, 32)
     np.testing.assert_array_equal(dw[:, :20], dk.reshape(9, 20).astype(np.float16))
     np.testing.assert_array_equal(pw[:, :20], pk.reshape(20, 7).T.astype(np.float16))
     assert not dw[:, 20:].any() and not pw[:, 20:].any()
-    dw, pw, _ = cuda_kernels.prepare_weights(np, "tc:tf32", dk, pk, None)
+    dw, pw, _ = prepare_weights(np, "tc:tf32", dk, pk, None)
     np.testing.assert_array_equal(dw[:, :20], dk.reshape(9, 20))   # depthwise stays FP32
     assert not (pw.view(np.uint32) & 0x1FFF).any()
     np.testing.assert_allclose(pw[:, :20], pk.reshape(20, 7).T, rtol=U, atol=0)
-    dw, pw, bias = cuda_kernels.prepare_weights(np, "simt:float64", dk, pk, b)
+    dw, pw, bias = prepare_weights(np, "simt:float64", dk, pk, b)
     assert dw.shape == (9, 20) and pw.shape == (20, 7) and bias.dtype == np.float64
 
 
@@ -647,7 +633,7 @@ def test_tensor_core_tf32_rounding_is_nearest_ties_away():
     step = 2.0 ** -10  # TF32 spacing in [1, 2)
     values = np.array([1 + step / 2, -(1 + step / 2), 1 + step / 2 - 2**-23, 1 + 1.5 * step,
                        np.inf, -np.inf, np.nan, 0.0, 3.0], dtype=np.float32)
-    out = cuda_kernels.round_to_tf32(np, values)
+    out = round_to_tf32(np, values)
     expected = np.array([1 + step, -(1 + step), 1.0, 1 + 2 * step, np.inf, -np.inf, np.nan,
                          0.0, 3.0], dtype=np.float32)
     np.testing.assert_array_equal(out, expected)
@@ -696,8 +682,8 @@ def test_tensor_core_halo_extent_bounds_every_tile(shape, kernel, strides, dilat
                                   "same", "channels_last", tuple(np.broadcast_to(dilation, 2)))
     for bm in (32, 64, 128, 256, 512):
         tiles = -(-geom.output_positions // bm)
-        for band_h, slab in [(b, False) for b in cuda_kernels.TC_BANDS if b <= geom.out_size[0]] + [(1, True)]:
-            rows, cols = cuda_kernels.tc_halo_extent(geom, bm, slab, band_h)
+        for band_h, slab in [(b, False) for b in tc.TC_BANDS if b <= geom.out_size[0]] + [(1, True)]:
+            rows, cols = tc.tc_halo_extent(geom, bm, slab, band_h)
             for tile in range(tiles):
                 r, c = _tile_halo(geom, bm, band_h, slab, tile)
                 assert r <= rows and c <= cols, (bm, band_h, slab, tile, (r, c), (rows, cols))

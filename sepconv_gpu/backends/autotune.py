@@ -4,7 +4,7 @@ The cost model (cost_model.py) ranks the plans of a call, but its constants are 
 until a GPU refits them, so its single pick may be wrong on a real device. With
 autotuning on (`SEPCONV_GPU_AUTOTUNE=1`, or `sepconv_gpu.set_autotune(True)`), the first
 call of a (device name, input shape and strides, dtype, configuration) times each
-candidate of `candidates` (the tensor-core plans of `cuda_kernels.tc_candidates`, and the
+candidate of `candidates` (the tensor-core plans of `tc.tc_candidates`, and the
 SIMT kernel's plan, which may serve every call, so the kernel family is chosen too; a
 channel split is part of a plan) with the clock the backend gives (CUDA events): `WARMUP`
 untimed runs, then the median of `REPEATS` timed ones. The fastest is kept for the
@@ -33,7 +33,9 @@ import os
 import statistics
 import threading
 
-from . import cuda_kernels, kernel_cache
+from . import kernel_cache, simt, tc
+from .kernel_common import FUSED_ACTIVATIONS
+from .launch import select_kernel
 
 ENV_VAR = "SEPCONV_GPU_AUTOTUNE"
 FILENAME = "autotune.json"
@@ -67,20 +69,19 @@ def candidates(dtype, geom, kernel_id, x_strides, allow_tf32, x_aligned, smem_li
     """The plans worth timing for one call, the cost model's choice first: the
     tensor-core kernel's `count` best (`tc_candidates`) where it may serve the call, then
     the SIMT kernel's plan (`simt_plan`); only the latter where the SIMT kernel alone may."""
-    simt = cuda_kernels.simt_plan(dtype, geom)
-    if cuda_kernels.select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned,
-                                  smem_limit) != "tc":
-        return (simt,)
-    linear = kernel_id not in cuda_kernels.FUSED_ACTIVATIONS or kernel_id == "linear"
-    tc = cuda_kernels.tc_candidates(dtype, geom, linear, smem_limit, count)
-    return tuple(p for p in tc if cuda_kernels.tc_fits_int32(geom, p)) + (simt,)
+    simt_only = simt.simt_plan(dtype, geom)
+    if select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned, smem_limit) != "tc":
+        return (simt_only,)
+    linear = kernel_id not in FUSED_ACTIVATIONS or kernel_id == "linear"
+    found = tc.tc_candidates(dtype, geom, linear, smem_limit, count)
+    return tuple(p for p in found if tc.tc_fits_int32(geom, p)) + (simt_only,)
 
 
 def describe(plan):
     """A plan as JSON-able data: its kernel family and every field but the prediction."""
     fields = dataclasses.asdict(plan)
     fields.pop("predicted_us", None)
-    return {"kernel": "tc" if isinstance(plan, cuda_kernels.TcPlan) else "simt", **fields}
+    return {"kernel": "tc" if isinstance(plan, tc.TcPlan) else "simt", **fields}
 
 
 def entry_key(device_name, dtype, geom, kernel_id, x_strides, has_bias, allow_tf32,
@@ -111,11 +112,11 @@ class Tuner:
 
     def choose(self, device_name, dtype, geom, activation, x_strides, has_bias,
                allow_tf32=False, x_aligned=True, smem_limit=None, *, run, clock):
-        """The plan for this call (the arguments of `cuda_kernels.launch_sequence`, after
+        """The plan for this call (the arguments of `launch.launch_sequence`, after
         the device's name): remembered, read from the file, or timed now. `run(plan)`
         launches the call with `plan`; `clock(body)` returns the seconds `body()` takes on
         the device (CUDA events around it)."""
-        smem_limit = cuda_kernels.TC_SMEM_LIMIT if smem_limit is None else int(smem_limit)
+        smem_limit = tc.TC_SMEM_LIMIT if smem_limit is None else int(smem_limit)
         call = (device_name, dtype, geom, activation.kernel_id, tuple(int(s) for s in x_strides),
                 bool(has_bias), bool(allow_tf32), bool(x_aligned), smem_limit)
         plan = self._chosen.get(call)
@@ -206,7 +207,7 @@ _tuner = Tuner()
 
 def plan_for(device_name, dtype, geom, activation, x_strides, has_bias, allow_tf32=False,
              x_aligned=True, smem_limit=None, *, run, clock):
-    """The plan `cuda_kernels.launch_sequence` should launch: None (the cost model's
+    """The plan `launch.launch_sequence` should launch: None (the cost model's
     choice) with autotuning off, which times nothing; else `Tuner.choose`'s pick."""
     if not get_autotune():
         return None

@@ -167,7 +167,7 @@ def _sizes(geom, in_itemsize, weight_itemsize):
     return x, y, weights
 
 
-# SIMT kernel (kernels/sepconv_fused.cu), thread-instructions counted in its sm_90 SASS
+# SIMT kernel (kernels/sepconv_simt.cu), thread-instructions counted in its sm_90 SASS
 # (nvcc 13.0, cuobjdump; 3x3 / 5x5 / 1x3 / generic, channels_last and channels_first):
 # - staging: per load unit (one element, or 16 bytes of consecutive channels for
 #   channels_last inputs with unit channel stride), keyed by (input itemsize, vector);
@@ -199,7 +199,7 @@ def simt_halo_channels(channels, multiplier, chunk=16):
 
 def simt_fused_work(geom, plan, in_itemsize, acc_itemsize, chunk=16, threads=256,
                     specialized=False, vector_staging=None, bank_ways=1):
-    """`Work` of one `sepconv_fused` launch for a `cuda_kernels.KernelPlan`.
+    """`Work` of one `sepconv_simt` launch for a `simt.KernelPlan`.
 
     `specialized`: the instantiation has compile-time extents; `vector_staging`: halo
     loads are 16 bytes (None: as for a contiguous, aligned input); `bank_ways`: shared
@@ -266,7 +266,7 @@ def _tc_tile_shape(geom, plan, in_itemsize):
     (OH OW) image boundaries on average. Segments stage (TH - 1) s_h + (KH - 1) d_h + 1
     input rows of each band's bm / (R TH) + 1 columns (and KW - 1 halo columns); a slab
     (TH = 1) stages whole rows, each once: (R - 1) s_h + (KH - 1) d_h + 1 +
-    X ((KH - 1) d_h + 1 - s_h) (cuda_kernels.tc_halo_extent gives the largest)."""
+    X ((KH - 1) d_h + 1 - s_h) (tc.tc_halo_extent gives the largest)."""
     chunk = 64                                  # bytes of one position's channel chunk
     (oh, ow), (kh, kw), (sh, sw), (dh, dw) = geom.out_size, geom.kernel, geom.strides, geom.dilation
     span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
@@ -313,13 +313,13 @@ def tc_plan_charges(geom, plan, in_itemsize):
 
 def tc_fused_work(geom, plan, in_itemsize, linear_activation=True, threads=256,
                   strips=False):
-    """`Work` of one `sepconv_tc` launch for a `cuda_kernels.TcPlan`, in three phases a
+    """`Work` of one `sepconv_tc` launch for a `tc.TcPlan`, in three phases a
     block runs one after the other: filter block 0's chunk loop (cp.async of halo,
     depthwise weights and pointwise rows; the depthwise's halo reads and A stores; the
     ldmatrix reads; SIMT issue of staging and depthwise; the tensor pipe), the chunk
     loops of filter blocks 1 .. FB - 1 (pointwise rows and mma only: A stays resident),
     and the FB epilogues. `strips`: the depthwise runs sliding-window strips
-    (cuda_kernels.tc_uses_strips; groups of 4 crossing a row segment run output by
+    (tc.tc_uses_strips; groups of 4 crossing a row segment run output by
     output, and the two half-warps' strips share banks: their pixel reads count twice).
     With channel splits each block runs its share of the chunks and writes fp32 partial
     sums."""

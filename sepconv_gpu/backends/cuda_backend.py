@@ -1,6 +1,6 @@
 """CUDA backend: CuPy arrays, one fused kernel launch per separable convolution.
 
-The kernels live in kernels/*.cu (see sepconv_fused.cu for the design). They are read
+The kernels live in kernels/*.cu (see sepconv_simt.cu for the design). They are read
 once and compiled lazily, one instantiation (name expression: dtype, layout, kernel
 extent; the activation is a runtime argument) at a time on first use, to SASS for the
 device's architecture by our own NVRTC binding (`nvrtc.py`, the wheel's libnvrtc). The
@@ -14,8 +14,10 @@ the caller's stream (CuPy's current stream; for torch CUDA tensors torch's curre
 see `CupyOps.stream_scope`); nothing here synchronizes, and a call of a seen signature
 neither compiles nor plans (`_call_plan`), so it can be captured in a CUDA graph.
 
-What is launched is decided by `cuda_kernels.launch_sequence`, which is CuPy-free and
-shared with the host-emulation tests.
+A call (`CupyOps._separable_conv`) asks `launch.launch_sequence` (CuPy-free, shared with
+the host-emulation tests) what to launch, once per signature (`_call_plan`), and runs it
+through `launch.run_launches`, the loop the emulator runs too, with CuPy allocations,
+device weights (`_prepared_weights`) and loaded kernels (`_launch`).
 """
 from __future__ import annotations
 
@@ -34,10 +36,11 @@ import numpy as np
 from .. import _dtypes
 from .._nvtx import annotate
 from . import autotune as _autotune
-from . import cuda_kernels as _kernels
 from . import Ops, dlpack_on_cuda, identity
 from . import kernel_cache as _kernel_cache
+from . import kernel_common as _kernel_common
 from . import nvrtc as _nvrtc
+from .launch import input_element_strides, launch_sequence, prepare_weights, run_launches
 
 # SEPCONV_GPU_DEBUG_SYNC=1: synchronize after every launch (debugging, sanitizer runs);
 # off by default: the hot path never synchronizes.
@@ -66,7 +69,8 @@ def get_function(name, device=None):
 def _load_kernel(name, device):
     arch = _nvrtc_arch(cupy.cuda.Device(device).compute_capability)
     if arch is None:
-        module = cupy.RawModule(code=_kernels.source(), options=_kernels.NVRTC_OPTIONS,
+        module = cupy.RawModule(code=_kernel_cache.kernel_source(),
+                                options=_kernel_cache.NVRTC_OPTIONS,
                                 name_expressions=(name,))
         return module.get_function(name).kernel  # the Function, as below
     compiled = _kernel_cache.library_kernels((name,), arch)
@@ -203,7 +207,7 @@ class CupyOps(Ops):
         weights = (depthwise, pointwise, bias)
         if _autotune.get_autotune():  # the first call of a signature times the candidates
             plan = _tuned(signature, plan, x, y, weights, weights_cache)
-        _run(plan.launches, x, y, weights, weights_cache)
+        _run(plan, x, y, weights, weights_cache)
         if plan.apply_after:  # an activation without a kernel variant (any callable)
             y = activation(y)
             if not isinstance(y, cupy.ndarray) or y.dtype != x.dtype:
@@ -211,16 +215,14 @@ class CupyOps(Ops):
         return y
 
 
-def _run(launches, x, y, weights, weights_cache):
-    """Enqueues `launches` ((Launch, Function) pairs) on x and y (weights: the user's
-    depthwise, pointwise, bias)."""
-    prepared = partial = None
-    for launch, fn in launches:
-        if launch.weights and prepared is None:
-            prepared = _prepared_weights(launch.weights, *weights, x.device, weights_cache)
-        if launch.partial:
-            partial = _empty((launch.partial,), cupy.float32)
-        _launch(launch, _kernels.launch_arrays(launch, x, prepared, y, partial), fn)
+def _run(plan, x, y, weights, weights_cache):
+    """Enqueues the launches of `plan` (a `_CallPlan`) on x and y (weights: the user's
+    depthwise, pointwise, bias) through the shared launch loop."""
+    run_launches(
+        plan.launches, x, y,
+        prepare=lambda layout: _prepared_weights(layout, *weights, x.device, weights_cache),
+        empty=lambda n: _empty((n,), cupy.float32),
+        launch_one=lambda launch, arrays: _launch(launch, arrays, plan.functions[launch.name]))
 
 
 def _tuned(signature, default, x, y, weights, weights_cache):
@@ -230,7 +232,7 @@ def _tuned(signature, default, x, y, weights, weights_cache):
     call = default.call  # launch_sequence's arguments
     chosen = _autotune.plan_for(
         _device_name(device_id), *call, clock=_event_seconds,
-        run=lambda p: _run(_call_plan(*signature, plan=p).launches, x, y, weights, weights_cache))
+        run=lambda p: _run(_call_plan(*signature, plan=p), x, y, weights, weights_cache))
     return default if chosen is None else _call_plan(*signature, plan=chosen)
 
 
@@ -253,7 +255,8 @@ def _event_seconds(body):
 
 
 class _CallPlan(NamedTuple):
-    launches: tuple      # (cuda_kernels.Launch, its loaded Function), in order
+    launches: tuple      # launch.Launch, in order
+    functions: dict      # Launch.name -> its loaded Function
     apply_after: bool    # the activation runs after the kernels (no kernel variant)
     copy_input: bool     # x's byte strides are not whole elements: launch on a copy
     call: tuple          # launch_sequence's arguments (autotune times other plans of it)
@@ -269,34 +272,34 @@ def _call_plan(dtype, geom, kernel_id, kernel_param, byte_strides, has_bias, all
     first call of a signature compiles or loads its kernels, later ones (and CUDA graph
     captures) never do."""
     name = _dtype_name(dtype)
-    if name not in _kernels.DTYPES:
+    if name not in _kernel_common.DTYPES:
         if name == "bfloat16":
             raise TypeError(
                 "sepconv_gpu CUDA backend: bfloat16 input, but this build's kernel catalogue "
-                f"has no bfloat16 kernel (dtypes: {tuple(_kernels.DTYPES)}); run bfloat16 on "
+                f"has no bfloat16 kernel (dtypes: {tuple(_kernel_common.DTYPES)}); run bfloat16 on "
                 "the NumPy backend (backend='numpy') or cast the input to float16 / float32.")
         raise TypeError(f"sepconv_gpu CUDA backend: unsupported input dtype {name}; "
-                        f"expected one of {tuple(_kernels.DTYPES)}.")
-    itemsize = _kernels.DTYPES[name][1]
+                        f"expected one of {tuple(_kernel_common.DTYPES)}.")
+    itemsize = _kernel_common.DTYPES[name][1]
     shape = geom.input_shape
-    x_strides = _kernels.input_element_strides(shape, byte_strides, itemsize, geom)
+    x_strides = input_element_strides(shape, byte_strides, itemsize, geom)
     copy_input = x_strides is None
     if copy_input:  # the contiguous copy's strides
         contiguous = [itemsize]
         for n in reversed(shape[1:]):
             contiguous.insert(0, contiguous[0] * n)
-        x_strides = _kernels.input_element_strides(shape, contiguous, itemsize, geom)
+        x_strides = input_element_strides(shape, contiguous, itemsize, geom)
         x_aligned = True  # a fresh allocation
     call = (name, geom, _KernelActivation(kernel_id, kernel_param), x_strides, has_bias,
             allow_tf32, x_aligned, _shared_memory_limit(device_id))
-    launches, apply_after = _kernels.launch_sequence(*call, plan=plan, sms=_sm_count(device_id))
-    loaded = []
+    launches, apply_after = launch_sequence(*call, plan=plan, sms=_sm_count(device_id))
+    functions = {}
     for launch in launches:
         try:
-            loaded.append((launch, get_function(launch.name, device_id)))
+            functions[launch.name] = get_function(launch.name, device_id)
         except (cupy.cuda.driver.CUDADriverError, cupy.cuda.runtime.CUDARuntimeError) as exc:
             raise _kernel_error(launch, exc) from exc
-    return _CallPlan(tuple(loaded), apply_after, copy_input, call)
+    return _CallPlan(launches, functions, apply_after, copy_input, call)
 
 
 class _KernelActivation(NamedTuple):
@@ -413,13 +416,13 @@ def _kernel_error(launch, exc):
 
 def _prepared_weights(layout, depthwise, pointwise, bias, device, cache):
     """(depthwise, pointwise, bias) in the kernel's `layout` on `device`
-    (`cuda_kernels.prepare_weights`). With a cache (the layer's immutable weight snapshot
+    (`launch.prepare_weights`). With a cache (the layer's immutable weight snapshot
     owns it) they are prepared once per layout and device; without one (ops-level calls
     with the user's arrays, which may change between calls) on every call."""
     key = (layout, device.id)
     prepared = None if cache is None else cache.get(key)
     if prepared is None:
-        prepared = _kernels.prepare_weights(
+        prepared = prepare_weights(
             cupy, layout, _on_device(depthwise, device), _on_device(pointwise, device),
             None if bias is None else _on_device(bias, device))
         if cache is not None:

@@ -1,4 +1,8 @@
-"""Compiled kernels kept on disk, so that a process pays NVRTC once per kernel and machine.
+"""The build side of the CUDA kernels: their source as NVRTC compiles it (`kernel_source`: the
+files of kernels/ with local headers inlined under `#line` tags), the options
+(`library_options`), every instantiation the library can request
+(`all_name_expressions`), and the compiled kernels kept on disk, so that a process pays
+NVRTC once per kernel and machine (`library_kernels`, the one build path).
 
 CuPy does not keep modules built with name expressions on disk (before 14.2), so every
 process would recompile each kernel variant (~0.3-0.7 s each). Here each NVRTC result is
@@ -28,10 +32,11 @@ import hashlib
 import json
 import logging
 import os
+import re
 import struct
 import tempfile
 
-from . import cuda_kernels, nvrtc
+from . import nvrtc, simt, tc
 
 ENV_VAR = "SEPCONV_GPU_CACHE_DIR"
 # SEPCONV_GPU_LINEINFO=1: kernels carry line information (compute-sanitizer reports source
@@ -45,10 +50,68 @@ SUFFIX = ".cubin"
 # fallback compile the same code: float32 denormals flush to zero (README, "Dtypes") and
 # functions are __device__ unless marked otherwise.
 CUPY_OPTIONS = ("--device-as-default-execution-space", "-ftz=true")
+NVRTC_OPTIONS = ("--std=c++17",)
 
 logger = logging.getLogger("sepconv_gpu")
 _write_failure_said = False
 
+
+# --- sources --------------------------------------------------------------------------------
+
+def all_name_expressions():
+    """Every kernel instantiation the library can request (what the compile test and
+    `python -m sepconv_gpu.prebuild` build)."""
+    return simt.simt_name_expressions() + tc.tc_name_expressions()
+
+
+def kernels_dir():
+    """kernels/ in an installed wheel (sepconv_gpu/kernels) or in a source checkout."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for candidate in (os.path.join(package, "kernels"),
+                      os.path.join(os.path.dirname(package), "kernels")):
+        if os.path.isfile(os.path.join(candidate, simt.SOURCE)):
+            return candidate
+    raise FileNotFoundError(
+        f"sepconv_gpu: CUDA sources ({simt.SOURCE}) found neither in the installed package "
+        f"({os.path.join(package, 'kernels')}) nor in a source checkout.")
+
+
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+
+
+def _inline(directory, filename, seen):
+    """The file's text with `#line` markers, local `#include "..."` files inlined.
+
+    Inlining (rather than an -I option) makes the text the kernel cache hashes
+    (below) cover the headers too, and keeps NVRTC error locations pointing at
+    the real files.
+    """
+    tag = f"kernels/{filename}"
+    with open(os.path.join(directory, filename), encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    out = [f'#line 1 "{tag}"']
+    for number, line in enumerate(lines, start=1):
+        match = _INCLUDE.match(line)
+        if match and os.path.isfile(os.path.join(directory, match.group(1))):
+            if match.group(1) not in seen:
+                seen.add(match.group(1))
+                out.append(_inline(directory, match.group(1), seen))
+            out.append(f'#line {number + 1} "{tag}"')
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_source():
+    """The complete kernel source as NVRTC compiles it (read once): the SIMT kernels,
+    then the tensor-core kernel (sharing the inlined headers)."""
+    seen = set()
+    files = (simt.SOURCE, tc.TC_SOURCE)
+    return "\n".join(_inline(kernels_dir(), name, seen) for name in files) + "\n"
+
+
+# --- the disk cache ---------------------------------------------------------------------------
 
 def cache_dir():
     """SEPCONV_GPU_CACHE_DIR, else $XDG_CACHE_HOME/sepconv_gpu, else ~/.cache/sepconv_gpu."""
@@ -62,19 +125,19 @@ def cache_dir():
 def library_kernels(name_expressions, arch, source=None):
     """The library's kernels, `name_expressions` instantiated, as SASS for sm_`arch`: an
     nvrtc.Compiled, from the disk cache when it is there. `source` defaults to
-    `cuda_kernels.source()` (a test passes one snapshot to all its worker processes).
+    `kernel_source()` (a test passes one snapshot to all its worker processes).
 
     This is the one build path: `cuda_backend.get_function` loads what it returns, and the
     NVRTC test compiles every instantiation through it.
     """
-    return compile_cached(cuda_kernels.source() if source is None else source,
+    return compile_cached(kernel_source() if source is None else source,
                           name_expressions, arch, library_options())
 
 
 def library_options():
     """The NVRTC options of the library's kernels (without the target and include)."""
     lineinfo = ("-lineinfo",) if os.environ.get(LINEINFO_VAR, "") not in ("", "0") else ()
-    return cuda_kernels.NVRTC_OPTIONS + CUPY_OPTIONS + lineinfo
+    return NVRTC_OPTIONS + CUPY_OPTIONS + lineinfo
 
 
 def compile_cached(source, name_expressions, arch, options):

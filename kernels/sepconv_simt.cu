@@ -35,7 +35,7 @@
 // Offsets into x and y are 64-bit.
 //
 // Every parameter below that the host planner computes is mirrored in
-// sepconv_gpu/backends/cuda_kernels.py (KernelPlan); keep the two in step.
+// sepconv_gpu/backends/simt.py (KernelPlan); keep the two in step.
 #include "sepconv_common.cuh"
 
 #define SC_THREADS 256
@@ -161,7 +161,7 @@ __device__ __forceinline__ void depthwise_fixed(A* ds, const T* xs, const A* wd,
 
 template <typename T, bool CF, int KH_, int KW_>
 __global__ void __launch_bounds__(SC_THREADS, SC_MIN_BLOCKS)
-sepconv_fused(const T* __restrict__ x,
+sepconv_simt(const T* __restrict__ x,
               const typename sepconv::Acc<T>::type* __restrict__ dwk,   // [taps][K]
               const typename sepconv::Acc<T>::type* __restrict__ pwk,   // [K][F]
               const typename sepconv::Acc<T>::type* __restrict__ bias,  // [F] if has_bias
