@@ -203,7 +203,7 @@ def dry_key(case, smem_limit=None):
     split adds sepconv_tc_reduce, a normalizing activation the softmax kernel) and the
     plan shapes that take different code in them, without tile sizes: for sepconv_tc
     the depthwise strips, the slab halo, the position order (bands of rows or row-major)
-    and the resident depthwise (more than one filter block); for sepconv_fused the halo
+    and the resident depthwise (more than one filter block); for sepconv_simt the halo
     (or the global gather) and filter blocks. What a dry run must cover."""
     names, shape = plan_key(case, smem_limit)
     if shape[0] == "tc":

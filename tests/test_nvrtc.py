@@ -274,18 +274,18 @@ def test_nvrtc_library_override_is_obeyed(monkeypatch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_nvrtc_tensor_core_kernels_alone(arch, tmp_path, monkeypatch):
-    """The tensor-core instantiations on their own (seconds, not the minutes of the whole
-    catalogue above): built through the run-time path without a word, no stack frame (no
-    spills, no local arrays), and the MT <= 2 warp tiles within their register cap (two
-    blocks an SM where shared memory allows)."""
-    monkeypatch.setenv(kernel_cache.ENV_VAR, str(tmp_path))   # a fresh cache: built here
+def test_nvrtc_tensor_core_kernels_within_their_register_cap(all_built, arch):
+    """The tensor-core instantiations of the build above: the MT <= 2 warp tiles within
+    TC_MT2_REGISTERS, their __maxnreg__ (two blocks an SM where shared memory allows),
+    and no stack frame. (By hand, the tensor-core kernels alone build in seconds:
+    `kernel_cache.library_kernels(tuple(tc.tc_name_expressions()), 90, kernel_cache.kernel_source())`.)"""
     names = tc.tc_name_expressions()
-    compiled = kernel_cache.library_kernels(tuple(names), arch, kernel_cache.kernel_source())
-    assert compiled.log == "", compiled.log
-    found = kernel_resources(compiled.cubin)
+    found, lowered = {}, {}
+    for _, compiled in _built(all_built, arch):
+        found.update(kernel_resources(compiled.cubin))
+        lowered.update(compiled.lowered)
     for name in names:
-        registers, frame = found[compiled.lowered[name]]
+        registers, frame = found[lowered[name]]
         assert frame == 0, f"{name}: {frame} bytes of stack frame on sm_{arch}"
         if name.endswith((", 1>", ", 2>")):
             assert registers <= tc.TC_MT2_REGISTERS, (name, registers)
