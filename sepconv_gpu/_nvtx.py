@@ -15,8 +15,11 @@ except Exception:  # not installed (e.g. the device machine, CI): ranges vanish
     _nvtx = None
 
 
+_NO_RANGE = contextlib.nullcontext()  # reusable: one for every call without nvtx
+
+
 def annotate(message):
     """A context manager marking one op or layer call."""
     if _nvtx is None:
-        return contextlib.nullcontext()
+        return _NO_RANGE
     return _nvtx.annotate(message, domain=DOMAIN)

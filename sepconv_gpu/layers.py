@@ -185,10 +185,10 @@ class BaseSeparableConv(Layer):
         snapshot of the weights."""
         weights = self._weights_snapshot()
         depthwise, pointwise, bias = weights.arrays if self.use_bias else weights.arrays + (None,)
-        return _ops.separable_conv(
+        return _ops.separable_conv_normalized(  # arguments normalized in __init__
             self.rank, x, depthwise, pointwise, bias, self.strides, self.padding,
-            self.data_format, self.dilation_rate, self.activation, backend=self._ops,
-            allow_tf32=self.allow_tf32, weights_cache=weights.cache)
+            self.data_format, self.dilation_rate, self.activation, self._ops, self.allow_tf32,
+            weights_cache=weights.cache)
 
     def compute_output_shape(self, input_shape):
         """The shape a call returns (glu's halved last axis included, where Keras 3.15

@@ -27,12 +27,18 @@ _NO_ACTIVATION = _activations.get(None)
 
 def is_float_dtype(dtype):
     """One of FLOAT_DTYPES, in either byte order (">f4" is float32 stored big-endian);
-    ml_dtypes' bfloat16 is a NumPy dtype of kind "V"."""
+    ml_dtypes' bfloat16 is a NumPy dtype of kind "V". Remembered per dtype: a call checks
+    its arrays several times, and NumPy's `dtype.name` costs a microsecond."""
     if not isinstance(dtype, np.dtype):
         return False
-    if dtype.kind == "f":
-        return dtype.newbyteorder("=").name in FLOAT_DTYPES
-    return dtype.name == "bfloat16"
+    known = _IS_FLOAT.get(dtype)
+    if known is None:
+        name = dtype.newbyteorder("=").name if dtype.kind == "f" else dtype.name
+        known = _IS_FLOAT[dtype] = name in FLOAT_DTYPES
+    return known
+
+
+_IS_FLOAT = {}
 
 
 def cast(a, dtype):
@@ -100,6 +106,17 @@ def separable_conv(rank, x, depthwise_kernel, pointwise_kernel, bias=None, strid
     """
     strides, padding, data_format, dilation_rate, act, allow_tf32 = _normalized_args(
         rank, strides, padding, data_format, dilation_rate, activation, allow_tf32)
+    return separable_conv_normalized(rank, x, depthwise_kernel, pointwise_kernel, bias, strides,
+                                     padding, data_format, dilation_rate, act, backend,
+                                     allow_tf32, weights_cache=weights_cache)
+
+
+def separable_conv_normalized(rank, x, depthwise_kernel, pointwise_kernel, bias, strides,
+                              padding, data_format, dilation_rate, act, backend, allow_tf32,
+                              *, weights_cache=None):
+    """`separable_conv` with its arguments already normalized (`geometry.
+    normalize_call_args`, an `Activation`, a bool): what a layer, which normalized them
+    when it was made, calls."""
     if x is None or not hasattr(x, "shape"):
         if isinstance(x, (list, tuple)):
             x = np.asarray(x)
@@ -109,7 +126,7 @@ def separable_conv(rank, x, depthwise_kernel, pointwise_kernel, bias=None, strid
     with annotate(f"separable_conv{rank}d"), ops.stream_scope(x):
         xb, give_back, dk, pk, b, geom = _prepare(
             ops, rank, x, depthwise_kernel, pointwise_kernel, bias, strides, padding, data_format,
-            dilation_rate)
+            dilation_rate, weights_checked=weights_cache is not None)
         out_shape = _output_shape(act, geom)  # glu: an odd last axis fails here
         if geom.output_positions == 0:
             return give_back(ops.xp.zeros(out_shape, dtype=xb.dtype))
@@ -136,13 +153,18 @@ def _apply_to_whole_output(ops, act, y):
 
 
 def _prepare(ops, rank, x, depthwise_kernel, pointwise_kernel, bias, strides, padding,
-             data_format, dilation_rate):
-    """Arrays on `ops`' device, checked, and the call's geometry: the one validation step."""
+             data_format, dilation_rate, weights_checked=False):
+    """Arrays on `ops`' device, checked, and the call's geometry: the one validation step.
+    `weights_checked`: the weights are a layer's snapshot (its backend's float arrays,
+    checked when they were set), so only their shapes are checked here."""
     xb, give_back = ops.take(_native(x))
     _check_float(xb, "x")
-    dk = _as_backend_array(ops, depthwise_kernel, "depthwise_kernel")
-    pk = _as_backend_array(ops, pointwise_kernel, "pointwise_kernel")
-    b = _as_backend_array(ops, bias, "bias", optional=True)
+    if weights_checked:
+        dk, pk, b = depthwise_kernel, pointwise_kernel, bias
+    else:
+        dk = _as_backend_array(ops, depthwise_kernel, "depthwise_kernel")
+        pk = _as_backend_array(ops, pointwise_kernel, "pointwise_kernel")
+        b = _as_backend_array(ops, bias, "bias", optional=True)
     geom = _geometry_of(
         rank, tuple(xb.shape), tuple(dk.shape), tuple(pk.shape), None if b is None else tuple(b.shape),
         strides, padding, data_format, dilation_rate)

@@ -20,6 +20,9 @@ ENV_VAR = "SEPCONV_GPU_BACKEND"
 logger = logging.getLogger("sepconv_gpu")
 
 
+_NO_SCOPE = contextlib.nullcontext()  # reusable
+
+
 class Ops:
     """What every backend has (Thinc's `Ops` / `CupyOps` pattern): `NumpyOps` in
     numpy_backend.py, `CupyOps` in cuda_backend.py. `ops.py` checks a call once and takes
@@ -48,7 +51,7 @@ class Ops:
 
     def stream_scope(self, x):
         """The context of one call with input x (CUDA: the caller's stream); none here."""
-        return contextlib.nullcontext()
+        return _NO_SCOPE
 
     def separable_conv(self, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False,
                        weights_cache=None):

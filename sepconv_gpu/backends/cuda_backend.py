@@ -182,9 +182,10 @@ class CupyOps(Ops):
         """The context of one call with input `x`: kernels go to the caller's stream.
         CuPy's current stream serves as it is; for a torch CUDA tensor, torch's current
         stream becomes CuPy's current one for the call (`_TorchScope`)."""
-        if type(x).__module__.split(".")[0] == "torch" and getattr(x, "is_cuda", False):
+        if type(x) is not cupy.ndarray and type(x).__module__.split(".")[0] == "torch" \
+                and getattr(x, "is_cuda", False):
             return _TorchScope(x.device)
-        return contextlib.nullcontext()
+        return _SAME_STREAM
 
     def separable_conv(self, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False,
                        weights_cache=None):
@@ -337,6 +338,7 @@ class _TorchScope:
         _torch_device.reset(self._token)
 
 
+_SAME_STREAM = contextlib.nullcontext()  # reusable
 _torch_device = contextvars.ContextVar("sepconv_gpu_torch_device", default=None)
 _TORCH_DTYPES = {"float16": "float16", "float32": "float32", "float64": "float64",
                  "bfloat16": "bfloat16"}
