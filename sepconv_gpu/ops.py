@@ -62,20 +62,13 @@ def _native(a):
     return a
 
 
-_FLOAT_DTYPE_OBJECTS = set()  # dtype objects already seen to pass (str(dtype) costs ~1 us)
-
-
 def _check_float(a, name):
     dtype = getattr(a, "dtype", None)
-    if dtype in _FLOAT_DTYPE_OBJECTS:
-        return
-    dtype_name = str(dtype)
-    if dtype is None or not is_float_dtype(dtype):
+    if not is_float_dtype(dtype):
         raise TypeError(
             f"`{name}` must be a floating-point array ({', '.join(FLOAT_DTYPES)}); "
-            f"received dtype {dtype_name if dtype is not None else type(a).__name__}."
+            f"received dtype {dtype if dtype is not None else type(a).__name__}."
         )
-    _FLOAT_DTYPE_OBJECTS.add(dtype)
 
 
 def _as_backend_array(ops, a, name, optional=False):

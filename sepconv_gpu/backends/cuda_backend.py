@@ -38,7 +38,6 @@ from .._nvtx import annotate
 from . import autotune as _autotune
 from . import Ops, dlpack_on_cuda, identity
 from . import kernel_cache as _kernel_cache
-from . import kernel_common as _kernel_common
 from . import nvrtc as _nvrtc
 from .launch import input_element_strides, launch_sequence, prepare_weights, run_launches
 
@@ -272,16 +271,7 @@ def _call_plan(dtype, geom, kernel_id, kernel_param, byte_strides, has_bias, all
     lookup; a failing signature is never cached (its error is raised on every call); the
     first call of a signature compiles or loads its kernels, later ones (and CUDA graph
     captures) never do."""
-    name = _dtype_name(dtype)
-    if name not in _kernel_common.DTYPES:
-        if name == "bfloat16":
-            raise TypeError(
-                "sepconv_gpu CUDA backend: bfloat16 input, but this build's kernel catalogue "
-                f"has no bfloat16 kernel (dtypes: {tuple(_kernel_common.DTYPES)}); run bfloat16 on "
-                "the NumPy backend (backend='numpy') or cast the input to float16 / float32.")
-        raise TypeError(f"sepconv_gpu CUDA backend: unsupported input dtype {name}; "
-                        f"expected one of {tuple(_kernel_common.DTYPES)}.")
-    itemsize = _kernel_common.DTYPES[name][1]
+    itemsize = dtype.itemsize
     shape = geom.input_shape
     x_strides = input_element_strides(shape, byte_strides, itemsize, geom)
     copy_input = x_strides is None
@@ -291,7 +281,10 @@ def _call_plan(dtype, geom, kernel_id, kernel_param, byte_strides, has_bias, all
             contiguous.insert(0, contiguous[0] * n)
         x_strides = input_element_strides(shape, contiguous, itemsize, geom)
         x_aligned = True  # a fresh allocation
-    call = (name, geom, _KernelActivation(kernel_id, kernel_param), x_strides, has_bias,
+    # NumPy's name is the catalogue's ("bfloat16" for ml_dtypes' bfloat16, which CuPy >= 14
+    # uses; torch's bfloat16 arrives as that through DLPack); launch_sequence refuses a
+    # dtype the catalogue has no kernel for, before anything is allocated or launched
+    call = (dtype.name, geom, _KernelActivation(kernel_id, kernel_param), x_strides, has_bias,
             allow_tf32, x_aligned, _shared_memory_limit(device_id))
     launches, apply_after = launch_sequence(*call, plan=plan, sms=_sm_count(device_id))
     functions = {}
@@ -307,12 +300,6 @@ class _KernelActivation(NamedTuple):
     """What launch_sequence reads of an activation."""
     kernel_id: str
     kernel_param: float
-
-
-def _dtype_name(dtype):
-    """The catalogue's name of a CuPy dtype: NumPy's name ("bfloat16" for ml_dtypes'
-    bfloat16, which CuPy >= 14 uses; torch's bfloat16 arrives as that through DLPack)."""
-    return dtype.name
 
 
 class _TorchScope:
@@ -340,8 +327,6 @@ class _TorchScope:
 
 _SAME_STREAM = contextlib.nullcontext()  # reusable
 _torch_device = contextvars.ContextVar("sepconv_gpu_torch_device", default=None)
-_TORCH_DTYPES = {"float16": "float16", "float32": "float32", "float64": "float64",
-                 "bfloat16": "bfloat16"}
 
 
 @functools.lru_cache(maxsize=64)
@@ -358,8 +343,7 @@ def _empty(shape, dtype):
         return cupy.empty(shape, dtype=dtype)
     import torch
 
-    tensor = torch.empty(shape, dtype=getattr(torch, _TORCH_DTYPES[_dtype_name(cupy.dtype(dtype))]),
-                         device=device)
+    tensor = torch.empty(shape, dtype=getattr(torch, cupy.dtype(dtype).name), device=device)
     return cupy.from_dlpack(tensor)
 
 

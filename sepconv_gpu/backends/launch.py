@@ -46,8 +46,6 @@ def select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned, smem_limit=TC_S
     return "tc" if tp is not None and tc.tc_fits_int32(geom, tp) else "simt"
 
 
-
-
 # --- launches ----------------------------------------------------------------------------
 
 def input_element_strides(shape, strides, itemsize, geom):
@@ -63,6 +61,7 @@ def input_element_strides(shape, strides, itemsize, geom):
     if geom.rank == 1:
         spatial = [0] + spatial
     return (n, c, spatial[0], spatial[1])
+
 
 @dataclass(frozen=True)
 class Launch:
