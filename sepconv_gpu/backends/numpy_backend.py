@@ -34,6 +34,14 @@ def _input_extent(geom, axis, out_len):
     return (out_len - 1) * geom.strides[axis] + span
 
 
+def _padded_size(geom):
+    """(rows, columns) of the zero-padded input the untiled paths copy: what the outputs
+    read, or the whole input when that is more."""
+    (h, w), (pt, pl) = geom.in_size, geom.pad_before
+    return (max(_input_extent(geom, 0, geom.out_size[0]), pt + h),
+            max(_input_extent(geom, 1, geom.out_size[1]), pl + w))
+
+
 def _weights(depthwise, pointwise, bias, geom, dtype):
     kh, kw = geom.kernel
     dk = np.asarray(depthwise, dtype=dtype).reshape(kh, kw, geom.channels, geom.depth_multiplier)
@@ -52,11 +60,8 @@ def reference_separable_conv(x, depthwise, pointwise, bias, geom, activation):
     """float64 oracle: pad, sum the k·k shifted products, one matmul, bias, activation."""
     x4 = _channels_last_4d(np.asarray(x, dtype=np.float64), geom)
     dk, pk, b = _weights(depthwise, pointwise, bias, geom, np.float64)
-    (oh, ow), (pt, pl) = geom.out_size, geom.pad_before
-    rows_needed = _input_extent(geom, 0, oh)
-    cols_needed = _input_extent(geom, 1, ow)
-    h, w = geom.in_size
-    padded = np.zeros((geom.batch, max(rows_needed, pt + h), max(cols_needed, pl + w), geom.channels))
+    (oh, ow), (pt, pl), (h, w) = geom.out_size, geom.pad_before, geom.in_size
+    padded = np.zeros((geom.batch, *_padded_size(geom), geom.channels))
     padded[:, pt:pt + h, pl:pl + w] = x4
     depthwise_out = np.zeros((geom.batch, oh, ow, geom.channels, geom.depth_multiplier))
     for i in range(geom.kernel[0]):
@@ -106,7 +111,7 @@ class NumpyOps(Ops):
         # untiled only where the tiled path would make a single tile anyway, and where the
         # padded input it copies is small too (huge strides read few of many positions)
         limit = min(SMALL_WINDOW_ELEMENTS, TILE_BYTES // np.dtype(compute).itemsize)
-        small = products <= limit and _padded_elements(geom) <= limit
+        small = products <= limit and geom.batch * math.prod(_padded_size(geom)) * geom.channels <= limit
         conv = _small_separable_conv if small else _fast_separable_conv
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             y = conv(x, depthwise, pointwise, bias, geom, activation, compute)
@@ -175,12 +180,7 @@ class _Axis:
                 pairs.append((slice(lo * self.k + t, (hi - 1) * self.k + t + 1, self.k),
                               slice(src, src + (hi - lo - 1) * self.s + 1, self.s)))
         return pairs
-def _padded_elements(geom):
-    """Elements of the zero-padded input copy `_small_separable_conv` makes."""
-    (h, w), (pt, pl) = geom.in_size, geom.pad_before
-    rows = max(_input_extent(geom, 0, geom.out_size[0]), pt + h)
-    cols = max(_input_extent(geom, 1, geom.out_size[1]), pl + w)
-    return geom.batch * rows * cols * geom.channels
+
 
 
 def _small_separable_conv(x, depthwise, pointwise, bias, geom, activation, dtype):
@@ -193,8 +193,7 @@ def _small_separable_conv(x, depthwise, pointwise, bias, geom, activation, dtype
     n, (h, w), c = geom.batch, geom.in_size, geom.channels
     (oh, ow), (pt, pl), (kh, kw) = geom.out_size, geom.pad_before, geom.kernel
     (sh, sw), (dh, dw) = geom.strides, geom.dilation
-    padded = np.zeros((n, max(_input_extent(geom, 0, oh), pt + h),
-                       max(_input_extent(geom, 1, ow), pl + w), c), dtype=dtype)
+    padded = np.zeros((n, *_padded_size(geom), c), dtype=dtype)
     padded[:, pt:pt + h, pl:pl + w] = x4
     s0, s1, s2, s3 = padded.strides
     windows = np.ndarray((n, oh, ow, kh, kw, c), dtype, buffer=padded,
