@@ -343,3 +343,24 @@ def test_gpu_autotuned_calls_agree_and_the_choice_is_cached(tmp_path):
     assert len(entry["timed"]) >= 2 and entry["timed"][-1]["plan"]["kernel"] == "simt"
     assert all(0 < t["measured_us"] < 1e6 for t in entry["timed"])
     assert entry["measured_us"] == min(t["measured_us"] for t in entry["timed"])
+
+
+def test_candidates_are_checked_for_the_activation_the_epilogue_runs(monkeypatch):
+    """The kernel choice behind the candidates is made on the plans of the activation the
+    launch runs (gelu in the epilogue: not the linear plans, which may differ in shared
+    memory and so in what fits), as launch_sequence makes it; every plan asked for, the
+    choice's and the candidates', is for that activation."""
+    geom = geometry.make_geometry(2, (8, 7, 7, 960), (3, 3, 960, 1), (1, 1, 960, 320), (320,),
+                                  (1, 1), "same", "channels_last", (1, 1))
+    asked = []
+    real_plan, real_candidates = tc.tc_plan, tc.tc_candidates
+    monkeypatch.setattr(tc, "tc_plan", lambda d, g, linear=True, *a, **k: asked.append(linear)
+                        or real_plan(d, g, linear, *a, **k))
+    monkeypatch.setattr(tc, "tc_candidates", lambda d, g, linear=True, *a, **k: asked.append(linear)
+                        or real_candidates(d, g, linear, *a, **k))
+    strides = (7 * 7 * 960, 1, 7 * 960, 960)
+    found = autotune.candidates("float16", geom, "gelu", strides, False, True, tc.TC_SMEM_LIMIT)
+    assert len(found) > 1 and asked and not any(asked)
+    asked.clear()
+    autotune.candidates("float16", geom, "linear", strides, False, True, tc.TC_SMEM_LIMIT)
+    assert asked and all(asked)

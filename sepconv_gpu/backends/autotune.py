@@ -70,9 +70,10 @@ def candidates(dtype, geom, kernel_id, x_strides, allow_tf32, x_aligned, smem_li
     tensor-core kernel's `count` best (`tc_candidates`) where it may serve the call, then
     the SIMT kernel's plan (`simt_plan`); only the latter where the SIMT kernel alone may."""
     simt_only = simt.simt_plan(dtype, geom)
-    if select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned, smem_limit) != "tc":
-        return (simt_only,)
+    # the epilogue runs no activation for "linear" and for those applied after the kernels
     linear = kernel_id not in FUSED_ACTIVATIONS or kernel_id == "linear"
+    if select_kernel(dtype, geom, allow_tf32, x_strides, x_aligned, smem_limit, linear) != "tc":
+        return (simt_only,)
     found = tc.tc_candidates(dtype, geom, linear, smem_limit, count)
     return tuple(p for p in found if tc.tc_fits_int32(geom, p)) + (simt_only,)
 
