@@ -22,7 +22,6 @@ from . import regularizers as _regularizers
 from ._nvtx import annotate
 
 _MIXED_POLICIES = {"mixed_float16": ("float32", "float16"), "mixed_bfloat16": ("float32", "bfloat16")}
-_FLOAT_NAMES = ("float16", "float32", "float64", "bfloat16")
 
 _name_lock = threading.Lock()
 _name_counters = {}
@@ -47,9 +46,9 @@ def _dtype_policy(dtype):
         raise TypeError(f"`dtype` must be a dtype name or a DTypePolicy config; received {dtype!r}.")
     if dtype in _MIXED_POLICIES:
         return (dtype,) + _MIXED_POLICIES[dtype]
-    if dtype not in _FLOAT_NAMES:
+    if dtype not in _ops.FLOAT_DTYPES:
         raise ValueError(
-            f"`dtype` must be one of {_FLOAT_NAMES + tuple(_MIXED_POLICIES)}; received {dtype!r}.")
+            f"`dtype` must be one of {_ops.FLOAT_DTYPES + tuple(_MIXED_POLICIES)}; received {dtype!r}.")
     return dtype, dtype, dtype
 
 
