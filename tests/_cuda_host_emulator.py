@@ -130,13 +130,19 @@ def separable_conv(emulator, x, depthwise, pointwise, bias, geom, activation, al
     aligned = x.__array_interface__["data"][0] % 16 == 0
     launches, apply_after = launch_sequence(dtype, geom, activation, strides, bias is not None,
                                             allow_tf32, aligned, plan=plan)
-    run_launches(
-        launches, x, y,
-        prepare=lambda layout: prepare_weights(np, layout, depthwise, pointwise, bias),
-        # poisoned like y: every partial sum must be written
-        empty=lambda n: np.full(n, np.nan, dtype=np.float32),
-        launch_one=lambda launch, arrays: emulator.launch(
-            launch.name, launch.grid, launch.block, arrays + launch.scalars, launch.shared_bytes))
+    run(emulator, launches, x, y,
+        lambda layout: prepare_weights(np, layout, depthwise, pointwise, bias))
     if apply_after:
         y = np.asarray(activation(y), dtype=x.dtype)
     return y, launches
+
+
+def run(emulator, launches, x, y, prepare):
+    """`launches` (of launch_sequence) on the emulator through the backend's launch loop
+    (`run_launches`): `prepare(layout)` gives the weights; the partial sums of a split
+    start as NaN, poisoned like y, so that every one must be written."""
+    run_launches(
+        launches, x, y, prepare=prepare,
+        empty=lambda n: np.full(n, np.nan, dtype=np.float32),
+        launch_one=lambda launch, arrays: emulator.launch(
+            launch.name, launch.grid, launch.block, arrays + launch.scalars, launch.shared_bytes))

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from sepconv_gpu import activations, geometry
 from sepconv_gpu.backends import kernel_common, simt
 from sepconv_gpu.backends.launch import (
-    input_element_strides, launch_arrays, launch_sequence, prepare_weights)
+    input_element_strides, launch_sequence, prepare_weights)
 from sepconv_gpu.backends.numpy_backend import reference_separable_conv
 
 from _cases import (
@@ -404,11 +404,8 @@ def test_bfloat16_kernels(emulator, rank, shape, data_format, activation):
                                             x_aligned=False)
     assert not apply_after and launches[0].name.startswith("sepconv_simt<__nv_bfloat16,")
     y_bits = np.full(geom.output_shape, 0xFFFF, np.uint16)   # NaN: every output written
-    weights = prepare_weights(np, launches[0].weights, dk, pk, b)
-    for launch in launches:
-        arrays = launch_arrays(launch, x_bits, weights, y_bits, None)
-        emulator.launch(launch.name, launch.grid, launch.block, arrays + launch.scalars,
-                        launch.shared_bytes)
+    emu.run(emulator, launches, x_bits, y_bits,
+            lambda layout: prepare_weights(np, layout, dk, pk, b))
     x_rounded = from_bfloat16_bits(x_bits)
     logits = reference_separable_conv(x_rounded, dk, pk, b, geom, activations.get(None))
     assert np.abs(logits).max() <= 3

@@ -34,7 +34,7 @@ import pytest
 from sepconv_gpu import activations, geometry
 from sepconv_gpu.backends import kernel_cache, kernel_common, simt, tc
 from sepconv_gpu.backends.launch import (
-    input_element_strides, launch_arrays, launch_sequence, prepare_weights, round_to_bfloat16_bits)
+    input_element_strides, launch_sequence, prepare_weights, round_to_bfloat16_bits)
 from sepconv_gpu.backends.numpy_backend import reference_separable_conv
 
 from _cases import assert_matches, random_case
@@ -246,12 +246,7 @@ def separable_conv_bfloat16(emulator, x, dk, pk, b, geom, act):
     launches, apply_after = launch_sequence("bfloat16", geom, act, strides, True)
     assert not apply_after
     y = np.full(geom.output_shape, 0xFFFF, np.uint16)   # NaN: every output must be written
-    weights = prepare_weights(np, launches[0].weights, dk, pk, b)
-    partial = np.full(launches[0].partial, np.nan, np.float32) if launches[0].partial else None
-    for launch in launches:
-        arrays = launch_arrays(launch, x, weights, y, partial)
-        emulator.launch(launch.name, launch.grid, launch.block, arrays + launch.scalars,
-                        launch.shared_bytes)
+    emu.run(emulator, launches, x, y, lambda layout: prepare_weights(np, layout, dk, pk, b))
     return bfloat16_values(y), launches
 
 

@@ -32,8 +32,8 @@ import pytest
 from sepconv_gpu import activations, geometry
 from sepconv_gpu.backends import cost_model, kernel_common, simt, tc
 from sepconv_gpu.backends.launch import (
-    Launch, _launch_sequence, input_element_strides, launch_arrays, launch_sequence,
-    prepare_weights, round_to_bfloat16_bits, round_to_tf32, select_kernel, weights_layout)
+    _launch_sequence, input_element_strides, launch_sequence, prepare_weights,
+    round_to_bfloat16_bits, round_to_tf32, select_kernel, weights_layout)
 from sepconv_gpu.backends.numpy_backend import reference_separable_conv
 
 from _cases import random_case, stable_seed
@@ -180,25 +180,13 @@ def test_tensor_core_channel_splits(emulator, mode, activation):
 
 
 def run_plan(emulator, dtype, x, weights, y, geom, act, tp):
-    """The sepconv_tc launch of plan `tp` for `dtype` (and its sepconv_tc_reduce when the
-    channels are split) on NumPy arrays, the partial sums poisoned with NaN."""
+    """The launches of plan `tp` (launch_sequence's with it: sepconv_tc, and
+    sepconv_tc_reduce when the channels are split) on NumPy arrays, on the emulator, the
+    partial sums poisoned with NaN."""
     strides_x = input_element_strides(x.shape, x.strides, x.itemsize, geom)
-    outputs = geom.output_positions * geom.filters
-    partial = np.full(tp.k_splits * outputs, np.nan, np.float32) if tp.k_splits > 1 else None
-    launches = [Launch(
-        "tc", tc.tc_name(dtype, tc.tc_extent(geom.kernel), tp.m_tiles),
-        tp.grid, tc.TC_THREADS, tp.shared_bytes,
-        tc.tc_scalar_args(geom, tp, strides_x, True, act.kernel_id, act.kernel_param),
-        partial=0 if partial is None else partial.size)]
-    if partial is not None:
-        grid, block = tc.tc_reduce_grid(geom)
-        launches.append(Launch(
-            "tc_reduce", tc.tc_reduce_name(dtype), grid, block, 0,
-            tc.tc_reduce_scalar_args(geom, tp, True, act.kernel_id, act.kernel_param)))
-    for launch in launches:
-        emulator.launch(launch.name, launch.grid, launch.block,
-                        launch_arrays(launch, x, weights, y, partial) + launch.scalars,
-                        launch.shared_bytes)
+    launches, _ = launch_sequence(dtype, geom, act, strides_x, True, dtype == "float32", plan=tp)
+    assert [launch.kind for launch in launches] == ["tc"] + ["tc_reduce"] * (tp.k_splits > 1)
+    emu.run(emulator, launches, x, y, lambda layout: weights)
 
 
 def launch_plan(emulator, x, dk, pk, b, geom, act, tp):
