@@ -76,7 +76,7 @@
 //                       then 16-byte stores (scalar ones when F is not a multiple of 16
 //                       bytes' worth of elements); over the stages (and As when FB = 1).
 //
-// The activation is a runtime switch (TC_ACT_SLOTS-way binary dispatch, uniform across
+// The activation is a runtime switch (ActivationDispatch, sepconv_common.cuh, uniform across
 // the grid, applied in one non-unrolled pass over Cs): a template parameter would multiply
 // the instantiations of this large kernel by the number of activations (the compile-time
 // measurements that made this call are in tc.py next to TC_EXTENTS).
@@ -96,7 +96,6 @@
 #define TC_CHUNK_BYTES 64     // one position's channel chunk
 #define TC_ROW_BYTES 80       // shared pitch of an A or B row
 #define TC_OUT_PAD 4          // extra floats a Cs row
-#define TC_ACT_SLOTS 32       // activation enum values the runtime dispatch covers
 #define TC_MT2_REGISTERS 128   // register cap of the MT <= 2 warp tiles (<= 64 accumulators)
 
 namespace sepconv {
@@ -572,7 +571,7 @@ sepconv_tc(const T* __restrict__ x,
 #pragma unroll 1
             for (int i = tid; i < BM * BN; i += TC_THREADS) {
                 float* c = Cs + (i / BN) * cs_pitch + i % BN;
-                *c = ActivationSwitch<0, TC_ACT_SLOTS - 1>::apply(act, *c, act_param);
+                *c = ActivationDispatch::apply(act, *c, act_param);
             }
             __syncthreads();
         }
@@ -608,7 +607,7 @@ sepconv_tc_reduce(const float* __restrict__ partial, const float* __restrict__ b
     for (long long i = (long long)blockIdx.x * TC_THREADS + threadIdx.x; i < count; i += step) {
         float v = has_bias ? bias[i % F] : 0.f;
         for (int s = 0; s < k_splits; ++s) v += partial[s * count + i];
-        if (act != ACT_LINEAR) v = ActivationSwitch<0, TC_ACT_SLOTS - 1>::apply(act, v, act_param);
+        if (act != ACT_LINEAR) v = ActivationDispatch::apply(act, v, act_param);
         y[i] = from_float(v, T());
     }
 }

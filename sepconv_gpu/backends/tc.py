@@ -26,7 +26,6 @@ TC_TILE_ELEMS = 16384    # TC_TILE_ELEMS = BM * BN
 TC_CHUNK_BYTES = 64      # TC_CHUNK_BYTES: one position's channel chunk
 TC_ROW_BYTES = 80        # TC_ROW_BYTES: shared pitch of an A / B row
 TC_OUT_PAD = 4           # TC_OUT_PAD: extra floats per epilogue row
-TC_ACT_SLOTS = 32        # TC_ACT_SLOTS: activation enum values the runtime switch covers
 TC_FILTER_BLOCKS = (64, 128, 256)   # BN choices (multiples of TC_WARP_N, <= 8 warps)
 TC_STAGES = (4, 3)       # cp.async pipeline depths, deepest first (the kernel needs >= 3)
 TC_K_ALIGN = 32          # prepared weights: channels zero-padded to a multiple of this
