@@ -1,11 +1,16 @@
 // Host runtime of the CUDA emulator (tests/_cuda_host_emulator.py): the CUDA execution
 // model and the PTX primitives of kernels/sepconv_ptx.cuh, for the host C++ compiler.
 //
-// - Every block runs its threads as OS threads; blocks of a launch run one after another.
-// - Every collective (__syncthreads, __syncwarp, shuffles, mma, ldmatrix) is a TIMED
-//   barrier that also checks all participants are at the same collective: a thread that
-//   skips one, diverges or returns early aborts the process with a message naming the
-//   collective, the block and the thread, instead of hanging (SEPCONV_EMU_TIMEOUT, s).
+// - Every CUDA thread of a block is a fiber (its own stack, switched in user space), and one
+//   OS thread runs them in turn; blocks of a launch run one after another. (OS threads,
+//   one per CUDA thread, were ~3x slower, mostly in the kernel's scheduler.) Built with
+//   SEPCONV_EMU_OS_THREADS (the sanitizer driver: ThreadSanitizer sees races between OS
+//   threads), every CUDA thread is an OS thread instead.
+// - Every collective (__syncthreads, __syncwarp, shuffles, mma, ldmatrix) is a barrier
+//   that also checks all participants are at the same collective: a thread that skips one,
+//   diverges or returns early aborts the process with a message naming the collective, the
+//   block and the thread, instead of hanging: with fibers as soon as no thread can go on,
+//   with OS threads after a timeout (SEPCONV_EMU_TIMEOUT, s).
 // - Dynamic shared memory (`extern __shared__ ... smem_raw[]`, the only kind emulated) is
 //   exactly the launch's bytes followed by a guard zone, all NaN bytes (0xFF) before every
 //   block; a write into the guard aborts, a read past the end reads NaN.
@@ -18,7 +23,6 @@
 //   access past the end fails at once, naming the thread.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <cuda_bf16.h>
 #include <vector_types.h>
 #include <vector_functions.h>
 #include <algorithm>
@@ -30,12 +34,19 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
+#if !SEPCONV_EMU_OS_THREADS
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+#endif
 
 #define SEPCONV_HOST_EMULATION 1
 
@@ -54,8 +65,29 @@
 #define __maxnreg__(...)
 
 struct EmuDim3 { unsigned x = 0, y = 1, z = 1; };
-thread_local EmuDim3 threadIdx, blockIdx;
 EmuDim3 blockDim, gridDim;
+
+struct EmuCopy {  // an issued cp.async
+    unsigned char* dst;
+    const unsigned char* src;
+    unsigned bytes;
+    bool valid;
+    unsigned group;  // index of the commit group it belongs to
+};
+
+// What each CUDA thread has of its own; `emu_self` is the running thread's.
+struct EmuThread {
+    EmuDim3 thread, block;              // threadIdx, blockIdx
+    std::vector<EmuCopy> copies;        // cp.async issued, not yet performed
+    unsigned groups_committed = 0;      // the open cp.async group has this index
+};
+#if SEPCONV_EMU_OS_THREADS
+thread_local EmuThread* emu_self;
+#else
+static EmuThread* emu_self;  // set by the fiber scheduler at every switch
+#endif
+#define threadIdx (emu_self->thread)
+#define blockIdx (emu_self->block)
 
 [[noreturn]] static void emu_fail(const char* format, ...) {
     std::va_list args;
@@ -85,11 +117,43 @@ static void emu_check_smem(const void* p, std::size_t bytes, std::size_t align, 
                  blockIdx.x, threadIdx.x, c - smem_raw, align);
 }
 
-// ---- timed barriers -----------------------------------------------------------------------
+// ---- fibers -------------------------------------------------------------------------------
+#if !SEPCONV_EMU_OS_THREADS
+class EmuBarrier;
+
+struct EmuFiber {
+    ucontext_t context;
+    EmuThread state;
+    EmuBarrier* parked_at = nullptr;  // the barrier it waits at, if any
+    bool done = false;
+};
+
+static ucontext_t emu_scheduler;               // where a fiber goes when it parks or ends
+static EmuFiber* emu_fiber;                    // the running one
+static std::deque<EmuFiber*> emu_runnable;     // the scheduler's queue, run in order
+
+// Parks the running fiber at `barrier` until another wakes it.
+static void emu_park(EmuBarrier* barrier) {
+    emu_fiber->parked_at = barrier;
+    swapcontext(&emu_fiber->context, &emu_scheduler);
+}
+
+static void emu_wake(std::vector<EmuFiber*>& parked) {
+    for (EmuFiber* f : parked) {
+        f->parked_at = nullptr;
+        emu_runnable.push_back(f);
+    }
+    parked.clear();
+}
+#endif
+
+// ---- barriers -----------------------------------------------------------------------------
+#if SEPCONV_EMU_OS_THREADS
 static const double emu_timeout_s = [] {
     const char* s = std::getenv("SEPCONV_EMU_TIMEOUT");
     return s ? std::atof(s) : 10.0;
 }();
+#endif
 
 static const char EMU_KERNEL_END[] = "the end of the kernel";
 
@@ -99,7 +163,9 @@ public:
 
     // Waits for all `count` threads, which must all be at the collective `what`.
     void wait(const char* what) {
+#if SEPCONV_EMU_OS_THREADS
         std::unique_lock<std::mutex> lock(mutex_);
+#endif
         if (arrived_ == 0) {
             what_ = what;
             first_ = threadIdx.x;
@@ -108,6 +174,7 @@ public:
                      "(part of the %s skipped a collective, diverged or returned early)",
                      blockIdx.x, threadIdx.x, what, first_, group_, what_, group_);
         }
+#if SEPCONV_EMU_OS_THREADS
         const std::uint64_t generation = generation_;
         if (++arrived_ == count_) {
             arrived_ = 0;
@@ -120,15 +187,36 @@ public:
             emu_fail("block %u, thread %u: %s timed out after %g s: %u of the %u threads of "
                      "its %s arrived (the others skipped it, diverged or returned early)",
                      blockIdx.x, threadIdx.x, what, emu_timeout_s, arrived_, count_, group_);
+#else
+        if (++arrived_ == count_) {  // the last one goes on and wakes the others
+            arrived_ = 0;
+            emu_wake(parked_);
+            return;
+        }
+        parked_.push_back(emu_fiber);
+        emu_park(this);
+#endif
+    }
+
+    // Called for a thread parked here when no thread of the block can go on.
+    [[noreturn]] void stuck(unsigned thread, unsigned block) const {
+        emu_fail("block %u, thread %u: no thread can go on: %u of the %u threads of its %s wait "
+                 "at %s, the others finished or wait at another collective (part of the %s "
+                 "skipped a collective, diverged or returned early)",
+                 block, thread, arrived_, count_, group_, what_, group_);
     }
 
 private:
+#if SEPCONV_EMU_OS_THREADS
     std::mutex mutex_;
     std::condition_variable cv_;
+    std::uint64_t generation_ = 0;
+#else
+    std::vector<EmuFiber*> parked_;
+#endif
     const unsigned count_;
     const char* const group_;
     unsigned arrived_ = 0, first_ = 0;
-    std::uint64_t generation_ = 0;
     const char* what_ = "";
 };
 
@@ -203,17 +291,6 @@ inline double emu_longlong_as_double(long long v) { double d; std::memcpy(&d, &v
 #define __longlong_as_double emu_longlong_as_double
 using std::min;
 using std::max;
-
-// ---- cp.async -----------------------------------------------------------------------------
-struct EmuCopy {
-    unsigned char* dst;
-    const unsigned char* src;
-    unsigned bytes;
-    bool valid;
-    unsigned group;  // index of the commit group it belongs to
-};
-thread_local std::vector<EmuCopy> emu_copies;   // issued, not yet performed
-thread_local unsigned emu_groups_committed;     // the open group has this index
 
 // ---- PTX primitives of kernels/sepconv_ptx.cuh ----------------------------------------------
 namespace sepconv {
@@ -292,22 +369,22 @@ inline void cp_async(const char* what, void* smem_dst, const void* gmem_src, uns
                  blockIdx.x, threadIdx.x, gmem_src, bytes);
     auto* dst = static_cast<unsigned char*>(smem_dst);
     std::memset(dst, 0xff, bytes);  // NaN until a wait covers the copy
-    emu_copies.push_back({dst, static_cast<const unsigned char*>(gmem_src), bytes, valid,
-                          emu_groups_committed});
+    emu_self->copies.push_back({dst, static_cast<const unsigned char*>(gmem_src), bytes, valid,
+                                emu_self->groups_committed});
 }
 
 // Performs the copies of every committed group except the `pending` most recent ones.
 inline void cp_async_complete(unsigned pending) {
-    if (emu_groups_committed < pending) return;
-    const unsigned limit = emu_groups_committed - pending;
+    if (emu_self->groups_committed < pending) return;
+    const unsigned limit = emu_self->groups_committed - pending;
     auto done = [&](const EmuCopy& c) {
         if (c.group >= limit) return false;
         if (c.valid) std::memcpy(c.dst, c.src, c.bytes);
         else std::memset(c.dst, 0, c.bytes);
         return true;
     };
-    emu_copies.erase(std::remove_if(emu_copies.begin(), emu_copies.end(), done),
-                     emu_copies.end());
+    auto& copies = emu_self->copies;
+    copies.erase(std::remove_if(copies.begin(), copies.end(), done), copies.end());
 }
 
 }  // namespace emu
@@ -351,7 +428,7 @@ inline void ldsm_x4(unsigned (&r)[4], const void* p) { emu::ldsm("ldsm_x4", fals
 inline void cp_async16(void* dst, const void* src, bool valid) {
     emu::cp_async("cp_async16", dst, src, 16, valid);
 }
-inline void cp_async_commit() { ++emu_groups_committed; }
+inline void cp_async_commit() { ++emu_self->groups_committed; }
 template <int N> void cp_async_wait() { emu::cp_async_complete(N); }
 inline void cp_async_wait_all() {
     cp_async_commit();
@@ -404,6 +481,71 @@ static void (*emu_on_thread_start)(unsigned thread) = nullptr;
 // the blocks of large grids); by default every block, in order.
 static const std::vector<unsigned>* emu_block_subset = nullptr;
 
+// Runs body(t) as CUDA thread t, for t in [0, count), until every one has returned.
+#if SEPCONV_EMU_OS_THREADS
+template <typename Body> static void emu_run_threads(unsigned count, const Body& body) {
+    std::vector<EmuThread> states(count);
+    std::vector<std::thread> threads;
+    for (unsigned t = 0; t < count; ++t)
+        threads.emplace_back([&, t] {
+            emu_self = &states[t];
+            body(t);
+        });
+    for (auto& th : threads) th.join();
+}
+#else
+constexpr std::size_t EMU_FIBER_STACK = 256 * 1024;  // mapped lazily: only what is touched
+
+// Fiber t's stack, kept for later launches, below a guard page (an overflow faults).
+static char* emu_fiber_stack(unsigned t) {
+    static std::vector<char*> stacks;
+    static const std::size_t page = std::size_t(sysconf(_SC_PAGESIZE));
+    while (stacks.size() <= t) {
+        void* p = mmap(nullptr, page + EMU_FIBER_STACK, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED || mprotect(p, page, PROT_NONE) != 0)
+            emu_fail("cannot map a fiber stack of %zu bytes", EMU_FIBER_STACK);
+        stacks.push_back(static_cast<char*>(p) + page);
+    }
+    return stacks[t];
+}
+
+static const std::function<void(unsigned)>* emu_fiber_body;
+
+static void emu_fiber_main() {
+    (*emu_fiber_body)(emu_fiber->state.thread.x);
+    emu_fiber->done = true;  // back to the scheduler (uc_link)
+}
+
+template <typename Body> static void emu_run_threads(unsigned count, const Body& body) {
+    const std::function<void(unsigned)> fn = body;
+    emu_fiber_body = &fn;
+    std::unique_ptr<EmuFiber[]> fibers(new EmuFiber[count]);
+    emu_runnable.clear();
+    for (unsigned t = 0; t < count; ++t) {
+        EmuFiber& f = fibers[t];
+        f.state.thread.x = t;
+        getcontext(&f.context);
+        f.context.uc_stack.ss_sp = emu_fiber_stack(t);
+        f.context.uc_stack.ss_size = EMU_FIBER_STACK;
+        f.context.uc_link = &emu_scheduler;
+        makecontext(&f.context, emu_fiber_main, 0);
+        emu_runnable.push_back(&f);
+    }
+    // Round robin: each runs until it parks at a collective or ends; the last to arrive
+    // at a barrier queues the others again.
+    while (!emu_runnable.empty()) {
+        emu_fiber = emu_runnable.front();
+        emu_runnable.pop_front();
+        emu_self = &emu_fiber->state;
+        swapcontext(&emu_scheduler, &emu_fiber->context);
+    }
+    for (unsigned t = 0; t < count; ++t)
+        if (!fibers[t].done)
+            fibers[t].parked_at->stuck(t, fibers[t].state.block.x);
+}
+#endif
+
 template <typename... Args>
 static void emu_launch(void (*k)(Args...), unsigned grid, unsigned block, std::size_t shared_bytes,
                        void** args) {
@@ -426,29 +568,25 @@ static void emu_launch(void (*k)(Args...), unsigned grid, unsigned block, std::s
     for (std::size_t i = 0; subset && i < subset->size(); ++i)
         if ((*subset)[i] >= grid) emu_fail("block %u of a grid of %u", (*subset)[i], grid);
     const std::size_t blocks = subset ? subset->size() : grid;
-    std::vector<std::thread> threads;
-    for (unsigned t = 0; t < block; ++t) {
-        threads.emplace_back([=, &bar] {
-            threadIdx.x = t;
-            if (emu_on_thread_start) emu_on_thread_start(t);
-            for (std::size_t i = 0; i < blocks; ++i) {
-                const unsigned b = subset ? (*subset)[i] : unsigned(i);
-                blockIdx.x = b;
-                emu_copies.clear();
-                emu_groups_committed = 0;
-                bar.wait("the start of a block");
-                emu_call(k, args, std::index_sequence_for<Args...>{});
-                if (!emu_copies.empty())
-                    emu_fail("block %u, thread %u ended with %zu cp.async copies never waited for",
-                             b, t, emu_copies.size());
-                emu_warp_sync(EMU_KERNEL_END);
-                bar.wait(EMU_KERNEL_END);
-                if (t == 0) {  // the others wait at the next block's start
-                    emu_check_guard();
-                    emu_poison_smem();
-                }
+    emu_run_threads(block, [&](unsigned t) {
+        threadIdx.x = t;
+        if (emu_on_thread_start) emu_on_thread_start(t);
+        for (std::size_t i = 0; i < blocks; ++i) {
+            const unsigned b = subset ? (*subset)[i] : unsigned(i);
+            blockIdx.x = b;
+            emu_self->copies.clear();
+            emu_self->groups_committed = 0;
+            bar.wait("the start of a block");
+            emu_call(k, args, std::index_sequence_for<Args...>{});
+            if (!emu_self->copies.empty())
+                emu_fail("block %u, thread %u ended with %zu cp.async copies never waited for",
+                         b, t, emu_self->copies.size());
+            emu_warp_sync(EMU_KERNEL_END);
+            bar.wait(EMU_KERNEL_END);
+            if (t == 0) {  // the others wait at the next block's start
+                emu_check_guard();
+                emu_poison_smem();
             }
-        });
-    }
-    for (auto& th : threads) th.join();
+        }
+    });
 }

@@ -2,9 +2,10 @@
 
 The kernel source (exactly what NVRTC compiles) is built with the host C++ compiler
 against a shim of the CUDA execution model and of the PTX primitives of
-kernels/sepconv_ptx.cuh (tests/_cuda_emulator_runtime.h): every block runs its threads as
-OS threads; every collective (`__syncthreads`, shuffles, `mma`, `ldmatrix`) is a timed
-barrier that aborts the process with a message when part of a warp or block skips it;
+kernels/sepconv_ptx.cuh (tests/_cuda_emulator_runtime.h): every CUDA thread of a block is
+a fiber, run in turn on one OS thread; every collective (`__syncthreads`, shuffles, `mma`,
+`ldmatrix`) is a barrier that aborts the process with a message as soon as part of a warp
+or block skips it (no thread can go on);
 dynamic shared memory is exactly the launch's bytes plus a guard zone, all NaN bytes
 before every block (a read of an unwritten slot or past the end poisons the result, a
 write past the end aborts); `cp.async` leaves NaN in its destination until the wait that

@@ -1,7 +1,8 @@
 """compute-sanitizer's racecheck and memcheck, on the CPU, through the host emulator.
 
 The kernels run as in tests/_cuda_host_emulator.py (the exact kernel source on
-tests/_cuda_emulator_runtime.h, one OS thread per CUDA thread), but in a standalone
+tests/_cuda_emulator_runtime.h, built with SEPCONV_EMU_OS_THREADS: one OS thread per
+CUDA thread instead of the in-process emulator's fibers), but in a standalone
 executable (tests/_emulator_sanitizer_driver.cpp) built with a sanitizer, since neither
 can be loaded into the Python process:
 
@@ -94,7 +95,9 @@ class SanitizedEmulator:
                           f'#line 1 "the generated kernel table"\n'
                           f"const EmuKernelEntry emu_kernel_table[] = {{\n{table}}};\n"
                           f"const std::size_t emu_kernel_count = {len(self.names)};\n"])
-        flags = ["-std=c++20", "-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-w"]
+        # SEPCONV_EMU_OS_THREADS: every CUDA thread an OS thread, for ThreadSanitizer
+        flags = ["-std=c++20", "-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-w",
+                 "-DSEPCONV_EMU_OS_THREADS=1"]
         if CHECKS[check]:
             flags.append(f"-fsanitize={CHECKS[check]}")
         digest = hashlib.sha256("\0".join([text] + flags).encode()).hexdigest()[:16]
