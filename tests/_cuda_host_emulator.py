@@ -18,12 +18,18 @@ marshalling. It says nothing about timing, memory-model races or the GPU's math 
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
+
+try:
+    import fcntl
+except ImportError:  # not Unix: builds are not serialized between processes
+    fcntl = None
 
 import numpy as np
 
@@ -49,6 +55,36 @@ def cuda_include_dir():
         if os.path.isfile(os.path.join(inc, "cuda_fp16.h")):
             return inc
     return None
+
+
+def build_once(target, source, flags, what):
+    """Compiles the C++ `source` with `flags` into `target` unless it exists. Processes
+    building the same target (pytest-xdist workers) take turns: the first compiles, the
+    others find it built. The compiler writes a temporary file renamed over `target`, so a
+    reader sees a whole file or none."""
+    with _exclusive(target + ".lock"):
+        if os.path.exists(target):
+            return
+        src = target + ".cpp"
+        with open(src, "w", encoding="utf-8") as fh:
+            fh.write(source)
+        tmp = f"{target}.{os.getpid()}.tmp"
+        cmd = [compiler(), *flags, "-I", cuda_include_dir(), "-I", kernel_cache.kernels_dir(),
+               "-x", "c++", src, "-o", tmp]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{what} of the kernels failed:\n{result.stderr[-6000:]}")
+        os.replace(tmp, target)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path):
+    if fcntl is None:
+        yield
+        return
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 class HostEmulator:
@@ -78,17 +114,8 @@ class HostEmulator:
         digest = hashlib.sha256((source + headers).encode()).hexdigest()[:16]
         os.makedirs(self._build_dir, exist_ok=True)
         library = os.path.join(self._build_dir, f"emu_{digest}.so")
-        if not os.path.exists(library):
-            src = os.path.join(self._build_dir, f"emu_{digest}.cpp")
-            with open(src, "w") as fh:
-                fh.write(source)
-            tmp = library + f".{os.getpid()}.tmp"
-            cmd = [compiler(), "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-w",
-                   "-I", cuda_include_dir(), "-I", kernels, "-x", "c++", src, "-o", tmp]
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"host build of the kernels failed:\n{result.stderr[-6000:]}")
-            os.replace(tmp, library)
+        build_once(library, source, ["-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-w"],
+                   "host build")
         lib = ctypes.CDLL(library)
         self._libraries.append(lib)
         for i, name in enumerate(names):

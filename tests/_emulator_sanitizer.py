@@ -104,17 +104,7 @@ class SanitizedEmulator:
         build_dir = build_dir or os.path.join(tempfile.gettempdir(), "sepconv_gpu_emulator")
         os.makedirs(build_dir, exist_ok=True)
         self.executable = os.path.join(build_dir, f"sanitizer_{check}_{digest}")
-        if not os.path.exists(self.executable):
-            src = self.executable + ".cpp"
-            with open(src, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            tmp = f"{self.executable}.{os.getpid()}.tmp"
-            cmd = [emu.compiler(), *flags, "-I", emu.cuda_include_dir(),
-                   "-I", kernel_cache.kernels_dir(), "-x", "c++", src, "-o", tmp]
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"{check} build of the kernels failed:\n{result.stderr[-6000:]}")
-            os.replace(tmp, self.executable)
+        emu.build_once(self.executable, text, flags, f"{check} build")
 
     def sampling(self, max_blocks):
         """This build, running at most `max_blocks` blocks of a launch (see __init__)."""

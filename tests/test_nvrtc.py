@@ -46,8 +46,11 @@ SIMT_ONLY_NAMES = (
 PROGRAMS_PER_ARCH = 3
 WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
-                                reason="the nvidia NVRTC wheels are found by their Linux layout")
+# slow: collected first; xdist_group: on one pytest-xdist worker, so that the module
+# fixture runs once (tests/conftest.py)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("nvrtc"),
+              pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                 reason="the nvidia NVRTC wheels are found by their Linux layout")]
 
 
 def test_nvrtc_comes_from_the_wheels():
