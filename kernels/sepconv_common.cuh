@@ -240,8 +240,8 @@ template <int ACT, typename A> __device__ __forceinline__ A activate(A v, A p) {
 // serves every activation. `visit(act, f)` calls f(ActTag<ACT>()) with ACT the runtime
 // enum value `act` in [LO, HI], found by binary search (log2(HI - LO + 1) uniform
 // branches), so f's body is compiled once per activation and runs without further
-// branching (sepconv_simt dispatches once around its whole epilogue; `apply`, one value
-// at a time, serves sepconv_tc's pass over its output tile). Values past the enum (up to
+// branching (sepconv_simt dispatches once around a rolled pass over its output tile;
+// `apply`, one value at a time, serves sepconv_tc's). Values past the enum (up to
 // ACT_SLOTS - 1) act as ACT_LINEAR.
 template <int ACT> struct ActTag { static constexpr int value = ACT; };
 
