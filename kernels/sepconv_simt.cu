@@ -228,7 +228,7 @@ sepconv_simt(const T* __restrict__ x,
     const bool vec_pw = (F & (VEC_ACC - 1)) == 0 && (reinterpret_cast<unsigned long long>(pwk) & 15) == 0;
 
     // Pointwise micro-tile: positions tp*4..+3, filters tf*4..+3. Consecutive lanes walk
-    // the axis that is contiguous in the output layout, so the stores coalesce.
+    // the axis that is contiguous in the output layout, along the epilogue's Cs rows.
     int tp, tf;
     if (CF) { tp = tid % (BP / 4); tf = tid / (BP / 4); }
     else    { tf = tid % (BF / 4); tp = tid / (BF / 4); }
