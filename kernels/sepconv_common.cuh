@@ -72,6 +72,27 @@ __device__ __forceinline__ void load4(const double* p, double (&v)[4]) {
     v[0] = a.x; v[1] = a.y; v[2] = b.x; v[3] = b.y;
 }
 
+// 4 consecutive accumulators to / from 16-byte aligned shared memory, `swap` for a
+// warp-wide access to consecutive quads: doubles move as two 16-byte halves, the upper
+// one first where `swap`, so lanes that alternate it (lane bit 2) spread 8 lanes' quads
+// (256 bytes) over the 32 banks once a half; a float quad is one access whatever `swap`.
+__device__ __forceinline__ void store4_shared(float* p, const float (&v)[4], bool) {
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ __forceinline__ void store4_shared(double* p, const double (&v)[4], bool swap) {
+    double2* h = reinterpret_cast<double2*>(p);
+    const double2 lo = make_double2(v[0], v[1]), hi = make_double2(v[2], v[3]);
+    h[swap] = swap ? hi : lo;
+    h[!swap] = swap ? lo : hi;
+}
+__device__ __forceinline__ void load4_shared(const float* p, float (&v)[4], bool) { load4(p, v); }
+__device__ __forceinline__ void load4_shared(const double* p, double (&v)[4], bool swap) {
+    const double2* h = reinterpret_cast<const double2*>(p);
+    const double2 first = h[swap], second = h[!swap];
+    const double2 lo = swap ? second : first, hi = swap ? first : second;
+    v[0] = lo.x; v[1] = lo.y; v[2] = hi.x; v[3] = hi.y;
+}
+
 // 4 consecutive outputs to global memory aligned to 4 elements, as one vector store.
 __device__ __forceinline__ void store4(float* p, const float (&v)[4]) {
     *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
@@ -219,8 +240,8 @@ template <int ACT, typename A> __device__ __forceinline__ A activate(A v, A p) {
 // serves every activation. `visit(act, f)` calls f(ActTag<ACT>()) with ACT the runtime
 // enum value `act` in [LO, HI], found by binary search (log2(HI - LO + 1) uniform
 // branches), so f's body is compiled once per activation and runs without further
-// branching (sepconv_simt dispatches once around its whole epilogue; `apply`, one value
-// at a time, serves sepconv_tc's pass over its output tile). Values past the enum (up to
+// branching (sepconv_simt dispatches once around a rolled pass over its output tile;
+// `apply`, one value at a time, serves sepconv_tc's). Values past the enum (up to
 // ACT_SLOTS - 1) act as ACT_LINEAR.
 template <int ACT> struct ActTag { static constexpr int value = ACT; };
 

@@ -21,10 +21,14 @@
 //          per channel, lanes along positions; for the specialized extents the weights
 //          sit in registers and the tap offsets are instruction immediates);
 //       3. multiply-accumulate Ds against the pointwise chunk into the registers.
-//   * Epilogue: bias, activation, store in the output layout (vectorized when aligned).
-//     channels_first / channels_last only change indexing, never a transpose. The
-//     activation is a runtime argument (ActivationDispatch, sepconv_common.cuh): one
-//     uniform branch tree around the epilogue instead of one instantiation per activation.
+//   * Epilogue: the accumulators plus bias go to a shared-memory tile Cs, the block
+//     applies the activation to it in place, then stores it 4 values a thread, consecutive
+//     threads on consecutive output addresses (along the filters for channels_last, along
+//     a tile row's positions for channels_first; vector stores when aligned). The layout
+//     only changes indexing, never a transpose. The activation is a runtime argument
+//     (ActivationDispatch, sepconv_common.cuh): one uniform branch tree around a rolled
+//     loop, so each activation is compiled once (not once per accumulator) and one
+//     instantiation serves them all; linear skips the pass.
 //   * When no tile's halo fits the shared-memory budget (very large dilated extents) the
 //     planner sets use_halo = 0 and picks the generic-extent instantiation: step 1 then
 //     stages only the weights, and step 2 gathers each tap straight from global memory,
@@ -44,6 +48,7 @@
 #define SC_TILE_ELEMS 4096    // BP * BF = SC_THREADS * (4 positions x 4 filters)
 #define SC_DW_SMEM_TAPS 64    // depthwise weights go to shared memory up to this many taps
 #define SC_STAGE_BATCH 4      // halo loads each thread has in flight before it stores them
+#define SC_CS_PAD 4           // accumulators a row of the epilogue tile Cs has past its data
 // Two resident blocks per SM caps registers at 128. Without a minimum ptxas (CUDA 13)
 // aims for higher occupancy and spills the accumulators.
 #define SC_MIN_BLOCKS 2
@@ -59,6 +64,13 @@
 //       that a warp reads consecutive words. The planner picks `pitch` so that the rows
 //       a warp reads start on disjoint banks, and `plane` odd (conflict-free channel-
 //       strided stores of scalar channels_last staging).
+// The epilogue then reuses it from offset 0 (the launch's bytes cover the larger use):
+//   Cs [BP][BF + SC_CS_PAD]  accumulator type   channels_last: a row a position
+//   Cs [BF][BP + SC_CS_PAD]  accumulator type   channels_first: a row a filter
+//       Each thread writes its 4 x 4 micro-tile as 4 quads (16-byte stores). Rows of 16
+//       floats (BF = 16) are written by 2 micro-tile rows a quarter-warp, 4 rows apart:
+//       the pad puts those 16 + 16 words on distinct banks. Doubles also swap halves
+//       (store4_shared). Reading two such rows a quarter-warp is 2-way on 4 banks.
 namespace sepconv {
 
 // How a chunk's input halo maps between global and shared memory.
@@ -216,7 +228,7 @@ sepconv_simt(const T* __restrict__ x,
     const bool vec_pw = (F & (VEC_ACC - 1)) == 0 && (reinterpret_cast<unsigned long long>(pwk) & 15) == 0;
 
     // Pointwise micro-tile: positions tp*4..+3, filters tf*4..+3. Consecutive lanes walk
-    // the axis that is contiguous in the output layout, so the stores coalesce.
+    // the axis that is contiguous in the output layout, along the epilogue's Cs rows.
     int tp, tf;
     if (CF) { tp = tid % (BP / 4); tf = tid / (BP / 4); }
     else    { tf = tid % (BF / 4); tp = tid / (BF / 4); }
@@ -352,64 +364,87 @@ sepconv_simt(const T* __restrict__ x,
         // pointwise. Two barriers a chunk, and the next loads overlap this compute.
     }
 
-    // ---- epilogue: bias, activation, store ----
-    const A prm = A(act_param);
-    const int fbase = f0 + tf * 4;
-    A bv[4];
+    // ---- epilogue: the tile through shared memory (bias, activation, stores) ----
+    // Cs holds the tile with the output's contiguous axis along its rows: [BP][BF] (rows
+    // of filters) for channels_last, [BF][BP] (rows of positions) for channels_first.
+    constexpr int TILE_SHIFT = 12;
+    static_assert(1 << TILE_SHIFT == SC_TILE_ELEMS, "TILE_SHIFT is log2(SC_TILE_ELEMS)");
+    const int cs_shift = CF ? TILE_SHIFT - bf_shift : bf_shift;   // log2 of a row's length
+    const int cs_pitch = (1 << cs_shift) + SC_CS_PAD;
+    A* const Cs = reinterpret_cast<A*>(smem_raw);
+    // Doubles: lanes 4 apart move the two 16-byte halves of their quads in opposite order.
+    const bool swap = lane >> 2 & 1;
+    __syncthreads();   // every thread's last pointwise has read Ds and Ws: Cs reuses them
+    {
+        // this thread's micro-tile: Cs rows tr*4 .. +3, columns tc*4 .. +3
+        const int tr = CF ? tf : tp, tc = CF ? tp : tf;
+        const int fbase = f0 + tf * 4;
+        A bv[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) bv[j] = (has_bias && fbase + j < F) ? bias[fbase + j] : A(0);
-    // One uniform dispatch on `act` around the whole epilogue: each branch is the epilogue
-    // of one activation, as a template parameter would compile it (dispatching per row or
-    // per value instead runs 4 or 16 branch trees, and the per-row form spilled).
-    ActivationDispatch::visit(act, [&](auto tag) {
-    constexpr int ACT = decltype(tag)::value;
-    if (!CF) {
-        // channels_last: y[n, oh, ow, f]; this thread's 4 filters are contiguous.
-        const bool vec = (F & 3) == 0 && fbase + 3 < F;
+        for (int j = 0; j < 4; ++j) bv[j] = (has_bias && fbase + j < F) ? bias[fbase + j] : A(0);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int p = tp * 4 + i;
-            const int oh = oh0 + (p >> tw_shift), ow = ow0 + (p & (TW - 1));
-            if (oh >= OH || ow >= OW) continue;
+        for (int r = 0; r < 4; ++r) {
             A v[4];
 #pragma unroll
-            for (int j = 0; j < 4; ++j) v[j] = activate<ACT>(acc[i][j] + bv[j], prm);
-            T* dst = y + (((long long)n * OH + oh) * OW + ow) * F + fbase;
-            if (vec) {
+            for (int c = 0; c < 4; ++c) v[c] = CF ? acc[c][r] + bv[r] : acc[r][c] + bv[c];
+            store4_shared(Cs + (tr * 4 + r) * cs_pitch + tc * 4, v, swap);
+        }
+    }
+    __syncthreads();
+    if (act != ACT_LINEAR) {
+        // One uniform dispatch around a rolled loop: each activation's code is compiled
+        // once, not once per accumulator.
+        const A prm = A(act_param);
+        ActivationDispatch::visit(act, [&](auto tag) {
+#pragma unroll 1
+            for (int i = tid; i < SC_TILE_ELEMS; i += SC_THREADS) {
+                A* c = Cs + (i >> cs_shift) * cs_pitch + (i & ((1 << cs_shift) - 1));
+                *c = activate<decltype(tag)::value>(*c, prm);
+            }
+        });
+        __syncthreads();
+    }
+    // Quads of 4 row-consecutive values, consecutive threads on consecutive quads: along
+    // a position's filters (channels_last) or a tile row's positions (channels_first),
+    // consecutive output addresses either way.
+    const int quad_shift = cs_shift - 2;   // log2 of a row's quads
+#pragma unroll 1
+    for (int q = tid; q < SC_TILE_ELEMS / 4; q += SC_THREADS) {
+        const int row = q >> quad_shift, col = (q & ((1 << quad_shift) - 1)) * 4;
+        A v[4];
+        load4_shared(Cs + row * cs_pitch + col, v, swap);
+        if (!CF) {
+            // y[n, oh, ow, f]: row = position, col = filter
+            const int oh = oh0 + (row >> tw_shift), ow = ow0 + (row & (TW - 1));
+            const int f = f0 + col;
+            if (oh >= OH || ow >= OW || f >= F) continue;
+            T* dst = y + (((long long)n * OH + oh) * OW + ow) * F + f;
+            if ((F & 3) == 0) {   // then f + 3 < F
                 store4(dst, v);
             } else {
 #pragma unroll
                 for (int j = 0; j < 4; ++j)
-                    if (fbase + j < F) dst[j] = from_acc<T>(v[j]);
+                    if (f + j < F) dst[j] = from_acc<T>(v[j]);
             }
-        }
-    } else {
-        // channels_first: y[n, f, oh, ow]; this thread's 4 positions are contiguous in a
-        // row when TW is a multiple of 4 (the planner's tiles always are, except 1-wide).
-        const int p0 = tp * 4;
-        const int oh = oh0 + (p0 >> tw_shift), ow = ow0 + (p0 & (TW - 1));
-        const bool vec = (TW & 3) == 0 && (OW & 3) == 0 && oh < OH && ow + 3 < OW;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int f = fbase + j;
+        } else {
+            // y[n, f, oh, ow]: row = filter, col = position; the quad lies in one tile row
+            // when TW is a multiple of 4 (the planner's tiles always are, except 1-wide)
+            const int f = f0 + row;
             if (f >= F) continue;
-            A v[4];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) v[i] = activate<ACT>(acc[i][j] + bv[j], prm);
             T* plane_f = y + ((long long)n * F + f) * OH * OW;
-            if (vec) {
+            const int oh = oh0 + (col >> tw_shift), ow = ow0 + (col & (TW - 1));
+            if ((TW & 3) == 0 && (OW & 3) == 0 && oh < OH && ow + 3 < OW) {
                 store4(plane_f + (long long)oh * OW + ow, v);
             } else {
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
-                    const int p = p0 + i;
+                    const int p = col + i;
                     const int ohi = oh0 + (p >> tw_shift), owi = ow0 + (p & (TW - 1));
                     if (ohi < OH && owi < OW) plane_f[(long long)ohi * OW + owi] = from_acc<T>(v[i]);
                 }
             }
         }
     }
-    });
 }
 
 // softmax / log_softmax over the last axis of a contiguous (rows, L) array, in place:

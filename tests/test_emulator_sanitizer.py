@@ -339,6 +339,10 @@ RACES = {
     "simt-float32-3x3": "// ---- 3. pointwise: acc",
     # sepconv_tc: the epilogue's Cs reuses the pipeline buffers other warps' mma still read
     "tc-mt1-strips-bands": "// ---- epilogue: Cs",
+    # sepconv_simt: its epilogue's Cs reuses Ds and Ws, which other warps' last pointwise
+    # still reads; then the activation pass reads values other threads wrote to Cs
+    "simt-float64-generic-channels-first": "// this thread's micro-tile: Cs rows",
+    "simt-float16-1d-filter-blocks": "// One uniform dispatch around a rolled loop",
 }
 
 
@@ -369,6 +373,47 @@ def test_sanitizer_memcheck_finds_a_load_past_the_end(planned):
     assert "AddressSanitizer: heap-buffer-overflow" in report and "READ of size 4" in report
     assert "0 bytes past the end of argument 1 " in report, report  # dwk
     assert f"reported in kernel {launches[0].name}, block 0, thread " in report, report
+
+
+# --- sepconv_simt's epilogue tile: within the planned shared memory ---------------------
+
+def _simt_filter_block(bf):
+    def wants(case, launches, geom):
+        return kinds(launches) == ["simt"] and simt.simt_plan(case.dtype, geom).bf == bf
+    return wants
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])   # 4- and 8-byte accumulators
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_simt_epilogue_tile_fits_the_planned_shared_memory(dtype, data_format):
+    """The epilogue's tile Cs reuses the mainloop's shared memory and, with little halo (a
+    1x1 kernel over few channels), outgrows it. For each filter block the planner picks
+    for some geometry, memcheck runs two blocks (each block's Cs covers the same bytes)
+    clean; where the planner reckons the tile the larger use, one byte less shared memory
+    must fail: the planned bytes are what the kernel's tile indexing needs, no fewer."""
+    cf = data_format == "channels_first"
+    name = simt.simt_name(dtype, cf, kernel_common.GENERIC_EXTENT)
+    memcheck = build([name], checks=["memcheck"])["memcheck"].sampling(2)
+    acc_itemsize = kernel_common.DTYPES[dtype][2]
+    tile_binds = 0
+    for bf in simt.FILTER_BLOCKS:
+        case = Case(f"simt-{dtype}-{data_format}-bf{bf}", dtype, _simt_filter_block(bf),
+                    kernel=1, data_format=data_format, spatial=((4, 4), (112, 112)),
+                    channels=(1, 4), filters=(4,), max_blocks=2)
+        x_shape, geom, launches = find_geometry(case)
+        assert [launch.name for launch in launches] == [name]
+        run_case(memcheck, case, x_shape, geom)
+        if launches[0].shared_bytes == simt.epilogue_bytes(bf, cf, acc_itemsize):
+            tile_binds += 1
+            short = [dataclasses.replace(launches[0], shared_bytes=launches[0].shared_bytes - 1)]
+            x, dk, pk, b = random_case(np.random.default_rng(0), 2, x_shape, 1, 1, geom.filters,
+                                       dtype, channels_first=cf)
+            y = np.empty(geom.output_shape, x.dtype)
+            mutation = f"one byte less shared memory than planned ({case.label})"
+            report = report_of(lambda: emu.run(memcheck, short, x, y, lambda layout: prepare_weights(
+                np, layout, dk, pk, b)), mutation)
+            assert "smem_raw" in report and f"reported in kernel {name}, block 0, thread " in report, report
+    assert tile_binds, "no plan here needs more shared memory for its tile than its mainloop"
 
 
 # --- the driver on tiny kernels: both ends of an array, barriers and warp collectives ------

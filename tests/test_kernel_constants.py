@@ -33,6 +33,7 @@ MIRRORED = {
         "SC_BK": simt.CHUNK,
         "SC_TILE_ELEMS": simt.TILE_ELEMS,
         "SC_DW_SMEM_TAPS": simt.DW_SMEM_TAPS,
+        "SC_CS_PAD": simt.CS_PAD,
     },
     os.path.join(KERNELS, "sepconv_common.cuh"): {
         "ACT_SLOTS": kernel_common.ACT_SLOTS,

@@ -33,7 +33,7 @@ from sepconv_gpu.backends import kernel_cache, kernel_common, nvrtc, simt, tc
 ARCHS = (80, 90)
 SIMT_ONLY_ARCHS = (75,)  # below sm_80 the backend plans no tensor-core kernel (cp.async)
 # One program for those: each dtype's SIMT kernel in both layouts, generic and
-# specialized extents, and the softmax (the whole SIMT family would cost ~60 CPU-s more)
+# specialized extents, and the softmax (the whole SIMT family would cost ~15 CPU-s more)
 SIMT_ONLY_NAMES = (
     simt.simt_name("float32", False, (3, 3)),
     simt.simt_name("float16", True, kernel_common.GENERIC_EXTENT),

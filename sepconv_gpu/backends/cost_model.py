@@ -237,12 +237,15 @@ def simt_fused_work(geom, plan, in_itemsize, acc_itemsize, chunk=16, threads=256
     pw_waves = math.ceil(positions * quad / SMEM_WAVEFRONT) + math.ceil(filters * quad / SMEM_WAVEFRONT)
     per_chunk_waves = (word_waves(halo) + word_waves(outputs * taps) * bank_ways
                        + outputs / 32 + chunk * warps * pw_waves)
+    # Once a block, the epilogue writes the tile to shared memory and reads it back (and
+    # once more each way through a non-linear activation: not priced, as activations are not).
+    epilogue_waves = 2 * plan.bp * plan.bf * acc_itemsize / SMEM_WAVEFRONT
     gathered = 0 if plan.use_halo else outputs * taps * in_itemsize
     per_chunk_l2 = (halo * in_itemsize + chunk * (plan.bf + taps) * acc_itemsize + gathered)
     return Work(blocks=plan.grid, threads=threads, registers=SIMT_REGISTERS,
                 shared_bytes=plan.shared_bytes, hbm_bytes=x + y + weights,
                 l2_bytes=plan.grid * chunks * per_chunk_l2 + y,
-                smem_bytes=plan.grid * chunks * per_chunk_waves * SMEM_WAVEFRONT,
+                smem_bytes=plan.grid * (chunks * per_chunk_waves + epilogue_waves) * SMEM_WAVEFRONT,
                 simt_instructions=plan.grid * chunks * per_chunk_instr)
 
 

@@ -22,6 +22,7 @@ THREADS = 256            # SC_THREADS
 CHUNK = 16               # SC_BK: depthwise channels per chunk
 TILE_ELEMS = 4096        # SC_TILE_ELEMS = BP * BF
 DW_SMEM_TAPS = 64        # SC_DW_SMEM_TAPS
+CS_PAD = 4               # SC_CS_PAD: accumulators a row of the epilogue tile has past its data
 FILTER_BLOCKS = (16, 32, 64)   # BF choices (BP = TILE_ELEMS // BF = 256, 128, 64)
 SMEM_BUDGET = 48 * 1024  # dynamic shared memory without an opt-in attribute
 SOFTMAX_THREADS = 256   # sepconv_softmax_lastaxis block size (8 warps, a row each)
@@ -29,9 +30,9 @@ SOFTMAX_THREADS = 256   # sepconv_softmax_lastaxis block size (8 warps, a row ea
 # Kernel extents (KH, KW) with a compile-time specialization (fully unrolled taps, weights
 # in registers); every other extent runs the generic runtime-extent path (0, 0).
 # 3x3 covers Xception / MobileNet, 5x5 EfficientNet-style blocks, (1, 3) the common 1D
-# case. Each entry costs 2 instantiations (layouts) per dtype, 2-3 s of NVRTC each (every
-# activation's epilogue is in it) on a user's first call, so float64 (rarely a speed
-# concern) and bfloat16 only get the generic path.
+# case. Each entry costs 2 instantiations (layouts) per dtype, ~1 s of NVRTC each (sm_90)
+# on a user's first call, so float64 (rarely a speed concern) and bfloat16 only get the
+# generic path.
 SPECIALIZED_EXTENTS = {
     "float32": ((3, 3), (5, 5), (1, 3)),
     "float16": ((3, 3), (5, 5), (1, 3)),
@@ -90,13 +91,22 @@ class KernelPlan:
     pitch: int         # halo row stride in shared memory (elements, >= the row's footprint)
     plane: int         # halo channel plane stride (elements, odd)
     use_halo: bool
-    shared_bytes: int
+    shared_bytes: int  # dynamic shared memory: the mainloop's or the epilogue tile's, the larger
     grid: int          # blocks
     predicted_us: float = 0.0   # cost_model.predict (H100 constants; contiguous input)
 
     @property
     def th(self):
         return self.bp // self.tw
+
+
+def epilogue_bytes(bf, channels_first, acc_itemsize):
+    """Shared bytes of the epilogue tile Cs, which reuses the mainloop's: rows along the
+    output's contiguous axis (BF filters for channels_last, BP positions for
+    channels_first) CS_PAD accumulators apart, the last row's padding not needed."""
+    bp = TILE_ELEMS // bf
+    rows, row_len = (bf, bp) if channels_first else (bp, bf)
+    return ((rows - 1) * (row_len + CS_PAD) + row_len) * acc_itemsize
 
 
 def _halo_extent(tile, stride, dilation, k):
@@ -188,6 +198,7 @@ def plan(dtype, batch, channels, multiplier, filters, in_size, out_size, kernel,
         bp = TILE_ELEMS // bf
         blocks_f = -(-filters // bf)
         fixed = CHUNK * (bp + 2 * bf) * acc_isz + dw_bytes   # Ds, Ws pair, Wd
+        epilogue = epilogue_bytes(bf, channels_first, acc_isz)
         for tw in _tile_widths(bp, ow, oh):
             tiles_w, tiles_h = -(-ow // tw), -(-oh // (bp // tw))
             hh, hw = _halo_extent(bp // tw, sh, dh, kh), _halo_extent(tw, sw, dw, kw)
@@ -197,7 +208,7 @@ def plan(dtype, batch, channels, multiplier, filters, in_size, out_size, kernel,
                         filter_blocks=blocks_f, grid=batch * tiles_w * tiles_h * blocks_f)
             for pitch in dict.fromkeys((_row_pitch(footprint, tw, sh, col_step, in_isz), footprint)):
                 plane = hh * pitch | 1  # odd: conflict-free channel-strided smem stores
-                shared = fixed + halo_channels * plane * in_isz
+                shared = max(fixed + halo_channels * plane * in_isz, epilogue)
                 if shared > SMEM_BUDGET:
                     continue
                 ways = 1 if _rows_disjoint(pitch, tw, sh, col_step, in_isz) else 2
@@ -209,7 +220,8 @@ def plan(dtype, batch, channels, multiplier, filters, in_size, out_size, kernel,
                 break
             if best is None:
                 candidate = priced(KernelPlan(**tile, halo_h=1, halo_w=1, pitch=1, plane=1,
-                                              use_halo=False, shared_bytes=fixed), 1)
+                                              use_halo=False,
+                                              shared_bytes=max(fixed, epilogue)), 1)
                 if fallback is None or candidate.predicted_us < fallback.predicted_us:
                     fallback = candidate
     return best or fallback
