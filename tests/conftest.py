@@ -30,9 +30,9 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked slow are collected first: under pytest-xdist (the README's command) the
-    long ones start at once and the rest fill in around them. GPU tests run only where a
-    CUDA device answers."""
+    """Tests marked slow are collected first: under pytest-xdist (the README's command,
+    a test file per worker at a time, in this order) the long ones start at once and the
+    rest fill in around them. GPU tests run only where a CUDA device answers."""
     from sepconv_gpu.backends import cuda_available, cuda_status
 
     items.sort(key=lambda item: "slow" not in item.keywords)  # stable: the rest keep their order

@@ -47,6 +47,10 @@ except ImportError:  # tests/ as a package
     from . import _emulator_sanitizer as sanitizer
 
 
+# slow: collected first, so that under pytest-xdist it starts early (tests/conftest.py)
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(autouse=True)
 def _host_toolchain(emulator_for):
     """The sanitized drivers are built with the host emulator's toolchain: conftest's

@@ -20,9 +20,8 @@ SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 STAGES = ["environment", "correctness", "registers", "sanitizer", "benchmark", "gpu_tests",
           "record"]
 
-# slow: collected first; xdist_group: on one pytest-xdist worker, so that the module
-# fixture runs once (tests/conftest.py)
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("gpu_check"),
+# slow: collected first, so that under pytest-xdist it starts at once (tests/conftest.py)
+pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not sys.platform.startswith("linux"),
                                  reason="the host emulator and the NVRTC wheels are Linux-only")]
 

@@ -46,9 +46,8 @@ SIMT_ONLY_NAMES = (
 PROGRAMS_PER_ARCH = 3
 WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
-# slow: collected first; xdist_group: on one pytest-xdist worker, so that the module
-# fixture runs once (tests/conftest.py)
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("nvrtc"),
+# slow: collected first, so that under pytest-xdist it starts at once (tests/conftest.py)
+pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not sys.platform.startswith("linux"),
                                  reason="the nvidia NVRTC wheels are found by their Linux layout")]
 

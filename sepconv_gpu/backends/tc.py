@@ -47,10 +47,10 @@ TC_SOURCE = "sepconv_tc.cu"
 TC_DTYPES = {"float16": "__half", "float32": "float", "bfloat16": "__nv_bfloat16"}
 TC_ITEMSIZE = {"float16": 2, "float32": 4, "bfloat16": 2}
 # Specialized extents (weights in registers, taps unrolled); others: generic (0, 0).
-# Measured with nvcc 13.0 -arch=sm_90 (a loaded 2-core machine): ~0.5 s per TC
-# instantiation (SIMT: ~0.3 s), so 2 dtypes x (generic, 3x3) x 2 warp tiles = 8 kernels
-# add ~4 s per architecture to the compile test; a template activation would make them 8 x len(FUSED_ACTIVATIONS) (~200: ~100 s more per architecture),
-# hence the runtime activation switch in the TC epilogue.
+# Each one listed costs 3 dtypes x 3 warp tiles = 9 more instantiations, ~1.1-1.6 CPU-s of
+# NVRTC each (sm_90, measured on a 2-core machine): what users compile on a first call and
+# the compile test builds per architecture. The activation is a runtime switch for the
+# same reason (a template one would multiply them by len(FUSED_ACTIVATIONS)).
 TC_EXTENTS = ((3, 3),)
 
 
@@ -186,7 +186,7 @@ def _tc_candidates(dtype, geom, linear_activation, smem_limit, m_tiles):
     from . import cost_model
 
     itemsize = TC_ITEMSIZE[dtype]
-    (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.strides, geom.dilation
+    (kh, kw), sw = geom.kernel, geom.strides[1]
     taps = kh * kw
     k_pad = -(-geom.channels // TC_K_ALIGN) * TC_K_ALIGN
     chunks = k_pad * itemsize // TC_CHUNK_BYTES
