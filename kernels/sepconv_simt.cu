@@ -428,7 +428,7 @@ sepconv_simt(const T* __restrict__ x,
             }
         } else {
             // y[n, f, oh, ow]: row = filter, col = position; the quad lies in one tile row
-            // when TW is a multiple of 4 (the planner's tiles always are, except 1-wide)
+            // when TW is a multiple of 4 (tiles 1 or 2 wide store one value at a time)
             const int f = f0 + row;
             if (f >= F) continue;
             T* plane_f = y + ((long long)n * F + f) * OH * OW;

@@ -2,15 +2,17 @@
 // model and the PTX primitives of kernels/sepconv_ptx.cuh, for the host C++ compiler.
 //
 // - Every CUDA thread of a block is a fiber (its own stack, switched in user space), and one
-//   OS thread runs them in turn; blocks of a launch run one after another. (OS threads,
-//   one per CUDA thread, were ~3x slower, mostly in the kernel's scheduler.) Built with
-//   SEPCONV_EMU_OS_THREADS (the sanitizer driver: ThreadSanitizer sees races between OS
-//   threads), every CUDA thread is an OS thread instead.
+//   OS thread runs them in turn; blocks of a launch run one after another. (With an OS
+//   thread per CUDA thread the emulated kernel tests took 105 s instead of 8, most of it
+//   in the operating system's scheduler.) Built with SEPCONV_EMU_OS_THREADS (the
+//   sanitizer driver: ThreadSanitizer sees races between OS threads), every CUDA thread is
+//   an OS thread instead.
 // - Every collective (__syncthreads, __syncwarp, shuffles, mma, ldmatrix) is a barrier
 //   that also checks all participants are at the same collective: a thread that skips one,
 //   diverges or returns early aborts the process with a message naming the collective, the
 //   block and the thread, instead of hanging: with fibers as soon as no thread can go on,
-//   with OS threads after a timeout (SEPCONV_EMU_TIMEOUT, s).
+//   with OS threads after a timeout (SEPCONV_EMU_TIMEOUT, s). A fiber that runs that long
+//   without reaching a collective or its end (an endless loop) aborts the same way.
 // - Dynamic shared memory (`extern __shared__ ... smem_raw[]`, the only kind emulated) is
 //   exactly the launch's bytes followed by a guard zone, all NaN bytes (0xFF) before every
 //   block; a write into the guard aborts, a read past the end reads NaN.
@@ -26,6 +28,7 @@
 #include <vector_types.h>
 #include <vector_functions.h>
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -117,6 +120,11 @@ static void emu_check_smem(const void* p, std::size_t bytes, std::size_t align, 
                  blockIdx.x, threadIdx.x, c - smem_raw, align);
 }
 
+static const double emu_timeout_s = [] {
+    const char* s = std::getenv("SEPCONV_EMU_TIMEOUT");
+    return s ? std::atof(s) : 10.0;
+}();
+
 // ---- fibers -------------------------------------------------------------------------------
 #if !SEPCONV_EMU_OS_THREADS
 class EmuBarrier;
@@ -138,6 +146,35 @@ static void emu_park(EmuBarrier* barrier) {
     swapcontext(&emu_fiber->context, &emu_scheduler);
 }
 
+// A fiber is never pre-empted, so one looping without a collective would hang the process
+// without a word: a watchdog thread aborts, naming it, when no fiber has switched for
+// emu_timeout_s during a launch.
+static std::atomic<std::uint64_t> emu_switches{0};
+static std::atomic<bool> emu_launching{false};
+
+static void emu_start_watchdog() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        std::thread([] {
+            std::uint64_t seen = 0;
+            auto since = std::chrono::steady_clock::now();
+            for (;;) {
+                std::this_thread::sleep_for(std::chrono::milliseconds(100));
+                const auto now = std::chrono::steady_clock::now();
+                const std::uint64_t switches = emu_switches.load();
+                if (!emu_launching.load() || switches != seen) {
+                    seen = switches;
+                    since = now;
+                } else if (std::chrono::duration<double>(now - since).count() > emu_timeout_s) {
+                    emu_fail("block %u, thread %u ran %g s without reaching a collective or the "
+                             "end of the kernel (an endless loop?)", blockIdx.x, threadIdx.x,
+                             emu_timeout_s);
+                }
+            }
+        }).detach();
+    });
+}
+
 static void emu_wake(std::vector<EmuFiber*>& parked) {
     for (EmuFiber* f : parked) {
         f->parked_at = nullptr;
@@ -148,13 +185,6 @@ static void emu_wake(std::vector<EmuFiber*>& parked) {
 #endif
 
 // ---- barriers -----------------------------------------------------------------------------
-#if SEPCONV_EMU_OS_THREADS
-static const double emu_timeout_s = [] {
-    const char* s = std::getenv("SEPCONV_EMU_TIMEOUT");
-    return s ? std::atof(s) : 10.0;
-}();
-#endif
-
 static const char EMU_KERNEL_END[] = "the end of the kernel";
 
 class EmuBarrier {
@@ -474,8 +504,9 @@ static void emu_check_guard() {
 }
 #endif
 
-// Set by a host program that wants to know which OS thread runs which CUDA thread (the
-// sanitizer driver names them so that ThreadSanitizer's reports say it).
+// Called as CUDA thread t starts (once a launch). Built with SEPCONV_EMU_OS_THREADS, the
+// sanitizer driver names the OS thread that runs it, so that ThreadSanitizer's reports
+// say which CUDA thread it was.
 static void (*emu_on_thread_start)(unsigned thread) = nullptr;
 // When set, a launch runs only these blocks, in this order (the sanitizer driver samples
 // the blocks of large grids); by default every block, in order.
@@ -534,12 +565,18 @@ template <typename Body> static void emu_run_threads(unsigned count, const Body&
     }
     // Round robin: each runs until it parks at a collective or ends; the last to arrive
     // at a barrier queues the others again.
+    emu_start_watchdog();
+    emu_launching = true;
     while (!emu_runnable.empty()) {
         emu_fiber = emu_runnable.front();
         emu_runnable.pop_front();
         emu_self = &emu_fiber->state;
+        emu_switches.fetch_add(1, std::memory_order_relaxed);
         swapcontext(&emu_scheduler, &emu_fiber->context);
     }
+    emu_launching = false;
+    emu_fiber = nullptr;
+    emu_self = nullptr;   // the fibers' states go with this launch
     for (unsigned t = 0; t < count; ++t)
         if (!fibers[t].done)
             fibers[t].parked_at->stuck(t, fibers[t].state.block.x);

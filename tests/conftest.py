@@ -35,7 +35,7 @@ def pytest_collection_modifyitems(config, items):
     rest fill in around them. GPU tests run only where a CUDA device answers."""
     from sepconv_gpu.backends import cuda_available, cuda_status
 
-    items.sort(key=lambda item: "slow" not in item.keywords)  # stable: the rest keep their order
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable
     if cuda_available():
         return
     skip = pytest.mark.skip(reason=f"no CUDA device: {cuda_status()[1]}")

@@ -347,6 +347,8 @@ RACES = {
     # still reads; then the activation pass reads values other threads wrote to Cs
     "simt-float64-generic-channels-first": "// this thread's micro-tile: Cs rows",
     "simt-float16-1d-filter-blocks": "// One uniform dispatch around a rolled loop",
+    # ... and the stores read values other threads' activation pass wrote
+    "simt-bfloat16-generic": "// Quads of 4 row-consecutive values",
 }
 
 

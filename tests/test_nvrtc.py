@@ -40,9 +40,9 @@ SIMT_ONLY_NAMES = (
     simt.simt_name("float64", False, kernel_common.GENERIC_EXTENT),
     simt.softmax_name("float16", True),
 )
-# ~0.3 s of NVRTC per program (the source's front end), 0.2-3 s per kernel: the names are
-# dealt round-robin to this many programs per architecture, so that the costly ones
-# (float64, the tensor-core kernels) spread over the workers
+# ~0.3 s of NVRTC per program (the source's front end), 0.1-1.6 s per kernel (sm_90): the
+# names are dealt round-robin to this many programs per architecture, so that the costly
+# ones (the tensor-core kernels) spread over the workers
 PROGRAMS_PER_ARCH = 3
 WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 

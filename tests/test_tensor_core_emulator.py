@@ -148,11 +148,18 @@ __global__ void tc_test_cvt_tf32(const float* x, unsigned* out, int n) {
 __global__ void tc_test_pack_half2(const float* x, unsigned* out) {
     out[threadIdx.x] = sepconv::pack_half2(x[2 * threadIdx.x], x[2 * threadIdx.x + 1]);
 }
+
+// Thread `stuck` loops forever without a collective (a bug, to be caught by the watchdog).
+__global__ void tc_test_spin(int stuck) {
+    volatile int spin = 1;
+    while (int(threadIdx.x) == stuck && spin) {}
+}
+
 """
 
 NAMES = ["tc_test_mma<false>", "tc_test_mma<true>", "tc_test_mma_bf16", "tc_test_ldmatrix",
          "tc_test_ldmatrix_mma", "tc_test_cp_async",
-         "tc_test_smem_bounds", "tc_test_cvt_tf32", "tc_test_pack_half2"]
+         "tc_test_smem_bounds", "tc_test_cvt_tf32", "tc_test_pack_half2", "tc_test_spin"]
 
 i32 = np.int32
 
@@ -397,6 +404,8 @@ def run_trap(case):
         skip = 0 if case == "control" else 16
         run_mma(em, False, zeros((1, 32, 4), np.uint32), zeros((1, 32, 2), np.uint32),
                 zeros((1, 32, 4)), skip_lanes=skip, sync_after=int(case.endswith("syncs")))
+    elif case == "endless_loop":
+        em.launch("tc_test_spin", 1, 32, (i32(5),), 0)
     elif case == "smem_write_past_end":
         em.launch("tc_test_smem_bounds", 1, 32, (zeros(3, np.float32), i32(256), i32(1)), 256)
     elif case == "cp_async_never_waited":
@@ -416,6 +425,8 @@ TRAPS = {  # case -> phrases the message must contain (None: must run cleanly)
     "mma_half_warp_skips": ["mma_f16_m16n8k16", "the end of the kernel", "block 0", "thread"],
     # half a warp at mma, the other half at __syncthreads: found as soon as no one can go on
     "mma_half_warp_skips_then_syncs": ["no thread can go on", "16 of the 32", "block 0", "thread"],
+    # thread 5 never reaches a collective: the watchdog (SEPCONV_EMU_TIMEOUT) names it
+    "endless_loop": ["thread 5 ran 1 s without reaching a collective", "block 0"],
     "smem_write_past_end": ["wrote past its 256 bytes", "block 0"],
     "cp_async_never_waited": ["cp.async copies never waited for", "block 0", "thread"],
     "ldmatrix_misaligned": ["ldsm_x4", "not 16-byte aligned", "thread 5"],
@@ -430,9 +441,10 @@ def test_tensor_core_emulator_traps_abort_with_a_message(emulator, case):
     root = os.path.dirname(here)
     code = (f"import sys; sys.path[:0] = [{here!r}, {root!r}]; "
             f"import test_tensor_core_emulator as t; t.run_trap({case!r})")
+    env = dict(os.environ, SEPCONV_EMU_TIMEOUT="1")
     start = time.monotonic()
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=300)
+                            env=env, timeout=300)
     elapsed = time.monotonic() - start
     expected = TRAPS[case]
     if expected is None:

@@ -5,7 +5,7 @@ files of kernels/ with local headers inlined under `#line` tags), the options
 NVRTC once per kernel and machine (`library_kernels`, the one build path).
 
 CuPy does not keep modules built with name expressions on disk (before 14.2), so every
-process would recompile each kernel variant (~0.3-0.7 s each). Here each NVRTC result is
+process would recompile each kernel variant (~1 s each). Here each NVRTC result is
 one file in `cache_dir()`, named by a SHA-256 key over everything that changes the binary,
 and over contents only, so that a cache built in one checkout or on one machine (e.g.
 `python -m sepconv_gpu.prebuild` without a GPU) is hit from another: the entry format, the
