@@ -72,27 +72,6 @@ __device__ __forceinline__ void load4(const double* p, double (&v)[4]) {
     v[0] = a.x; v[1] = a.y; v[2] = b.x; v[3] = b.y;
 }
 
-// 4 consecutive accumulators to / from 16-byte aligned shared memory, `swap` for a
-// warp-wide access to consecutive quads: doubles move as two 16-byte halves, the upper
-// one first where `swap`, so lanes that alternate it (lane bit 2) spread 8 lanes' quads
-// (256 bytes) over the 32 banks once a half; a float quad is one access whatever `swap`.
-__device__ __forceinline__ void store4_shared(float* p, const float (&v)[4], bool) {
-    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-}
-__device__ __forceinline__ void store4_shared(double* p, const double (&v)[4], bool swap) {
-    double2* h = reinterpret_cast<double2*>(p);
-    const double2 lo = make_double2(v[0], v[1]), hi = make_double2(v[2], v[3]);
-    h[swap] = swap ? hi : lo;
-    h[!swap] = swap ? lo : hi;
-}
-__device__ __forceinline__ void load4_shared(const float* p, float (&v)[4], bool) { load4(p, v); }
-__device__ __forceinline__ void load4_shared(const double* p, double (&v)[4], bool swap) {
-    const double2* h = reinterpret_cast<const double2*>(p);
-    const double2 first = h[swap], second = h[!swap];
-    const double2 lo = swap ? second : first, hi = swap ? first : second;
-    v[0] = lo.x; v[1] = lo.y; v[2] = hi.x; v[3] = hi.y;
-}
-
 // 4 consecutive outputs to global memory aligned to 4 elements, as one vector store.
 __device__ __forceinline__ void store4(float* p, const float (&v)[4]) {
     *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
@@ -111,6 +90,25 @@ __device__ __forceinline__ void store4(__half* p, const float (&v)[4]) {
 __device__ __forceinline__ void store4(__nv_bfloat16* p, const float (&v)[4]) {
     *reinterpret_cast<uint2*>(p) = make_uint2(pair_bits(__floats2bfloat162_rn(v[0], v[1])),
                                               pair_bits(__floats2bfloat162_rn(v[2], v[3])));
+}
+
+// 4 consecutive accumulators to / from 16-byte aligned shared memory, `swap` for a
+// warp-wide access to consecutive quads: doubles move as two 16-byte halves, the upper
+// one first where `swap`, so lanes that alternate it (lane bit 2) spread 8 lanes' quads
+// (256 bytes) over the 32 banks once a half; a float quad is one access whatever `swap`.
+__device__ __forceinline__ void store4_shared(float* p, const float (&v)[4], bool) { store4(p, v); }
+__device__ __forceinline__ void store4_shared(double* p, const double (&v)[4], bool swap) {
+    double2* h = reinterpret_cast<double2*>(p);
+    const double2 lo = make_double2(v[0], v[1]), hi = make_double2(v[2], v[3]);
+    h[swap] = swap ? hi : lo;
+    h[!swap] = swap ? lo : hi;
+}
+__device__ __forceinline__ void load4_shared(const float* p, float (&v)[4], bool) { load4(p, v); }
+__device__ __forceinline__ void load4_shared(const double* p, double (&v)[4], bool swap) {
+    const double2* h = reinterpret_cast<const double2*>(p);
+    const double2 first = h[swap], second = h[!swap];
+    const double2 lo = swap ? second : first, hi = swap ? first : second;
+    v[0] = lo.x; v[1] = lo.y; v[2] = hi.x; v[3] = hi.y;
 }
 
 // Walks the flat indices start, start + step, ... of a 3-digit mixed-radix index

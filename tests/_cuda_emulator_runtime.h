@@ -417,30 +417,28 @@ inline void cp_async_complete(unsigned pending) {
     copies.erase(std::remove_if(copies.begin(), copies.end(), done), copies.end());
 }
 
-}  // namespace emu
-
-inline void mma_f16_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
-    emu::mma<16>("mma_f16_m16n8k16", d, a, b,
-                 [](const emu::MmaSlot& s, unsigned l, unsigned g, unsigned q, double (&A)[16][16],
-                    double (&B)[16][8]) {
+// mma.m16n8k16 with 16-bit operands: f16 and bf16 share the fragment layouts; `Bits`
+// gives an element's value from its 16 bits.
+template <double (*Bits)(unsigned)>
+void mma_m16n8k16(const char* what, float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    mma<16>(what, d, a, b, [](const MmaSlot& s, unsigned l, unsigned g, unsigned q,
+                              double (&A)[16][16], double (&B)[16][8]) {
         for (unsigned e = 0; e < 8; ++e)
             A[g + 8 * ((e >> 1) & 1)][2 * q + (e & 1) + 8 * (e >> 2)] =
-                emu::half_bits(s.a[l][e >> 1] >> (16 * (e & 1)));
+                Bits(s.a[l][e >> 1] >> (16 * (e & 1)));
         for (unsigned e = 0; e < 4; ++e)
-            B[2 * q + (e & 1) + 8 * (e >> 1)][g] = emu::half_bits(s.b[l][e >> 1] >> (16 * (e & 1)));
+            B[2 * q + (e & 1) + 8 * (e >> 1)][g] = Bits(s.b[l][e >> 1] >> (16 * (e & 1)));
     });
 }
 
+}  // namespace emu
+
+inline void mma_f16_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    emu::mma_m16n8k16<emu::half_bits>("mma_f16_m16n8k16", d, a, b);
+}
+
 inline void mma_bf16_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
-    emu::mma<16>("mma_bf16_m16n8k16", d, a, b,
-                 [](const emu::MmaSlot& s, unsigned l, unsigned g, unsigned q, double (&A)[16][16],
-                    double (&B)[16][8]) {
-        for (unsigned e = 0; e < 8; ++e)
-            A[g + 8 * ((e >> 1) & 1)][2 * q + (e & 1) + 8 * (e >> 2)] =
-                emu::bf16_bits(s.a[l][e >> 1] >> (16 * (e & 1)));
-        for (unsigned e = 0; e < 4; ++e)
-            B[2 * q + (e & 1) + 8 * (e >> 1)][g] = emu::bf16_bits(s.b[l][e >> 1] >> (16 * (e & 1)));
-    });
+    emu::mma_m16n8k16<emu::bf16_bits>("mma_bf16_m16n8k16", d, a, b);
 }
 
 inline void mma_tf32_m16n8k8(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {

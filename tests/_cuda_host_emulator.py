@@ -57,11 +57,18 @@ def cuda_include_dir():
     return None
 
 
+def default_build_dir():
+    """Where builds go unless a caller says otherwise: one directory for every process,
+    so that a build made once (by content digest) serves them all."""
+    return os.path.join(tempfile.gettempdir(), "sepconv_gpu_emulator")
+
+
 def build_once(target, source, flags, what):
     """Compiles the C++ `source` with `flags` into `target` unless it exists. Processes
     building the same target (pytest-xdist workers) take turns: the first compiles, the
     others find it built. The compiler writes a temporary file renamed over `target`, so a
     reader sees a whole file or none."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
     with _exclusive(target + ".lock"):
         if os.path.exists(target):
             return
@@ -94,7 +101,7 @@ class HostEmulator:
     def __init__(self, names, build_dir=None, *, extra_source=""):
         """`extra_source`: more kernels (e.g. a test's), compiled after the project source;
         it may `#include "sepconv_ptx.cuh"` (or any file of kernels/)."""
-        self._build_dir = build_dir or os.path.join(tempfile.gettempdir(), "sepconv_gpu_emulator")
+        self._build_dir = build_dir or default_build_dir()
         self._extra_source = extra_source
         self._libraries = []   # kept alive: the entries point into them
         self._entries = {}
@@ -112,7 +119,6 @@ class HostEmulator:
         headers = "".join(open(os.path.join(kernels, f), encoding="utf-8").read()
                           for f in sorted(os.listdir(kernels)) if f.endswith((".cuh", ".cu")))
         digest = hashlib.sha256((source + headers).encode()).hexdigest()[:16]
-        os.makedirs(self._build_dir, exist_ok=True)
         library = os.path.join(self._build_dir, f"emu_{digest}.so")
         build_once(library, source, ["-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-w"],
                    "host build")

@@ -101,9 +101,8 @@ class SanitizedEmulator:
         if CHECKS[check]:
             flags.append(f"-fsanitize={CHECKS[check]}")
         digest = hashlib.sha256("\0".join([text] + flags).encode()).hexdigest()[:16]
-        build_dir = build_dir or os.path.join(tempfile.gettempdir(), "sepconv_gpu_emulator")
-        os.makedirs(build_dir, exist_ok=True)
-        self.executable = os.path.join(build_dir, f"sanitizer_{check}_{digest}")
+        self.executable = os.path.join(build_dir or emu.default_build_dir(),
+                                       f"sanitizer_{check}_{digest}")
         emu.build_once(self.executable, text, flags, f"{check} build")
 
     def sampling(self, max_blocks):
