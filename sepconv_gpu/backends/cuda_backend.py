@@ -187,18 +187,29 @@ class CupyOps(Ops):
         return _SAME_STREAM
 
     def separable_conv(self, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False,
-                       weights_cache=None):
-        """y = act(bias + pointwise(depthwise(x))) as a CuPy array of x's dtype, computed
-        on x's device (x: a CuPy array, as `take` gave it to ops)."""
+                       weights_cache=None, unrounded=False):
+        """y = act(bias + pointwise(depthwise(x))) as a CuPy array of x's dtype (float32
+        for a float16/bfloat16 x when `unrounded`), computed on x's device (x: a CuPy
+        array, as `take` gave it to ops)."""
         with annotate("sepconv_gpu.cuda.separable_conv"), x.device:
             return self._separable_conv(x, depthwise, pointwise, bias, geom, activation,
-                                        allow_tf32, weights_cache)
+                                        allow_tf32, weights_cache, unrounded)
 
     def _separable_conv(self, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False,
-                        weights_cache=None):
+                        weights_cache=None, unrounded=False):
         signature = (x.dtype, geom, activation.kernel_id, activation.kernel_param, x.strides,
                      bias is not None, bool(allow_tf32), x.data.ptr % 16 == 0, x.device.id)
         plan = _call_plan(*signature)
+        if x.dtype.itemsize == 2 and (unrounded or plan.apply_after):
+            # float16/bfloat16 kernels round in their epilogue, so an activation that runs
+            # after them would see rounded values: the float32 kernels write the float32
+            # result instead, the activation runs on it, and it is rounded once. They read
+            # a float32 copy of x with TF32 tensor cores allowed: the half values are exact
+            # in TF32, which rounds the weights and the depthwise result no coarser than
+            # the float16/bfloat16 tensor-core kernel does.
+            y = self._separable_conv(x.astype(cupy.float32), depthwise, pointwise, bias, geom,
+                                     activation, True, weights_cache)
+            return y if unrounded else y.astype(x.dtype)
         if plan.copy_input:  # byte strides that are not whole elements: copy once
             x = cupy.ascontiguousarray(x)
         y = _empty(geom.output_shape, x.dtype)
