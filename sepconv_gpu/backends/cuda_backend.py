@@ -25,7 +25,6 @@ import contextlib
 import contextvars
 import functools
 import logging
-import os
 import sys
 import threading
 from typing import NamedTuple
@@ -34,6 +33,7 @@ import cupy
 import numpy as np
 
 from .. import _dtypes
+from .._env import flag
 from .._nvtx import annotate
 from . import autotune as _autotune
 from . import Ops, dlpack_on_cuda, identity
@@ -43,7 +43,7 @@ from .launch import input_element_strides, launch_sequence, prepare_weights, run
 
 # SEPCONV_GPU_DEBUG_SYNC=1: synchronize after every launch (debugging, sanitizer runs);
 # off by default: the hot path never synchronizes.
-_DEBUG_SYNC = os.environ.get("SEPCONV_GPU_DEBUG_SYNC", "") not in ("", "0")
+_DEBUG_SYNC = flag("SEPCONV_GPU_DEBUG_SYNC")
 _compile_lock = threading.Lock()
 _functions = {}  # (device id, name expression) -> cupy.cuda.function.Function
 _logger = logging.getLogger("sepconv_gpu")
