@@ -22,6 +22,7 @@ from . import regularizers as _regularizers
 from ._nvtx import annotate
 
 _MIXED_POLICIES = {"mixed_float16": ("float32", "float16"), "mixed_bfloat16": ("float32", "bfloat16")}
+_SUPPORTED_DTYPES = _ops.FLOAT_DTYPES + tuple(_MIXED_POLICIES)
 
 _name_lock = threading.Lock()
 _name_counters = {}
@@ -39,7 +40,13 @@ def _dtype_policy(dtype):
     if dtype is None:
         dtype = "float32"
     if isinstance(dtype, dict):
-        dtype = dtype.get("config", {}).get("name", dtype.get("name"))
+        config = dtype.get("config")
+        name = config.get("name") if isinstance(config, dict) else dtype.get("name")
+        if not isinstance(name, str):  # e.g. Keras's QuantizedDTypePolicy: {mode, source_name}
+            raise ValueError(
+                f"`dtype` must be a dtype name or a DTypePolicy config naming one of "
+                f"{_SUPPORTED_DTYPES}; received {dtype!r}, which names none.")
+        dtype = name
     if isinstance(dtype, np.dtype) or (isinstance(dtype, type) and issubclass(dtype, np.generic)):
         dtype = np.dtype(dtype).name
     if not isinstance(dtype, str):
@@ -47,8 +54,7 @@ def _dtype_policy(dtype):
     if dtype in _MIXED_POLICIES:
         return (dtype,) + _MIXED_POLICIES[dtype]
     if dtype not in _ops.FLOAT_DTYPES:
-        raise ValueError(
-            f"`dtype` must be one of {_ops.FLOAT_DTYPES + tuple(_MIXED_POLICIES)}; received {dtype!r}.")
+        raise ValueError(f"`dtype` must be one of {_SUPPORTED_DTYPES}; received {dtype!r}.")
     return dtype, dtype, dtype
 
 
