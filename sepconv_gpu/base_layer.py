@@ -83,8 +83,11 @@ class WeightsSnapshot:
 class Variable:
     """A named layer weight living on the layer's backend (a NumPy or CuPy array).
 
-    Its `value` is replaced, never written in place, by every write here; code writing
-    into `value` in place must not expect layers to notice (their snapshot cache).
+    Its array is replaced, never written in place, by every write (`assign`, the layer's
+    `set_weights`, constraints), and a layer computes with the weights so written, never
+    with writes into `value` in place: on NumPy `value` is the array made read-only (such
+    a write raises), on CUDA, whose arrays cannot be made read-only, a copy (such a write
+    changes nothing). Whichever kernel runs, a call sees the same weights.
     """
 
     def __init__(self, layer, name, value, constraint=None, regularizer=None):
@@ -102,12 +105,26 @@ class Variable:
     def trainable(self):
         return self._layer.trainable
 
-    shape = property(lambda self: tuple(self.value.shape))
-    dtype = property(lambda self: str(self.value.dtype))
+    @property
+    def value(self):
+        """The weight's array, read-only (see the class)."""
+        if self._layer._ops.name == "numpy":
+            return self._value
+        return self._layer._ops.asarray(self._value)
+
+    @value.setter
+    def value(self, array):
+        if self._layer._ops.name == "numpy":
+            array = array.view()  # the caller's array keeps its flags
+            array.flags.writeable = False
+        self._value = array
+
+    shape = property(lambda self: tuple(self._value.shape))
+    dtype = property(lambda self: str(self._value.dtype))
 
     def numpy(self):
         """A host copy (never a view the caller could write into)."""
-        return np.array(self._layer._ops.to_numpy(self.value), copy=True)
+        return np.array(self._layer._ops.to_numpy(self._value), copy=True)
 
     def __array__(self, dtype=None, copy=None):
         return self.numpy() if dtype is None else self.numpy().astype(dtype)
@@ -213,13 +230,13 @@ class Layer:
 
     def get_weights(self):
         with _WEIGHTS_LOCK:
-            values = [w.value for w in self.weights]
+            values = [w._value for w in self.weights]
         return [np.array(self._ops.to_numpy(v), copy=True) for v in values]
 
     def _weights_snapshot(self):
         """The current weights as one snapshot: the last one while no weight was replaced."""
         with _WEIGHTS_LOCK:
-            arrays = tuple(w.value for w in self.weights)
+            arrays = tuple(w._value for w in self.weights)
         snapshot = self._snapshot
         if snapshot is None or not snapshot.holds(arrays):
             snapshot = self._snapshot = WeightsSnapshot(arrays)
@@ -266,12 +283,12 @@ class Layer:
         with _WEIGHTS_LOCK:
             for var in self.weights:
                 if var.constraint is not None:
-                    var.value = self._ops.asarray(var.constraint(var.value), dtype=var.dtype)
+                    var.value = self._ops.asarray(var.constraint(var._value), dtype=var.dtype)
 
     @property
     def losses(self):
         """Activity loss of the last call, then the weights' penalties in `weights` order."""
-        weight_losses = [float(v.regularizer(v.value)) for v in self.weights if v.regularizer is not None]
+        weight_losses = [float(v.regularizer(v._value)) for v in self.weights if v.regularizer is not None]
         return list(self._activity_losses) + weight_losses
 
     # -- calling -------------------------------------------------------------------------
@@ -313,7 +330,7 @@ class Layer:
         reads them); the backend by name, resolved again where unpickled; the build lock
         and the snapshot cache (derived arrays) are made anew there."""
         with _WEIGHTS_LOCK:
-            values = tuple(w.value for w in self.weights)
+            values = tuple(w._value for w in self.weights)
         return {**self.__dict__, "_build_lock": None, "_snapshot": None, "_ops": self._ops.name,
                 "_weight_values": values}
 
