@@ -290,5 +290,7 @@ def test_narrow_dtypes_on_the_cuda_path_round_after_the_activation(monkeypatch, 
     assert y.dtype == x.dtype
     launches = [c for c in cupy.calls if c[0] == "launch"]
     assert launches and all(c[4][4].dtype == np.float32 for c in launches)  # float32 written
+    assert all(c[1].startswith(("sepconv_simt<float,", "sepconv_tc<float,", "sepconv_softmax"))
+               for c in cupy.calls if c[0] == "compile"), cupy.calls  # no half kernel loaded
     _assert_rounded_once(np.asarray(y), ops.reference_separable_conv(
         2, x, dk, pk, b, padding="same", activation=activation), dtype)

@@ -38,6 +38,7 @@ from .._nvtx import annotate
 from . import autotune as _autotune
 from . import Ops, dlpack_on_cuda, identity
 from . import kernel_cache as _kernel_cache
+from . import kernel_common as _kernel_common
 from . import nvrtc as _nvrtc
 from .launch import input_element_strides, launch_sequence, prepare_weights, run_launches
 
@@ -197,19 +198,21 @@ class CupyOps(Ops):
 
     def _separable_conv(self, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False,
                         weights_cache=None, unrounded=False):
-        signature = (x.dtype, geom, activation.kernel_id, activation.kernel_param, x.strides,
-                     bias is not None, bool(allow_tf32), x.data.ptr % 16 == 0, x.device.id)
-        plan = _call_plan(*signature)
-        if x.dtype.itemsize == 2 and (unrounded or plan.apply_after):
+        activated_after = unrounded or not _kernel_common.kernels_apply(activation.kernel_id)
+        if x.dtype.itemsize == 2 and activated_after:
             # float16/bfloat16 kernels round in their epilogue, so an activation that runs
             # after them would see rounded values: the float32 kernels write the float32
             # result instead, the activation runs on it, and it is rounded once. They read
             # a float32 copy of x with TF32 tensor cores allowed: the half values are exact
             # in TF32, which rounds the weights and the depthwise result no coarser than
             # the float16/bfloat16 tensor-core kernel does.
+            _kernel_common.check_dtype(x.dtype.name)  # a dtype without kernels is refused
             y = self._separable_conv(x.astype(cupy.float32), depthwise, pointwise, bias, geom,
                                      activation, True, weights_cache)
             return y if unrounded else y.astype(x.dtype)
+        signature = (x.dtype, geom, activation.kernel_id, activation.kernel_param, x.strides,
+                     bias is not None, bool(allow_tf32), x.data.ptr % 16 == 0, x.device.id)
+        plan = _call_plan(*signature)
         if plan.copy_input:  # byte strides that are not whole elements: copy once
             x = cupy.ascontiguousarray(x)
         y = _empty(geom.output_shape, x.dtype)
