@@ -82,7 +82,6 @@ def test_bad_arguments_are_refused_by_name(tmp_path, args, message):
 @pytest.mark.parametrize("variable, value, message", [
     (kernel_cache.ENV_VAR, "{file}", "the kernel cache {file} (SEPCONV_GPU_CACHE_DIR) cannot be written"),
     (kernel_cache.ENV_VAR, "{file}/sub", "the kernel cache {file}/sub (SEPCONV_GPU_CACHE_DIR) cannot be written"),
-    ("SEPCONV_NVRTC_LIBRARY", "{file}", "no usable NVRTC library"),
     ("SEPCONV_NVRTC_LIBRARY", "libc.so.6", "no usable NVRTC library"),
     ("SEPCONV_NVRTC_LIBRARY", "{tmp}/missing/libnvrtc.so", "no usable NVRTC library"),
     (kernel_cache.LINEINFO_VAR, "maybe", "environment variable SEPCONV_GPU_LINEINFO must be"),
