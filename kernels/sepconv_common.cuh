@@ -38,8 +38,8 @@ __device__ __forceinline__ float m_log1p(float v) { return log1pf(v); }
 __device__ __forceinline__ double m_log1p(double v) { return log1p(v); }
 __device__ __forceinline__ float m_tanh(float v) { return tanhf(v); }
 __device__ __forceinline__ double m_tanh(double v) { return tanh(v); }
-__device__ __forceinline__ float m_erf(float v) { return erff(v); }
-__device__ __forceinline__ double m_erf(double v) { return erf(v); }
+__device__ __forceinline__ float m_erfc(float v) { return erfcf(v); }
+__device__ __forceinline__ double m_erfc(double v) { return erfc(v); }
 __device__ __forceinline__ float m_abs(float v) { return fabsf(v); }
 __device__ __forceinline__ double m_abs(double v) { return fabs(v); }
 __device__ __forceinline__ float m_sqrt(float v) { return sqrtf(v); }
@@ -208,7 +208,8 @@ template <int ACT, typename A> __device__ __forceinline__ A activate(A v, A p) {
         const A neg = p * m_expm1((v < A(0) ? v : A(0)) / p);
         return (v > A(0) ? v : A(0)) + (neg < A(0) ? neg : A(0));
     }
-    case ACT_GELU: return A(0.5) * v * (A(1) + m_erf(v / A(1.4142135623730950488016887242097)));
+    // erfc(-v/√2), not 1 + erf(v/√2), which cancels to 0 below v ≈ -6 (as TF computes it)
+    case ACT_GELU: return A(0.5) * v * m_erfc(-v / A(1.4142135623730950488016887242097));
     case ACT_GELU_TANH: {
         const A inner = A(0.79788456080286535587989211986876) * (v + A(0.044715) * v * v * v);
         return A(0.5) * v * (A(1) + m_tanh(inner));

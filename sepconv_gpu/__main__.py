@@ -18,6 +18,7 @@ import numpy as np
 
 import sepconv_gpu as sg
 from sepconv_gpu._progress import Progress
+from sepconv_gpu.geometry import check_host_memory
 
 # (filters, strides, activation, use_bias): Xception entry/middle flow at reduced width,
 # plus a MobileNet-style stride-2 layer; each layer feeds the next.
@@ -99,6 +100,14 @@ def build_stack(args):
     return layers, conformer
 
 
+def _peak_bytes(args):
+    """About the most host memory the run holds at once (bounded above): four float64
+    arrays (the references' input, depthwise result and output, and the layer's output)
+    as wide as the widest layer, at the input's size."""
+    widest = max(args.channels, *(filters for filters, *_ in STACK_2D))
+    return 4 * 8 * args.batch * args.size * args.size * widest
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m sepconv_gpu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", default=None, choices=sg.backends.BACKEND_NAMES,
@@ -110,15 +119,27 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per layer (median)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    # Everything is checked before any work; a bad value is one line and exit status 2,
+    # as argparse says a bad argument (without its usage lines).
+    def refuse(message):
+        parser.exit(2, f"{parser.prog}: error: {' '.join(str(message).split())}\n")
+
     for name in ("batch", "size", "channels", "repeats"):
         if getattr(args, name) <= 0:
-            parser.error(f"--{name} must be positive; received {getattr(args, name)}")
+            refuse(f"--{name} must be positive; received {getattr(args, name)}")
+    if args.seed < 0:
+        refuse(f"--seed must be non-negative; received {args.seed}")
+    try:
+        sg.backends.requested_backend(args.backend)  # SEPCONV_GPU_BACKEND's value
+        check_host_memory(_peak_bytes(args), f"--batch {args.batch} --size {args.size}")
+    except ValueError as exc:
+        refuse(exc)
 
     rng = np.random.default_rng(args.seed)
     try:
         layers, conformer = build_stack(args)
-    except sg.BackendUnavailableError as exc:  # one line, exit 2, as argparse says a bad argument
-        parser.exit(2, f"{parser.prog}: error: {' '.join(str(exc).split())} {_CUDA_HINT}\n")
+    except sg.BackendUnavailableError as exc:
+        refuse(f"{exc} {_CUDA_HINT}")
     backend = layers[0][0].backend
     x = rng.standard_normal((args.batch, args.size, args.size, args.channels)).astype(args.dtype)
     x = sg.backends.get_ops(backend).asarray(x)  # time the layers, not host transfers

@@ -52,15 +52,15 @@ from ._serialization import array_module
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
 
-_np_erf = np.vectorize(math.erf, otypes=[np.float64])
+_np_erfc = np.vectorize(math.erfc, otypes=[np.float64])
 
 
-def _erf(x):
+def _erfc(x):
     if array_module(x) is np:
-        return _np_erf(x).astype(x.dtype, copy=False)
-    from cupyx.scipy.special import erf
+        return _np_erfc(x).astype(x.dtype, copy=False)
+    from cupyx.scipy.special import erfc
 
-    return erf(x)
+    return erfc(x)
 
 
 def linear(x):
@@ -111,7 +111,9 @@ def gelu(x, approximate=False):
     if approximate:
         inner = t(math.sqrt(2 / math.pi)) * (x + t(0.044715) * x * x * x)
         return t(0.5) * x * (t(1) + xp.tanh(inner))
-    return t(0.5) * x * (t(1) + _erf(x / t(math.sqrt(2))))
+    # 1 + erf(x/√2) written as erfc(-x/√2), as TF and JAX do: the sum cancels to 0 below
+    # x ≈ -6 (and loses digits from -3 on), erfc keeps the tail (gelu(-6) = -5.92e-9)
+    return t(0.5) * x * _erfc(-x / t(math.sqrt(2)))
 
 
 def sigmoid(x):

@@ -22,6 +22,7 @@ from . import regularizers as _regularizers
 from ._nvtx import annotate
 
 _MIXED_POLICIES = {"mixed_float16": ("float32", "float16"), "mixed_bfloat16": ("float32", "bfloat16")}
+_SUPPORTED_DTYPES = _ops.FLOAT_DTYPES + tuple(_MIXED_POLICIES)
 
 _name_lock = threading.Lock()
 _name_counters = {}
@@ -39,7 +40,13 @@ def _dtype_policy(dtype):
     if dtype is None:
         dtype = "float32"
     if isinstance(dtype, dict):
-        dtype = dtype.get("config", {}).get("name", dtype.get("name"))
+        config = dtype.get("config")
+        name = config.get("name") if isinstance(config, dict) else dtype.get("name")
+        if not isinstance(name, str):  # e.g. Keras's QuantizedDTypePolicy: {mode, source_name}
+            raise ValueError(
+                f"`dtype` must be a dtype name or a DTypePolicy config naming one of "
+                f"{_SUPPORTED_DTYPES}; received {dtype!r}, which names none.")
+        dtype = name
     if isinstance(dtype, np.dtype) or (isinstance(dtype, type) and issubclass(dtype, np.generic)):
         dtype = np.dtype(dtype).name
     if not isinstance(dtype, str):
@@ -47,8 +54,7 @@ def _dtype_policy(dtype):
     if dtype in _MIXED_POLICIES:
         return (dtype,) + _MIXED_POLICIES[dtype]
     if dtype not in _ops.FLOAT_DTYPES:
-        raise ValueError(
-            f"`dtype` must be one of {_ops.FLOAT_DTYPES + tuple(_MIXED_POLICIES)}; received {dtype!r}.")
+        raise ValueError(f"`dtype` must be one of {_SUPPORTED_DTYPES}; received {dtype!r}.")
     return dtype, dtype, dtype
 
 
@@ -77,8 +83,11 @@ class WeightsSnapshot:
 class Variable:
     """A named layer weight living on the layer's backend (a NumPy or CuPy array).
 
-    Its `value` is replaced, never written in place, by every write here; code writing
-    into `value` in place must not expect layers to notice (their snapshot cache).
+    Its array is replaced, never written in place, by every write (`assign`, the layer's
+    `set_weights`, constraints), and a layer computes with the weights so written, never
+    with writes into `value` in place: on NumPy `value` is the array made read-only (such
+    a write raises), on CUDA, whose arrays cannot be made read-only, a copy (such a write
+    changes nothing). Whichever kernel runs, a call sees the same weights.
     """
 
     def __init__(self, layer, name, value, constraint=None, regularizer=None):
@@ -96,12 +105,26 @@ class Variable:
     def trainable(self):
         return self._layer.trainable
 
-    shape = property(lambda self: tuple(self.value.shape))
-    dtype = property(lambda self: str(self.value.dtype))
+    @property
+    def value(self):
+        """The weight's array, read-only (see the class)."""
+        if self._layer._ops.name == "numpy":
+            return self._value
+        return self._layer._ops.asarray(self._value)
+
+    @value.setter
+    def value(self, array):
+        if self._layer._ops.name == "numpy":
+            array = array.view()  # the caller's array keeps its flags
+            array.flags.writeable = False
+        self._value = array
+
+    shape = property(lambda self: tuple(self._value.shape))
+    dtype = property(lambda self: str(self._value.dtype))
 
     def numpy(self):
         """A host copy (never a view the caller could write into)."""
-        return np.array(self._layer._ops.to_numpy(self.value), copy=True)
+        return np.array(self._layer._ops.to_numpy(self._value), copy=True)
 
     def __array__(self, dtype=None, copy=None):
         return self.numpy() if dtype is None else self.numpy().astype(dtype)
@@ -207,13 +230,13 @@ class Layer:
 
     def get_weights(self):
         with _WEIGHTS_LOCK:
-            values = [w.value for w in self.weights]
+            values = [w._value for w in self.weights]
         return [np.array(self._ops.to_numpy(v), copy=True) for v in values]
 
     def _weights_snapshot(self):
         """The current weights as one snapshot: the last one while no weight was replaced."""
         with _WEIGHTS_LOCK:
-            arrays = tuple(w.value for w in self.weights)
+            arrays = tuple(w._value for w in self.weights)
         snapshot = self._snapshot
         if snapshot is None or not snapshot.holds(arrays):
             snapshot = self._snapshot = WeightsSnapshot(arrays)
@@ -260,12 +283,12 @@ class Layer:
         with _WEIGHTS_LOCK:
             for var in self.weights:
                 if var.constraint is not None:
-                    var.value = self._ops.asarray(var.constraint(var.value), dtype=var.dtype)
+                    var.value = self._ops.asarray(var.constraint(var._value), dtype=var.dtype)
 
     @property
     def losses(self):
         """Activity loss of the last call, then the weights' penalties in `weights` order."""
-        weight_losses = [float(v.regularizer(v.value)) for v in self.weights if v.regularizer is not None]
+        weight_losses = [float(v.regularizer(v._value)) for v in self.weights if v.regularizer is not None]
         return list(self._activity_losses) + weight_losses
 
     # -- calling -------------------------------------------------------------------------
@@ -307,7 +330,7 @@ class Layer:
         reads them); the backend by name, resolved again where unpickled; the build lock
         and the snapshot cache (derived arrays) are made anew there."""
         with _WEIGHTS_LOCK:
-            values = tuple(w.value for w in self.weights)
+            values = tuple(w._value for w in self.weights)
         return {**self.__dict__, "_build_lock": None, "_snapshot": None, "_ops": self._ops.name,
                 "_weight_values": values}
 

@@ -13,6 +13,8 @@ it only when called.
 """
 from __future__ import annotations
 
+import math
+
 from .layers import BaseSeparableConv
 
 
@@ -37,6 +39,9 @@ def map_layer(layer, darr):
     if darr.ndim != layer.rank + 2:
         raise ValueError(f"`darr` must have ndim={layer.rank + 2} for layer '{layer.name}'; "
                          f"received shape {darr.shape}.")
+    if any(math.isnan(size) for size in darr.shape):  # e.g. after darr[mask]
+        raise ValueError(f"`darr` has unknown chunk sizes (shape {darr.shape}): the output's "
+                         "chunks need them; call `darr.compute_chunk_sizes()` first.")
     darr = darr.rechunk({axis: -1 for axis in range(1, darr.ndim)})  # batch chunks only (see above)
     out_shape = tuple(layer.compute_output_shape(darr.shape))
     return darr.map_blocks(

@@ -269,6 +269,11 @@ def make_geometry(rank, x_shape, depthwise_shape, pointwise_shape, bias_shape,
         )
     before = tuple(pad_before(n, k, s, d, padding)
                    for n, k, s, d in zip(spatial, kernel, strides, dilation_rate))
+    # An axis with one output never steps, so neither it nor its padding depends on the
+    # stride: the backends get 1 there (strides=10**30 would overflow their strided views
+    # and the kernels' int32 arguments). An axis with more outputs has a stride below its
+    # input's length.
+    strides = tuple(s if o > 1 else 1 for s, o in zip(strides, out))
     lift = (lambda t, fill: (fill,) * (2 - rank) + tuple(t))
     return ConvGeometry(
         rank=rank, channels_first=channels_first, batch=x_shape[0], channels=channels,

@@ -126,15 +126,19 @@ def separable_conv_normalized(rank, x, depthwise_kernel, pointwise_kernel, bias,
         # Backends get only activations they may apply piecewise, on blocks of whole
         # last-axis rows (Keras's elementwise ones and softmax); any other callable may look
         # at the whole output (e.g. subtract its mean) or reshape it (glu), so it is
-        # applied here, to all of it.
-        builtin = act.by_rows
-        y = ops.separable_conv(xb, dk, pk, b, geom, act if builtin else _NO_ACTIVATION,
-                               allow_tf32=allow_tf32, weights_cache=weights_cache)
-        return give_back(y if builtin else _apply_to_whole_output(ops, act, y))
+        # applied here, to all of it: to the float32 result of a float16/bfloat16 call,
+        # before its one rounding (`unrounded`).
+        if act.by_rows:
+            return give_back(ops.separable_conv(xb, dk, pk, b, geom, act, allow_tf32=allow_tf32,
+                                                weights_cache=weights_cache))
+        y = ops.separable_conv(xb, dk, pk, b, geom, _NO_ACTIVATION, allow_tf32=allow_tf32,
+                               weights_cache=weights_cache, unrounded=True)
+        return give_back(_apply_to_whole_output(ops, act, y, xb.dtype))
 
 
-def _apply_to_whole_output(ops, act, y):
-    """An activation on the whole output, as Keras applies it; a user's must keep the shape."""
+def _apply_to_whole_output(ops, act, y, dtype):
+    """An activation on the whole output, as Keras applies it, as `dtype`; a user's must
+    keep the shape."""
     out = act(y)
     shape, expected = getattr(out, "shape", None), act.output_shape(y.shape)
     if shape is None or tuple(shape) != expected:
@@ -142,7 +146,7 @@ def _apply_to_whole_output(ops, act, y):
         raise ValueError(
             f"`activation` {act.name!r} must return an array of shape {expected} for the "
             f"output of shape {tuple(y.shape)}; it returned {got}.")
-    return ops.xp.asarray(out, dtype=y.dtype)
+    return ops.xp.asarray(out, dtype=dtype)
 
 
 def _prepare(ops, rank, x, depthwise_kernel, pointwise_kernel, bias, strides, padding,

@@ -21,6 +21,7 @@ import concurrent.futures
 import multiprocessing
 import os
 import sys
+import tempfile
 import time
 
 from ._progress import Progress
@@ -48,6 +49,18 @@ def build(names, arch, jobs=None, progress=None):
             if progress is not None:
                 progress.update(note="from the cache" if from_cache else "compiled")
     return len(names) - hits, hits
+
+
+def _check_writable(directory):
+    """OSError, saying so, unless `directory` is (or can be made) a folder that takes files:
+    prebuild exists to fill it (the library itself only warns and compiles each time)."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise OSError(f"the kernel cache {directory} ({kernel_cache.ENV_VAR}) cannot be "
+                      f"written: {exc.strerror or exc}") from None
 
 
 def _cpus():
@@ -96,12 +109,14 @@ def main(argv=None):
         names = list(dict.fromkeys(args.names))
     else:
         names = suite_names() if args.suites else known
-    toolkit = nvrtc.toolkit()
-    for arch in args.arch:
-        try:
+    try:  # everything that can fail, checked before any compiling: one line each
+        toolkit = nvrtc.toolkit()
+        for arch in args.arch:
             nvrtc.target(arch)  # SASS, or PTX for an architecture newer than NVRTC's
-        except ValueError as exc:
-            raise SystemExit(f"prebuild: {exc}") from None
+        kernel_cache.library_options()  # SEPCONV_GPU_LINEINFO's value
+        _check_writable(kernel_cache.cache_dir())
+    except (ValueError, OSError) as exc:  # NvrtcNotFoundError is an OSError
+        raise SystemExit(f"prebuild: {exc}") from None
     print(f"prebuild: NVRTC {toolkit.version[0]}.{toolkit.version[1]} ({toolkit.library}) into "
           f"{kernel_cache.cache_dir()}", flush=True)
     lines = []

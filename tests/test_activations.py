@@ -300,3 +300,17 @@ def test_softmax_of_a_row_with_nan_and_infinities_is_keras_s():
             assert got.dtype == dtype
         e = np.exp(finite - finite.max())
         np.testing.assert_allclose(y[1], (e / e.sum())[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float32", 1e-5), ("float64", 1e-13)])
+def test_gelu_keeps_its_negative_tail_as_keras_records_it(dtype, rtol):
+    """gelu below x = -4, relative to Keras's recorded values (no absolute slack, which
+    would hide them: gelu(-6) = -5.92e-9). 0.5x(1 + erf(x/√2)) cancels: -0.0 from -6
+    down, 4% off at -5. float32: both round erfc's argument -x/√2 to float32, which moves
+    the result by up to z²·2^-24 relatively (z ≤ 5.2 here), and Keras's erfc is float32's."""
+    case = next(c for c in RECORDED["cases"] if c["name"] == "gelu" and not c["params"])
+    x = RECORDED_ARRAYS["x"].astype(dtype)
+    tail = x < -4
+    want = RECORDED_ARRAYS[f"{case['id']}_{dtype}"][tail]
+    assert tail.sum() >= 10 and (want < 0).all()
+    np.testing.assert_allclose(A.get("gelu")(x)[tail], want, rtol=rtol, atol=0)

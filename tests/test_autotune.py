@@ -196,7 +196,8 @@ def test_devices_shapes_dtypes_and_configurations_are_keyed_apart(tmp_path):
 
 @pytest.mark.parametrize("content", [
     b"{\"format\": 1, \"entries\": {", b"\x00\xff garbage", b"[]", b'{"format": 99, "entries": {}}',
-    b'{"format": 1, "entries": []}'])
+    b'{"format": 1, "entries": []}',
+    pytest.param(b"[" * 100_000 + b"]" * 100_000, id="nested-100000-deep")])  # RecursionError
 def test_a_damaged_cache_file_is_timed_again_and_rewritten(tmp_path, content, caplog):
     (tmp_path / autotune.FILENAME).write_bytes(content)
     args = call()
@@ -256,9 +257,15 @@ def test_off_by_default_times_nothing_and_reads_no_file(tmp_path):
 
 
 def test_switch_environment_and_setter(monkeypatch):
-    for value, on in (("1", True), ("0", False), ("", False), ("yes", True)):
+    for value, on in (("1", True), ("0", False), ("", False), ("yes", True), ("false", False),
+                      ("Off", False), ("NO", False), ("False", False), (" on ", True), ("TRUE", True)):
         monkeypatch.setenv(autotune.ENV_VAR, value)
-        assert sg.get_autotune() is on
+        assert sg.get_autotune() is on, value
+    for value in ("2", "enabled", "y"):
+        monkeypatch.setenv(autotune.ENV_VAR, value)
+        with pytest.raises(ValueError, match=f"environment variable {autotune.ENV_VAR} must be "
+                                             f"one of 1/0, true/false.*received '{value}'"):
+            sg.get_autotune()
     monkeypatch.setenv(autotune.ENV_VAR, "0")
     sg.set_autotune(True)
     assert sg.get_autotune() is True

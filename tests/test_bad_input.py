@@ -452,3 +452,18 @@ def test_a_cast_that_cannot_fit_is_refused_with_the_bytes_it_needs(monkeypatch):
     with pytest.raises(ValueError, match=f"Casting an array of shape \\(1, {2**19}, 1\\) to float32 needs "
                                          f"{2**21} bytes \\(.*GiB\\) of memory, more than this machine has \\(1048576"):
         layer(x)
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_a_stride_beyond_any_input_gives_one_output_per_axis(rank):
+    """strides=10**30 with "same" padding: one output per spatial axis, which neither it nor
+    its padding depends on, so it equals the call whose stride is the input's length."""
+    x = np.random.default_rng(3).standard_normal((2,) + (5,) * rank + (3,)).astype("float32")
+    dk = np.random.default_rng(4).standard_normal((3,) * rank + (3, 2)).astype("float32")
+    pk = np.random.default_rng(5).standard_normal((1,) * rank + (6, 4)).astype("float32")
+    y = ops.separable_conv(rank, x, dk, pk, strides=10**30, padding="same", backend="numpy")
+    assert y.shape == (2,) + (1,) * rank + (4,)
+    assert_matches(y, ops.reference_separable_conv(rank, x, dk, pk, strides=5, padding="same"))
+    layer = (sg.SeparableConv1D if rank == 1 else sg.SeparableConv2D)(
+        4, 3, strides=10**30, padding="same", backend="numpy")
+    assert layer(x).shape == y.shape == layer.compute_output_shape(x.shape)

@@ -412,3 +412,22 @@ def test_bfloat16_kernels(emulator, rank, shape, data_format, activation):
     ref = reference_separable_conv(x_rounded, dk, pk, b, geom, act)
     rtol = 2.0 ** -8 if activation != "softmax" else 2.0 ** -8 + 2 * 3 * 2.0 ** -9
     np.testing.assert_allclose(from_bfloat16_bits(y_bits), ref, rtol=rtol, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float32", 1e-5), ("float64", 1e-12)])
+def test_gelu_kernel_keeps_its_negative_tail(emulator, dtype, rtol):
+    """The fused gelu (erfc form) on pre-activations from -9 to -4, relative to float64
+    math.erfc: the sum 1 + erf(x/√2) would be 0 in float32 from about -6 on (a relative
+    error of 1) and 4% off at -5. A 1x1 convolution of weight 1 passes x through exactly.
+    float32's bound: erfc's argument rounded by 2^-24 moves the result by z² times that
+    relatively (z = |x|/√2 ≤ 6.4)."""
+    import math
+
+    x = np.linspace(-9, -4, 41).astype(dtype).reshape(1, 41, 1)
+    ones = np.ones((1, 1, 1), dtype)
+    geom = geometry.make_geometry(1, x.shape, ones.shape, ones.shape, None,
+                                  *geometry.normalize_call_args(1, 1, "valid", "channels_last", 1))
+    y, launches = emu.separable_conv(emulator, x, ones, ones, None, geom, activations.get("gelu"))
+    assert launches[0].scalars[-2] == kernel_common.activation_index("gelu")  # fused
+    want = [0.5 * v * math.erfc(-v / math.sqrt(2)) for v in x.ravel().astype(np.float64)]
+    np.testing.assert_allclose(y.ravel(), want, rtol=rtol, atol=0)

@@ -97,3 +97,13 @@ def test_called_compat_v1_layer_under_the_processes_scheduler():
             _assert_close(y.compute(), layer, x)
     finally:
         v1.reset_default_graph()
+
+
+def test_unknown_chunk_sizes_are_refused_saying_what_to_call():
+    layer, x = _layer_and_input()
+    masked = da.from_array(x, chunks=(2, -1, -1, -1))[da.from_array(np.arange(6) % 3 != 1, chunks=2)]
+    with pytest.raises(ValueError, match=r"`darr` has unknown chunk sizes \(shape \(nan, 9, 8, 3\)\)"
+                                         r".*`darr.compute_chunk_sizes\(\)` first"):
+        sg.dask.map_layer(layer, masked)
+    y = sg.dask.map_layer(layer, masked.compute_chunk_sizes()).compute()  # as the message says
+    _assert_close(y, layer, x[np.arange(6) % 3 != 1])

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import logging
 import multiprocessing
 import os
 import shutil
+import stat
+import struct
 import sys
 import time
 
@@ -89,7 +92,13 @@ def _corruptions(data):
         "only the magic": kernel_cache.MAGIC,
         "checksum zeroed": data[:len(kernel_cache.MAGIC)] + bytes(32) + data[header:],
         "not an entry": b"\x7fELF" + bytes(200),
+        "JSON nested 100,000 deep, checksum valid": _entry_with_header(b"[" * 100_000 + b"]" * 100_000),
     }
+
+
+def _entry_with_header(header, cubin=b"\0" * 64):
+    body = struct.pack("<I", len(header)) + header + cubin
+    return kernel_cache.MAGIC + hashlib.sha256(body).digest() + body
 
 
 @pytest.mark.parametrize("damage", sorted(_corruptions(b"x" * 300)))
@@ -157,8 +166,28 @@ def test_the_key_moves_with_everything_that_changes_the_binary(monkeypatch, tmp_
 def test_lineinfo_enters_the_library_options(monkeypatch):
     monkeypatch.delenv(kernel_cache.LINEINFO_VAR, raising=False)
     assert "-lineinfo" not in kernel_cache.library_options()
-    monkeypatch.setenv(kernel_cache.LINEINFO_VAR, "1")
-    assert "-lineinfo" in kernel_cache.library_options()
+    for value, on in (("1", True), ("false", False), ("OFF", False), ("no", False), ("Yes", True)):
+        monkeypatch.setenv(kernel_cache.LINEINFO_VAR, value)
+        assert ("-lineinfo" in kernel_cache.library_options()) is on, value
+    monkeypatch.setenv(kernel_cache.LINEINFO_VAR, "lineinfo")
+    with pytest.raises(ValueError, match=f"environment variable {kernel_cache.LINEINFO_VAR} "
+                                         "must be one of .*received 'lineinfo'"):
+        kernel_cache.library_options()
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_entries_get_the_mode_the_umask_gives(cache, umask, mode):
+    """0644 under the usual 022: a cache built by one user (a Docker image built as root)
+    is readable by another (a container run with --user)."""
+    directory, _ = cache
+    old = os.umask(umask)
+    try:
+        kernel_cache.compile_cached(SOURCE, NAMES, ARCH, OPTIONS)
+        kernel_cache.write_atomically(str(directory / "autotune.json"), b"{}", ".autotune.")
+    finally:
+        os.umask(old)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in directory.iterdir()} == {
+        p.name: mode for p in directory.iterdir()}
 
 
 def test_a_device_newer_than_nvrtc_gets_ptx_for_the_newest_architecture(cache, caplog):

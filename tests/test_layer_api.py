@@ -152,3 +152,16 @@ def test_readme_example_runs():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", sg.NumpyFallbackWarning)
         exec(compile(block, "README.md", "exec"), {})
+
+
+@pytest.mark.parametrize("dtype", [
+    {"module": "keras.dtype_policies", "class_name": "QuantizedDTypePolicy",
+     "config": {"mode": "int8", "source_name": "float32"}, "registered_name": None},  # Keras 3.15
+    {"class_name": "DTypePolicy", "config": None},
+])
+def test_from_config_with_a_policy_naming_no_dtype_says_what_is_supported(dtype):
+    config = {"filters": 4, "kernel_size": 3, "dtype": dtype}
+    with pytest.raises(ValueError, match=r"`dtype` must be a dtype name or a DTypePolicy config "
+                                         r"naming one of \('float16', .*'mixed_bfloat16'\); "
+                                         r"received \{.*'class_name': '\w*DTypePolicy'.*which names none"):
+        sg.SeparableConv2D.from_config(config)

@@ -2,6 +2,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from sepconv_gpu.__main__ import main
 
 
@@ -60,3 +62,23 @@ def test_main_job_without_cuda_in_a_fresh_process():
         pytest.skip("this machine runs the cuda backend")
     run = subprocess.run([sys.executable, "-m", "sepconv_gpu", "--backend", "cuda"], capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "pip install" in run.stderr
+
+
+@pytest.mark.parametrize("argv, environment, message", [
+    (["--batch", str(10**12)], {}, "--batch 1000000000000 --size 56 needs 25690112000000000000 bytes"),
+    (["--seed", "-1"], {}, "--seed must be non-negative; received -1"),
+    (["--batch", "0"], {}, "--batch must be positive; received 0"),
+    ([], {"SEPCONV_GPU_BACKEND": "gpu"},
+     "environment variable SEPCONV_GPU_BACKEND must be one of ('auto', 'numpy', 'cuda'); received 'gpu'"),
+])
+def test_main_job_refuses_bad_values_in_one_line_before_any_work(monkeypatch, capsys, argv,
+                                                                 environment, message):
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    started = []
+    monkeypatch.setattr("sepconv_gpu.__main__.build_stack", lambda args: started.append(args))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--repeats", "1", *argv])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and not started
+    assert err.count("\n") == 1 and err.startswith("python -m sepconv_gpu: error: ") and message in err

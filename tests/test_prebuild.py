@@ -68,6 +68,7 @@ def test_one_line_per_architecture_and_lineinfo_is_its_own_entry(tmp_path):
     (["--arch", "90", "--jobs", "0"], "--jobs must be at least 1"),
     (["--arch", "0"], "--arch takes SM versions"),
     (["--arch", "70"], "cannot emit SASS for sm_70"),
+    (["--arch", "900"], "sm_900 is not an NVIDIA GPU architecture"),  # a typo for 90
     ([], "--arch"),
 ])
 def test_bad_arguments_are_refused_by_name(tmp_path, args, message):
@@ -75,4 +76,27 @@ def test_bad_arguments_are_refused_by_name(tmp_path, args, message):
     run = subprocess.run([sys.executable, "-m", "sepconv_gpu.prebuild", *args], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and message in run.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    (kernel_cache.ENV_VAR, "{file}", "the kernel cache {file} (SEPCONV_GPU_CACHE_DIR) cannot be written"),
+    (kernel_cache.ENV_VAR, "{file}/sub", "the kernel cache {file}/sub (SEPCONV_GPU_CACHE_DIR) cannot be written"),
+    ("SEPCONV_NVRTC_LIBRARY", "libc.so.6", "no usable NVRTC library"),
+    ("SEPCONV_NVRTC_LIBRARY", "{tmp}/missing/libnvrtc.so", "no usable NVRTC library"),
+    (kernel_cache.LINEINFO_VAR, "maybe", "environment variable SEPCONV_GPU_LINEINFO must be"),
+])
+def test_a_bad_environment_fails_in_one_line_before_compiling(tmp_path, variable, value, message):
+    """prebuild exists to fill the cache: a cache it cannot write, an NVRTC that is not
+    one, a bad flag each end it with one line and a non-zero status, no traceback."""
+    file = tmp_path / "a-file"
+    file.write_text("not a folder, not a library")
+    env = {**os.environ, kernel_cache.ENV_VAR: str(tmp_path / "cache")}
+    env[variable] = value.format(file=file, tmp=tmp_path)
+    run = subprocess.run([sys.executable, "-m", "sepconv_gpu.prebuild", "--arch", "90",
+                          "--names", NAMES[0]], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 1 and run.stdout == "", run.stdout
+    assert len(run.stderr.splitlines()) == 1 and run.stderr.startswith("prebuild: "), run.stderr
+    assert message.format(file=file) in run.stderr
     assert not (tmp_path / "cache").exists()

@@ -261,3 +261,39 @@ def test_fast_path_kernel_load_errors_name_the_kernel(fake):
             layer(x)
     backend._load_kernel = cupy.load_kernel
     assert layer(x).shape == (1, 6, 6, 8)
+
+
+@pytest.mark.parametrize("channels, dtype, kernel", [(5, "float32", "sepconv_simt"),
+                                                    (16, "float16", "sepconv_tc")])
+def test_in_place_writes_to_a_weight_are_never_seen_whichever_kernel_runs(fake, channels, dtype,
+                                                                           kernel):
+    """`value` on CUDA is a copy: writing into it changes no call, on the SIMT kernel
+    (whose float32 weight layout could alias the layer's array) as on the tensor-core one
+    (which copies it); `assign` is seen by the next call."""
+    backend, cupy, ops_ = fake
+    layer, x = _layer(cupy, ops_, (1, 6, 6, channels), 8, dtype=dtype)
+    layer(x)
+    depthwise = [c[4][1] for c in cupy.calls if c[0] == "launch"]
+    assert kernel in [c[1] for c in cupy.calls if c[0] == "launch"][0]
+    before = np.array(depthwise[0], copy=True)
+    layer.depthwise_kernel.value[...] = 0
+    layer(x)
+    launched = [c[4][1] for c in cupy.calls if c[0] == "launch"][-1]
+    np.testing.assert_array_equal(launched, before)
+    assert np.abs(layer.depthwise_kernel.numpy()).max() > 0
+    layer.depthwise_kernel.assign(np.zeros(layer.depthwise_kernel.shape))
+    layer(x)
+    assert not np.any([c[4][1] for c in cupy.calls if c[0] == "launch"][-1])
+
+
+def test_in_place_writes_to_a_weight_are_refused_on_numpy():
+    layer = sg.SeparableConv2D(4, 3, backend="numpy")
+    x = np.random.default_rng(0).standard_normal((1, 5, 5, 3)).astype("float32")
+    y = layer(x)
+    with pytest.raises(ValueError, match="read-only"):
+        layer.depthwise_kernel.value[...] = 0
+    np.testing.assert_array_equal(layer(x), y)
+    given = np.ones(layer.pointwise_kernel.shape, np.float32)
+    layer.pointwise_kernel.value = given        # replacing the array is a write
+    assert given.flags.writeable                # the caller's array keeps its flags
+    assert not np.array_equal(layer(x), y)

@@ -54,14 +54,16 @@ class Ops:
         return _NO_SCOPE
 
     def separable_conv(self, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False,
-                       weights_cache=None):
+                       weights_cache=None, unrounded=False):
         """y = activation(bias + pointwise(depthwise(x))): this backend's array of x's dtype.
 
         x, depthwise, pointwise, bias (or None): this backend's arrays, checked against
         `geom` (their ConvGeometry) by ops.py. activation: one with `by_rows` set (ops
         applies any other callable to the whole output). allow_tf32: float32 may use TF32
         tensor cores (CUDA only). weights_cache: None, or a dict to keep forms derived
-        from these weights in (a layer's weights snapshot owns it).
+        from these weights in (a layer's weights snapshot owns it). unrounded: a float16 or
+        bfloat16 x gives its float32 result, not yet rounded to x's dtype (for an
+        activation ops applies to the whole output before the one rounding).
         """
         raise NotImplementedError
 

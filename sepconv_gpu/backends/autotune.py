@@ -33,6 +33,7 @@ import os
 import statistics
 import threading
 
+from .._env import flag
 from . import kernel_cache, simt, tc
 from .kernel_common import FUSED_ACTIVATIONS
 from .launch import select_kernel
@@ -50,7 +51,7 @@ _override = None   # set_autotune's choice; None: the environment variable decid
 
 def set_autotune(enabled):
     """Turn autotuning on (True) or off (False) for this process; None: back to
-    `SEPCONV_GPU_AUTOTUNE` (on when set to anything but "" or "0")."""
+    `SEPCONV_GPU_AUTOTUNE` (1/0, true/false, yes/no, on/off; unset: off)."""
     global _override
     if enabled is not None and not isinstance(enabled, bool):
         raise TypeError(f"set_autotune(enabled) takes True, False or None; received {enabled!r}")
@@ -61,7 +62,7 @@ def get_autotune():
     """Whether autotuning is on: `set_autotune`'s choice, else `SEPCONV_GPU_AUTOTUNE`."""
     if _override is not None:
         return _override
-    return os.environ.get(ENV_VAR, "") not in ("", "0")
+    return flag(ENV_VAR)
 
 
 def candidates(dtype, geom, kernel_id, x_strides, allow_tf32, x_aligned, smem_limit,
@@ -176,8 +177,8 @@ class Tuner:
                 data = json.load(fh)
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as exc:
-            return self._damaged(exc)
+        except (OSError, *kernel_cache.DECODE_ERRORS) as exc:
+            return self._damaged(f"{type(exc).__name__}: {exc}")
         if not (isinstance(data, dict) and data.get("format") == FORMAT
                 and isinstance(data.get("entries"), dict)):
             return self._damaged("not an autotune file of format %d" % FORMAT)

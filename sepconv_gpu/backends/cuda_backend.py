@@ -25,7 +25,6 @@ import contextlib
 import contextvars
 import functools
 import logging
-import os
 import sys
 import threading
 from typing import NamedTuple
@@ -34,16 +33,18 @@ import cupy
 import numpy as np
 
 from .. import _dtypes
+from .._env import flag
 from .._nvtx import annotate
 from . import autotune as _autotune
 from . import Ops, dlpack_on_cuda, identity
 from . import kernel_cache as _kernel_cache
+from . import kernel_common as _kernel_common
 from . import nvrtc as _nvrtc
 from .launch import input_element_strides, launch_sequence, prepare_weights, run_launches
 
 # SEPCONV_GPU_DEBUG_SYNC=1: synchronize after every launch (debugging, sanitizer runs);
 # off by default: the hot path never synchronizes.
-_DEBUG_SYNC = os.environ.get("SEPCONV_GPU_DEBUG_SYNC", "") not in ("", "0")
+_DEBUG_SYNC = flag("SEPCONV_GPU_DEBUG_SYNC")
 _compile_lock = threading.Lock()
 _functions = {}  # (device id, name expression) -> cupy.cuda.function.Function
 _logger = logging.getLogger("sepconv_gpu")
@@ -187,15 +188,28 @@ class CupyOps(Ops):
         return _SAME_STREAM
 
     def separable_conv(self, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False,
-                       weights_cache=None):
-        """y = act(bias + pointwise(depthwise(x))) as a CuPy array of x's dtype, computed
-        on x's device (x: a CuPy array, as `take` gave it to ops)."""
+                       weights_cache=None, unrounded=False):
+        """y = act(bias + pointwise(depthwise(x))) as a CuPy array of x's dtype (float32
+        for a float16/bfloat16 x when `unrounded`), computed on x's device (x: a CuPy
+        array, as `take` gave it to ops)."""
         with annotate("sepconv_gpu.cuda.separable_conv"), x.device:
             return self._separable_conv(x, depthwise, pointwise, bias, geom, activation,
-                                        allow_tf32, weights_cache)
+                                        allow_tf32, weights_cache, unrounded)
 
     def _separable_conv(self, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False,
-                        weights_cache=None):
+                        weights_cache=None, unrounded=False):
+        activated_after = unrounded or not _kernel_common.kernels_apply(activation.kernel_id)
+        if x.dtype.itemsize == 2 and activated_after:
+            # float16/bfloat16 kernels round in their epilogue, so an activation that runs
+            # after them would see rounded values: the float32 kernels write the float32
+            # result instead, the activation runs on it, and it is rounded once. They read
+            # a float32 copy of x with TF32 tensor cores allowed: the half values are exact
+            # in TF32, which rounds the weights and the depthwise result no coarser than
+            # the float16/bfloat16 tensor-core kernel does.
+            _kernel_common.check_dtype(x.dtype.name)  # a dtype without kernels is refused
+            y = self._separable_conv(x.astype(cupy.float32), depthwise, pointwise, bias, geom,
+                                     activation, True, weights_cache)
+            return y if unrounded else y.astype(x.dtype)
         signature = (x.dtype, geom, activation.kernel_id, activation.kernel_param, x.strides,
                      bias is not None, bool(allow_tf32), x.data.ptr % 16 == 0, x.device.id)
         plan = _call_plan(*signature)

@@ -33,13 +33,14 @@ import json
 import logging
 import os
 import re
+import secrets
 import struct
-import tempfile
 
+from .._env import flag
 from . import nvrtc, simt, tc
 
 ENV_VAR = "SEPCONV_GPU_CACHE_DIR"
-# SEPCONV_GPU_LINEINFO=1: kernels carry line information (compute-sanitizer reports source
+# SEPCONV_GPU_LINEINFO=1 (or true/yes/on): kernels carry line information (compute-sanitizer reports source
 # lines); off by default, since it is one more option (and a different binary).
 LINEINFO_VAR = "SEPCONV_GPU_LINEINFO"
 MAGIC = b"SEPCUBIN"
@@ -136,7 +137,7 @@ def library_kernels(name_expressions, arch, source=None):
 
 def library_options():
     """The NVRTC options of the library's kernels (without the target and include)."""
-    lineinfo = ("-lineinfo",) if os.environ.get(LINEINFO_VAR, "") not in ("", "0") else ()
+    lineinfo = ("-lineinfo",) if flag(LINEINFO_VAR) else ()
     return NVRTC_OPTIONS + CUPY_OPTIONS + lineinfo
 
 
@@ -191,6 +192,11 @@ def encode_entry(key, compiled):
     return MAGIC + hashlib.sha256(body).digest() + body
 
 
+# What reading JSON from a file may raise on its contents (RecursionError: nesting deeper
+# than the parser's stack; UnicodeDecodeError is a ValueError): each means "damaged".
+DECODE_ERRORS = (ValueError, RecursionError)
+
+
 def decode_entry(data, key, name_expressions):
     """The nvrtc.Compiled in `data`, or None unless every check passes."""
     start = len(MAGIC) + 32
@@ -202,7 +208,7 @@ def decode_entry(data, key, name_expressions):
     (header_size,) = struct.unpack_from("<I", body)
     try:
         header = json.loads(body[4:4 + header_size])
-    except ValueError:
+    except DECODE_ERRORS:
         return None
     if not isinstance(header, dict) or header.get("key") != key:
         return None
@@ -228,11 +234,14 @@ def _read(path, key, name_expressions):
 def write_atomically(path, data, prefix):
     """Writes the bytes `data` to `path` through a temporary file beside it and a rename,
     so readers see the old file, the new one, or none; OSError (the temporary file
-    removed) where it cannot. Shared by the kernel cache and autotune.json."""
+    removed) where it cannot. Shared by the kernel cache and autotune.json. The file's
+    mode is 0666 less the umask (0644 under 022), as `open` gives: a cache made by one
+    user (a Docker image built as root) can be read by another (mkstemp's is 0600)."""
     directory, temp = os.path.dirname(path), None
     try:
         os.makedirs(directory, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")
+        temp = os.path.join(directory, f"{prefix}{secrets.token_hex(8)}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(temp, path)

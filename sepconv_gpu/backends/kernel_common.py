@@ -31,6 +31,18 @@ LAST_AXIS_ACTIVATIONS = ("softmax", "log_softmax")
 GENERIC_EXTENT = (0, 0)   # (KH, KW) template arguments of the runtime-extent path
 
 
+def check_dtype(dtype):
+    """TypeError unless the catalogue has kernels for `dtype` (a NumPy dtype name)."""
+    if dtype not in DTYPES:
+        raise TypeError(f"sepconv_gpu CUDA backend: unsupported dtype {dtype}; expected one of {tuple(DTYPES)}.")
+
+
+def kernels_apply(kernel_id):
+    """Whether the kernels apply this activation (fused, or the softmax kernel after a
+    linear convolution); any other is applied to their output afterwards."""
+    return kernel_id in FUSED_ACTIVATIONS or kernel_id in LAST_AXIS_ACTIVATIONS
+
+
 def activation_enum(kernel_id):
     return "ACT_" + kernel_id.upper()
 

@@ -126,9 +126,7 @@ def launch_sequence(dtype, geom, activation, x_strides, has_bias, allow_tf32=Fal
 @functools.lru_cache(maxsize=1024)
 def _launch_sequence(dtype, geom, kernel_id, kernel_param, x_strides, has_bias, allow_tf32,
                      x_aligned, smem_limit, chosen, sms):
-    dtypes = kernel_common.DTYPES   # read at call time: tests patch the catalogue
-    if dtype not in dtypes:
-        raise TypeError(f"sepconv_gpu CUDA backend: unsupported dtype {dtype}; expected one of {tuple(dtypes)}.")
+    kernel_common.check_dtype(dtype)
     fused = kernel_id in FUSED_ACTIVATIONS
     normalize = kernel_id in LAST_AXIS_ACTIVATIONS
     act = kernel_id if fused else "linear"
@@ -160,7 +158,7 @@ def _launch_sequence(dtype, geom, kernel_id, kernel_param, x_strides, has_bias, 
         grid, args = simt.softmax_launch(math.prod(shape) // shape[-1], shape[-1])
         launches.append(Launch("softmax", simt.softmax_name(dtype, kernel_id == "log_softmax"),
                                grid, simt.SOFTMAX_THREADS, 0, args))
-    return tuple(launches), not (fused or normalize)
+    return tuple(launches), not kernel_common.kernels_apply(kernel_id)
 
 
 def _simt_launch(dtype, geom, kernel_id, x_strides, has_bias, act_param, kp=None):

@@ -102,9 +102,10 @@ class NumpyOps(Ops):
         return np.asarray(a)
 
     def separable_conv(self, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False,
-                       weights_cache=None):
+                       weights_cache=None, unrounded=False):
         """Always exact (`allow_tf32` is a CUDA option); nothing is cached (`weights_cache`).
-        The weights are cast to the compute dtype (float16 and bfloat16 compute in float32)."""
+        The weights are cast to the compute dtype (float16 and bfloat16 compute in float32,
+        rounded once at the end unless `unrounded`)."""
         compute = np.float64 if x.dtype == np.float64 else np.float32
         products = (geom.output_positions * geom.kernel[0] * geom.kernel[1]
                     * geom.intermediate_channels)
@@ -115,7 +116,7 @@ class NumpyOps(Ops):
         conv = _small_separable_conv if small else _fast_separable_conv
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             y = conv(x, depthwise, pointwise, bias, geom, activation, compute)
-        return y if y.dtype == x.dtype else y.astype(x.dtype)
+        return y if unrounded or y.dtype == x.dtype else y.astype(x.dtype)
 
 
 def _host_array(a):

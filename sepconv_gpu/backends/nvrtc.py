@@ -200,11 +200,21 @@ _logger = logging.getLogger("sepconv_gpu")
 _ptx_said = set()
 
 
+# SM versions are major·10 + minor (sm_90: 9.0, sm_121: 12.1). The highest major version is
+# 12 today: this bound keeps the PTX path for GPUs newer than NVRTC for many generations,
+# while refusing what can only be a typo (900 is major version 90).
+MAX_SM_MAJOR = 29
+
+
 def target(arch):
     """(architecture NVRTC compiles for, whether as PTX) for a device of SM version `arch`:
     SASS for sm_`arch` where NVRTC knows it; for a device newer than every architecture
     NVRTC knows, PTX for the newest one (the driver JIT-compiles it, said once per
-    architecture in the log); ValueError for an older or unknown one."""
+    architecture in the log); ValueError for an older or unknown one, and for a number no
+    NVIDIA GPU's SM version can be (900, a typo for 90)."""
+    if not 10 <= arch < 10 * (MAX_SM_MAJOR + 1):
+        raise ValueError(f"sepconv_gpu: sm_{arch} is not an NVIDIA GPU architecture (SM "
+                         "versions are major·10 + minor, e.g. 90 for compute capability 9.0)")
     tk = toolkit()
     if arch in tk.archs:
         return arch, False

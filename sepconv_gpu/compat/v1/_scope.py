@@ -45,7 +45,7 @@ class V1Variable(Variable):
     """
 
     def __init__(self, variable, path):
-        super().__init__(variable._layer, f"{path}:0", variable.value,
+        super().__init__(variable._layer, f"{path}:0", variable._value,
                          constraint=variable.constraint, regularizer=variable.regularizer)
         self._path = path
         self._trainable = variable.trainable

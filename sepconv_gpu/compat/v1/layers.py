@@ -151,7 +151,7 @@ class _TF1Layer:
             raise ValueError("`kernel` must be the pair (depthwise_kernel, pointwise_kernel); "
                              f"received {shown}.")
         depthwise, pointwise = kernel
-        depthwise, pointwise = (k.value if isinstance(k, Variable) else k
+        depthwise, pointwise = (k._value if isinstance(k, Variable) else k
                                 for k in (depthwise, pointwise))
         return _ops.separable_conv(
             self.rank, inputs, depthwise, pointwise, None, self.strides, self.padding,
@@ -169,7 +169,7 @@ class _TF1Layer:
         """None: the weight penalties (TF's unconditional losses); the inputs of the last
         call: that call's activity loss; anything else: none."""
         if inputs is None:
-            return [float(v.regularizer(v.value)) for v in self.weights
+            return [float(v.regularizer(v._value)) for v in self.weights
                     if v.regularizer is not None and v.creator is self]
         last = self._last_inputs() if self._last_inputs is not None else None
         called = last is not None and (inputs is last or (
