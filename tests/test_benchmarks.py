@@ -256,8 +256,9 @@ def test_predict_prints_every_layer_and_a_consistent_last_line(capsys):
     assert len(returned) == 2 * len(keys)
 
 
-def test_predict_rows_are_the_untuned_dispatch_and_the_model_s_floor():
-    """Each row's plan is what a call without autotuning launches (launch_sequence with no
+def test_plumbing_predict_rows_are_the_untuned_dispatch_and_the_model_s_floor():
+    """Plumbing (the model's numbers recomputed, the floor by hand; only GPU data tests
+    the model itself): each row's plan is what a call without autotuning launches (launch_sequence with no
     plan), its time the cost model's for those launches; the floor by hand."""
     from sepconv_gpu import activations
     from sepconv_gpu.backends.launch import launch_sequence

@@ -285,9 +285,11 @@ def geometry_of(batch, c, m, f, size_in, size_out, kernel, strides, dilation, cf
     (8, 256, 1, 256, (1, 1024), (1, 1024), (1, 31), (1, 1), (1, 1), False),
     (4, 24, 3, 40, (30, 30), (15, 15), (5, 5), (2, 2), (1, 1), True),
 ])
-def test_plan_is_priced_by_the_cost_model(dtype, shape):
-    """The SIMT planner's predicted time (what launches and the benchmark record carry) is
-    the cost model's for the chosen plan: layout, specialization and bank conflicts."""
+def test_plumbing_plan_carries_the_cost_model_s_price(dtype, shape):
+    """Plumbing, not a test of the model (only GPU data tests it): the SIMT planner's
+    predicted time (what launches and the benchmark record carry) is the cost model's,
+    recomputed with its own functions, for the chosen plan: layout, specialization and
+    bank conflicts."""
     from sepconv_gpu.backends import cost_model
 
     batch, c, m, f, size_in, size_out, kernel, strides, dilation, cf = shape

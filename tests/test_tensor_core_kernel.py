@@ -462,7 +462,10 @@ SUITE_LIKE = [
 
 @pytest.mark.parametrize("shape,filters,stride", SUITE_LIKE)
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
-def test_tensor_core_plan_is_consistent(shape, filters, stride, dtype):
+def test_tensor_core_plan_is_consistent_and_plumbs_the_model_s_price(shape, filters, stride,
+                                                                     dtype):
+    """The plan's tiles cover the output once; its predicted time is the cost model's,
+    recomputed with the model's own functions (plumbing: only GPU data tests the model)."""
     geom = _geom(shape, 3, filters, strides=stride)
     tp = tc.tc_plan(dtype, geom)
     (oh, ow) = geom.out_size
@@ -523,8 +526,8 @@ def test_tensor_core_plans_waste_no_tensor_work_on_the_suites(batch, dtype):
 
 
 @pytest.mark.parametrize("shape,filters,stride", SUITE_LIKE)
-def test_tensor_core_plan_states_its_occupancy(shape, filters, stride):
-    """Blocks an SM as registers (the instantiation's cap) and shared memory allow, for
+def test_plumbing_tensor_core_plan_states_its_occupancy(shape, filters, stride):
+    """Plumbing (the model's own blocks_per_sm, recomputed): blocks an SM as registers (the instantiation's cap) and shared memory allow, for
     every candidate: the launch bound promises nothing more (MT <= 2: two blocks only
     where the shared memory leaves room)."""
     geom = _geom(shape, 3, filters, strides=stride)
