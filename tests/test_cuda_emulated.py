@@ -21,7 +21,8 @@ from sepconv_gpu.backends.launch import (
 from sepconv_gpu.backends.numpy_backend import reference_separable_conv
 
 from _cases import (
-    assert_matches, conv_configs, examples, input_shape, random_case, stable_seed)
+    assert_matches, conv_configs, examples, input_shape, random_case, recorded_kernel_parameters,
+    stable_seed)
 
 try:
     import _cuda_host_emulator as emu  # tests/ on sys.path (pytest's default rootdir import)
@@ -84,10 +85,29 @@ def test_layouts_ranks_paddings(emulator, case, dtype):
 
 @pytest.mark.parametrize("name", activations.NAMES)
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
-def test_every_activation(emulator, name, data_format):
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+def test_every_activation(emulator, name, data_format, dtype):
+    """Each activation in the epilogue of each dtype's kernel (float64's math in float64:
+    a float64 erf computed in float32 is 1e-7 off)."""
     rng = np.random.default_rng(7)
     shape = (2, 6, 7, 5) if data_format == "channels_last" else (2, 5, 6, 8)  # glu: even last axis
-    check(emulator, *make_case(rng, 2, shape, 3, 2, 6, 1, "same", data_format, 1, name))
+    check(emulator, *make_case(rng, 2, shape, 3, 2, 6, 1, "same", data_format, 1, name, dtype))
+
+
+KERNEL_PARAMETERS = recorded_kernel_parameters()
+
+
+@pytest.mark.parametrize("label", sorted(KERNEL_PARAMETERS))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_recorded_activation_parameters(emulator, label, dtype):
+    """The non-default parameters recorded from Keras (ELU's alpha 0.5, ...) reach the
+    SIMT kernel's epilogue: the launch carries it and the output is the reference's."""
+    act = KERNEL_PARAMETERS[label]
+    rng = np.random.default_rng(stable_seed(label, dtype))
+    x, dk, pk, b, geom, resolved = make_case(rng, 2, (2, 6, 7, 5), 3, 1, 6, 1, "same",
+                                             activation=act, dtype=dtype)
+    launches = check(emulator, x, dk, pk, b, geom, resolved)
+    assert launches[0].kind == "simt" and launches[0].scalars[-1] == act.kernel_param
 
 
 def test_unfusable_activation_is_applied_after(emulator):

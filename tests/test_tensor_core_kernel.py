@@ -36,7 +36,7 @@ from sepconv_gpu.backends.launch import (
     round_to_bfloat16_bits, round_to_tf32, select_kernel, weights_layout)
 from sepconv_gpu.backends.numpy_backend import reference_separable_conv
 
-from _cases import random_case, stable_seed
+from _cases import random_case, recorded_kernel_parameters, stable_seed
 
 try:
     import _cuda_host_emulator as emu  # tests/ on sys.path (pytest's default rootdir import)
@@ -370,6 +370,23 @@ def test_tensor_core_every_activation(emulator, name):
     kernel_id = activations.get(name).kernel_id
     if kernel_id in kernel_common.LAST_AXIS_ACTIVATIONS:
         assert launches[1].kind == "softmax"
+
+
+KERNEL_PARAMETERS = recorded_kernel_parameters()
+
+
+@pytest.mark.parametrize("label", sorted(KERNEL_PARAMETERS))
+@pytest.mark.parametrize("mode", ["float16", "tf32"])
+def test_tensor_core_recorded_activation_parameters(emulator, label, mode):
+    """The non-default parameters recorded from Keras (ELU's alpha 0.5, ...) reach the
+    tensor-core kernel's epilogue."""
+    act = KERNEL_PARAMETERS[label]
+    rng = np.random.default_rng(stable_seed(label, mode))
+    dtype = "float16" if mode == "float16" else "float32"
+    launches = check(emulator, *make_case(rng, 2, (1, 5, 6, 16), 3, 12, 1, "same", 1, act, dtype),
+                     allow_tf32=mode == "tf32")
+    assert launches[0].kind == "tc" and float(launches[0].scalars[26]) == pytest.approx(
+        act.kernel_param, rel=1e-6)  # act_param: a float in this kernel's arguments
 
 
 def test_tensor_core_activation_parameter_and_no_bias(emulator):
