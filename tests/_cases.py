@@ -12,7 +12,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from sepconv_gpu import activations
-from sepconv_gpu.backends import kernel_common
+from sepconv_gpu.backends import kernel_common, simt, tc
 
 # Activation names whose result has the shape of their input (all but glu, which halves
 # the last axis and so needs an even one): what random cases draw from.
@@ -142,3 +142,13 @@ def recorded_kernel_parameters():
             assert (act.kernel_id, act.kernel_param) != (default.kernel_id, default.kernel_param)
             found[f"{case['name']}{case['params']}"] = act
     return found
+
+
+def tensor_core_emulator_names():
+    """The instantiations of the tensor-core emulator tests: every `sepconv_tc` and
+    `sepconv_tc_reduce`, and the softmax kernels of their dtypes. Modules that build their
+    emulator from exactly this list share one host build (the build cache is keyed by it)."""
+    return tc.tc_name_expressions() + [
+        simt.softmax_name(dtype, log) for dtype in tc.TC_DTYPES
+        if dtype in kernel_common.DTYPES
+        for log in (False, True)]

@@ -22,7 +22,7 @@ from sepconv_gpu.backends.numpy_backend import reference_separable_conv
 
 from _cases import (
     assert_matches, conv_configs, examples, input_shape, random_case, recorded_kernel_parameters,
-    stable_seed)
+    stable_seed, tensor_core_emulator_names)
 
 try:
     import _cuda_host_emulator as emu  # tests/ on sys.path (pytest's default rootdir import)
@@ -49,13 +49,14 @@ def make_case(rng, rank, x_shape, kernel, multiplier, filters, strides=1, paddin
     return x, dk, pk, b, geom, activations.get(activation)
 
 
-def check(emulator, x, dk, pk, b, geom, act):
+def check(emulator, x, dk, pk, b, geom, act, allow_tf32=False):
     before = x.copy()
-    y, launches = emu.separable_conv(emulator, x, dk, pk, b, geom, act)
+    y, launches = emu.separable_conv(emulator, x, dk, pk, b, geom, act, allow_tf32)
     ref = reference_separable_conv(x, dk, pk, b, geom, act)
     assert y.dtype == x.dtype
     np.testing.assert_array_equal(x, before)  # the input is never written
-    assert_matches(y, ref)
+    # TF32 operands have float16's 10-bit mantissa: float16's tolerance
+    assert_matches(y, ref, dtype="float16" if allow_tf32 else None)
     return launches
 
 
@@ -194,13 +195,56 @@ def test_softmax_kernel_on_nan_and_inf_rows_as_the_activation(emulator, dtype):
             np.testing.assert_allclose(y[finite], expected[finite], rtol=4e-3 if dtype == "float16" else 1e-5, atol=1e-6)
 
 
-@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(c=conv_configs(slack=(90, 24), channels=(1, 20), multiplier=(1, 4), filters=(1, 80)))
-def test_random_configurations(emulator, c):
-    rng = np.random.default_rng(c["seed"])
-    check(emulator, *make_case(rng, c["rank"], input_shape(c), c["kernel"], c["multiplier"],
-                               c["filters"], c["strides"], c["padding"], c["data_format"],
-                               c["dilation"], c["activation"], c["dtype"], c["use_bias"]))
+@pytest.fixture(scope="module")
+def tc_emulator(emulator_for):
+    """The tensor-core kernels, built as tests/test_tensor_core_kernel.py builds them (the
+    same names: one shared host build)."""
+    return emulator_for(tensor_core_emulator_names())
+
+
+class _Families:
+    """An emulator for any launch sequence: the tensor-core kernels from `tc`, the rest from
+    `simt`, without building either's kernels again."""
+
+    def __init__(self, simt_emulator, tc_emulator):
+        self.simt, self.tc = simt_emulator, tc_emulator
+
+    def launch(self, name, *args):
+        return (self.tc if name.startswith("sepconv_tc") else self.simt).launch(name, *args)
+
+
+def tensor_core_eligible(c):
+    """A `conv_configs` case made one the tensor-core kernel may serve: channels_last,
+    depth multiplier 1, channels in whole 16-byte groups (8 per group: float16, or float32
+    under TF32, which takes 4)."""
+    return {**c, "data_format": "channels_last", "multiplier": 1, "channels": 8 * c["channels"]}
+
+
+def test_random_configurations(emulator, tc_emulator):
+    """Random geometries through whichever kernel the dispatch picks, half of them drawn
+    where the tensor-core kernel may run (float16, or float32 with TF32): both families must
+    be reached."""
+    families = _Families(emulator, tc_emulator)
+    kinds = set()
+
+    @settings(max_examples=examples(40), deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(c=conv_configs(slack=(90, 24), channels=(1, 20), multiplier=(1, 4), filters=(1, 80)),
+           tc_case=st.one_of(st.none(), conv_configs(
+               slack=(40, 12), channels=(1, 3), multiplier=(1, 1), filters=(1, 40),
+               dtypes=("float16", "float32")).map(tensor_core_eligible)))
+    def run(c, tc_case):
+        c = tc_case or c
+        allow_tf32 = tc_case is not None and c["dtype"] == "float32"
+        rng = np.random.default_rng(c["seed"])
+        launches = check(families, *make_case(
+            rng, c["rank"], input_shape(c), c["kernel"], c["multiplier"], c["filters"],
+            c["strides"], c["padding"], c["data_format"], c["dilation"], c["activation"],
+            c["dtype"], c["use_bias"]), allow_tf32=allow_tf32)
+        kinds.add(launches[0].kind)
+
+    run()
+    assert kinds == {"simt", "tc"}, kinds
 
 
 @settings(max_examples=examples(300), deadline=None)

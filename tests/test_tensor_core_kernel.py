@@ -36,7 +36,8 @@ from sepconv_gpu.backends.launch import (
     round_to_bfloat16_bits, round_to_tf32, select_kernel, weights_layout)
 from sepconv_gpu.backends.numpy_backend import reference_separable_conv
 
-from _cases import random_case, recorded_kernel_parameters, stable_seed
+from _cases import (
+    random_case, recorded_kernel_parameters, stable_seed, tensor_core_emulator_names)
 
 try:
     import _cuda_host_emulator as emu  # tests/ on sys.path (pytest's default rootdir import)
@@ -49,10 +50,7 @@ LINEAR = activations.get(None)
 
 @pytest.fixture(scope="module")
 def emulator_names():
-    return tc.tc_name_expressions() + [
-        simt.softmax_name(dtype, log) for dtype in tc.TC_DTYPES
-        if dtype in kernel_common.DTYPES
-        for log in (False, True)]
+    return tensor_core_emulator_names()
 
 
 def make_case(rng, rank, x_shape, kernel, filters, strides=1, padding="same", dilation=1,
