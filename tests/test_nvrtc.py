@@ -27,6 +27,7 @@ import tempfile
 import time
 
 import pytest
+from _ci import missing
 from _cubin import find_nvdisasm, kernel_resources, sass_opcodes
 
 from sepconv_gpu.backends import kernel_cache, kernel_common, nvrtc, simt, tc
@@ -182,11 +183,8 @@ NVDISASM = find_nvdisasm()
 def _nvdisasm():
     """nvdisasm, or a skip where it is not installed; CI (CI=true) must have it."""
     if NVDISASM is None:
-        reason = ("nvdisasm not found: pip install '.[test]' brings it "
-                  "(nvidia-cuda-nvdisasm; on PATH also works)")
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        missing("nvdisasm not found: pip install '.[test]' brings it "
+                "(nvidia-cuda-nvdisasm; on PATH also works)")
     return NVDISASM
 
 
