@@ -59,7 +59,8 @@ def normalize_padding(padding, rank):
         )
     if p not in PADDINGS[rank]:
         raise ValueError(
-            f"The `padding` argument must be one of {set(PADDINGS[rank])}. Received: {padding}"
+            "The `padding` argument must be one of {" + ", ".join(map(repr, PADDINGS[rank]))
+            + f"}}. Received: {padding}"
         )
     return p
 

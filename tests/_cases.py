@@ -1,7 +1,10 @@
 """What the backend tests share: random separable-convolution configurations (the
 hypothesis strategy `conv_configs`) and inputs, and the one tolerance table for comparing
 against the float64 reference."""
+import functools
+import json
 import math
+import pathlib
 import zlib
 
 import numpy as np
@@ -9,6 +12,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from sepconv_gpu import activations
+from sepconv_gpu.backends import kernel_common, simt, tc
 
 # Activation names whose result has the shape of their input (all but glu, which halves
 # the last axis and so needs an even one): what random cases draw from.
@@ -121,3 +125,30 @@ def input_shape(c, data_format=None):
     if (data_format or c["data_format"]) == "channels_first":
         return (c["batch"], c["channels"]) + c["spatial"]
     return (c["batch"],) + c["spatial"] + (c["channels"],)
+
+
+def recorded_kernel_parameters():
+    """{label: Activation} of the activations with parameters recorded from Keras
+    (data/keras_golden/activations.json) that the CUDA kernels fuse with their parameter:
+    the cases a kernel ignoring its parameter, or running its default, gets wrong."""
+    path = pathlib.Path(__file__).parent / "data" / "keras_golden" / "activations.json"
+    found = {}
+    for case in json.loads(path.read_text())["cases"]:
+        if not case["params"]:
+            continue
+        act = activations.get(functools.partial(getattr(activations, case["name"]), **case["params"]))
+        if act.kernel_id in kernel_common.FUSED_ACTIVATIONS:
+            default = activations.get(case["name"])
+            assert (act.kernel_id, act.kernel_param) != (default.kernel_id, default.kernel_param)
+            found[f"{case['name']}{case['params']}"] = act
+    return found
+
+
+def tensor_core_emulator_names():
+    """The instantiations of the tensor-core emulator tests: every `sepconv_tc` and
+    `sepconv_tc_reduce`, and the softmax kernels of their dtypes. Modules that build their
+    emulator from exactly this list share one host build (the build cache is keyed by it)."""
+    return tc.tc_name_expressions() + [
+        simt.softmax_name(dtype, log) for dtype in tc.TC_DTYPES
+        if dtype in kernel_common.DTYPES
+        for log in (False, True)]

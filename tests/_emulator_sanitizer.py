@@ -41,6 +41,8 @@ import tempfile
 import numpy as np
 
 from sepconv_gpu.backends import kernel_cache
+from sepconv_gpu.backends.simt import TILE_ELEMS
+from sepconv_gpu.backends.tc import TC_TILE_ELEMS
 
 try:
     import _cuda_host_emulator as emu  # tests/ on sys.path (pytest's default rootdir import)
@@ -197,6 +199,55 @@ def sample_blocks(grid, max_blocks):
     if max_blocks < 2:
         raise ValueError(f"max_blocks must be at least 2 (the first and the last block), got {max_blocks}")
     return tuple(sorted({round(i * (grid - 1) / (max_blocks - 1)) for i in range(max_blocks)}))
+
+
+def written_by_sampled_blocks(launches, geom, max_blocks):
+    """What a run with `max_blocks` must write, from the plan: a boolean mask over
+    geom.output_shape of the outputs the blocks that run own (`sample_blocks`; every output
+    where no launch is sampled). A sampled launch of `sepconv_simt` owns a spatial tile of
+    its image and one filter block (the kernel's `bid` split); one of `sepconv_tc` without
+    channel splits owns BM consecutive positions of its position order, every filter. A
+    sampled launch of any other kind, or in a sequence of several, has no mask here."""
+    sampled = [(launch, sample_blocks(launch.grid, max_blocks)) for launch in launches]
+    sampled = [(launch, blocks) for launch, blocks in sampled if blocks]
+    if not sampled:
+        return np.ones(geom.output_shape, bool)
+    if len(launches) > 1:
+        raise ValueError("sampled blocks of a launch sequence: no mask from the plan")
+    ((launch, blocks),) = sampled
+    n_img, (oh, ow), f = geom.batch, geom.out_size, geom.filters
+    mask = np.zeros((n_img, oh, ow, f), bool)          # channels_last, 2D
+    a = [int(v) for v in launch.scalars[:35]]
+    if launch.kind == "simt":
+        # scalars 19..23 (after x's four strides, C, H, W, M, F, OH, OW and the 8 of the
+        # kernel, strides, dilation, padding): BF, tw_shift, tiles_w, tiles_img, FB
+        bf, tw_shift, tiles_w, tiles_img, fb_count = a[19:24]
+        tw = 1 << tw_shift
+        th = TILE_ELEMS // bf // tw
+        for bid in blocks:
+            fb, tile = bid % fb_count, bid // fb_count
+            n, t = divmod(tile, tiles_img)
+            oh0, ow0 = (t // tiles_w) * th, (t % tiles_w) * tw
+            mask[n, oh0:oh0 + th, ow0:ow0 + tw, fb * bf:(fb + 1) * bf] = True
+    elif launch.kind == "tc" and a[27] == 0:
+        # scalars 18 (BN), 27 (split_shift), 33 (band_h); MT is the template's last argument
+        bn, band_h = a[18], a[33]
+        bm = TC_TILE_ELEMS // 2 * int(launch.name.rstrip(">").split(",")[-1]) // bn
+        order = []  # (n, oh, ow) of each position: per image, bands of band_h rows, a band
+        for n in range(n_img):  # column by column (the kernel's tables)
+            for top in range(0, oh, band_h):
+                rows = np.arange(top, min(top + band_h, oh))
+                cols = np.repeat(np.arange(ow), len(rows))
+                order.append(np.stack([np.full(cols.size, n), np.tile(rows, ow), cols], 1))
+        order = np.concatenate(order)
+        for bid in blocks:
+            n, r, c = order[bid * bm:(bid + 1) * bm].T
+            mask[n, r, c, :] = True
+    else:
+        raise ValueError(f"sampled blocks of a {launch.kind!r} launch: no mask from the plan")
+    if geom.channels_first:
+        mask = np.moveaxis(mask, -1, 1)
+    return mask.reshape(geom.output_shape)
 
 
 def _extent(a):

@@ -49,11 +49,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def emulator_for():
     """`HostEmulator(names, ...)`, for a test or fixture that builds its own instantiations;
-    skips where the emulator cannot be built (no host C++ compiler or CUDA headers)."""
+    skips where the emulator cannot be built (no host C++ compiler or CUDA headers), and
+    fails there in CI."""
     import _cuda_host_emulator as emu
+    from _ci import missing
 
     if emu.compiler() is None or emu.cuda_include_dir() is None:
-        pytest.skip("the host emulator needs a host C++ compiler and the CUDA headers")
+        missing("the host emulator needs a host C++ compiler and the CUDA headers "
+                "(pip install '.[test]' brings the headers)")
     return emu.HostEmulator
 
 

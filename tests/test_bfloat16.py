@@ -26,6 +26,7 @@ import sepconv_gpu as sg  # noqa: E402
 from sepconv_gpu import _dtypes, ops  # noqa: E402
 
 from _cases import TOLERANCE, conv_configs, examples, input_shape, random_case  # noqa: E402
+from _ci import require  # noqa: E402
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 BF16_TOLERANCE = 2.0 ** -8 + TOLERANCE["float32"]
@@ -118,7 +119,7 @@ def test_bfloat16_from_keras_policies(policy, variable_dtype):
 
 
 def test_bfloat16_torch_tensors_on_the_numpy_backend():
-    torch = pytest.importorskip("torch")
+    torch = require("torch", "pip install '.[ci]'")
     x, dk, pk, b = _bf16_case(3, 2, (1, 5, 5, 4), 3, 1, 3)
     x_torch = torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
     weights = [torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) for a in (dk, pk, b)]

@@ -21,7 +21,8 @@ from sepconv_gpu.backends.launch import (
 from sepconv_gpu.backends.numpy_backend import reference_separable_conv
 
 from _cases import (
-    assert_matches, conv_configs, examples, input_shape, random_case, stable_seed)
+    assert_matches, conv_configs, examples, input_shape, random_case, recorded_kernel_parameters,
+    stable_seed, tensor_core_emulator_names)
 
 try:
     import _cuda_host_emulator as emu  # tests/ on sys.path (pytest's default rootdir import)
@@ -48,13 +49,14 @@ def make_case(rng, rank, x_shape, kernel, multiplier, filters, strides=1, paddin
     return x, dk, pk, b, geom, activations.get(activation)
 
 
-def check(emulator, x, dk, pk, b, geom, act):
+def check(emulator, x, dk, pk, b, geom, act, allow_tf32=False):
     before = x.copy()
-    y, launches = emu.separable_conv(emulator, x, dk, pk, b, geom, act)
+    y, launches = emu.separable_conv(emulator, x, dk, pk, b, geom, act, allow_tf32)
     ref = reference_separable_conv(x, dk, pk, b, geom, act)
     assert y.dtype == x.dtype
     np.testing.assert_array_equal(x, before)  # the input is never written
-    assert_matches(y, ref)
+    # TF32 operands have float16's 10-bit mantissa: float16's tolerance
+    assert_matches(y, ref, dtype="float16" if allow_tf32 else None)
     return launches
 
 
@@ -84,10 +86,29 @@ def test_layouts_ranks_paddings(emulator, case, dtype):
 
 @pytest.mark.parametrize("name", activations.NAMES)
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
-def test_every_activation(emulator, name, data_format):
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+def test_every_activation(emulator, name, data_format, dtype):
+    """Each activation in the epilogue of each dtype's kernel (float64's math in float64:
+    a float64 erf computed in float32 is 1e-7 off)."""
     rng = np.random.default_rng(7)
     shape = (2, 6, 7, 5) if data_format == "channels_last" else (2, 5, 6, 8)  # glu: even last axis
-    check(emulator, *make_case(rng, 2, shape, 3, 2, 6, 1, "same", data_format, 1, name))
+    check(emulator, *make_case(rng, 2, shape, 3, 2, 6, 1, "same", data_format, 1, name, dtype))
+
+
+KERNEL_PARAMETERS = recorded_kernel_parameters()
+
+
+@pytest.mark.parametrize("label", sorted(KERNEL_PARAMETERS))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_recorded_activation_parameters(emulator, label, dtype):
+    """The non-default parameters recorded from Keras (ELU's alpha 0.5, ...) reach the
+    SIMT kernel's epilogue: the launch carries it and the output is the reference's."""
+    act = KERNEL_PARAMETERS[label]
+    rng = np.random.default_rng(stable_seed(label, dtype))
+    x, dk, pk, b, geom, resolved = make_case(rng, 2, (2, 6, 7, 5), 3, 1, 6, 1, "same",
+                                             activation=act, dtype=dtype)
+    launches = check(emulator, x, dk, pk, b, geom, resolved)
+    assert launches[0].kind == "simt" and launches[0].scalars[-1] == act.kernel_param
 
 
 def test_unfusable_activation_is_applied_after(emulator):
@@ -174,13 +195,56 @@ def test_softmax_kernel_on_nan_and_inf_rows_as_the_activation(emulator, dtype):
             np.testing.assert_allclose(y[finite], expected[finite], rtol=4e-3 if dtype == "float16" else 1e-5, atol=1e-6)
 
 
-@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(c=conv_configs(slack=(90, 24), channels=(1, 20), multiplier=(1, 4), filters=(1, 80)))
-def test_random_configurations(emulator, c):
-    rng = np.random.default_rng(c["seed"])
-    check(emulator, *make_case(rng, c["rank"], input_shape(c), c["kernel"], c["multiplier"],
-                               c["filters"], c["strides"], c["padding"], c["data_format"],
-                               c["dilation"], c["activation"], c["dtype"], c["use_bias"]))
+@pytest.fixture(scope="module")
+def tc_emulator(emulator_for):
+    """The tensor-core kernels, built as tests/test_tensor_core_kernel.py builds them (the
+    same names: one shared host build)."""
+    return emulator_for(tensor_core_emulator_names())
+
+
+class _Families:
+    """An emulator for any launch sequence: the tensor-core kernels from `tc`, the rest from
+    `simt`, without building either's kernels again."""
+
+    def __init__(self, simt_emulator, tc_emulator):
+        self.simt, self.tc = simt_emulator, tc_emulator
+
+    def launch(self, name, *args):
+        return (self.tc if name.startswith("sepconv_tc") else self.simt).launch(name, *args)
+
+
+def tensor_core_eligible(c):
+    """A `conv_configs` case made one the tensor-core kernel may serve: channels_last,
+    depth multiplier 1, channels in whole 16-byte groups (8 per group: float16, or float32
+    under TF32, which takes 4)."""
+    return {**c, "data_format": "channels_last", "multiplier": 1, "channels": 8 * c["channels"]}
+
+
+def test_random_configurations(emulator, tc_emulator):
+    """Random geometries through whichever kernel the dispatch picks, half of them drawn
+    where the tensor-core kernel may run (float16, or float32 with TF32): both families must
+    be reached."""
+    families = _Families(emulator, tc_emulator)
+    kinds = set()
+
+    @settings(max_examples=examples(40), deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(c=conv_configs(slack=(90, 24), channels=(1, 20), multiplier=(1, 4), filters=(1, 80)),
+           tc_case=st.one_of(st.none(), conv_configs(
+               slack=(40, 12), channels=(1, 3), multiplier=(1, 1), filters=(1, 40),
+               dtypes=("float16", "float32")).map(tensor_core_eligible)))
+    def run(c, tc_case):
+        c = tc_case or c
+        allow_tf32 = tc_case is not None and c["dtype"] == "float32"
+        rng = np.random.default_rng(c["seed"])
+        launches = check(families, *make_case(
+            rng, c["rank"], input_shape(c), c["kernel"], c["multiplier"], c["filters"],
+            c["strides"], c["padding"], c["data_format"], c["dilation"], c["activation"],
+            c["dtype"], c["use_bias"]), allow_tf32=allow_tf32)
+        kinds.add(launches[0].kind)
+
+    run()
+    assert kinds == {"simt", "tc"}, kinds
 
 
 @settings(max_examples=examples(300), deadline=None)
@@ -285,9 +349,11 @@ def geometry_of(batch, c, m, f, size_in, size_out, kernel, strides, dilation, cf
     (8, 256, 1, 256, (1, 1024), (1, 1024), (1, 31), (1, 1), (1, 1), False),
     (4, 24, 3, 40, (30, 30), (15, 15), (5, 5), (2, 2), (1, 1), True),
 ])
-def test_plan_is_priced_by_the_cost_model(dtype, shape):
-    """The SIMT planner's predicted time (what launches and the benchmark record carry) is
-    the cost model's for the chosen plan: layout, specialization and bank conflicts."""
+def test_plumbing_plan_carries_the_cost_model_s_price(dtype, shape):
+    """Plumbing, not a test of the model (only GPU data tests it): the SIMT planner's
+    predicted time (what launches and the benchmark record carry) is the cost model's,
+    recomputed with its own functions, for the chosen plan: layout, specialization and
+    bank conflicts."""
     from sepconv_gpu.backends import cost_model
 
     batch, c, m, f, size_in, size_out, kernel, strides, dilation, cf = shape

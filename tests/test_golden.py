@@ -1,6 +1,5 @@
 """Every recorded Keras case: outputs, weight shapes, losses, configs and errors."""
 import json
-import re
 
 import numpy as np
 import pytest
@@ -80,29 +79,58 @@ def _seed_rule_expectation(err):
     return err["raises"]
 
 
-@pytest.mark.parametrize("err", MANIFEST["errors"], ids=lambda e: f"{e['oracle']}-{e['kwargs']}")
-def test_error_cases(err):
+_STRIDES_AND_DILATION = "`strides > 1` not supported in conjunction with `dilation_rate > 1`"
+# What our message must say for each recorded error case, in MANIFEST["errors"] order (the
+# case's oracle and arguments in the comment); None: no error, as the oracle recorded.
+OUR_PHRASES = [
+    "argument `filters`. Expected a strictly positive value. Received filters=0.",  # filters=0
+    "argument `filters`. Expected a strictly positive value. Received filters=-2.",
+    "`kernel_size` argument must be a tuple of 2 integers. Received kernel_size=0",
+    "`kernel_size` argument must be a tuple of 2 integers. Received kernel_size=(3, 3, 3)",
+    "`strides` argument must be a tuple of 2 integers. Received strides=0",
+    "'causal' is only supported for 1D convolutions",                 # Keras 3, 2D causal
+    "'causal' is only supported for 1D convolutions",                 # tf_keras, 2D causal
+    "`padding` argument must be one of {'valid', 'same'}. Received: full",
+    _STRIDES_AND_DILATION + ". Received: strides=(2, 2)",             # Keras 3 accepts it
+    _STRIDES_AND_DILATION + ". Received: strides=(2, 2)",
+    "argument `depth_multiplier`. Expected a strictly positive value. Received depth_multiplier=0.",
+    "`data_format` argument must be one of {'channels_first', 'channels_last'}. "
+    "Received: data_format=nhwc",
+    "expected ndim=4, found ndim=3",                                  # 2D layer, 3D input
+    "expected ndim=4, found ndim=5",
+    "Computed output size would be zero or negative. Received `inputs shape=(1, 3, 3, 3)`",
+    "Could not interpret activation function identifier: no_such_activation",
+    "Could not interpret initializer identifier: no_such_init",
+    "expected ndim=3, found ndim=4",                                  # 1D layer, 4D input
+    "`kernel_size` argument must be a tuple of 1 integers. Received kernel_size=(3, 3)",
+    None,                                                             # tf_keras: 1D causal, NCW
+    _STRIDES_AND_DILATION + ". Received: strides=(2,) and dilation_rate=(2,)",
+]
+assert len(OUR_PHRASES) == len(MANIFEST["errors"]), "one phrase per recorded error case"
+
+
+@pytest.mark.parametrize("err, phrase", zip(MANIFEST["errors"], OUR_PHRASES),
+                         ids=[f"{e['oracle']}-{e['kwargs']}" for e in MANIFEST["errors"]])
+def test_error_cases(err, phrase):
     cls = LAYERS[err["layer"]]
     x = np.zeros(err["input_shape"], dtype=np.float32)
     expected = _seed_rule_expectation(err)
-
-    def make_and_call():
-        cls(**err["kwargs"], backend="numpy")(x)
-
-    if expected is None:
-        make_and_call()
+    assert (expected is None) == (phrase is None)
+    if expected is None:  # the oracle computed: so do we, with the shape its padding implies
+        layer = cls(**err["kwargs"], backend="numpy")
+        y = layer(x)
+        assert y.shape == tuple(layer.compute_output_shape(x.shape))
+        if err["kwargs"].get("padding") == "causal":  # the length is kept
+            channels_first = err["kwargs"].get("data_format") == "channels_first"
+            length, channels = (2, 1) if channels_first else (1, 2)
+            assert y.shape[length] == x.shape[length]
+            assert y.shape[channels] == err["kwargs"]["filters"]
         return
     with pytest.raises({"ValueError": ValueError, "TypeError": TypeError}[expected]) as info:
-        make_and_call()
-    message, ours = err["message"] or "", str(info.value)
-    if message.startswith("Could not interpret"):
-        assert ours == message
-    elif message.startswith("Computed output size would be zero or negative"):
-        assert ours.startswith("Computed output size would be zero or negative")
-    else:
-        named = re.findall(r"`(\w+)`", message)
-        if named:
-            assert named[0] in ours, (named[0], ours)
+        cls(**err["kwargs"], backend="numpy")(x)
+    assert phrase in str(info.value)
+    if (err["message"] or "").startswith("Could not interpret"):
+        assert str(info.value) == err["message"]  # Keras's message, word for word
 
 
 def test_goldens_cover_every_activation_and_padding():

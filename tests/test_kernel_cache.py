@@ -23,7 +23,9 @@ from test_launch_arguments import _launch, fake_backend, fake_nvrtc  # noqa: F40
 
 from sepconv_gpu.backends import kernel_cache, nvrtc
 
-SOURCE = "template <typename T> __global__ void scale(T* x, T a) { x[threadIdx.x] *= a; }\n"
+# includes a CUDA header, as the kernels do (the key hashes the headers a source includes)
+SOURCE = ("#include <cuda_fp16.h>\n"
+          "template <typename T> __global__ void scale(T* x, T a) { x[threadIdx.x] *= a; }\n")
 NAMES = ("scale<float>", "scale<double>")
 ARCH = 80
 OPTIONS = kernel_cache.CUPY_OPTIONS
@@ -161,6 +163,33 @@ def test_the_key_moves_with_everything_that_changes_the_binary(monkeypatch, tmp_
     variants["lineinfo"] = kernel_cache.entry_key(SOURCE, NAMES, ARCH, OPTIONS + ("-lineinfo",))
     keys = [base] + list(variants.values())
     assert len(set(keys)) == len(keys), variants
+
+
+def test_the_key_hashes_the_headers_the_kernels_include_not_the_directory(monkeypatch, tmp_path):
+    """The library's key (its real source) is kept when the include directory gains or
+    loses headers the kernels do not include (another nvidia wheel beside NVRTC: cuBLAS's,
+    from torch), and moves when a header they include changes, also one they include only
+    through another (cuda_fp16.h -> vector_types.h)."""
+    toolkit, source = nvrtc.toolkit(), kernel_cache.kernel_source()
+    headers = tmp_path / "include"
+    shutil.copytree(toolkit.include_dir, headers)
+    monkeypatch.setattr(nvrtc, "toolkit", lambda: dataclasses.replace(toolkit, include_dir=str(headers)))
+
+    def key():
+        kernel_cache._headers_hash.cache_clear()
+        return kernel_cache.entry_key(source, NAMES, ARCH, OPTIONS)
+
+    try:
+        base = key()
+        (headers / "cublas_v2.h").write_text("#pragma once\n/* another wheel's header */\n")
+        (headers / "cooperative_groups.h").unlink()  # a header the kernels do not include
+        assert key() == base
+        indirect = headers / "vector_types.h"
+        assert b"vector_types.h" not in source.encode()  # included only by the CUDA headers
+        indirect.write_bytes(indirect.read_bytes() + b"\n")
+        assert key() != base
+    finally:
+        kernel_cache._headers_hash.cache_clear()
 
 
 def test_lineinfo_enters_the_library_options(monkeypatch):

@@ -36,7 +36,8 @@ from sepconv_gpu.backends.launch import (
     round_to_bfloat16_bits, round_to_tf32, select_kernel, weights_layout)
 from sepconv_gpu.backends.numpy_backend import reference_separable_conv
 
-from _cases import random_case, stable_seed
+from _cases import (
+    random_case, recorded_kernel_parameters, stable_seed, tensor_core_emulator_names)
 
 try:
     import _cuda_host_emulator as emu  # tests/ on sys.path (pytest's default rootdir import)
@@ -49,10 +50,7 @@ LINEAR = activations.get(None)
 
 @pytest.fixture(scope="module")
 def emulator_names():
-    return tc.tc_name_expressions() + [
-        simt.softmax_name(dtype, log) for dtype in tc.TC_DTYPES
-        if dtype in kernel_common.DTYPES
-        for log in (False, True)]
+    return tensor_core_emulator_names()
 
 
 def make_case(rng, rank, x_shape, kernel, filters, strides=1, padding="same", dilation=1,
@@ -372,6 +370,23 @@ def test_tensor_core_every_activation(emulator, name):
         assert launches[1].kind == "softmax"
 
 
+KERNEL_PARAMETERS = recorded_kernel_parameters()
+
+
+@pytest.mark.parametrize("label", sorted(KERNEL_PARAMETERS))
+@pytest.mark.parametrize("mode", ["float16", "tf32"])
+def test_tensor_core_recorded_activation_parameters(emulator, label, mode):
+    """The non-default parameters recorded from Keras (ELU's alpha 0.5, ...) reach the
+    tensor-core kernel's epilogue."""
+    act = KERNEL_PARAMETERS[label]
+    rng = np.random.default_rng(stable_seed(label, mode))
+    dtype = "float16" if mode == "float16" else "float32"
+    launches = check(emulator, *make_case(rng, 2, (1, 5, 6, 16), 3, 12, 1, "same", 1, act, dtype),
+                     allow_tf32=mode == "tf32")
+    assert launches[0].kind == "tc" and float(launches[0].scalars[26]) == pytest.approx(
+        act.kernel_param, rel=1e-6)  # act_param: a float in this kernel's arguments
+
+
 def test_tensor_core_activation_parameter_and_no_bias(emulator):
     rng = np.random.default_rng(12)
     act = functools.partial(activations.leaky_relu, negative_slope=0.37)
@@ -462,7 +477,10 @@ SUITE_LIKE = [
 
 @pytest.mark.parametrize("shape,filters,stride", SUITE_LIKE)
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
-def test_tensor_core_plan_is_consistent(shape, filters, stride, dtype):
+def test_tensor_core_plan_is_consistent_and_plumbs_the_model_s_price(shape, filters, stride,
+                                                                     dtype):
+    """The plan's tiles cover the output once; its predicted time is the cost model's,
+    recomputed with the model's own functions (plumbing: only GPU data tests the model)."""
     geom = _geom(shape, 3, filters, strides=stride)
     tp = tc.tc_plan(dtype, geom)
     (oh, ow) = geom.out_size
@@ -523,8 +541,8 @@ def test_tensor_core_plans_waste_no_tensor_work_on_the_suites(batch, dtype):
 
 
 @pytest.mark.parametrize("shape,filters,stride", SUITE_LIKE)
-def test_tensor_core_plan_states_its_occupancy(shape, filters, stride):
-    """Blocks an SM as registers (the instantiation's cap) and shared memory allow, for
+def test_plumbing_tensor_core_plan_states_its_occupancy(shape, filters, stride):
+    """Plumbing (the model's own blocks_per_sm, recomputed): blocks an SM as registers (the instantiation's cap) and shared memory allow, for
     every candidate: the launch bound promises nothing more (MT <= 2: two blocks only
     where the shared memory leaves room)."""
     geom = _geom(shape, 3, filters, strides=stride)

@@ -1,11 +1,12 @@
-"""CUDA backend: CuPy arrays, one fused kernel launch per separable convolution.
+"""CUDA backend: CuPy arrays, one fused kernel launch per separable convolution (plus a
+reduce launch where a tensor-core plan splits the channels, and one for softmax).
 
 The kernels live in kernels/*.cu (see sepconv_simt.cu for the design). They are read
 once and compiled lazily, one instantiation (name expression: dtype, layout, kernel
 extent; the activation is a runtime argument) at a time on first use, to SASS for the
 device's architecture by our own NVRTC binding (`nvrtc.py`, the wheel's libnvrtc). The
-binaries are kept on disk by `kernel_cache.py` (SEPCONV_GPU_CACHE_DIR, default
-~/.cache/sepconv_gpu), so a later process loads them instead of compiling, and memoized
+binaries are kept on disk by `kernel_cache.py` (`kernel_cache.cache_dir()`:
+SEPCONV_GPU_CACHE_DIR, else $XDG_CACHE_HOME/sepconv_gpu, else ~/.cache/sepconv_gpu), so a later process loads them instead of compiling, and memoized
 per device here. A device newer than every architecture our NVRTC knows gets PTX for the
 newest one, which the driver JIT-compiles (`nvrtc.target`, said once in the log). Where our
 NVRTC cannot serve the device (none found, newer than the driver, an older architecture it

@@ -12,7 +12,9 @@ and over contents only, so that a cache built in one checkout or on one machine 
 source text (local headers inlined, `#line` tags relative to the checkout), the name
 expressions, the NVRTC options but for the include directory (the architecture, and
 `-lineinfo` under SEPCONV_GPU_LINEINFO=1, among them), the NVRTC version and a hash of
-the CUDA headers' names and contents.
+the names and contents of the CUDA headers the source includes, directly or through other
+headers (not of the whole include directory, which in a pip environment also holds the
+headers of every other nvidia wheel installed, e.g. torch's cuBLAS).
 
 An entry is MAGIC | SHA-256 of the body | body, the body being a 4-byte length, a JSON
 header (key, lowered names, NVRTC log) and the CUBIN. It is written to a temporary file
@@ -44,7 +46,7 @@ ENV_VAR = "SEPCONV_GPU_CACHE_DIR"
 # lines); off by default, since it is one more option (and a different binary).
 LINEINFO_VAR = "SEPCONV_GPU_LINEINFO"
 MAGIC = b"SEPCUBIN"
-FORMAT = 2  # bump when the entry layout or the key changes meaning
+FORMAT = 3  # bump when the entry layout or the key changes meaning
 SUFFIX = ".cubin"
 
 # What CuPy's RawModule adds to a module's options, kept so that our build and the CuPy
@@ -164,22 +166,39 @@ def entry_key(source, name_expressions, arch, options):
         "names": sorted(name_expressions),
         "options": [*options, nvrtc.arch_option(int(arch))],
         "nvrtc": list(toolkit.version),
-        "headers": _headers_hash(toolkit.include_dir),
+        "headers": _headers_hash(source, toolkit.include_dir),
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 
+_ANY_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*[<"]([^>"]+)[>"]', re.MULTILINE)
+
+
 @functools.lru_cache(maxsize=None)
-def _headers_hash(include_dir):
-    """The CUDA headers' names and contents (~4 MB, read once per process): changes when a
-    header changes (a wheel upgraded beside NVRTC), not when the same files move."""
+def _headers_hash(source, include_dir):
+    """The names and contents of the headers in `include_dir` that `source` includes, and
+    those they include in turn (every `#include` line counts, taken or not by the
+    preprocessor: a superset of what the compiler reads, from the same files); read once
+    per process. A header found neither there nor beside its includer is NVRTC's own
+    (`<utility>`), covered by the NVRTC version. Changes when an included header changes
+    (a wheel upgraded beside NVRTC), not when the files move or other headers come and go."""
+    found, pending = {}, [("", name) for name in _ANY_INCLUDE.findall(source)]
+    while pending:
+        includer_dir, name = pending.pop()
+        for candidate in (os.path.normpath(os.path.join(includer_dir, name)), os.path.normpath(name)):
+            path = os.path.join(include_dir, candidate)
+            if candidate in found:
+                break
+            if not os.path.isfile(path):
+                continue
+            with open(path, "rb") as fh:
+                found[candidate] = fh.read()
+            text = found[candidate].decode("utf-8", "replace")
+            pending += [(os.path.dirname(candidate), n) for n in _ANY_INCLUDE.findall(text)]
+            break
     digest = hashlib.sha256()
-    with os.scandir(include_dir) as entries:
-        for entry in sorted(entries, key=lambda e: e.name):
-            if entry.is_file():
-                with open(entry.path, "rb") as fh:
-                    content = fh.read()
-                digest.update(f"{entry.name}\0{len(content)}\0".encode() + content)
+    for name in sorted(found):
+        digest.update(f"{name}\0{len(found[name])}\0".encode() + found[name])
     return digest.hexdigest()
 
 
