@@ -61,7 +61,10 @@ __global__ void tc_test_mma_bf16(const unsigned* a, const unsigned* b, float* d)
     for (int i = 0; i < 4; ++i) d[4 * t + i] = rd[i];
 }
 
-// One warp: shared memory <- src, then ldmatrix.x4 from this lane's row address.
+// One warp: shared memory <- src, then ldmatrix .xN (.trans when T) from this lane's row
+// address: .x4 through sepconv_ptx.cuh's wrapper (what the kernels call), the other
+// shapes through the emulator's model itself (the header wraps .x4 only).
+template <int N, bool T>
 __global__ void tc_test_ldmatrix(const unsigned* src, int words, const int* row_offsets,
                                  unsigned* out) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -69,9 +72,12 @@ __global__ void tc_test_ldmatrix(const unsigned* src, int words, const int* row_
     for (int i = threadIdx.x; i < words; i += blockDim.x) s[i] = src[i];
     __syncthreads();
     const unsigned char* row = smem_raw + row_offsets[threadIdx.x];
-    unsigned x4[4];
-    sepconv::ldsm_x4(x4, row);
-    for (int i = 0; i < 4; ++i) out[4 * threadIdx.x + i] = x4[i];
+    unsigned r[N];
+    if constexpr (N == 4 && !T)
+        sepconv::ldsm_x4(r, row);
+    else
+        sepconv::emu::ldsm<N>("ldsm_model", T, r, row);
+    for (int i = 0; i < N; ++i) out[N * threadIdx.x + i] = r[i];
 }
 
 // One warp: D = A (16x16 row-major) * B through ldmatrix, the way sepconv_tc loads its
@@ -188,20 +194,6 @@ __global__ void tc_test_ldsm_two_sites(int split) {
     (void)r;
 }
 
-// One warp: shared memory <- src, then ldmatrix .xN (.trans when T) from this lane's row
-// address, through the emulator's model itself (sepconv_ptx.cuh wraps .x4 only).
-template <int N, bool T>
-__global__ void tc_test_ldsm_model(const unsigned* src, int words, const int* row_offsets,
-                                   unsigned* out) {
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    unsigned* s = reinterpret_cast<unsigned*>(smem_raw);
-    for (int i = threadIdx.x; i < words; i += blockDim.x) s[i] = src[i];
-    __syncthreads();
-    unsigned r[N];
-    sepconv::emu::ldsm<N>("ldsm_model", T, r, smem_raw + row_offsets[threadIdx.x]);
-    for (int i = 0; i < N; ++i) out[N * threadIdx.x + i] = r[i];
-}
-
 // Thread `stuck` loops forever without a collective (a bug, to be caught by the watchdog).
 __global__ void tc_test_spin(int stuck) {
     volatile int spin = 1;
@@ -210,11 +202,11 @@ __global__ void tc_test_spin(int stuck) {
 
 """
 
-NAMES = ["tc_test_mma<false>", "tc_test_mma<true>", "tc_test_mma_bf16", "tc_test_ldmatrix",
+NAMES = ["tc_test_mma<false>", "tc_test_mma<true>", "tc_test_mma_bf16",
          "tc_test_ldmatrix_mma", "tc_test_cp_async",
          "tc_test_smem_bounds", "tc_test_cvt_tf32", "tc_test_pack_half2", "tc_test_spin",
          "tc_test_vector_access", "tc_test_ldsm_two_sites"] + [
-         f"tc_test_ldsm_model<{n}, {'true' if t else 'false'}>" for n in (1, 2, 4) for t in (0, 1)]
+         f"tc_test_ldmatrix<{n}, {'true' if t else 'false'}>" for n in (1, 2, 4) for t in (0, 1)]
 
 i32 = np.int32
 
@@ -368,7 +360,7 @@ def test_tensor_core_ldmatrix_matches_numpy(emulator):
     smem16 = rng.integers(0, 2**16, n_rows * 8, dtype=np.uint16)
     offsets = (rng.permutation(n_rows)[:32] * 16).astype(np.int32)  # rows in any order
     out = np.zeros((32, 4), np.uint32)
-    emulator.launch("tc_test_ldmatrix", 1, 32,
+    emulator.launch("tc_test_ldmatrix<4, false>", 1, 32,
                     (smem16.view(np.uint32), i32(smem16.size // 2), offsets, out), n_rows * 16)
     np.testing.assert_array_equal(out, ldmatrix_reference(smem16, offsets))
 
@@ -589,7 +581,7 @@ def test_ldmatrix_fragment_maps_are_cutes(emulator, matrices, trans):
     placed = rng.permutation(n_rows)[:32]            # lane -> the shared row it addresses
     smem16 = (np.arange(n_rows)[:, None] * 8 + np.arange(8)).astype(np.uint16).ravel()
     out = np.zeros((32, matrices), np.uint32)
-    emulator.launch(f"tc_test_ldsm_model<{matrices}, {'true' if trans else 'false'}>", 1, 32,
+    emulator.launch(f"tc_test_ldmatrix<{matrices}, {'true' if trans else 'false'}>", 1, 32,
                     (smem16.view(np.uint32), i32(smem16.size // 2),
                      (placed * 16).astype(np.int32), out), n_rows * 16)
     lane_of_row = {int(r): lane for lane, r in enumerate(placed)}
@@ -623,7 +615,7 @@ def run_trap(case):
     elif case in ("ldmatrix_misaligned", "ldmatrix_outside_shared"):
         offsets = np.arange(32, dtype=np.int32) * 16
         offsets[5] = 8 if case == "ldmatrix_misaligned" else 32 * 16
-        em.launch("tc_test_ldmatrix", 1, 32, (zeros(128, np.uint32), i32(128), offsets,
+        em.launch("tc_test_ldmatrix<4, false>", 1, 32, (zeros(128, np.uint32), i32(128), offsets,
                                               zeros(32 * 4, np.uint32)), 32 * 16)
     elif case.startswith("vector_"):  # vector_<kind>_<offset in floats>
         kind, offset = (VECTOR_KINDS.index(case.split("_")[1]), int(case.split("_")[2]))
