@@ -3,8 +3,9 @@ on a machine without a GPU, and the fake records what a real device would be ask
 
 Arrays are NumPy arrays of a subclass (`ndarray`) that says it lives on "device 0"; every
 array the fake makes is recorded as an allocation on the current stream, every
-synchronize, host<->device copy and kernel load as what it is, and every launch with its
-grid, block, arguments and stream. Streams keep CuPy's current-stream stack (`with
+synchronize, host<->device copy and kernel load as what it is, every event recorded
+and waited for with its stream, and every launch with its grid, block, arguments and
+stream. Streams keep CuPy's current-stream stack (`with
 stream:`) and its capture API (`begin_capture` / `end_capture`); while a stream captures,
 a synchronize or a kernel load fails as CUDA's would. Kernels never run: a launch is only
 recorded (and timestamped: `last_launch_ns`), which is what the host-overhead benchmark
@@ -84,6 +85,31 @@ def make(compute_capability="90", arena_bytes=0):
 
         def is_capturing(self):
             return self.capturing
+
+        def wait_event(self, event):
+            note("wait_event", self.ptr, event.id)
+
+    class Event:
+        """A CUDA event: records where it was recorded (`record`) and when (for
+        get_elapsed_time); `synchronize` is a host wait, recorded as one."""
+        _ids = iter(range(1, 1 << 62))
+
+        def __init__(self, block=False, disable_timing=False, interprocess=False):
+            self.id, self.stream, self.ns = next(Event._ids), None, 0
+
+        def record(self, stream=None):
+            self.stream = (get_current_stream() if stream is None else stream).ptr
+            self.ns = time.perf_counter_ns()
+            note("event_record", self.id, self.stream)
+
+        def synchronize(self):
+            note("sync", "event", self.id)
+            if capturing():
+                raise CaptureError("cudaErrorStreamCaptureUnsupported: event synchronize while capturing")
+
+        @property
+        def done(self):
+            return True
 
     class ExternalStream(Stream):
         def __init__(self, ptr, device_id=-1):
@@ -216,18 +242,28 @@ def make(compute_capability="90", arena_bytes=0):
     def device_synchronize():
         _device0.synchronize()
 
+    class CudaError(RuntimeError):
+        """CuPy's CUDARuntimeError / CUDADriverError: built from a status code, kept as
+        `.status` (e.g. 700, illegal address: sticky; 701, too many resources: not)."""
+
+        def __init__(self, status):
+            self.status = status
+            super().__init__(f"CUDA error {status}")
+
     runtime = types.SimpleNamespace(
-        CUDARuntimeError=type("CUDARuntimeError", (RuntimeError,), {}),
+        CUDARuntimeError=type("CUDARuntimeError", (CudaError,), {}),
         getDevice=lambda: 0, getDeviceCount=lambda: 1, driverGetVersion=lambda: 13000,
         deviceGetAttribute=lambda attribute, device: 232448,
+        getDeviceProperties=lambda device: {"name": b"Fake GPU"},
         deviceSynchronize=device_synchronize)
     driver = types.SimpleNamespace(
-        CUDADriverError=type("CUDADriverError", (RuntimeError,), {}),
+        CUDADriverError=type("CUDADriverError", (CudaError,), {}),
         CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES=8,
         funcSetAttribute=lambda ptr, attribute, value: note("setattr", ptr, attribute, value))
     fake.cuda = types.SimpleNamespace(
         runtime=runtime, driver=driver, Device=Device, Stream=Stream, ExternalStream=ExternalStream,
-        get_current_stream=get_current_stream,
+        get_current_stream=get_current_stream, Event=Event,
+        get_elapsed_time=lambda start, end: (end.ns - start.ns) / 1e6,
         function=types.SimpleNamespace(Module=None, Function=Function))
     fake.ndarray, fake.empty, fake.zeros, fake.asarray, fake.array = ndarray, empty, zeros, asarray, array
     fake.ascontiguousarray, fake.asnumpy, fake.from_dlpack = ascontiguousarray, asnumpy, from_dlpack

@@ -10,7 +10,9 @@
 // - Every collective (__syncthreads, __syncwarp, shuffles, mma, ldmatrix) is a barrier
 //   that also checks all participants are at the same collective: a thread that skips one,
 //   diverges or returns early aborts the process with a message naming the collective, the
-//   block and the thread, instead of hanging: with fibers as soon as no thread can go on,
+//   block and the thread, instead of hanging. mma, ldmatrix and __syncthreads (PTX
+//   .aligned instructions: every thread at the same instruction) are matched by call site,
+//   shuffles and __syncwarp by kind (sm_70 and newer synchronize them across call sites): with fibers as soon as no thread can go on,
 //   with OS threads after a timeout (SEPCONV_EMU_TIMEOUT, s). A fiber that runs that long
 //   without reaching a collective or its end (an endless loop) aborts the same way.
 // - Dynamic shared memory (`extern __shared__ ... smem_raw[]`, the only kind emulated) is
@@ -19,7 +21,13 @@
 // - cp.async fills its destination with NaN bytes at issue and copies at the
 //   cp_async_wait that covers it, so a missing wait or barrier poisons the result; a block
 //   that ends with copies never waited for aborts.
-// - mma products are accumulated in double and rounded to float once.
+// - mma products are accumulated in double and rounded to float once, more exactly than
+//   tensor cores, which truncate while accumulating: a GPU test's tolerance must allow
+//   for that (tests/test_tensor_core_gpu.py derives it), not the emulated tests' bound.
+// - Built with -fsanitize=alignment (tests/_cuda_host_emulator.py does; not-recoverable),
+//   every access is checked for its type's alignment, as a GPU faults on a misaligned
+//   float2 / float4 / uint4 / double2 where a CPU would not: UBSan names the source line
+//   and the type, then `emu_on_death` the block and thread. cp.async checks its own.
 // - Built with AddressSanitizer (the sanitizer driver, tests/_emulator_sanitizer.py), the
 //   bytes past the launch's dynamic shared memory are poisoned instead of guarded, so an
 //   access past the end fails at once, naming the thread.
@@ -41,6 +49,8 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <source_location>
+#include <string>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -102,6 +112,20 @@ static EmuThread* emu_self;  // set by the fiber scheduler at every switch
     std::fflush(stderr);
     std::abort();
 }
+
+#if SEPCONV_EMU_CHECK_ALIGNMENT
+#include <sanitizer/common_interface_defs.h>
+
+// UBSan's report (a misaligned access) names the source line; this adds the CUDA thread.
+static void emu_on_death() {
+    if (emu_self)
+        std::fprintf(stderr, "sepconv host emulator: block %u, thread %u made the access "
+                     "reported above (a GPU faults: misaligned address)\n", blockIdx.x,
+                     threadIdx.x);
+}
+static const bool emu_death_callback_set =
+    (__sanitizer_set_death_callback(emu_on_death), true);
+#endif
 
 // ---- dynamic shared memory ---------------------------------------------------------------
 constexpr std::size_t EMU_SMEM_LIMIT = 227 * 1024;  // opt-in maximum of sm_90
@@ -187,22 +211,43 @@ static void emu_wake(std::vector<EmuFiber*>& parked) {
 // ---- barriers -----------------------------------------------------------------------------
 static const char EMU_KERNEL_END[] = "the end of the kernel";
 
+// Where a collective was called; file null: matched by kind only.
+struct EmuSite {
+    const char* file = nullptr;
+    unsigned line = 0;
+    EmuSite() = default;
+    EmuSite(const std::source_location& s) : file(s.file_name()), line(s.line()) {}
+    bool operator==(const EmuSite& o) const {
+        return line == o.line && (file == o.file || (file && o.file && !std::strcmp(file, o.file)));
+    }
+};
+
+// "mma_f16_m16n8k16 at kernels/sepconv_tc.cu:212", or the kind alone.
+static std::string emu_where(const char* what, const EmuSite& site) {
+    std::string s = what;
+    if (site.file) s += std::string(" at ") + site.file + ":" + std::to_string(site.line);
+    return s;
+}
+
 class EmuBarrier {
 public:
     EmuBarrier(unsigned count, const char* group) : count_(count), group_(group) {}
 
-    // Waits for all `count` threads, which must all be at the collective `what`.
-    void wait(const char* what) {
+    // Waits for all `count` threads, which must all be at the collective `what` (and at
+    // the same call site, where one is given).
+    void wait(const char* what, EmuSite site = {}) {
 #if SEPCONV_EMU_OS_THREADS
         std::unique_lock<std::mutex> lock(mutex_);
 #endif
         if (arrived_ == 0) {
             what_ = what;
+            site_ = site;
             first_ = threadIdx.x;
-        } else if (std::strcmp(what_, what) != 0) {
+        } else if (std::strcmp(what_, what) != 0 || !(site_ == site)) {
             emu_fail("block %u: thread %u reached %s while thread %u of its %s waits at %s "
                      "(part of the %s skipped a collective, diverged or returned early)",
-                     blockIdx.x, threadIdx.x, what, first_, group_, what_, group_);
+                     blockIdx.x, threadIdx.x, emu_where(what, site).c_str(), first_, group_,
+                     emu_where(what_, site_).c_str(), group_);
         }
 #if SEPCONV_EMU_OS_THREADS
         const std::uint64_t generation = generation_;
@@ -233,7 +278,7 @@ public:
         emu_fail("block %u, thread %u: no thread can go on: %u of the %u threads of its %s wait "
                  "at %s, the others finished or wait at another collective (part of the %s "
                  "skipped a collective, diverged or returned early)",
-                 block, thread, arrived_, count_, group_, what_, group_);
+                 block, thread, arrived_, count_, group_, emu_where(what_, site_).c_str(), group_);
     }
 
 private:
@@ -248,6 +293,7 @@ private:
     const char* const group_;
     unsigned arrived_ = 0, first_ = 0;
     const char* what_ = "";
+    EmuSite site_;
 };
 
 static EmuBarrier* emu_block_barrier;
@@ -255,9 +301,13 @@ static EmuBarrier* emu_warp_barrier[32];
 
 inline unsigned emu_lane() { return threadIdx.x & 31u; }
 inline unsigned emu_warp() { return threadIdx.x >> 5; }
-inline void emu_warp_sync(const char* what) { emu_warp_barrier[emu_warp()]->wait(what); }
+inline void emu_warp_sync(const char* what, EmuSite site = {}) {
+    emu_warp_barrier[emu_warp()]->wait(what, site);
+}
 
-inline void __syncthreads() { emu_block_barrier->wait("__syncthreads"); }
+inline void __syncthreads(std::source_location site = std::source_location::current()) {
+    emu_block_barrier->wait("__syncthreads", site);
+}
 
 static void emu_full_mask(unsigned mask, const char* what) {
     if (mask != 0xffffffffu)
@@ -354,16 +404,16 @@ inline double tf32_bits(unsigned bits) {
 // d += A * B for one m16n8kK shape: every lane publishes its fragments, then computes its
 // own 4 accumulators from the matrices assembled with the PTX fragment layouts.
 template <int K, typename Scatter>
-void mma(const char* what, float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2],
-         Scatter scatter) {
+void mma(const char* what, EmuSite site, float (&d)[4], const unsigned (&a)[4],
+         const unsigned (&b)[2], Scatter scatter) {
     MmaSlot& slot = mma_slot[emu_warp()];
     const unsigned lane = emu_lane();
     std::copy(a, a + 4, slot.a[lane]);
     std::copy(b, b + 2, slot.b[lane]);
-    emu_warp_sync(what);
+    emu_warp_sync(what, site);
     double A[16][K], B[K][8];
     for (unsigned l = 0; l < 32; ++l) scatter(slot, l, l >> 2, l & 3u, A, B);
-    emu_warp_sync(what);
+    emu_warp_sync(what, site);
     const unsigned g = lane >> 2, q = lane & 3u;
     for (unsigned e = 0; e < 4; ++e) {
         const unsigned row = g + 8 * (e >> 1), col = 2 * q + (e & 1);
@@ -373,11 +423,12 @@ void mma(const char* what, float (&d)[4], const unsigned (&a)[4], const unsigned
     }
 }
 
-template <int N> void ldsm(const char* what, bool trans, unsigned (&r)[N], const void* row) {
+template <int N> void ldsm(const char* what, bool trans, unsigned (&r)[N], const void* row,
+                          EmuSite site = {}) {
     const unsigned lane = emu_lane();
     if (lane < 8 * N) emu_check_smem(row, 16, 16, what);
     ldsm_slot[emu_warp()][lane] = row;
-    emu_warp_sync(what);
+    emu_warp_sync(what, site);
     const void* const* rows = ldsm_slot[emu_warp()];
     auto element = [&](unsigned matrix, unsigned i, unsigned j) {  // M_matrix[i][j], b16
         std::uint16_t v;
@@ -388,13 +439,13 @@ template <int N> void ldsm(const char* what, bool trans, unsigned (&r)[N], const
     for (unsigned m = 0; m < N; ++m)
         r[m] = trans ? element(m, j, i) | element(m, j + 1, i) << 16
                      : element(m, i, j) | element(m, i, j + 1) << 16;
-    emu_warp_sync(what);
+    emu_warp_sync(what, site);
 }
 
 inline void cp_async(const char* what, void* smem_dst, const void* gmem_src, unsigned bytes,
                      bool valid) {
     emu_check_smem(smem_dst, bytes, bytes, what);
-    if (gmem_src == nullptr || (valid && reinterpret_cast<std::uintptr_t>(gmem_src) % bytes))
+    if (gmem_src == nullptr || reinterpret_cast<std::uintptr_t>(gmem_src) % bytes)
         emu_fail("%s: block %u, thread %u: global source %p is null or not %u-byte aligned", what,
                  blockIdx.x, threadIdx.x, gmem_src, bytes);
     auto* dst = static_cast<unsigned char*>(smem_dst);
@@ -420,8 +471,9 @@ inline void cp_async_complete(unsigned pending) {
 // mma.m16n8k16 with 16-bit operands: f16 and bf16 share the fragment layouts; `Bits`
 // gives an element's value from its 16 bits.
 template <double (*Bits)(unsigned)>
-void mma_m16n8k16(const char* what, float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
-    mma<16>(what, d, a, b, [](const MmaSlot& s, unsigned l, unsigned g, unsigned q,
+void mma_m16n8k16(const char* what, EmuSite site, float (&d)[4], const unsigned (&a)[4],
+                  const unsigned (&b)[2]) {
+    mma<16>(what, site, d, a, b, [](const MmaSlot& s, unsigned l, unsigned g, unsigned q,
                               double (&A)[16][16], double (&B)[16][8]) {
         for (unsigned e = 0; e < 8; ++e)
             A[g + 8 * ((e >> 1) & 1)][2 * q + (e & 1) + 8 * (e >> 2)] =
@@ -433,16 +485,22 @@ void mma_m16n8k16(const char* what, float (&d)[4], const unsigned (&a)[4], const
 
 }  // namespace emu
 
-inline void mma_f16_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
-    emu::mma_m16n8k16<emu::half_bits>("mma_f16_m16n8k16", d, a, b);
+// The call site: a default argument, so kernels call these as they call the PTX wrappers.
+using EmuHere = std::source_location;
+
+inline void mma_f16_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2],
+                             EmuHere site = EmuHere::current()) {
+    emu::mma_m16n8k16<emu::half_bits>("mma_f16_m16n8k16", site, d, a, b);
 }
 
-inline void mma_bf16_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
-    emu::mma_m16n8k16<emu::bf16_bits>("mma_bf16_m16n8k16", d, a, b);
+inline void mma_bf16_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2],
+                              EmuHere site = EmuHere::current()) {
+    emu::mma_m16n8k16<emu::bf16_bits>("mma_bf16_m16n8k16", site, d, a, b);
 }
 
-inline void mma_tf32_m16n8k8(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
-    emu::mma<8>("mma_tf32_m16n8k8", d, a, b,
+inline void mma_tf32_m16n8k8(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2],
+                             EmuHere site = EmuHere::current()) {
+    emu::mma<8>("mma_tf32_m16n8k8", site, d, a, b,
                 [](const emu::MmaSlot& s, unsigned l, unsigned g, unsigned q, double (&A)[16][8],
                    double (&B)[8][8]) {
         for (unsigned e = 0; e < 4; ++e)
@@ -451,7 +509,9 @@ inline void mma_tf32_m16n8k8(float (&d)[4], const unsigned (&a)[4], const unsign
     });
 }
 
-inline void ldsm_x4(unsigned (&r)[4], const void* p) { emu::ldsm("ldsm_x4", false, r, p); }
+inline void ldsm_x4(unsigned (&r)[4], const void* p, EmuHere site = EmuHere::current()) {
+    emu::ldsm("ldsm_x4", false, r, p, site);
+}
 
 inline void cp_async16(void* dst, const void* src, bool valid) {
     emu::cp_async("cp_async16", dst, src, 16, valid);

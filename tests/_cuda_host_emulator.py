@@ -38,6 +38,11 @@ from sepconv_gpu.backends.launch import (
     input_element_strides, launch_sequence, prepare_weights, run_launches)
 
 RUNTIME = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cuda_emulator_runtime.h")
+# Every access checked for its type's alignment (a GPU faults on a misaligned vector
+# access, a CPU does not): UBSan's report ends the process, naming the source line and the
+# type; the runtime adds the block and thread (SEPCONV_EMU_CHECK_ALIGNMENT).
+FLAGS = ("-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-w", "-fsanitize=alignment",
+         "-fno-sanitize-recover=alignment", "-DSEPCONV_EMU_CHECK_ALIGNMENT=1")
 SMEM_LIMIT = 227 * 1024  # EMU_SMEM_LIMIT in the runtime: the opt-in maximum of sm_90
 
 
@@ -112,16 +117,16 @@ class HostEmulator:
         their entry points."""
         with open(RUNTIME, encoding="utf-8") as fh:
             runtime = fh.read()
-        source = (runtime + kernel_cache.kernel_source() + self._extra_source + "\n" + "".join(
+        extra = '#line 1 "extra_source"\n' + self._extra_source if self._extra_source else ""
+        source = (runtime + kernel_cache.kernel_source() + extra + "\n" + "".join(
             f'extern "C" void emu_entry_{i}(unsigned g, unsigned b, size_t s, void** a) '
             f"{{ emu_launch(&{name}, g, b, s, a); }}\n" for i, name in enumerate(names)))
         kernels = kernel_cache.kernels_dir()
         headers = "".join(open(os.path.join(kernels, f), encoding="utf-8").read()
                           for f in sorted(os.listdir(kernels)) if f.endswith((".cuh", ".cu")))
-        digest = hashlib.sha256((source + headers).encode()).hexdigest()[:16]
+        digest = hashlib.sha256("\0".join((source, headers) + FLAGS).encode()).hexdigest()[:16]
         library = os.path.join(self._build_dir, f"emu_{digest}.so")
-        build_once(library, source, ["-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-w"],
-                   "host build")
+        build_once(library, source, list(FLAGS), "host build")
         lib = ctypes.CDLL(library)
         self._libraries.append(lib)
         for i, name in enumerate(names):

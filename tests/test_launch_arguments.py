@@ -259,12 +259,15 @@ def test_launch_loads_the_cubin_and_opts_in_above_48_kb_once(fake_backend, monke
     backend._launch(_launch(40 * 1024, "sepconv_tc_reduce<__half>"), arrays[:3])
     assert built == [(("sepconv_tc<__half, 3, 3, 2>",), 90), (("sepconv_tc_reduce<__half>",), 90)]
     steps = [c[0] for c in cupy.calls]
-    assert steps == ["load", "get_function", "setattr", "launch", "launch",
+    assert steps == ["load", "get_function", "attribute", "setattr", "launch", "launch",
                      "load", "get_function", "launch"]
     assert cupy.calls[1] == ("get_function", "_Zsepconv_tc")  # the lowered name, not the expression
-    _, ptr, attribute, value = cupy.calls[2]
-    assert (attribute, value) == (8, 100 * 1024)  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-    _, _, grid, block, args, shared = cupy.calls[3]
+    assert cupy.calls[2] == ("attribute", 97, 0)  # cudaDevAttrMaxSharedMemoryPerBlockOptin
+    _, ptr, attribute, value = cupy.calls[3]
+    # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, to the device's maximum (not the
+    # launch's size, which another thread's smaller launch could lower)
+    assert (attribute, value) == (8, 232448)
+    _, _, grid, block, args, shared = cupy.calls[4]
     assert (grid, block, shared) == ((7,), (256,), 100 * 1024)
     assert args == arrays + (np.int32(1), np.float32(2))
     # reloaded (the cache cleared, the handle reused): the new Function opts in again

@@ -11,7 +11,8 @@ program, the programs spread over processes (threads did not compile in parallel
 compile error, any line in an NVRTC log, a kernel missing from its CUBIN, a stack frame
 (register spills, local memory) or more registers than its __launch_bounds__ allows
 fails; and the tensor-core kernels' SASS (nvdisasm, from the test extra) must hold the
-mma, ldmatrix and cp.async instructions they are written around.
+mma, ldmatrix and cp.async instructions they are written around. One kernel of each
+template is also built with NVRTC 12.9 (the cuda12 extra's pin) and checked the same way.
 
 Linux only (the wheels are found by their Linux layout); there, a missing NVRTC wheel is
 a failure, not a skip: `pip install ".[test]"` installs it.
@@ -282,6 +283,52 @@ def test_nvrtc_library_override_is_obeyed(monkeypatch):
         monkeypatch.undo()
         nvrtc._load.cache_clear()
     assert nvrtc.toolkit().version  # found again without the override
+
+
+# --- NVRTC 12.9, the cuda12 extra's pin (the only route on a CUDA 12 driver) ----------------
+
+# One kernel of each template, in one program for sm_90 (~5 CPU-s, against ~2 CPU-min for
+# the 13.0 build above): the bfloat16 tensor-core tile under its __maxnreg__ cap, the
+# reduction, a specialized SIMT kernel and the softmax.
+NVRTC12_NAMES = (simt.simt_name("float32", False, (3, 3)), tc.tc_name("bfloat16", (3, 3), 2),
+                 tc.tc_reduce_name("float16"), simt.softmax_name("float32", False))
+
+
+def _nvrtc12_library():
+    """libnvrtc.so.12 of the nvidia-cuda-nvrtc-cu12 wheel, which the test extra installs
+    beside CUDA 13's (nvidia/cuda_nvrtc/lib, its headers in nvidia/cuda_runtime/include;
+    the default search takes nvidia/cu13 first)."""
+    found = [p for p in nvrtc._wheel_libraries() if p.endswith(".so.12")]
+    assert found, ("no NVRTC 12 wheel: pip install '.[test]' brings nvidia-cuda-nvrtc-cu12 "
+                   "and nvidia-cuda-runtime-cu12 (12.9)")
+    return found[0]
+
+
+def _build_with_the_nvrtc_in_use(names, arch, source):
+    """(NVRTC version, nvrtc.Compiled) in a process whose environment picked the NVRTC."""
+    return nvrtc.toolkit().version, kernel_cache.library_kernels(names, arch, source)
+
+
+def test_nvrtc_12_9_builds_one_kernel_of_each_template_without_a_stack_frame(tmp_path):
+    """SEPCONV_NVRTC_LIBRARY selects the 12.9 wheel (its headers found beside it), in a
+    fresh process (the library is chosen once a process); what it builds is checked as
+    the 13.0 build is: no word in the log, no stack frame, registers within the caps."""
+    env = {"SEPCONV_NVRTC_LIBRARY": _nvrtc12_library(), kernel_cache.ENV_VAR: str(tmp_path)}
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            mp.setenv(name, value)  # the spawned worker inherits them
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+            version, compiled = pool.submit(_build_with_the_nvrtc_in_use, NVRTC12_NAMES, 90,
+                                            kernel_cache.kernel_source()).result()
+    assert version == (12, 9)
+    assert compiled.log == "", compiled.log
+    resources = kernel_resources(compiled.cubin)
+    for name in NVRTC12_NAMES:
+        registers, frame = resources[compiled.lowered[name]]
+        assert frame == 0, f"{name}: {frame} bytes of stack frame with NVRTC 12.9"
+        cap = tc.TC_MT2_REGISTERS if name.startswith("sepconv_tc<") else 128
+        assert registers <= cap, (name, registers)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -207,6 +207,7 @@ def test_stream_torch_tensors_run_on_torchs_current_stream(fake, monkeypatch):
     torch = _FakeTorch(cupy, stream_ptr=0x5EED)
     monkeypatch.setitem(sys.modules, "torch", torch)
     layer, x = _layer(cupy, ops_, (1, 7, 7, 8), 8)
+    layer.build(x.shape)  # its weight uploads wait for their copies (a synchronize, once)
     x_torch = torch.tensor(np.asarray(x))
     for call in (lambda: layer(x_torch),
                  lambda: ops.separable_conv2d(x_torch, layer.depthwise_kernel.value,
@@ -297,3 +298,139 @@ def test_in_place_writes_to_a_weight_are_refused_on_numpy():
     layer.pointwise_kernel.value = given        # replacing the array is a write
     assert given.flags.writeable                # the caller's array keeps its flags
     assert not np.array_equal(layer(x), y)
+
+
+# --- several streams and threads: what orders what ----------------------------------------
+
+def _on_stream(cupy, stream, body):
+    """body() on `stream`, in a thread of its own (CuPy's current stream is per thread)."""
+    import threading
+
+    errors = []
+
+    def run():
+        try:
+            with stream:
+                body()
+        except BaseException as exc:  # noqa: BLE001 (re-raised below)
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def test_prepared_weights_are_ordered_before_a_call_on_another_stream(fake):
+    """A layer's weights are prepared once (per layout), on the first caller's stream, with
+    an event recorded there after; a call on that stream needs nothing more, a call from
+    another thread on another stream waits for the event on the device (never the host)
+    before its first launch."""
+    backend, cupy, ops_ = fake
+    layer, x = _layer(cupy, ops_, (2, 19, 21, 64), 72, dtype="float16")  # tensor-core kernel
+    layer.build(x.shape)
+    first, second = cupy.cuda.Stream(non_blocking=True), cupy.cuda.Stream(non_blocking=True)
+    cupy.calls.clear()
+    _on_stream(cupy, first, lambda: layer(x))
+    records = [c for c in cupy.calls if c[0] == "event_record"]
+    assert len(records) == 1 and records[0][2] == first.ptr
+    launch_at = _kinds(cupy.calls).index("launch")
+    assert cupy.calls.index(records[0]) < launch_at  # right after the preparation
+    event = records[0][1]
+    for stream in (first, second, first):
+        cupy.calls.clear()
+        _on_stream(cupy, stream, lambda: layer(x))
+        kinds = _kinds(cupy.calls)
+        assert "sync" not in kinds and "event_record" not in kinds and "h2d" not in kinds
+        waits = [c for c in cupy.calls if c[0] == "wait_event"]
+        if stream is first:
+            assert waits == []
+        else:
+            assert waits == [("wait_event", second.ptr, event)]
+            assert kinds.index("wait_event") < kinds.index("launch")
+        assert {c[-1] for c in cupy.calls if c[0] == "launch"} == {stream.ptr}
+
+
+def test_weight_uploads_are_complete_when_set_weights_returns(fake):
+    """set_weights copies onto the device on the stream current in that thread: it waits
+    for the copies there, so that a call on any other stream reads the new values."""
+    backend, cupy, ops_ = fake
+    layer, x = _layer(cupy, ops_, (1, 7, 7, 8), 8)
+    layer.build(x.shape)
+    upload = cupy.cuda.Stream(non_blocking=True)
+    cupy.calls.clear()
+    _on_stream(cupy, upload, lambda: layer.set_weights([np.ones(w.shape, np.float32)
+                                                        for w in layer.weights]))
+    kinds = _kinds(cupy.calls)
+    assert kinds.count("h2d") == 3
+    last_copy = max(i for i, k in enumerate(kinds) if k == "h2d")
+    assert ("sync", "stream", upload.ptr) in cupy.calls[last_copy:]
+
+
+def test_shared_memory_opt_in_is_set_once_to_the_device_maximum(fake):
+    """Threads launching plans of different sizes above 48 KB on one kernel: one opt-in,
+    to the device's limit, so that none can lower it under another's launch."""
+    import threading
+
+    from sepconv_gpu.backends.launch import Launch
+
+    backend, cupy, ops_ = fake
+    fn = cupy.cuda.function.Function("sepconv_tc<__half, 3, 3, 4>")
+    sizes = [60 * 1024, 200 * 1024, 100 * 1024, 49 * 1024] * 4
+    start = threading.Barrier(len(sizes))
+
+    def launch(shared):
+        start.wait()
+        backend._launch(Launch("tc", fn.name, 1, 256, shared, ()), (), fn)
+
+    threads = [threading.Thread(target=launch, args=(s,)) for s in sizes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    opt_ins = [c for c in cupy.calls if c[0] == "setattr"]
+    assert opt_ins == [("setattr", fn.ptr, 8, 232448)]  # the fake device's opt-in maximum
+    assert sorted(c[5] for c in cupy.calls if c[0] == "launch") == sorted(sizes)
+    assert cupy.calls.index(opt_ins[0]) < _kinds(cupy.calls).index("launch")
+
+
+@pytest.mark.parametrize("status,fatal", [(700, True), (701, False)])
+def test_autotune_raises_a_context_killing_fault_naming_the_plan(fake, monkeypatch, tmp_path,
+                                                                 caplog, status, fatal):
+    """A candidate whose launch faults with a sticky error (700: illegal address) stops
+    autotuning with an error naming the plan: the context is dead, every later candidate
+    would fail too. One that cannot launch (701: too many resources) is skipped."""
+    from sepconv_gpu.backends import autotune
+
+    backend, cupy, ops_ = fake
+    monkeypatch.setattr(backend._autotune, "_tuner", autotune.Tuner(str(tmp_path)))
+    autotune.set_autotune(True)
+
+    def load(name, device):
+        fn = cupy.load_kernel(name, device)
+        if name.startswith("sepconv_simt"):  # the SIMT candidate (timed last) faults
+            return _Failing(fn, cupy.cuda.driver.CUDADriverError(status))
+        return fn
+
+    backend._load_kernel = load
+    layer, x = _layer(cupy, ops_, (2, 19, 21, 64), 72, dtype="float16")
+    try:
+        if fatal:
+            with pytest.raises(autotune.DeviceFault, match=r"plan \{'kernel': 'simt'.*context is lost"):
+                layer(x)
+        else:
+            assert layer(x).shape == (2, 19, 21, 72)
+            assert "KernelPlan" in caplog.text and "not a candidate" in caplog.text
+    finally:
+        autotune.set_autotune(None)
+
+
+class _Failing:
+    """A loaded kernel whose every launch raises `error`."""
+
+    def __init__(self, fn, error):
+        self.name, self.ptr, self.error = fn.name, fn.ptr, error
+
+    def __call__(self, *args, **kwargs):
+        raise self.error

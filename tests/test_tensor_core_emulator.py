@@ -3,8 +3,11 @@
 The kernels below use kernels/sepconv_ptx.cuh exactly as a real kernel does and are
 compiled by the host emulator together with the project source. Their results are
 compared with NumPy, the matrices assembled from the fragment layouts of the PTX ISA
-(written out again here, independently of the emulator's C++). Deliberate mistakes (a
-warp half skipping an mma, a write past the shared memory, a copy never waited for)
+(written out again here, independently of the emulator's C++); the mma (f16, bf16, tf32)
+and ldmatrix (.x1/.x2/.x4, .trans) maps are also probed element by element against the
+layouts CUTLASS's CuTe states, a third independent source. Deliberate mistakes (a warp
+half skipping an mma, half a warp at one ldmatrix and half at another, a write past the
+shared memory, a copy never waited for, a misaligned float4 / float2 / uint4 or cp.async)
 must abort the process with a message: those run in a subprocess.
 
 This shows the emulator follows the documented semantics; only a GPU run shows the PTX
@@ -58,7 +61,10 @@ __global__ void tc_test_mma_bf16(const unsigned* a, const unsigned* b, float* d)
     for (int i = 0; i < 4; ++i) d[4 * t + i] = rd[i];
 }
 
-// One warp: shared memory <- src, then ldmatrix.x4 from this lane's row address.
+// One warp: shared memory <- src, then ldmatrix .xN (.trans when T) from this lane's row
+// address: .x4 through sepconv_ptx.cuh's wrapper (what the kernels call), the other
+// shapes through the emulator's model itself (the header wraps .x4 only).
+template <int N, bool T>
 __global__ void tc_test_ldmatrix(const unsigned* src, int words, const int* row_offsets,
                                  unsigned* out) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -66,9 +72,12 @@ __global__ void tc_test_ldmatrix(const unsigned* src, int words, const int* row_
     for (int i = threadIdx.x; i < words; i += blockDim.x) s[i] = src[i];
     __syncthreads();
     const unsigned char* row = smem_raw + row_offsets[threadIdx.x];
-    unsigned x4[4];
-    sepconv::ldsm_x4(x4, row);
-    for (int i = 0; i < 4; ++i) out[4 * threadIdx.x + i] = x4[i];
+    unsigned r[N];
+    if constexpr (N == 4 && !T)
+        sepconv::ldsm_x4(r, row);
+    else
+        sepconv::emu::ldsm<N>("ldsm_model", T, r, row);
+    for (int i = 0; i < N; ++i) out[N * threadIdx.x + i] = r[i];
 }
 
 // One warp: D = A (16x16 row-major) * B through ldmatrix, the way sepconv_tc loads its
@@ -149,6 +158,42 @@ __global__ void tc_test_pack_half2(const float* x, unsigned* out) {
     out[threadIdx.x] = sepconv::pack_half2(x[2 * threadIdx.x], x[2 * threadIdx.x + 1]);
 }
 
+// Thread `who` reads or writes one vector `offset` elements into src (global) or shared
+// memory: kind 0 a float4 load, 1 a float2 store to shared memory, 2 a uint4 load, 3 a
+// 16-byte cp.async from src + offset. Misaligned (offset not a multiple of the vector)
+// must fault, as on a GPU.
+__global__ void tc_test_vector_access(const float* src, float* out, int kind, int offset,
+                                      int who) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    float* s = reinterpret_cast<float*>(smem_raw);
+    const int t = threadIdx.x, at = t == who ? offset : 0;
+    if (kind == 0) {
+        const float4 v = *reinterpret_cast<const float4*>(src + at);
+        out[t] = v.x + v.w;
+    } else if (kind == 1) {
+        *reinterpret_cast<float2*>(s + 4 * t + at) = make_float2(src[0], src[1]);
+    } else if (kind == 2) {
+        const uint4 v = *reinterpret_cast<const uint4*>(src + at);
+        out[t] = float(v.x & 1u);
+    } else {
+        sepconv::cp_async16(s + 4 * t, src + at, true);
+        sepconv::cp_async_wait_all();
+    }
+}
+
+// Lanes below `split` load at one ldmatrix, the others at another (the same addresses):
+// undefined on a GPU (ldmatrix is .aligned), so the emulator must abort.
+__global__ void tc_test_ldsm_two_sites(int split) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    unsigned r[4];
+    const unsigned char* row = smem_raw + 16 * threadIdx.x;
+    if (int(threadIdx.x) < split)
+        sepconv::ldsm_x4(r, row);
+    else
+        sepconv::ldsm_x4(r, row);
+    (void)r;
+}
+
 // Thread `stuck` loops forever without a collective (a bug, to be caught by the watchdog).
 __global__ void tc_test_spin(int stuck) {
     volatile int spin = 1;
@@ -157,9 +202,11 @@ __global__ void tc_test_spin(int stuck) {
 
 """
 
-NAMES = ["tc_test_mma<false>", "tc_test_mma<true>", "tc_test_mma_bf16", "tc_test_ldmatrix",
+NAMES = ["tc_test_mma<false>", "tc_test_mma<true>", "tc_test_mma_bf16",
          "tc_test_ldmatrix_mma", "tc_test_cp_async",
-         "tc_test_smem_bounds", "tc_test_cvt_tf32", "tc_test_pack_half2", "tc_test_spin"]
+         "tc_test_smem_bounds", "tc_test_cvt_tf32", "tc_test_pack_half2", "tc_test_spin",
+         "tc_test_vector_access", "tc_test_ldsm_two_sites"] + [
+         f"tc_test_ldmatrix<{n}, {'true' if t else 'false'}>" for n in (1, 2, 4) for t in (0, 1)]
 
 i32 = np.int32
 
@@ -313,7 +360,7 @@ def test_tensor_core_ldmatrix_matches_numpy(emulator):
     smem16 = rng.integers(0, 2**16, n_rows * 8, dtype=np.uint16)
     offsets = (rng.permutation(n_rows)[:32] * 16).astype(np.int32)  # rows in any order
     out = np.zeros((32, 4), np.uint32)
-    emulator.launch("tc_test_ldmatrix", 1, 32,
+    emulator.launch("tc_test_ldmatrix<4, false>", 1, 32,
                     (smem16.view(np.uint32), i32(smem16.size // 2), offsets, out), n_rows * 16)
     np.testing.assert_array_equal(out, ldmatrix_reference(smem16, offsets))
 
@@ -394,6 +441,160 @@ def test_tensor_core_shared_bytes_is_validated(emulator):
                         emu.SMEM_LIMIT + 16)
 
 
+# --- the fragment maps against CUTLASS's CuTe, an independent statement of them -----------
+#
+# (thread, value) -> offset layouts as CuTe states them, copied by hand from NVIDIA/cutlass
+# include/cute/atom/mma_traits_sm80.hpp (MMA_Traits of SM80_16x8x16_F32F16F16F32_TN, whose
+# layouts the BF16 one inherits, and of SM80_16x8x8_F32TF32TF32F32_TN) and
+# include/cute/atom/copy_traits_sm75.hpp (Copy_Traits of SM75_U32x{1,2,4}_LDSM_N and
+# SM75_U16x{2,4,8}_LDSM_T: ldmatrix .x1/.x2/.x4 and their .trans). A layout is (shape,
+# stride), nested tuples, mode 0 the thread and mode 1 the value; an index is split
+# colexicographically (the first extent fastest), as CuTe does. The MMA offsets are
+# column-major in the tile: A (m, k) = (o % 16, o // 16), B (n, k) = (o % 8, o // 8), C
+# (m, n) = (o % 16, o // 16); a 16-bit value v lives in register v // 2, half v % 2 (low
+# first). The copy offsets count bits of the rows the source threads address (128 bits a
+# row): value 16 e is the first bit of 16-bit element e (register e // 2, half e % 2).
+
+SM80_16x8_ROW = (((4, 8), (2, 2)), ((32, 1), (16, 8)))
+CUTE_MMA = {  # kind -> (K, A layout, B layout, C layout)
+    "f16": (16, (((4, 8), (2, 2, 2)), ((32, 1), (16, 8, 128))),
+            (((4, 8), (2, 2)), ((16, 1), (8, 64))), SM80_16x8_ROW),
+    "tf32": (8, (((4, 8), (2, 2)), ((16, 1), (8, 64))),
+             (((4, 8), 2), ((8, 1), 32)), SM80_16x8_ROW),
+}
+CUTE_MMA["bf16"] = CUTE_MMA["f16"]
+CUTE_LDSM = {  # (matrices, trans) -> (source layout, destination layout)
+    (1, False): ((((8, 4), 128), ((128, 0), 1)), ((32, 32), (32, 1))),
+    (2, False): ((((16, 2), 128), ((128, 0), 1)), ((32, (32, 2)), (32, (1, 1024)))),
+    (4, False): (((32, 128), (128, 1)), ((32, (32, 4)), (32, (1, 1024)))),
+    (1, True): ((((8, 4), 128), ((128, 0), 1)), (((4, 8), (16, 2)), ((256, 16), (1, 128)))),
+    (2, True): ((((16, 2), 128), ((128, 0), 1)),
+                (((4, 8), (16, 2, 2)), ((256, 16), (1, 128, 1024)))),
+    (4, True): (((32, 128), (128, 1)), (((4, 8), (16, 2, 4)), ((256, 16), (1, 128, 1024)))),
+}
+
+
+def _leaves(x):
+    return [x] if isinstance(x, int) else [leaf for part in x for leaf in _leaves(part)]
+
+
+def cute(layout, thread, value):
+    """The offset CuTe's `layout` gives (thread, value)."""
+    offset = 0
+    for index, shape, stride in zip((thread, value), *layout):
+        for extent, step in zip(_leaves(shape), _leaves(stride)):
+            offset += index % extent * step
+            index //= extent
+    return offset
+
+
+def _mma_bits(kind, values):
+    """Register bits of the operand values (small integers, exact in every type)."""
+    values = np.ascontiguousarray(values, np.float64)
+    if kind == "tf32":
+        return values.astype(np.float32).view(np.uint32)
+    if kind == "f16":
+        bits = values.astype(np.float16).view(np.uint16).astype(np.uint32)
+    else:
+        bits = values.astype(np.float32).view(np.uint32) >> 16
+    return np.ascontiguousarray(bits[..., 0::2] | bits[..., 1::2] << 16)
+
+
+def _run_mma_kind(emulator, kind, a_values, b_values):
+    """D fragments (warps, 32, 4) of one independent mma per warp, C = 0."""
+    warps = a_values.shape[0]
+    a, b = _mma_bits(kind, a_values), _mma_bits(kind, b_values)
+    d = np.zeros((warps, 32, 4), np.float32)
+    blocks = warps // 8
+    if kind == "bf16":
+        emulator.launch("tc_test_mma_bf16", blocks, 256, (a, b, d), 0)
+        return d
+    return run_mma(emulator, kind == "tf32", a, b, d, blocks=blocks)
+
+
+def emulator_mma_maps(emulator, kind):
+    """The emulator's A map (lane, v) -> (m, k) and B map (lane, v) -> (k, n), found by
+    probes that read D through CuTe's C layout: A one-hot against B[k, n] = 1 + k + K n
+    (the row of D that lights up is m, its values give k and n), then B one-hot against
+    A[m, k] = 1 + k + K m (the column is n, the values k and m). Each probe also checks
+    the C layout: the decoded n (or m) must be where CuTe's C layout puts it."""
+    k_dim, a_layout, b_layout, c_layout = CUTE_MMA[kind]
+    n_a, n_b = (8, 4) if k_dim == 16 else (4, 2)
+    a_dense, b_dense = np.zeros((32, n_a)), np.zeros((32, n_b))
+    for lane in range(32):
+        for v in range(n_a):
+            o = cute(a_layout, lane, v)
+            a_dense[lane, v] = 1 + o // 16 + k_dim * (o % 16)
+        for v in range(n_b):
+            o = cute(b_layout, lane, v)
+            b_dense[lane, v] = 1 + o // 8 + k_dim * (o % 8)
+    maps = {}
+    for operand, n_values, dense in (("A", n_a, b_dense), ("B", n_b, a_dense)):
+        probes = [(lane, v) for lane in range(32) for v in range(n_values)]
+        one_hot = np.zeros((len(probes), 32, n_values))
+        for w, (lane, v) in enumerate(probes):
+            one_hot[w, lane, v] = 1
+        others = np.broadcast_to(dense, (len(probes),) + dense.shape)
+        d = _run_mma_kind(emulator, kind, *((one_hot, others) if operand == "A" else (others, one_hot)))
+        found = {}
+        for w, probe in enumerate(probes):
+            lit = set()
+            for lane in range(32):
+                for e in range(4):
+                    if d[w, lane, e]:
+                        o = cute(c_layout, lane, e)
+                        m, n = o % 16, o // 16
+                        k, other = (int(d[w, lane, e]) - 1) % k_dim, (int(d[w, lane, e]) - 1) // k_dim
+                        assert other == (n if operand == "A" else m), (kind, operand, probe)
+                        lit.add((m, k) if operand == "A" else (k, n))
+            assert len(lit) == 1, (kind, operand, probe, lit)  # one element of A (of B)
+            found[probe] = lit.pop()
+        maps[operand] = found
+    return maps
+
+
+@pytest.mark.parametrize("kind", ["f16", "bf16", "tf32"])
+def test_mma_fragment_maps_are_cutes(emulator, kind):
+    """mma.m16n8k16 (f16, bf16) and mma.m16n8k8 (tf32): every (lane, value) of A and B
+    lands where CuTe's MMA_Traits say, and D is read back where its C layout says."""
+    k_dim, a_layout, b_layout, _ = CUTE_MMA[kind]
+    maps = emulator_mma_maps(emulator, kind)
+    expected_a = {p: (cute(a_layout, *p) % 16, cute(a_layout, *p) // 16) for p in maps["A"]}
+    expected_b = {p: (cute(b_layout, *p) // 8, cute(b_layout, *p) % 8) for p in maps["B"]}
+    assert maps["A"] == expected_a
+    assert maps["B"] == expected_b
+    # the maps are onto: every element of A (16 x K) and B (K x 8) is some lane's value
+    assert sorted(expected_a.values()) == [(m, k) for m in range(16) for k in range(k_dim)]
+    assert sorted(expected_b.values()) == [(k, n) for k in range(k_dim) for n in range(8)]
+
+
+@pytest.mark.parametrize("matrices", [1, 2, 4])
+@pytest.mark.parametrize("trans", [False, True], ids=["n", "trans"])
+def test_ldmatrix_fragment_maps_are_cutes(emulator, matrices, trans):
+    """ldmatrix .x1/.x2/.x4 (and .trans): lane t's 16-bit element e comes from the row
+    whose address CuTe's source layout assigns to some lane t', at the column its
+    destination layout says. Rows are placed in shared memory in a random order, each
+    element holding its (row, column), and lanes beyond the source threads point at other
+    rows, which must not be read."""
+    rng = np.random.default_rng(40 + matrices + 8 * trans)
+    n_rows = 48
+    placed = rng.permutation(n_rows)[:32]            # lane -> the shared row it addresses
+    smem16 = (np.arange(n_rows)[:, None] * 8 + np.arange(8)).astype(np.uint16).ravel()
+    out = np.zeros((32, matrices), np.uint32)
+    emulator.launch(f"tc_test_ldmatrix<{matrices}, {'true' if trans else 'false'}>", 1, 32,
+                    (smem16.view(np.uint32), i32(smem16.size // 2),
+                     (placed * 16).astype(np.int32), out), n_rows * 16)
+    lane_of_row = {int(r): lane for lane, r in enumerate(placed)}
+    source, destination = CUTE_LDSM[(matrices, trans)]
+    for t in range(32):
+        for e in range(2 * matrices):
+            got = int(out[t, e // 2] >> (16 * (e % 2)) & 0xFFFF)
+            bit = cute(destination, t, 16 * e)
+            row, column = bit // 128, bit % 128 // 16
+            by = min(u for u in range(32) if cute(source, u, 0) == 128 * row)
+            assert (lane_of_row[got // 8], got % 8) == (by, column), (t, e, trans)
+
+
 # --- traps: run in a subprocess, each must abort with its message ------------------------
 
 def run_trap(case):
@@ -414,10 +615,22 @@ def run_trap(case):
     elif case in ("ldmatrix_misaligned", "ldmatrix_outside_shared"):
         offsets = np.arange(32, dtype=np.int32) * 16
         offsets[5] = 8 if case == "ldmatrix_misaligned" else 32 * 16
-        em.launch("tc_test_ldmatrix", 1, 32, (zeros(128, np.uint32), i32(128), offsets,
+        em.launch("tc_test_ldmatrix<4, false>", 1, 32, (zeros(128, np.uint32), i32(128), offsets,
                                               zeros(32 * 4, np.uint32)), 32 * 16)
+    elif case.startswith("vector_"):  # vector_<kind>_<offset in floats>
+        kind, offset = (VECTOR_KINDS.index(case.split("_")[1]), int(case.split("_")[2]))
+        src = np.zeros(64, np.float32)
+        assert src.ctypes.data % 16 == 0  # NumPy's allocations are (the offset misaligns)
+        em.launch("tc_test_vector_access", 1, 32, (src, zeros(32, np.float32), i32(kind),
+                                                   i32(offset), i32(5)), 32 * 16)
+    elif case in ("ldsm_two_sites", "ldsm_one_site"):
+        em.launch("tc_test_ldsm_two_sites", 1, 32, (i32(16 if case == "ldsm_two_sites" else 0),),
+                  32 * 16)
     else:
         raise ValueError(f"unknown trap case {case!r}")
+
+
+VECTOR_KINDS = ["float4", "float2", "uint4", "cpasync"]
 
 
 TRAPS = {  # case -> phrases the message must contain (None: must run cleanly)
@@ -431,6 +644,17 @@ TRAPS = {  # case -> phrases the message must contain (None: must run cleanly)
     "cp_async_never_waited": ["cp.async copies never waited for", "block 0", "thread"],
     "ldmatrix_misaligned": ["ldsm_x4", "not 16-byte aligned", "thread 5"],
     "ldmatrix_outside_shared": ["ldsm_x4", "outside", "thread 5"],
+    # misaligned vector accesses fault on a GPU: UBSan (-fsanitize=alignment) names the
+    # line and the type, the emulator the thread; aligned ones (offset 4 floats) run
+    "vector_float4_4": None,
+    "vector_float4_1": ["misaligned address", "float4", "16 byte alignment", "thread 5"],
+    "vector_float2_1": ["misaligned address", "float2", "8 byte alignment", "thread 5"],
+    "vector_uint4_2": ["misaligned address", "uint4", "16 byte alignment", "thread 5"],
+    "vector_cpasync_2": ["cp_async16", "not 16-byte aligned", "thread 5"],
+    # half a warp at one ldmatrix, half at another: both call sites named
+    "ldsm_one_site": None,
+    "ldsm_two_sites": ["reached ldsm_x4 at extra_source:", "of its warp waits at ldsm_x4 "
+                       "at extra_source:", "block 0"],
 }
 
 

@@ -19,7 +19,9 @@ Tolerances (u = 2^-11, the unit roundoff of fp16 and of TF32 with round-to-neare
 * TF32 (float32 with allow_tf32): both operands of the pointwise mma are rounded to TF32
   (<= u each: 2u A), the depthwise and everything else stay fp32: 2u (A + |y|) again.
 A second check compares with a float64 model of exactly those roundings (operands
-rounded as the kernel rounds them), to within fp32 accumulation error and one output ulp.
+rounded as the kernel rounds them), to within fp32 accumulation error and one output ulp:
+emulator only, which sums an mma exactly and rounds once; tensor cores truncate while
+accumulating, so tests/test_tensor_core_gpu.py allows for that instead.
 """
 from __future__ import annotations
 

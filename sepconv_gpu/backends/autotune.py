@@ -49,6 +49,12 @@ logger = logging.getLogger("sepconv_gpu")
 _override = None   # set_autotune's choice; None: the environment variable decides
 
 
+class DeviceFault(RuntimeError):
+    """A CUDA error that leaves the context unusable (an illegal address, a trap: sticky),
+    raised by the backend: every later call fails too, so autotuning stops there, naming
+    the plan, where a plan that merely cannot compile or launch is skipped."""
+
+
 def set_autotune(enabled):
     """Turn autotuning on (True) or off (False) for this process; None: back to
     `SEPCONV_GPU_AUTOTUNE` (1/0, true/false, yes/no, on/off; unset: off)."""
@@ -156,11 +162,15 @@ class Tuner:
 
     def _time(self, plan, run, clock):
         """Median seconds of one run of `plan`; inf when it fails to launch (a plan the
-        device cannot run, e.g. too many resources: the others still can)."""
+        device cannot run, e.g. too many resources: the others still can). A fault that
+        kills the context (`DeviceFault`) is raised again, naming the plan."""
         try:
             for _ in range(self.warmup):
                 run(plan)
             return statistics.median(clock(lambda: run(plan)) for _ in range(self.repeats))
+        except DeviceFault as exc:
+            raise DeviceFault(f"sepconv_gpu autotune: plan {describe(plan)} faulted and the "
+                              f"CUDA context is lost (restart the process): {exc}") from exc
         except RuntimeError as exc:
             logger.warning("sepconv_gpu autotune: plan %s failed (%s); not a candidate", plan, exc)
             return math.inf

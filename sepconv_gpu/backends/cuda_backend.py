@@ -12,8 +12,10 @@ newest one, which the driver JIT-compiles (`nvrtc.target`, said once in the log)
 NVRTC cannot serve the device (none found, newer than the driver, an older architecture it
 does not know) CuPy's `RawModule` compiles instead, said once in the log. Launches go to
 the caller's stream (CuPy's current stream; for torch CUDA tensors torch's current stream,
-see `CupyOps.stream_scope`); nothing here synchronizes, and a call of a seen signature
-neither compiles nor plans (`_call_plan`), so it can be captured in a CUDA graph.
+see `CupyOps.stream_scope`); a call never synchronizes (a weight upload waits for its
+copy: `_uploaded`), prepared weights are ordered by an event across streams
+(`_Prepared`), and a call of a seen signature neither compiles nor plans (`_call_plan`),
+so it can be captured in a CUDA graph.
 
 A call (`CupyOps._separable_conv`) asks `launch.launch_sequence` (CuPy-free, shared with
 the host-emulation tests) what to launch, once per signature (`_call_plan`), and runs it
@@ -171,9 +173,11 @@ class CupyOps(Ops):
         return cupy.asarray(np.asarray(x)), _give_back_host(x)
 
     def asarray(self, a, dtype=None):
-        """Weights onto the device, always a copy (as NumpyOps does)."""
+        """Weights onto the device, always a copy (as NumpyOps does), complete when it
+        returns (`_uploaded`)."""
         view = _device_view(a)
-        return cupy.array(view if view is not None else np.asarray(a), dtype=dtype, copy=True)
+        return _uploaded(cupy.array(view if view is not None else np.asarray(a), dtype=dtype,
+                                    copy=True))
 
     def to_numpy(self, a):
         view = _device_view(a)
@@ -265,7 +269,10 @@ def _event_seconds(body):
     start.record()
     body()
     end.record()
-    end.synchronize()
+    try:  # where a fault of the launches timed surfaces
+        end.synchronize()
+    except (cupy.cuda.driver.CUDADriverError, cupy.cuda.runtime.CUDARuntimeError) as exc:
+        raise _cuda_failure(f"sepconv_gpu: the timed launches failed: {exc}", exc) from exc
     return cupy.cuda.get_elapsed_time(start, end) / 1e3
 
 
@@ -374,6 +381,12 @@ def _shared_memory_limit(device_id):
     every launch there runs the SIMT kernel."""
     if int(cupy.cuda.Device(device_id).compute_capability) < TENSOR_CORE_MIN_ARCH:
         return 0
+    return _shared_memory_opt_in_limit(device_id)
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_memory_opt_in_limit(device_id):
+    """The most dynamic shared memory a block may opt in to on this device."""
     attribute = getattr(cupy.cuda.runtime, "cudaDevAttrMaxSharedMemoryPerBlockOptin", 97)
     return cupy.cuda.runtime.deviceGetAttribute(attribute, device_id)
 
@@ -385,21 +398,11 @@ def _sm_count(device_id):
     return cupy.cuda.runtime.deviceGetAttribute(attribute, device_id)
 
 
-# Function -> dynamic shared bytes it may use. Keyed by the object, not its CUfunction
-# handle: the reference keeps the module loaded, so a handle freed by clearing
-# _functions cannot come back for another kernel that never opted in.
-_shared_opt_in = {}
-
-
 def _launch(launch, arrays, fn=None):
     fn = get_function(launch.name) if fn is None else fn
     try:
-        if launch.shared_bytes > max(_DEFAULT_SHARED_LIMIT, _shared_opt_in.get(fn, 0)):
-            # above 48 KB a kernel must opt in (cudaFuncAttributeMaxDynamicSharedMemorySize)
-            cupy.cuda.driver.funcSetAttribute(
-                fn.ptr, getattr(cupy.cuda.driver, "CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES", 8),
-                launch.shared_bytes)
-            _shared_opt_in[fn] = launch.shared_bytes
+        if launch.shared_bytes > _DEFAULT_SHARED_LIMIT and fn not in _shared_opt_in:
+            _opt_in_shared_memory(fn)
         fn((launch.grid,), (launch.block,), arrays + launch.scalars,
            shared_mem=launch.shared_bytes)
         if _DEBUG_SYNC:  # surface asynchronous faults at the launch that caused them
@@ -409,26 +412,101 @@ def _launch(launch, arrays, fn=None):
         raise _kernel_error(launch, exc) from exc
 
 
+# The loaded Functions that opted in to the device's whole dynamic shared memory. Keyed by
+# the object, not its CUfunction handle: the reference keeps the module loaded, so a
+# handle freed by clearing _functions cannot come back for another kernel that never
+# opted in. A Function belongs to one device (`_functions` is keyed by device).
+_shared_opt_in = set()
+_opt_in_lock = threading.Lock()
+
+
+def _opt_in_shared_memory(fn):
+    """Above 48 KB a kernel must opt in (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES).
+    Once per Function, to the device's maximum and under a lock: an opt-in to each
+    launch's own size would let a thread launching a smaller plan lower it under another
+    thread between that one's opt-in and its launch (which then fails)."""
+    with _opt_in_lock:
+        if fn not in _shared_opt_in:
+            cupy.cuda.driver.funcSetAttribute(
+                fn.ptr, getattr(cupy.cuda.driver, "CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES", 8),
+                _shared_memory_opt_in_limit(cupy.cuda.runtime.getDevice()))
+            _shared_opt_in.add(fn)
+
+
 def _kernel_error(launch, exc):
-    return RuntimeError(
+    return _cuda_failure(
         f"sepconv_gpu: kernel {launch.name} (grid {launch.grid}, block {launch.block}, "
-        f"{launch.shared_bytes} B shared memory) failed: {exc}")
+        f"{launch.shared_bytes} B shared memory) failed: {exc}", exc)
+
+
+# CUDA errors after which the context is unusable until the process ends (sticky; the same
+# numbers in the runtime and the driver API): ECC uncorrectable 214, illegal address 700,
+# launch timeout 702, device assert 710, hardware stack error 714, illegal instruction 715,
+# misaligned address 716, invalid address space 717, invalid PC 718, launch failure 719
+_STICKY_CUDA_ERRORS = frozenset({214, 700, 702, 710, 714, 715, 716, 717, 718, 719})
+
+
+def _cuda_failure(message, exc):
+    """The error to raise for CuPy's CUDA error `exc`: `autotune.DeviceFault` where the
+    context is lost (autotuning must stop there), else a RuntimeError."""
+    sticky = getattr(exc, "status", None) in _STICKY_CUDA_ERRORS
+    return (_autotune.DeviceFault if sticky else RuntimeError)(message)
 
 
 def _prepared_weights(layout, depthwise, pointwise, bias, device, cache):
     """(depthwise, pointwise, bias) in the kernel's `layout` on `device`
-    (`launch.prepare_weights`). With a cache (the layer's immutable weight snapshot
-    owns it) they are prepared once per layout and device; without one (ops-level calls
-    with the user's arrays, which may change between calls) on every call."""
+    (`launch.prepare_weights`), ordered before the current stream's next launch. With a
+    cache (the layer's immutable weight snapshot owns it) they are prepared once per
+    layout and device, on the stream of the first call, and a call on another stream
+    waits for that preparation (`_Prepared`); without one (ops-level calls with the user's
+    arrays, which may change between calls) on every call, on the caller's stream."""
     key = (layout, device.id)
-    prepared = None if cache is None else cache.get(key)
-    if prepared is None:
-        prepared = prepare_weights(
-            cupy, layout, _on_device(depthwise, device), _on_device(pointwise, device),
-            None if bias is None else _on_device(bias, device))
-        if cache is not None:
-            cache[key] = prepared  # a racing thread may prepare the same arrays: harmless
+    entry = None if cache is None else cache.get(key)
+    if entry is not None:
+        return entry.ordered()
+    prepared = prepare_weights(
+        cupy, layout, _on_device(depthwise, device), _on_device(pointwise, device),
+        None if bias is None else _on_device(bias, device))
+    if cache is not None:  # a racing thread may prepare the same arrays: harmless
+        cache[key] = _Prepared.record(prepared)
     return prepared
+
+
+class _Prepared(NamedTuple):
+    """Prepared weights shared by the calls of one weight snapshot, which may come from
+    any thread and stream: the stream that prepared them and an event recorded there
+    right after (device-side ordering; nothing here waits on the host)."""
+    weights: tuple
+    stream: int        # the preparing stream's handle
+    ready: object      # cupy.cuda.Event recorded on it after the preparation
+
+    @classmethod
+    def record(cls, weights):
+        stream = cupy.cuda.get_current_stream()
+        ready = cupy.cuda.Event(disable_timing=True)
+        ready.record(stream)
+        return cls(weights, stream.ptr, ready)
+
+    def ordered(self):
+        """The weights, for a launch on the current stream: on the preparing stream stream
+        order suffices (the fast path: one comparison); another stream waits for the
+        event on the device. Not while it captures a CUDA graph: CUDA refuses a
+        dependency on work outside the capture (cudaErrorStreamCaptureIsolation), and
+        the warm-up call that prepared them is done once the capturer synchronizes before
+        capturing, as torch.cuda.graph does."""
+        stream = cupy.cuda.get_current_stream()
+        if stream.ptr != self.stream and not stream.is_capturing():
+            stream.wait_event(self.ready)
+        return self.weights
+
+
+def _uploaded(array):
+    """`array`, a new weight copied onto the device on the current stream, once the copy
+    is done: weights are written rarely (build, set_weights, assign, constraints), then
+    read by calls on any stream or thread, which stream order alone would not order after
+    an upload on another stream (CuPy copies from the host asynchronously)."""
+    cupy.cuda.get_current_stream().synchronize()
+    return array
 
 
 def _on_device(a, device):

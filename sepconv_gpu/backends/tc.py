@@ -41,9 +41,8 @@ TC_MT2_REGISTERS = 128   # TC_MT2_REGISTERS: __maxnreg__ of the MT <= 2 instanti
 # sm_90); the CUDA backend passes its device's own limit (A100 163 KB, sm_86/89 99 KB).
 TC_SMEM_LIMIT = 227 * 1024
 TC_SOURCE = "sepconv_tc.cu"
-# dtype -> C++ type. float32 runs only with allow_tf32 (mma.m16n8k8.tf32). bfloat16
-# (mma.m16n8k16.bf16) is planned and compiled; the Python side does not route it yet
-# (launch.launch_sequence takes the kernel_common.DTYPES only).
+# dtype -> C++ type. float32 runs only with allow_tf32 (mma.m16n8k8.tf32); bfloat16
+# (mma.m16n8k16.bf16) and float16 whenever `launch.select_kernel` finds the call fits.
 TC_DTYPES = {"float16": "__half", "float32": "float", "bfloat16": "__nv_bfloat16"}
 TC_ITEMSIZE = {"float16": 2, "float32": 4, "bfloat16": 2}
 # Specialized extents (weights in registers, taps unrolled); others: generic (0, 0).
