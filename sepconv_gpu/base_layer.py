@@ -110,7 +110,7 @@ class Variable:
         """The weight's array, read-only (see the class)."""
         if self._layer._ops.name == "numpy":
             return self._value
-        return self._layer._ops.asarray(self._value)
+        return self._value.copy()  # a device copy on the current stream: no upload to wait for
 
     @value.setter
     def value(self, array):
