@@ -36,14 +36,16 @@ def call(batch=2, size=8, channels=16, filters=32, dtype="float16", activation="
 
 
 class FakeDevice:
-    """`run(plan)` notes the plan; `clock(body)` runs body and returns the seconds given
-    for the last plan run (`seconds(plan)`)."""
+    """`run(plan)` notes the plan and returns its output (`output(plan)`, by default the
+    same for every plan); `clock(body)` runs body and returns the seconds given for the
+    last plan run (`seconds(plan)`)."""
 
-    def __init__(self, seconds):
-        self.seconds, self.runs, self.timed = seconds, [], 0
+    def __init__(self, seconds, output=lambda plan: np.ones(4)):
+        self.seconds, self.output, self.runs, self.timed = seconds, output, [], 0
 
     def run(self, plan):
         self.runs.append(plan)
+        return self.output(plan)
 
     def clock(self, body):
         body()
@@ -128,9 +130,10 @@ def test_picks_the_fastest_and_caches_it(tmp_path, fastest):
     tuner = autotune.Tuner(warmup=2, repeats=3)
     chosen = choose(tuner, device, args)
     assert chosen == found[fastest]
-    # every candidate ran its warm-up and its timed runs, nothing else
-    assert len(device.runs) == len(found) * 5 and device.timed == len(found) * 3
-    assert {p: device.runs.count(p) for p in found} == {p: 5 for p in found}
+    # every candidate ran its warm-up, its timed runs and the run its output is checked
+    # on, nothing else
+    assert len(device.runs) == len(found) * 6 and device.timed == len(found) * 3
+    assert {p: device.runs.count(p) for p in found} == {p: 6 for p in found}
     # remembered: no more timing in this process
     assert choose(tuner, FakeDevice(never), args) == chosen
     saved = json.loads((tmp_path / autotune.FILENAME).read_text())
@@ -215,7 +218,7 @@ def test_a_stale_entry_is_timed_again_and_other_entries_are_kept(tmp_path):
                              tc.TC_SMEM_LIMIT)
     entries = {key: {"plan": {"kernel": "tc", "bn": 12345}},   # no longer a candidate
                "another call": {"plan": {"kernel": "simt"}}}
-    (tmp_path / autotune.FILENAME).write_text(json.dumps({"format": 1, "entries": entries}))
+    (tmp_path / autotune.FILENAME).write_text(json.dumps({"format": autotune.FORMAT, "entries": entries}))
     device = FakeDevice(by_rank(found, [2, 0, 1, 3]))
     assert choose(autotune.Tuner(), device, args) == found[2] and device.timed
     saved = json.loads((tmp_path / autotune.FILENAME).read_text())["entries"]
@@ -242,9 +245,34 @@ def test_a_plan_that_fails_to_launch_is_not_chosen():
     def run(plan):
         if plan == found[1]:
             raise RuntimeError("too many resources requested for launch")
-        device.run(plan)
+        return device.run(plan)
 
     assert autotune.Tuner().choose("GPU A", *args, run=run, clock=device.clock) == found[0]
+
+
+@pytest.mark.parametrize("dtype, allow_tf32", [("float16", False), ("float32", True)])
+def test_a_fastest_plan_with_a_wrong_output_cannot_win(tmp_path, caplog, dtype, allow_tf32):
+    """Every candidate's output is compared with the reference plan's (the model's choice)
+    before it may win: the fastest, off by more than the mode's tolerance, is named in the
+    log and marked in the file; the next fastest that agrees wins. Within the tolerance (a
+    different summation order) a plan still wins."""
+    args = call(dtype=dtype)
+    found = candidates_of(args, allow_tf32)
+    limit = autotune.TOLERANCE["tf32" if allow_tf32 else dtype]
+    off = {found[1]: 3 * limit, found[2]: limit / 2}  # relative to max |output| = 2
+
+    def output(plan):
+        y = np.array([2.0, -1.0, 0.5, 0.0])
+        y[1] += 2 * off.get(plan, 0.0)
+        return y
+
+    device = FakeDevice(by_rank(found, [1, 2, 0]), output)
+    assert choose(autotune.Tuner(), device, args, allow_tf32=allow_tf32) == found[2]
+    assert str(found[1]) in caplog.text and "not a candidate" in caplog.text
+    [entry] = json.loads((tmp_path / autotune.FILENAME).read_text())["entries"].values()
+    assert entry["reference"] == autotune.describe(found[0])
+    assert [t["agrees"] for t in entry["timed"]] == [p != found[1] for p in found]
+    assert entry["timed"][1]["difference"] == pytest.approx(3 * limit)
 
 
 def test_off_by_default_times_nothing_and_reads_no_file(tmp_path):
