@@ -236,6 +236,12 @@ class Tuner:
                                "choices are timed again in each process", self.path, exc)
 
 
+def chosen():
+    """This process's choices, [(call, plan)] (`Tuner.chosen`): what a benchmark records
+    as the plan that ran."""
+    return _tuner.chosen()
+
+
 def _host(a):
     """A float64 NumPy copy of a CuPy or NumPy array."""
     return np.asarray(a.get() if hasattr(a, "get") else a, dtype=np.float64)
