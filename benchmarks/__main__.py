@@ -148,7 +148,7 @@ def replot(paths, out):
                  if p.exists()]
         if taken:
             _refuse(f"--replot would overwrite {taken[0]}; choose another --out")
-    report.fill_models(record)
+    report.fill_missing(record)
     print(report.table(record))
     if stem is not None:
         record["plots"] = _plot(record, stem)

@@ -195,7 +195,7 @@ def _torch_impl(case, mode, channels_last, compile_mode=None, symmetric_pad=Fals
     if symmetric_pad:
         if symmetric:
             raise Skip("Keras' padding is symmetric here already")
-        pads, symmetric = tuple((lo, lo) for lo, _ in pads), True
+        pads, symmetric = tuple((hi, hi) for _, hi in pads), True  # padding=k//2: same output size
     depthwise = torch.nn.Conv2d(c, c, kernel, stride, groups=c, bias=False,
                                 padding=tuple(lo for lo, _ in pads) if symmetric else 0)
     pointwise = torch.nn.Conv2d(c, f, 1, bias=b is not None)
@@ -259,8 +259,9 @@ def torch_compile_max(case, mode):
 
 
 def torch_nhwc_sympad(case, mode):
-    """PyTorch's native `padding=1`-style symmetric padding where Keras' is asymmetric
-    (stride 2 on even sizes): no F.pad pass, but another function (one pixel shifted)."""
+    """PyTorch's native symmetric `padding=k//2` (1 for 3x3) where Keras' is asymmetric
+    (stride 2 on even sizes): no F.pad pass, the same output size, but another function
+    (the window one pixel up and left)."""
     if not case.gpu:
         raise Skip("GPU peer")
     return _torch_impl(case, mode, channels_last=True, symmetric_pad=True)

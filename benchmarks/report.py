@@ -76,8 +76,8 @@ def table(record):
             row += f" {_x((entry.get('best_peer') or {}).get('speedup')):>8}"
             lines.append(row)
         width = 38 + 1 + 3 + 9 + 9 + 7 + 6 + 9 + 8 + 8 + 7 * memory
-        rows = [("geomean speedup", "geomean_speedup"), ("min speedup", "min_speedup"),
-                ("device-time geomean", "device_geomean_speedup")]
+        rows = [("geomean speedup", "geomean_speedup"), ("min speedup", "min_speedup")]
+        rows += [("device-time geomean", "device_geomean_speedup")] * (device["kind"] == "gpu")
         rows += [(f"network total {suite}", ("suite_total_speedup", suite))
                  for suite in dict.fromkeys(l["suite"] for l in record["layers"])]
         for label, key in rows:
@@ -111,9 +111,10 @@ def table(record):
     return "\n".join(lines)
 
 
-def fill_models(record):
-    """Our `model` entry, where a record predates it, computed now from the suite's layer
-    (the cost model's choice; `filled_by` says so). Layers no suite knows stay without."""
+def fill_missing(record):
+    """What an older record lacks, computed now: our `model` entry from the suite's layer
+    (the cost model's choice; `filled_by` says so; layers no suite knows stay without),
+    and a schema 1 record's summary (per-suite totals)."""
     import numpy as np
 
     from . import peers, runner, suites
@@ -131,6 +132,12 @@ def fill_models(record):
             case = peers.Case(spec, batch, False, dtype, [x], spec.weights())
             ours["model"] = runner.model_entry(case, mode) | {
                 "filled_by": "replot: the record predates the model fields"}
+    if record.get("schema", 1) < 2:
+        for layer in record["layers"]:
+            for entry in layer["modes"].values():
+                entry.setdefault("best_peer", runner.best_peer(entry["impls"]))
+        record["summary"] = runner.summarize(record["layers"], record["settings"]["modes"],
+                                             record["peers"])
     return record
 
 

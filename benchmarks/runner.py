@@ -489,7 +489,7 @@ def best_peer(impls):
     found = {}
     for field, prefix in (("median_s", ""), ("device_s", "device_")):
         timed = {n: r[field] for n, r in impls.items() if n != peers.OURS and r.get(field)
-                 and r.get(f"{prefix}speedup") and r.get("correct") and n not in peers.OTHER_FUNCTION}
+                 and r.get(f"{prefix}speedup") and correct(r) and n not in peers.OTHER_FUNCTION}
         if timed:
             name = min(timed, key=timed.get)
             found |= {f"{prefix}name": name, f"{prefix}speedup": impls[name][f"{prefix}speedup"]}

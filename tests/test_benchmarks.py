@@ -1,4 +1,5 @@
 """The benchmark suites, the runner's CPU path, the record's summary and the Dockerfile."""
+import dataclasses
 import hashlib
 import json
 import re
@@ -10,13 +11,14 @@ import numpy as np
 import pytest
 
 from benchmarks import __main__ as cli  # importable through pytest's pythonpath (pyproject)
-from benchmarks import peers, predict, report, runner, suites
+from benchmarks import peers, predict, reference, report, runner, suites, timing
 from sepconv_gpu.backends import cost_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SUMMARY_KEY = re.compile(r"^(float32|tf32|float16)/(sepconv_gpu|torch_eager_nhwc|torch_eager_nchw|"
-                         r"torch_compile|jax_jit|keras_tf_cpu|torch_cpu)$")
+SUMMARY_KEY = re.compile(r"^(float32|tf32|float16)/(sepconv_gpu|best_peer|torch_eager_nhwc|"
+                         r"torch_eager_nchw|torch_compile|torch_compile_max|torch_nhwc_sympad|"
+                         r"torch_nhwc_nocudnn|jax_jit|keras_tf_cpu|torch_cpu)$")
 
 
 def test_suites_match_the_design():
@@ -41,21 +43,37 @@ def test_flops_and_bytes_by_hand():
 
 
 def test_summary_keys_and_arithmetic():
-    def layer(repeat, ours, peer, agrees=True):
-        impls = {"sepconv_gpu": {"median_s": ours, "pct_of_floor": 200.0},
+    """Per peer over the layers where it ran correctly; network totals per suite, None
+    ("n/a") unless every layer of the suite has the peer; the headline against the
+    fastest correct peer of each layer (never the one computing another function)."""
+    def layer(suite, repeat, ours, peer, correct=True, keras=None):
+        impls = {"sepconv_gpu": {"median_s": ours, "pct_of_floor": 200.0, "correct": True},
                  "torch_cpu": {"median_s": peer, "speedup": peer / ours, "pct_of_floor": 1.0,
-                               "agrees": agrees},
-                 "keras_tf_cpu": {"skipped": "not installed (tensorflow)"}}
-        return {"repeat": repeat, "modes": {"float32": {"impls": impls}}}
+                               "correct": correct},
+                 "keras_tf_cpu": {"skipped": "not installed (tensorflow)"} if keras is None else
+                 {"median_s": keras, "speedup": keras / ours, "correct": True},
+                 "torch_nhwc_sympad": {"median_s": ours / 10, "speedup": 0.1, "correct": True}}
+        entry = {"impls": impls, "best_peer": runner.best_peer(impls)}
+        return {"suite": suite, "key": f"{suite}/{peer}", "repeat": repeat,
+                "modes": {"float32": entry}}
 
-    layers = [layer(1, 1.0, 2.0), layer(3, 1.0, 8.0), layer(1, 1.0, 100.0, agrees=False)]
+    layers = [layer("a", 1, 1.0, 2.0, keras=1.5), layer("a", 3, 1.0, 8.0),
+              layer("b", 1, 1.0, 100.0, correct=False), layer("c", 1, 1.0, 4.0)]
+    assert layers[0]["modes"]["float32"]["best_peer"] == {"name": "keras_tf_cpu", "speedup": 1.5}
     summary = runner.summarize(layers, ["float32"], ["keras_tf_cpu", "torch_cpu"])
-    assert set(summary) == {"float32/sepconv_gpu", "float32/torch_cpu"}
+    assert set(summary) == {"float32/sepconv_gpu", "float32/torch_cpu", "float32/keras_tf_cpu",
+                            "float32/best_peer"}
     assert all(SUMMARY_KEY.match(key) for key in summary)
     torch_cpu = summary["float32/torch_cpu"]
-    assert torch_cpu["geomean_speedup"] == pytest.approx(4.0)  # the disagreeing layer is out
-    assert torch_cpu["min_speedup"] == 2.0 and torch_cpu["layers"] == 2
-    assert torch_cpu["total_speedup"] == pytest.approx((2 + 3 * 8) / (1 + 3 * 1))
+    assert torch_cpu["geomean_speedup"] == pytest.approx(4.0)  # the wrong layer is out
+    assert torch_cpu["min_speedup"] == 2.0 and torch_cpu["layers"] == 3
+    assert torch_cpu["suite_total_speedup"] == {"a": pytest.approx((2 + 3 * 8) / (1 + 3 * 1)),
+                                                "b": None, "c": 4.0}
+    keras = summary["float32/keras_tf_cpu"]["suite_total_speedup"]
+    assert keras == {"a": None, "b": None, "c": None}  # one layer of "a" is not enough
+    best = summary["float32/best_peer"]
+    assert best["geomean_speedup"] == pytest.approx((1.5 * 8 * 4) ** (1 / 3))
+    assert best["suite_total_speedup"]["a"] == pytest.approx((1.5 + 3 * 8) / 4)
     assert summary["float32/sepconv_gpu"]["median_pct_of_floor"] == 200.0
 
 
@@ -132,29 +150,50 @@ def test_kernels_hash_is_find_sort_cat(tmp_path):
     assert runner.kernels_hash(tmp_path / "nowhere") is None
 
 
+# Every field of a record (issue 29 item 8); a CPU run has the GPU's as null, with why.
+RECORD_FIELDS = ("schema", "complete", "created", "device", "git", "kernels_sha256", "source_sha256",
+                 "versions", "gpu_state_before", "gpu_state_after", "framework_flags", "settings",
+                 "device_time", "device_time_unavailable", "ceilings", "peers", "layers",
+                 "summary", "failures", "wall_s", "plots")
+
+
 def test_cpu_quick_run_writes_a_record(tmp_path, capsys):
     record = cli.main(["--device", "cpu", "--suite", "tiny", "--quick", "--out", str(tmp_path)])
     table = capsys.readouterr().out
-    assert "geomean speedup" in table and "tiny/16x16x8->16 s2" in table
+    assert "network total tiny" in table and "tiny/16x16x8->16 s2" in table
+    assert "profile quick" in table
     [path] = tmp_path.glob("cpu-*.json")
     saved = json.loads(path.read_text())
     assert saved["summary"] == json.loads(json.dumps(record["summary"]))
-    for key in ("device", "git", "kernels_sha256", "versions", "ceilings", "settings", "peers"):
-        assert key in saved
+    assert [key for key in RECORD_FIELDS if key not in saved] == []
+    assert saved["complete"] and saved["failures"] == [] and saved["settings"]["profile"] == "quick"
+    assert saved["device"]["host_cpu"] and saved["device_time"] is None
+    assert "no GPU" in saved["device_time_unavailable"]
+    assert "unavailable" in saved["gpu_state_before"] and "unavailable" in saved["gpu_state_after"]
+    assert set(saved["source_sha256"]) == {"kernels", "sepconv_gpu", "benchmarks"}
+    assert saved["source_sha256"]["kernels"] == saved["kernels_sha256"]
+    assert all(len(h) == 64 for h in saved["source_sha256"].values())
+    assert "env" in saved["framework_flags"]
     assert saved["ceilings"]["copy_bandwidth_Bps"] > 0 and saved["ceilings"]["gemm_flops"]["float32"] > 0
     assert saved["peers"] == ["keras_tf_cpu", "torch_cpu"]
     assert all(SUMMARY_KEY.match(key) for key in saved["summary"])
     assert "float32/sepconv_gpu" in saved["summary"]
     for layer in saved["layers"]:
-        impls = layer["modes"]["float32"]["impls"]
+        entry = layer["modes"]["float32"]
+        rotation = entry["rotation"]
+        assert rotation["bytes"] == rotation["buffers"] * np.prod(layer["input_shape"]) * 4
+        assert rotation["cache_resident"] == (rotation["bytes"] <= 2 * rotation["cache_bytes"])
+        impls = entry["impls"]
         ours = impls["sepconv_gpu"]
+        assert ours["correct"] and ours["rel_err"] <= ours["tolerance"] == 2e-5
         assert ours["p10_s"] <= ours["median_s"] <= ours["p90_s"]
+        assert len(ours["samples_s"]) == 3 and ours["aa"]["p10"] <= ours["aa"]["median"] <= ours["aa"]["p90"]
         assert ours["peak_extra_bytes"] > 0 and ours["io_bytes"] > 0
         # the CUDA kernel's cost model rides along; a CPU run has nothing to compare it with
         assert ours["model"]["kernel"] in ("simt", "tc") and ours["model"]["predicted_us"] > 0
         assert "ratio" not in ours["model"]
-        for peer in saved["peers"]:  # every peer either ran and agreed, or says why not
-            assert impls[peer].get("agrees") or "skipped" in impls[peer]
+        for peer in saved["peers"]:  # every peer either ran correctly, or says why not
+            assert impls[peer].get("correct") or "skipped" in impls[peer]
     try:
         import matplotlib
     except ImportError:  # the plots, and only they, need it
@@ -163,24 +202,170 @@ def test_cpu_quick_run_writes_a_record(tmp_path, capsys):
     assert matplotlib and len(saved["plots"]) == 2
     for name in saved["plots"]:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert cli.main(["--replot", str(path)])["summary"] == saved["summary"]
 
 
-@pytest.mark.parametrize("name", ["torch_nchw", "torch_nhwc", "jax_jit"])
-def test_gpu_peer_math_agrees_on_the_cpu(name):
-    """The GPU peers' modules (layouts, Keras' asymmetric padding, 1D as 2D) checked here,
-    where no GPU runs them."""
+def _fast_cpu(monkeypatch):
+    """The CPU run without its slow parts (ceilings measured, a quiet machine awaited)."""
+    def ceilings(self, *_):
+        self.ceilings = {"copy_bandwidth_Bps": 1e10, "gemm_flops": {"float32": 1e11},
+                         "gemm_flops_by_library": {}, "gemm_n": 0}
+    monkeypatch.setattr(runner.Device, "_measure_ceilings", ceilings)
+    monkeypatch.setattr(runner.timing, "cpu_cache_bytes", lambda: 1 << 16)
+
+
+def _off_by(builder, change):
+    """A builder whose implementation computes `change(output)` instead: a wrong kernel."""
+    def build(case, mode):
+        impl = builder(case, mode)
+        return peers.Impl(lambda i: change(impl.call(i)), impl.to_numpy, impl.clock, "wrong")
+    return build
+
+
+@pytest.mark.parametrize("wrong", ["peer", "ours"])
+def test_a_wrong_result_fails_the_run_and_is_named(tmp_path, monkeypatch, capsys, wrong):
+    """The float64 gate: a peer off by one position, or our kernel 0.1% off (50x the
+    float32 tolerance), is not timed; the run writes its record, names the culprit and
+    exits 1. When ours is wrong nobody is timed."""
+    _fast_cpu(monkeypatch)
+    monkeypatch.setitem(peers.PEERS["cpu"], "shifted", _off_by(peers.sepconv_gpu,
+                                                               lambda y: np.roll(y, 1, axis=1)))
+    if wrong == "ours":
+        monkeypatch.setattr(peers, "sepconv_gpu", _off_by(peers.sepconv_gpu, lambda y: y * 1.001))
+        monkeypatch.setitem(peers.PEERS["cpu"], "shifted", peers.PEERS["cpu"]["torch_cpu"])
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--device", "cpu", "--suite", "tiny", "--quick", "--peers", "shifted",
+                  "--out", str(tmp_path), "--no-plots"])
+    assert stop.value.code == 1
+    culprit = "sepconv_gpu" if wrong == "ours" else "shifted"
+    err = capsys.readouterr().err
+    assert "FAILED: wrong results" in err
+    [path] = tmp_path.glob("cpu-*.json")
+    saved = json.loads(path.read_text())
+    assert saved["complete"] and len(saved["failures"]) == 2
+    for layer, failure in zip(saved["layers"], saved["failures"]):
+        assert f"float32 {layer['key']} {culprit}: relative error" in failure and failure in err
+        impls = layer["modes"]["float32"]["impls"]
+        assert impls[culprit]["rel_err"] > impls[culprit]["tolerance"] and "median_s" not in impls[culprit]
+        assert ("median_s" in impls["sepconv_gpu"]) is (wrong == "peer")
+
+
+def test_the_record_is_rewritten_after_every_layer(tmp_path, monkeypatch):
+    """A run stopped from outside keeps what it measured: the JSON after each layer."""
+    _fast_cpu(monkeypatch)
+    seen = []
+    real = runner.run_case
+
+    def spy(layer, *args, **kwargs):
+        seen.append([json.loads(p.read_text())["layers"] for p in tmp_path.glob("cpu-*.json")])
+        return real(layer, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_case", spy)
+    cli.main(["--device", "cpu", "--suite", "tiny", "--quick", "--peers", "none",
+              "--out", str(tmp_path), "--no-plots"])
+    assert [[len(layers) for layers in files] for files in seen] == [[], [1]]
+    [path] = tmp_path.glob("cpu-*.json")
+    assert json.loads(path.read_text())["complete"]
+
+
+@pytest.mark.parametrize("name", ["torch_nchw", "torch_nhwc", "torch_sympad", "torch_nocudnn",
+                                  "jax_jit", "sepconv_gpu"])
+def test_gpu_peer_math_passes_the_float64_gate_on_the_cpu(name):
+    """The GPU peers' modules (layouts, Keras' asymmetric padding, 1D as 2D, PyTorch's
+    own symmetric padding, cuDNN off) checked against the float64 reference here, where
+    no GPU runs them; the symmetric-padding baseline fails Keras' reference (another
+    function: the gate must tell them apart)."""
     build = {"torch_nchw": lambda c, m: peers._torch_impl(c, m, channels_last=False),
              "torch_nhwc": lambda c, m: peers._torch_impl(c, m, channels_last=True),
-             "jax_jit": peers.jax_jit}[name]
-    pytest.importorskip("torch" if name.startswith("torch") else "jax")
+             "torch_sympad": lambda c, m: peers._torch_impl(c, m, True, symmetric_pad=True),
+             "torch_nocudnn": lambda c, m: peers._torch_impl(c, m, True, cudnn=False),
+             "jax_jit": peers.jax_jit, "sepconv_gpu": peers.sepconv_gpu}[name]
+    if name != "sepconv_gpu":
+        pytest.importorskip("torch" if name.startswith("torch") else "jax")
+    device = runner.Device.__new__(runner.Device)  # the array module only: no ceilings
+    device.xp = np
     for layer in suites.SUITES["tiny"]:
         rng = np.random.default_rng(1)
         xs = [rng.standard_normal(layer.input_shape(2), dtype=np.float32) for _ in range(2)]
         case = peers.Case(layer, 2, False, "float32", xs, layer.weights(1))
-        ours = peers.sepconv_gpu(case, "float32").call(1)
+        if name == "torch_sympad" and layer.rank == 1:
+            with pytest.raises(peers.Skip, match="symmetric here already"):
+                build(case, "float32")
+            continue
         impl = build(case, "float32")
-        np.testing.assert_allclose(impl.to_numpy(impl.call(1)), ours, rtol=1e-4, atol=1e-5)
+        verdict = runner.check(impl, case, "float32", device, {})
+        assert verdict["correct"] and verdict["rel_err"] < 1e-6, verdict
+        if name == "torch_sympad":  # against Keras' padding it is wrong
+            keras = runner.check(peers.Impl(impl.call, impl.to_numpy, impl.clock), case,
+                                 "float32", device, {})
+            assert not keras["correct"] and keras["rel_err"] > 1e-2
+
+
+def _brute_force(x, dk, pk, b, kernel, strides, pads, activation):
+    """The convolution by definition, one output position at a time (rank 2; 1D as H=1)."""
+    x = x[:, None] if x.ndim == 3 else x
+    n, h, w, c = x.shape
+    (kh, kw), (sh, sw) = kernel, strides
+    oh = (h + sum(pads[0]) - kh) // sh + 1
+    ow = (w + sum(pads[1]) - kw) // sw + 1
+    y = np.zeros((n, oh, ow, pk.shape[1]))
+    for i in range(oh):
+        for j in range(ow):
+            dw = np.zeros((n, c))
+            for u in range(kh):
+                for v in range(kw):
+                    r, q = i * sh + u - pads[0][0], j * sw + v - pads[1][0]
+                    if 0 <= r < h and 0 <= q < w:
+                        dw += x[:, r, q, :].astype(np.float64) * dk[u, v]
+            y[:, i, j] = dw @ pk + (0 if b is None else b)
+    act = {None: lambda t: t, "relu6": lambda t: np.clip(t, 0, 6), "swish": lambda t: t / (1 + np.exp(-t))}
+    return act[activation](y).reshape(-1, pk.shape[1])
+
+
+@pytest.mark.parametrize("relu6", [False, True])
+def test_the_float64_reference_is_the_convolution_by_definition(relu6):
+    """Strided, asymmetrically padded 2D and a 1D k5 swish layer: the vectorized float64
+    reference equals the loop over output positions to rounding."""
+    for layer in suites.SUITES["tiny"]:
+        if relu6:
+            layer = dataclasses.replace(layer, activation="relu6", size=15)
+        case = _tiny_case(layer)
+        dk, pk, b = case.weights_2d()
+        args = (case.xs[0], dk, pk, b, *case.as_2d(), layer.activation)
+        expected = _brute_force(*args)
+        got = reference.separable_conv(np, *args[:4], case.as_2d(), layer.activation)
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+        assert reference.relative_error(got * (1 + 1e-3), expected) == pytest.approx(
+            1e-3 * np.abs(expected).max() / max(1, np.abs(expected).max()), rel=1e-6)
+    assert reference.relative_error(np.full(3, np.nan), np.zeros(3)) == np.inf
+    assert reference.relative_error(np.zeros(2), np.zeros(3)) == np.inf
+
+
+def test_rotation_exceeds_twice_the_cache_or_says_it_does_not():
+    for input_bytes, cache in ((3 << 20, 50 << 20), (1 << 20, 60 << 20), (100 << 20, 50 << 20)):
+        count = timing.buffer_count(input_bytes, cache)
+        rotation = timing.rotation(input_bytes, count, cache)
+        assert count * input_bytes > 2 * cache  # the last input read is evicted by the time it is due
+        assert count == 2 or (count - 1) * input_bytes <= 2 * cache  # and no more buffers than that
+        assert not rotation["cache_resident"]
+    tiny = timing.buffer_count(1 << 10, 50 << 20)
+    assert tiny == timing.MOST_BUFFERS and timing.rotation(1 << 10, tiny, 50 << 20)["cache_resident"]
+
+
+def test_device_time_is_the_union_of_the_gpu_s_activities():
+    """torch.profiler's events: kernels, copies and memsets count once where they
+    overlap (two streams); host API calls and CPU ops do not count."""
+    from types import SimpleNamespace as NS
+
+    def event(device, activity, start_us, end_us):
+        return NS(device_type=f"DeviceType.{device}", activity_type=activity,
+                  time_range=NS(start=start_us, end=end_us))
+
+    events = [event("CUDA", "kernel", 0, 10), event("CUDA", "kernel", 5, 20),  # overlap
+              event("CUDA", "gpu_memcpy", 30, 35), event("CUDA", "gpu_memset", 40, 41),
+              event("CPU", "cuda_runtime", 0, 100), event("CPU", "cpu_op", 0, 100),
+              event("CUDA", "cuda_sync", 50, 90)]
+    assert timing.device_events_seconds(events) == pytest.approx(26e-6)
+    assert timing.busy_seconds([]) == 0.0
 
 
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
