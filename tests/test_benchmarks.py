@@ -5,13 +5,14 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from benchmarks import __main__ as cli  # importable through pytest's pythonpath (pyproject)
-from benchmarks import peers, predict, reference, report, runner, suites, timing
+from benchmarks import host_overhead, peers, predict, reference, report, runner, suites, timing
 from sepconv_gpu.backends import cost_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -366,6 +367,105 @@ def test_device_time_is_the_union_of_the_gpu_s_activities():
               event("CUDA", "cuda_sync", 50, 90)]
     assert timing.device_events_seconds(events) == pytest.approx(26e-6)
     assert timing.busy_seconds([]) == 0.0
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--replot", "{tmp}/missing.json"], "no such file"),
+    (["--replot", "{tmp}/list.json"], "not a benchmark record"),
+    (["--replot", "{tmp}/text.json"], "not a benchmark record"),
+    (["--batch", "0"], "--batch: must be a whole number >= 1, received '0'"),
+    (["--batch", "-1"], "received '-1'"),
+    (["--repeats", "0"], "--repeats: must be a whole number >= 1"),
+    (["--repeats", "-1"], "--repeats: must be a whole number >= 1"),
+    (["--host-overhead", "--repeats", "0"], "--repeats: must be a whole number >= 1"),
+    (["--device", "cpu", "--suite", "tiny", "--out", "{tmp}/text.json"], "is a file, not a folder"),
+    (["--device", "cpu", "--suite", "tiny", "--out", "{tmp}/text.json/sub"], "cannot make the folder"),
+    (["--device", "cpu", "--suite", "nope"], "unknown suite"),
+    (["--device", "cpu", "--dtype", "float8"], "unknown --dtype"),
+    (["--device", "cpu", "--peers", "torch_compile"], "unknown --peers"),
+])
+def test_command_line_errors_are_one_line_and_exit_2_before_any_work(tmp_path, monkeypatch,
+                                                                     capsys, argv, says):
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "text.json").write_text("not json")
+
+    def work(*_a, **_k):
+        raise AssertionError("started work despite a bad argument")
+
+    for module, name in ((runner, "run"), (runner, "Device"), (host_overhead, "run")):
+        monkeypatch.setattr(module, name, work)
+    with pytest.raises(SystemExit) as stop:
+        cli.main([a.format(tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and says in err
+    assert err.count("\n") == 1 and err.startswith("python -m benchmarks: error: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["list.json", "text.json"]
+
+
+OLD_RECORD = ROOT / "benchmarks" / "results" / "cpu-20261121-173010.json"
+
+
+def test_replot_of_an_old_record_fills_its_model_and_writes_nothing_beside_it(capsys, tmp_path):
+    """The committed CPU record predates the model fields and the per-suite totals: both
+    are computed on replot; plots go to --out only, never over the committed ones."""
+    before = {p.name: p.stat().st_mtime_ns for p in OLD_RECORD.parent.iterdir()}
+    record = cli.main(["--replot", str(OLD_RECORD)])
+    text = capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in OLD_RECORD.parent.iterdir()} == before
+    rows = [line for line in text.splitlines() if line.startswith(("xception/", "mobilenet", "conformer"))]
+    assert len(rows) == 28 and all(re.search(r"% +simt +\d+\.\d{3} ", line) for line in rows)  # fp32: SIMT
+    ours = record["layers"][0]["modes"]["float32"]["impls"]["sepconv_gpu"]
+    assert "predates" in ours["model"]["filled_by"] and ours["model"]["predicted_us"] > 0
+    assert "network total xception" in text and "headline" in text
+    pytest.importorskip("matplotlib")
+    cli.main(["--replot", str(OLD_RECORD), "--out", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"{OLD_RECORD.stem}-replot-roofline.png", f"{OLD_RECORD.stem}-replot-speedup.png"]
+    with pytest.raises(SystemExit) as stop:  # never over a file that is there
+        cli.main(["--replot", str(OLD_RECORD), "--out", str(tmp_path)])
+    assert stop.value.code == 2 and "would overwrite" in capsys.readouterr().err
+
+
+def test_replot_without_matplotlib_prints_the_table_and_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+    record = cli.main(["--replot", str(OLD_RECORD), "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "network total xception" in out and "matplotlib is not installed" in out
+    assert record["plots"] == [] and list(tmp_path.iterdir()) == []
+
+
+def test_per_suite_records_merge_into_one_report(capsys, tmp_path):
+    """Two per-suite records of one device (the committed one split by suite) replot as
+    one: every layer, the summary anew, each source named; the merged record replots."""
+    record = json.loads(OLD_RECORD.read_text())
+    parts = []
+    for suites_of_part in (("xception", "conformer1d"), ("mobilenet_v1", "mobilenet_v2")):
+        part = dict(record, layers=[l for l in record["layers"] if l["suite"] in suites_of_part])
+        parts.append(tmp_path / f"{suites_of_part[0]}.json")
+        parts[-1].write_text(json.dumps(part))
+    out = tmp_path / "merged"
+    merged = cli.main(["--replot", *map(str, parts), "--out", str(out)])
+    text = capsys.readouterr().out
+    assert [l["key"] for l in merged["layers"]] == [
+        l["key"] for s in ("xception", "conformer1d", "mobilenet_v1", "mobilenet_v2")
+        for l in record["layers"] if l["suite"] == s]
+    assert [s["suites"] for s in merged["sources"]] == [["conformer1d", "xception"],
+                                                        ["mobilenet_v1", "mobilenet_v2"]]
+    assert merged["summary"]["float32/torch_cpu"]["layers"] == 28
+    for suite in ("xception", "mobilenet_v1", "mobilenet_v2", "conformer1d"):
+        assert f"network total {suite}" in text
+    [saved] = out.glob("merged-*.json")
+    again = cli.main(["--replot", str(saved)])
+    assert again["summary"] == json.loads(json.dumps(merged["summary"]))
+    with pytest.raises(SystemExit) as stop:  # a layer in two records: refused
+        cli.main(["--replot", str(parts[0]), str(parts[0])])
+    assert stop.value.code == 2 and "several records" in capsys.readouterr().err
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(dict(json.loads(parts[1].read_text()),
+                                     device={"kind": "gpu", "name": "another"})))
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--replot", str(parts[0]), str(other)])
+    assert stop.value.code == 2 and "differ in device" in capsys.readouterr().err
 
 
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
