@@ -127,7 +127,8 @@ def test_summary_and_table_carry_the_model():
         ours = {"median_s": 1e-3, "pct_of_floor": 150.0,
                 "model": {"kernel": "simt", "predicted_us": 1e3 / ratio, "measured_us": 1e3,
                           "ratio": ratio, "launches": ["sepconv_simt<...>"]}}
-        return {"key": f"s/{ratio}", "repeat": 1, "modes": {"float32": {"impls": {"sepconv_gpu": ours}}}}
+        return {"suite": "s", "key": f"s/{ratio}", "repeat": 1,
+                "modes": {"float32": {"impls": {"sepconv_gpu": ours}}}}
 
     layers = [layer(2.0), layer(8.0)]
     summary = runner.summarize(layers, ["float32"], [])
@@ -137,7 +138,7 @@ def test_summary_and_table_carry_the_model():
     text = report.table(record)
     assert "model ms" in text and "ours/mdl" in text
     row = next(line for line in text.splitlines() if line.startswith("s/2.0"))
-    assert row.split()[4:7] == ["simt", "0.500", "2.00"]
+    assert row.split()[5:8] == ["simt", "0.500", "2.00"]  # after ours ms, dev ms, %floor
     assert "measured / cost model (ours, geomean): 4.00" in text
 
 
