@@ -370,6 +370,33 @@ def test_device_time_is_the_union_of_the_gpu_s_activities():
     assert timing.busy_seconds([]) == 0.0
 
 
+def test_the_gpu_steps_of_a_case_with_cpu_stand_ins(monkeypatch):
+    """run_case's GPU-only steps, with NumPy implementations standing in for the GPU ones:
+    each implementation's device time (here given), ours again (the A/A control), the
+    device-time speedup and best peer, the model's measured time from the device time."""
+    device = runner.Device.__new__(runner.Device)
+    device.kind, device.gpu, device.xp, device.cache_bytes = "cpu", True, np, 1 << 16
+    device.ceilings = {"copy_bandwidth_Bps": 1e10, "gemm_flops": {"float32": 1e11}}
+    device.free = lambda: None
+    real = peers.sepconv_gpu
+    on_host = lambda case, mode: real(dataclasses.replace(case, gpu=False), mode)
+    monkeypatch.setattr(peers, "sepconv_gpu", on_host)
+    monkeypatch.setitem(peers.PEERS["cpu"], "twin", on_host)
+    given = iter([2e-3, 6e-3, 3e-3])  # ours, the twin, ours again: in the timers' order
+    monkeypatch.setattr(timing.Timer, "device_time", lambda self, calls: next(given))
+    settings = dict(runner.DEFAULTS["cpu"], **runner.QUICK)
+    entry = runner.run_case(suites.SUITES["tiny"][0], 2, "float32", device, settings, ["twin"])
+    ours, twin = entry["impls"]["sepconv_gpu"], entry["impls"]["twin"]
+    assert (ours["device_s"], twin["device_s"]) == (2e-3, 6e-3) and "sepconv_gpu again" not in entry["impls"]
+    assert twin["device_speedup"] == pytest.approx(3.0) and ours["aa"]["device_ratio"] == pytest.approx(1.5)
+    assert entry["best_peer"] | {"speedup": None} == {"name": "twin", "speedup": None,
+                                                      "device_name": "twin", "device_speedup": 3.0}
+    model = ours["model"]
+    assert model["measured_by"] == "device time" and model["measured_us"] == pytest.approx(2000)
+    assert model["plan"] == "cost model's choice"  # nothing autotuned in this process
+    assert model["ratio"] == pytest.approx(2000 / model["predicted_us"])
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--replot", "{tmp}/missing.json"], "no such file"),
     (["--replot", "{tmp}/list.json"], "not a benchmark record"),
