@@ -42,7 +42,8 @@ def table(record):
     the CUDA kernel that ran with the cost model's predicted time (and on a GPU measured /
     predicted), on the CPU our peak extra memory over input + output size, the speedup vs
     each peer (peer time / ours, per call; 'wrong' marks a peer whose output failed the
-    float64 check, '-' one that did not run), and vs the fastest correct peer of the layer;
+    float64 check, '-' one that did not run; on a GPU also of device times, 'dev x'), and
+    vs the fastest correct peer of the layer;
     then the summaries: per peer over the layers, per suite network totals ('n/a' unless
     every layer of the suite has the peer), the headline, the A/A noise."""
     peers, lines = record["peers"], []
@@ -54,7 +55,8 @@ def table(record):
                      f"{profile_of(record)} | {device['kind']}: {device['name']}")
         head = (f"{'layer':38} {'x':>3} {'ours ms':>9} {'dev ms':>9} {'%floor':>7} {'kernel':>6} "
                 f"{'model ms':>9} {'ours/mdl':>8}" + f" {'mem/io':>6}" * memory)
-        head += "".join(f" {peer + ' ms':>24} {'speedup':>8}" for peer in peers)
+        gpu = device["kind"] == "gpu"  # device times: a second speedup per peer
+        head += "".join(f" {peer + ' ms':>24} {'speedup':>8}" + f" {'dev x':>7}" * gpu for peer in peers)
         head += f" {'vs best':>8}"
         lines += [head, "-" * len(head)]
         resident = []
@@ -72,12 +74,12 @@ def table(record):
             for peer in peers:
                 r = impls.get(peer, {})
                 mark = "wrong" if "wrong" in r else _x(r.get("speedup")) + ("" if _correct(r) or "speedup" not in r else "!")
-                row += f" {_times(r)[0]:>24} {mark:>8}"
+                row += f" {_times(r)[0]:>24} {mark:>8}" + f" {_x(r.get('device_speedup')):>7}" * gpu
             row += f" {_x((entry.get('best_peer') or {}).get('speedup')):>8}"
             lines.append(row)
         width = 38 + 1 + 3 + 9 + 9 + 7 + 6 + 9 + 8 + 8 + 7 * memory
         rows = [("geomean speedup", "geomean_speedup"), ("min speedup", "min_speedup")]
-        rows += [("device-time geomean", "device_geomean_speedup")] * (device["kind"] == "gpu")
+        rows += [("device-time geomean", "device_geomean_speedup")] * gpu
         rows += [(f"network total {suite}", ("suite_total_speedup", suite))
                  for suite in dict.fromkeys(l["suite"] for l in record["layers"])]
         for label, key in rows:
@@ -86,7 +88,7 @@ def table(record):
                 s = summary.get(f"{mode}/{peer}", {})
                 value = s.get(key[0], {}).get(key[1]) if isinstance(key, tuple) else s.get(key)
                 cell = _x(value) if value else ("n/a" if s and isinstance(key, tuple) else "-")
-                row += f" {cell:>8}" if peer == "best_peer" else f" {'':>24} {cell:>8}"
+                row += f" {cell:>8}" if peer == "best_peer" else f" {'':>24} {cell:>8}" + " " * 8 * gpu
             lines.append(row)
         best = summary.get(f"{mode}/best_peer")
         if best:
