@@ -10,6 +10,7 @@ another function on purpose (`OTHER_FUNCTION`): PyTorch's native symmetric paddi
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import dataclass
@@ -222,7 +223,7 @@ def _torch_impl(case, mode, channels_last, compile_mode=None, symmetric_pad=Fals
     clock = timing.torch_cuda_clock() if case.gpu else timing.WallClock()
 
     def call(i):
-        with torch.inference_mode(), torch.backends.cudnn.flags(enabled=cudnn):
+        with torch.inference_mode(), _cudnn_enabled(cudnn):
             return module(xs[i])
 
     def to_numpy(y):
@@ -230,6 +231,20 @@ def _torch_impl(case, mode, channels_last, compile_mode=None, symmetric_pad=Fals
 
     return Impl(call, to_numpy, clock, ", ".join(n for n in notes if n),
                 pads if symmetric_pad else None)
+
+
+@contextlib.contextmanager
+def _cudnn_enabled(enabled):
+    """cuDNN on or off for a call, every other cuDNN flag as it is (torch.backends.cudnn.flags
+    would reset benchmark and TF32 to its own defaults)."""
+    import torch
+
+    before = torch.backends.cudnn.enabled
+    torch.backends.cudnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.enabled = before
 
 
 def torch_eager_nchw(case, mode):

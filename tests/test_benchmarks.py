@@ -294,6 +294,25 @@ def test_gpu_peer_math_passes_the_float64_gate_on_the_cpu(name):
                 build(case, "float32")
             continue
         impl = build(case, "float32")
+        if name.startswith("torch"):  # a call leaves the flags the peer set up as they are
+            import torch
+
+            flags = (torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark,
+                     torch.backends.cudnn.allow_tf32)
+            torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark = True, True
+            torch.backends.cudnn.allow_tf32 = False
+            spy = torch.nn.Module.__call__  # what the module sees during the call
+            seen = []
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(torch.nn.Module, "__call__", lambda self, *a, **k: seen.append(
+                    (torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark,
+                     torch.backends.cudnn.allow_tf32)) or spy(self, *a, **k))
+                impl.call(0)
+            assert seen[0] == (name != "torch_nocudnn", True, False)
+            assert (torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark,
+                    torch.backends.cudnn.allow_tf32) == (True, True, False)
+            (torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.allow_tf32) = flags
         verdict = runner.check(impl, case, "float32", device, {})
         assert verdict["correct"] and verdict["rel_err"] < 1e-6, verdict
         if name == "torch_sympad":  # against Keras' padding it is wrong
