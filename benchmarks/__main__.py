@@ -193,16 +193,17 @@ def main(argv=None):
         settings.update(runner.QUICK)
     if args.repeats:
         settings["repeats"] = args.repeats
-    settings["compile"] = args.compile or settings["profile"] == "publication"
     modes = [m.strip() for m in (args.dtype or defaults["dtypes"]).split(",")]
     if bad := [m for m in modes if m not in peers.MODES]:
         _refuse(f"unknown --dtype {bad}; choose from {list(peers.MODES)}")
     known = peers.PEERS[args.device]
-    chosen = [p for p in known if settings["compile"] or p not in peers.COMPILE_PEERS] \
+    compile_ = args.compile or settings["profile"] == "publication"
+    chosen = [p for p in known if compile_ or p not in peers.COMPILE_PEERS] \
         if args.peers is None else [
         p.strip() for p in args.peers.split(",") if p.strip() and p.strip() != "none"]
     if bad := [p for p in chosen if p not in known]:
         _refuse(f"unknown --peers {bad} for {args.device}; choose from {list(known)}")
+    settings["compile"] = any(p in peers.COMPILE_PEERS for p in chosen)
     out = _out_folder(args.out or RESULTS)
     batch = args.batch or defaults["batch"]
     if settings["autotune"]:  # the device picks among the planner's candidates (README)

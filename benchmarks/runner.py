@@ -388,24 +388,14 @@ def _paired(a, b):
     return float(np.median(np.divide(a, b)))
 
 
-def run_case(layer, batch, mode, device, settings, peer_names, seed=0, progress=None):
-    """Ours and every peer on one layer in one mode: the layer's entry for that mode.
-
-    Each implementation is first checked against the float64 reference (ours first; one
-    that is wrong is not timed, and when ours is wrong nobody is). Samples are then taken
-    in rounds, one per implementation back to back in a rotating order, ours twice (the
-    A/A control), so that anything else loading the machine weighs on all alike;
-    `speedup` is the median over rounds of peer sample / our sample. On a GPU each
-    implementation's device time follows (`Timer.device_time`)."""
-    dtype = peers.compute_dtype(mode)
-    xs, rotation = device.inputs(layer, batch, dtype, seed)
-    case = peers.Case(layer, batch, device.gpu, dtype, xs, layer.weights(seed))
-    floor = device.floor_s(layer.flops(batch), layer.bytes(batch, np.dtype(dtype).itemsize), mode)
-    builders = {peers.OURS: peers.sepconv_gpu} | {n: peers.PEERS[device.kind][n] for n in peer_names}
+def _checked_timers(builders, case, mode, device, settings, progress):
+    """Each implementation built, checked against the float64 reference (ours first) and
+    warmed up: (impls, timers, entries) of those that may be timed, and every entry so
+    far (the check's verdict, or why it is skipped)."""
     impls, timers, entries, references = {}, {}, {}, {}
     for name, builder in builders.items():
         if progress:
-            progress.update(0, note=f"{layer.key} {mode} {name} (check, warm-up)")
+            progress.update(0, note=f"{case.layer.key} {mode} {name} (check, warm-up)")
         impl, why = _attempt(lambda: builder(case, mode))
         if impl is not None:  # the first call compiles and autotunes: the plan checked is timed
             checked, why = _attempt(lambda: check(impl, case, mode, device, references))
@@ -421,12 +411,30 @@ def run_case(layer, batch, mode, device, settings, peer_names, seed=0, progress=
             entries[name]["skipped"] = "not timed: ours did not run correctly here"
             continue
         impls[name] = impl
-        timer, why = _attempt(lambda: timing.Timer(impl.call, len(xs), impl.clock,
+        timer, why = _attempt(lambda: timing.Timer(impl.call, len(case.xs), impl.clock,
                                                    settings["warmup"], settings["min_sample_s"]))
         if why:
             entries[name]["skipped"] = why
         else:
             timers[name] = timer
+    return impls, timers, entries
+
+
+def run_case(layer, batch, mode, device, settings, peer_names, seed=0, progress=None):
+    """Ours and every peer on one layer in one mode: the layer's entry for that mode.
+
+    Each implementation is first checked against the float64 reference (ours first; one
+    that is wrong is not timed, and when ours is wrong nobody is). Samples are then taken
+    in rounds, one per implementation back to back in a rotating order, ours twice (the
+    A/A control), so that anything else loading the machine weighs on all alike;
+    `speedup` is the median over rounds of peer sample / our sample. On a GPU each
+    implementation's device time follows (`Timer.device_time`)."""
+    dtype = peers.compute_dtype(mode)
+    xs, rotation = device.inputs(layer, batch, dtype, seed)
+    case = peers.Case(layer, batch, device.gpu, dtype, xs, layer.weights(seed))
+    floor = device.floor_s(layer.flops(batch), layer.bytes(batch, np.dtype(dtype).itemsize), mode)
+    builders = {peers.OURS: peers.sepconv_gpu} | {n: peers.PEERS[device.kind][n] for n in peer_names}
+    impls, timers, entries = _checked_timers(builders, case, mode, device, settings, progress)
     if peers.OURS in timers:
         timers[AGAIN] = timing.Timer(impls[peers.OURS].call, len(xs), impls[peers.OURS].clock,
                                      0, settings["min_sample_s"])
@@ -466,12 +474,12 @@ def run_case(layer, batch, mode, device, settings, peer_names, seed=0, progress=
         if not device.gpu:
             ours["peak_extra_bytes"] = peak_extra_bytes(lambda: impls[peers.OURS].call(0))
             ours["io_bytes"] = xs[0].nbytes + math.prod(case.out_shape) * np.dtype(dtype).itemsize
-    elif "model" not in ours:
+    else:
         ours["model"] = model_entry(case, mode)
     entries.pop(AGAIN, None)  # kept in ours' "aa"
     entry = {"floor_s": floor, "rotation": rotation, "impls": entries,
              "best_peer": best_peer(entries)}
-    impls.clear(), timers.clear(), xs.clear(), references.clear()  # free device memory
+    impls.clear(), timers.clear(), xs.clear()  # free device memory before the next case
     device.free()
     if progress:
         progress.update(len(builders), note=layer.key)
