@@ -152,10 +152,10 @@ def replot(paths, out):
     print(report.table(record))
     if stem is not None:
         record["plots"] = _plot(record, stem)
+        merged = Path(f"{stem}.json")  # a stem may hold dots: never with_suffix
         if len(records) > 1:
-            stem.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
-        print("wrote " + ", ".join([str(stem.with_suffix(".json"))] * (len(records) > 1)
-                                   + record["plots"]))
+            merged.write_text(json.dumps(record, indent=1) + "\n")
+        print("wrote " + ", ".join([str(merged)] * (len(records) > 1) + record["plots"]))
     return record
 
 
