@@ -1,10 +1,13 @@
-"""Clocks, the sampling loop and the measured ceilings (copy bandwidth, GEMM rate).
+"""Clocks, the sampling loop, device time and the measured ceilings (copy bandwidth,
+GEMM rate).
 
 A sample times `inner` back-to-back calls and divides, so that per-call launch and
 event overheads are amortized the same way for every implementation; each call reads
-the next of several rotating input buffers, together larger than the last-level cache,
+the next of several rotating input buffers, together more than twice the last-level
+cache (at most MOST_BUFFERS: a layer too small for that is recorded as cache-resident),
 so no implementation is timed on warm-cache inputs. The runner takes the samples of all
-implementations of a layer in interleaved rounds.
+implementations of a layer in interleaved rounds. Device time (GPU) is the busy time the
+profiler records for the same calls, the same way for every framework.
 """
 from __future__ import annotations
 
