@@ -222,8 +222,10 @@ def _torch_impl(case, mode, channels_last, compile_mode=None, symmetric_pad=Fals
         notes.append("cuDNN off")
     clock = timing.torch_cuda_clock() if case.gpu else timing.WallClock()
 
+    cudnn_scope = contextlib.nullcontext if cudnn else _cudnn_off
+
     def call(i):
-        with torch.inference_mode(), _cudnn_enabled(cudnn):
+        with torch.inference_mode(), cudnn_scope():
             return module(xs[i])
 
     def to_numpy(y):
@@ -234,13 +236,13 @@ def _torch_impl(case, mode, channels_last, compile_mode=None, symmetric_pad=Fals
 
 
 @contextlib.contextmanager
-def _cudnn_enabled(enabled):
-    """cuDNN on or off for a call, every other cuDNN flag as it is (torch.backends.cudnn.flags
+def _cudnn_off():
+    """cuDNN off for a call, every other cuDNN flag as it is (torch.backends.cudnn.flags
     would reset benchmark and TF32 to its own defaults)."""
     import torch
 
     before = torch.backends.cudnn.enabled
-    torch.backends.cudnn.enabled = enabled
+    torch.backends.cudnn.enabled = False
     try:
         yield
     finally:
