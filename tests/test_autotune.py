@@ -392,3 +392,32 @@ def test_candidates_are_checked_for_the_activation_the_epilogue_runs(monkeypatch
     asked.clear()
     autotune.candidates("float16", geom, "linear", strides, False, True, tc.TC_SMEM_LIMIT)
     assert asked and all(asked)
+
+
+def test_an_op_call_is_tuned_with_its_weights_prepared_once(monkeypatch, tmp_path):
+    """Through the CUDA backend (the fake CuPy: launches recorded, the clock given): an op
+    call without a weights cache has its candidates timed on weights prepared once per
+    layout, as a layer's call runs them, not once per candidate run; the call itself
+    then prepares them as an op call does. One key, the same kernels timed."""
+    from benchmarks import fake_cupy
+
+    backend, cupy = fake_cupy.load_backend()
+    prepared = []
+    real = backend.prepare_weights
+    monkeypatch.setattr(backend, "prepare_weights",
+                        lambda xp, layout, *a: prepared.append(layout) or real(xp, layout, *a))
+    monkeypatch.setattr(backend, "_event_seconds", lambda body: (body(), 1e-5)[1])
+    monkeypatch.setattr(backend, "_device_name", lambda device_id: "GPU fake")
+    dtype, geom, act, strides, bias = args = call()
+    found = candidates_of(args)
+    layouts = {launch_sequence(*args, plan=p)[0][0].weights for p in found}
+    assert len(found) >= 3 and len(layouts) == 2  # tensor-core and SIMT weight layouts
+    rng = np.random.default_rng(0)
+    x = cupy.asarray(rng.standard_normal(geom.input_shape).astype(np.float16))
+    dk, pk = (rng.standard_normal(s).astype(np.float32) for s in ((3, 3, 16, 1), (1, 1, 16, 32)))
+    sg.set_autotune(True)
+    sg.ops.separable_conv2d(x, dk, pk, np.zeros(32, np.float32), padding="same",
+                            activation="relu", backend=backend.CupyOps())
+    runs = len(found) * (autotune.WARMUP + autotune.REPEATS + 1)
+    assert len([c for c in cupy.calls if c[0] == "launch"]) >= runs
+    assert sorted(prepared[:-1]) == sorted(layouts) and prepared[-1] in layouts
