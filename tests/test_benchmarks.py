@@ -416,6 +416,34 @@ def test_the_gpu_steps_of_a_case_with_cpu_stand_ins(monkeypatch):
     assert model["ratio"] == pytest.approx(2000 / model["predicted_us"])
 
 
+def test_the_plan_that_ran_is_found_by_the_op_s_call(monkeypatch):
+    """On a GPU our `model` is the plan autotuning chose for the call the op made: found
+    by dtype, the op's geometry (the one the backend received) and TF32; its prediction
+    is that plan's own."""
+    from sepconv_gpu.backends import autotune, numpy_backend, tc
+
+    seen = []
+    real = numpy_backend.NumpyOps.separable_conv
+    monkeypatch.setattr(numpy_backend.NumpyOps, "separable_conv",
+                        lambda self, x, dk, pk, b, geom, *a, **k: seen.append(geom)
+                        or real(self, x, dk, pk, b, geom, *a, **k))
+    layer = suites.SUITES["mobilenet_v2"][-1]  # tensor-core candidates and the SIMT plan
+    case = _tiny_case(layer, "float16")
+    peers.sepconv_gpu(case, "float16").call(0)  # the op's own geometry, as the backend sees it
+    found = autotune.candidates("float16", seen[0], "linear", (0, 1, 0, 0), False, True,
+                                tc.TC_SMEM_LIMIT)
+    plan = found[-1]  # not the model's choice
+    assert len(found) > 2 and plan != found[0]
+    call = ("GPU", "float16", seen[0], "linear", (), True, False, True, tc.TC_SMEM_LIMIT)
+    monkeypatch.setattr(autotune, "chosen", lambda: [(call, plan)])
+    assert runner.tuned_plan(case, "float16") == plan and runner.tuned_plan(case, "tf32") is None
+    model = runner.model_entry(case, "float16", 1e-5, plan, "device time")
+    assert model["plan"] == autotune.describe(plan) and model["kernel"] == model["plan"]["kernel"]
+    assert model["predicted_us"] == pytest.approx(peers.kernel_model(case, "float16", plan)["predicted_us"])
+    assert model["ratio"] == pytest.approx(10.0 / model["predicted_us"])
+    assert model["predicted_us"] != runner.model_entry(case, "float16")["predicted_us"]
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--replot", "{tmp}/missing.json"], "no such file"),
     (["--replot", "{tmp}/list.json"], "not a benchmark record"),
