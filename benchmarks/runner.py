@@ -113,6 +113,10 @@ def gpu_versions():
             "cupy_nvrtc": _answer(cupy_nvrtc)}
 
 
+GPU_LIBRARIES = ("cudnn", "cublas", "nvrtc", "cupy_nvrtc")
+NO_GPU = "a CPU run: the GPU's fields (GPU library versions, GPU state, device times) are null"
+
+
 def framework_flags():
     """The settings in effect that change what the peers run: PyTorch's backends flags
     (TF32 is set per mode: each entry's `note`), JAX's precision, XLA and TF variables,
@@ -600,8 +604,9 @@ def failures(record):
 
 def environment(device):
     """What the record needs to be reproduced: versions, flags, hashes, the GPU's state."""
-    return {"versions": versions() | (gpu_versions() if device.gpu else {}),
-            "gpu_state_before": gpu_state() if device.gpu else {"unavailable": "no GPU (a CPU run)"}}
+    return {"versions": versions() | (gpu_versions() if device.gpu else dict.fromkeys(GPU_LIBRARIES)),
+            "gpu_state_before": gpu_state() if device.gpu else None,
+            "gpu_fields_null": None if device.gpu else NO_GPU}
 
 
 def run(device_kind, layers, modes, batch, peer_names, settings, progress=None, save=None):
@@ -625,7 +630,6 @@ def run(device_kind, layers, modes, batch, peer_names, settings, progress=None, 
                      "tolerance": {m: reference.TOLERANCE[m] for m in modes}},
         "device_time": ("torch.profiler CUDA activities (kernels, copies, memsets), the "
                         "GPU's busy time over device_calls calls" if device.gpu else None),
-        "device_time_unavailable": None if device.gpu else "no GPU: device time needs CUDA activity records",
         "ceilings": device.ceilings,
         "peers": list(peer_names),
         "layers": [],
@@ -658,7 +662,7 @@ def run(device_kind, layers, modes, batch, peer_names, settings, progress=None, 
         if save:
             save(record)
     record["load_average_after"] = list(os.getloadavg())
-    record["gpu_state_after"] = gpu_state() if device.gpu else record["gpu_state_before"]
+    record["gpu_state_after"] = gpu_state() if device.gpu else None
     disturbed = [l["other_processes_cpu_s"] for l in record["layers"]]
     record["other_processes_cpu_s"] = None if None in disturbed else sum(disturbed)
     if settings.get("autotune"):  # what the device chose, every candidate's times

@@ -155,7 +155,7 @@ def test_kernels_hash_is_find_sort_cat(tmp_path):
 # Every field of a record (issue 29 item 8); a CPU run has the GPU's as null, with why.
 RECORD_FIELDS = ("schema", "complete", "created", "device", "git", "kernels_sha256", "source_sha256",
                  "versions", "gpu_state_before", "gpu_state_after", "framework_flags", "settings",
-                 "device_time", "device_time_unavailable", "ceilings", "peers", "layers",
+                 "device_time", "gpu_fields_null", "ceilings", "peers", "layers",
                  "summary", "failures", "wall_s", "plots")
 
 
@@ -169,9 +169,9 @@ def test_cpu_quick_run_writes_a_record(tmp_path, capsys):
     assert saved["summary"] == json.loads(json.dumps(record["summary"]))
     assert [key for key in RECORD_FIELDS if key not in saved] == []
     assert saved["complete"] and saved["failures"] == [] and saved["settings"]["profile"] == "quick"
-    assert saved["device"]["host_cpu"] and saved["device_time"] is None
-    assert "no GPU" in saved["device_time_unavailable"]
-    assert "unavailable" in saved["gpu_state_before"] and "unavailable" in saved["gpu_state_after"]
+    assert saved["device"]["host_cpu"] and "a CPU run" in saved["gpu_fields_null"]
+    assert saved["device_time"] is saved["gpu_state_before"] is saved["gpu_state_after"] is None
+    assert all(saved["versions"][name] is None for name in runner.GPU_LIBRARIES)
     assert set(saved["source_sha256"]) == {"kernels", "sepconv_gpu", "benchmarks"}
     assert saved["source_sha256"]["kernels"] == saved["kernels_sha256"]
     assert all(len(h) == 64 for h in saved["source_sha256"].values())
