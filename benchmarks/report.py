@@ -4,29 +4,9 @@ from __future__ import annotations
 from .peers import OURS
 
 
-def _ms(seconds):
-    return f"{seconds * 1e3:9.3f}"
-
-
-def _model(ours):
-    """Kernel kind, predicted time and measured / predicted of our entry's cost model."""
-    model = ours.get("model", {})
-    if "predicted_us" not in model:
-        return f" {'-':>6} {'-':>9} {'-':>8}"
-    ratio = f"{model['ratio']:.2f}" if "ratio" in model else "-"
-    return f" {model['kernel']:>6} {_ms(model['predicted_us'] * 1e-6)} {ratio:>8}"
-
-
 def _correct(result):
     """Whether a result is correct (records before the float64 gate said `agrees`)."""
     return result.get("correct", result.get("agrees", False))
-
-
-def _times(r):
-    """Per-call ms and device ms of one result ('-' where absent)."""
-    per_call = _ms(r["median_s"]) if "median_s" in r else f"{'-':>9}"
-    device = _ms(r["device_s"]) if r.get("device_s") else f"{'-':>9}"
-    return per_call, device
 
 
 def _x(value):
@@ -37,58 +17,90 @@ def profile_of(record):
     return record["settings"].get("profile", "unstamped")
 
 
+def our_columns(record):
+    """Our columns: (header, width, cell(our result)); a cell whose field is absent
+    shows '-'. Add a column here to show another fact of ours."""
+    columns = [("ours ms", 9, lambda o: f"{o['median_s'] * 1e3:.3f}"),      # per call
+               ("dev ms", 9, lambda o: f"{o['device_s'] * 1e3:.3f}"),       # device time
+               ("%floor", 7, lambda o: f"{o['pct_of_floor']:.0f}%"),
+               ("kernel", 6, lambda o: o["model"]["kernel"]),               # the CUDA kernel
+               ("model ms", 9, lambda o: f"{o['model']['predicted_us'] / 1e3:.3f}"),
+               ("ours/mdl", 8, lambda o: f"{o['model']['ratio']:.2f}")]
+    if record["device"]["kind"] == "cpu":  # our peak extra memory over input + output
+        columns.append(("mem/io", 6, lambda o: f"{o['peak_extra_bytes'] / o['io_bytes']:.2f}"))
+    return columns
+
+
+def peer_columns(record, peer):
+    """A peer's columns, as `our_columns`: its per-call time and our speedup over it
+    ('wrong' when its output failed the float64 check, '!' in records from before it
+    when it disagreed with ours); on a GPU also the device-time speedup."""
+    def speedup(r):
+        return "wrong" if "wrong" in r else _x(r["speedup"]) + ("" if _correct(r) else "!")
+
+    columns = [(f"{peer} ms", 24, lambda r: f"{r['median_s'] * 1e3:.3f}"), ("speedup", 8, speedup)]
+    if record["device"]["kind"] == "gpu":
+        columns.append(("dev x", 7, lambda r: _x(r["device_speedup"])))
+    return columns
+
+
+def _cells(columns, result):
+    out = ""
+    for _, width, cell in columns:
+        try:
+            text = cell(result)
+        except (KeyError, TypeError, ZeroDivisionError):
+            text = "-"
+        out += f" {text:>{width}}"
+    return out
+
+
+def _heads(columns):
+    return "".join(f" {head:>{width}}" for head, width, _ in columns)
+
+
 def table(record):
-    """Per mode: each layer's time per call and on the device, % of the roofline floor,
-    the CUDA kernel that ran with the cost model's predicted time (and on a GPU measured /
-    predicted), on the CPU our peak extra memory over input + output size, the speedup vs
-    each peer (peer time / ours, per call; 'wrong' marks a peer whose output failed the
-    float64 check, '-' one that did not run; on a GPU also of device times, 'dev x'), and
-    vs the fastest correct peer of the layer;
-    then the summaries: per peer over the layers, per suite network totals ('n/a' unless
-    every layer of the suite has the peer), the headline, the A/A noise."""
+    """Per mode: each layer's row (`our_columns`, then `peer_columns` of each peer, then
+    our speedup over the fastest correct peer of the layer); then the summaries: per peer
+    over the layers, per suite network totals ('n/a' unless every layer of the suite has
+    the peer), the headline, the A/A noise; the layers timed cache-resident; every wrong
+    result."""
     peers, lines = record["peers"], []
     device = record["device"]
-    memory = device["kind"] == "cpu"
     summary = record.get("summary", {})
+    ours_columns = our_columns(record)
+    by_peer = {peer: peer_columns(record, peer) for peer in peers}
     for mode in record["settings"]["modes"]:
         lines.append(f"\n{mode} | batch {record['settings']['batch']} | profile "
                      f"{profile_of(record)} | {device['kind']}: {device['name']}")
-        head = (f"{'layer':38} {'x':>3} {'ours ms':>9} {'dev ms':>9} {'%floor':>7} {'kernel':>6} "
-                f"{'model ms':>9} {'ours/mdl':>8}" + f" {'mem/io':>6}" * memory)
-        gpu = device["kind"] == "gpu"  # device times: a second speedup per peer
-        head += "".join(f" {peer + ' ms':>24} {'speedup':>8}" + f" {'dev x':>7}" * gpu for peer in peers)
-        head += f" {'vs best':>8}"
+        head = f"{'layer':38} {'x':>3}" + _heads(ours_columns)
+        head += "".join(_heads(by_peer[peer]) for peer in peers) + f" {'vs best':>8}"
         lines += [head, "-" * len(head)]
         resident = []
         for layer in record["layers"]:
             entry = layer["modes"].get(mode, {})
             impls = entry.get("impls", {})
-            ours = impls.get(OURS, {})
             if entry.get("rotation", {}).get("cache_resident"):
                 resident.append(layer["key"])
-            row = f"{layer['key']:38.38} {layer['repeat']:>3} " + " ".join(_times(ours))
-            row += f" {ours['pct_of_floor']:6.0f}%" if "pct_of_floor" in ours else f" {'-':>7}"
-            row += _model(ours)
-            if memory:
-                row += f" {ours['peak_extra_bytes'] / ours['io_bytes']:6.2f}" if "io_bytes" in ours else f" {'-':>6}"
-            for peer in peers:
-                r = impls.get(peer, {})
-                mark = "wrong" if "wrong" in r else _x(r.get("speedup")) + ("" if _correct(r) or "speedup" not in r else "!")
-                row += f" {_times(r)[0]:>24} {mark:>8}" + f" {_x(r.get('device_speedup')):>7}" * gpu
-            row += f" {_x((entry.get('best_peer') or {}).get('speedup')):>8}"
-            lines.append(row)
-        width = 38 + 1 + 3 + 9 + 9 + 7 + 6 + 9 + 8 + 8 + 7 * memory
+            row = f"{layer['key']:38.38} {layer['repeat']:>3}" + _cells(ours_columns, impls.get(OURS, {}))
+            row += "".join(_cells(by_peer[peer], impls.get(peer, {})) for peer in peers)
+            lines.append(row + f" {_x((entry.get('best_peer') or {}).get('speedup')):>8}")
+        width = 42 + len(_heads(ours_columns))
         rows = [("geomean speedup", "geomean_speedup"), ("min speedup", "min_speedup")]
-        rows += [("device-time geomean", "device_geomean_speedup")] * gpu
+        rows += [("device-time geomean", "device_geomean_speedup")] * (device["kind"] == "gpu")
         rows += [(f"network total {suite}", ("suite_total_speedup", suite))
                  for suite in dict.fromkeys(l["suite"] for l in record["layers"])]
-        for label, key in rows:
+        for label, key in rows:  # under each peer's speedup column, and under "vs best"
             row = f"{label:{width}}"
             for peer in peers + ["best_peer"]:
                 s = summary.get(f"{mode}/{peer}", {})
                 value = s.get(key[0], {}).get(key[1]) if isinstance(key, tuple) else s.get(key)
                 cell = _x(value) if value else ("n/a" if s and isinstance(key, tuple) else "-")
-                row += f" {cell:>8}" if peer == "best_peer" else f" {'':>24} {cell:>8}" + " " * 8 * gpu
+                if peer == "best_peer":
+                    row += f" {cell:>8}"
+                else:
+                    (_, time_width, _), _, *rest = by_peer[peer]
+                    row += f" {'':>{time_width}} {cell:>8}" + "".join(f" {'':>{w}}" for _, w, _ in rest)
             lines.append(row)
         best = summary.get(f"{mode}/best_peer")
         if best:
