@@ -457,6 +457,7 @@ def run_case(layer, batch, mode, device, settings, peer_names, seed=0, progress=
             if why:
                 entries[name]["device_s_unavailable"] = why
     ours = entries[peers.OURS]
+    plan = tuned_plan(case, mode) if device.gpu else None  # the plan the check ran
     if peers.OURS in timers:
         own = timers[peers.OURS].samples
         if AGAIN in timers:  # ours against itself: the noise floor of a paired ratio
@@ -473,13 +474,12 @@ def run_case(layer, batch, mode, device, settings, peer_names, seed=0, progress=
                 r["device_speedup"] = _ratio(r.get("device_s"), ours.get("device_s"))
         measured, by = ((ours["device_s"], "device time") if ours.get("device_s")
                         else (ours["median_s"], "per-call time") if device.gpu else (None, None))
-        plan = tuned_plan(case, mode) if device.gpu else None
         ours["model"] = model_entry(case, mode, measured, plan, by)
         if not device.gpu:
             ours["peak_extra_bytes"] = peak_extra_bytes(lambda: impls[peers.OURS].call(0))
             ours["io_bytes"] = xs[0].nbytes + math.prod(case.out_shape) * np.dtype(dtype).itemsize
     else:
-        ours["model"] = model_entry(case, mode)
+        ours["model"] = model_entry(case, mode, plan=plan)
     entries.pop(AGAIN, None)  # kept in ours' "aa"
     entry = {"floor_s": floor, "rotation": rotation, "impls": entries,
              "best_peer": best_peer(entries)}

@@ -416,6 +416,50 @@ def test_the_gpu_steps_of_a_case_with_cpu_stand_ins(monkeypatch):
     assert model["ratio"] == pytest.approx(2000 / model["predicted_us"])
 
 
+def test_on_the_gpu_path_a_kernel_that_computes_nothing_fails_the_gate(monkeypatch, tmp_path):
+    """run_case's GPU path through the CUDA backend on the fake CuPy, whose launches are
+    only recorded (the kernels compute nothing): the reference on the device's array
+    module, autotuning (every candidate's output compared with the model's choice's:
+    garbage never agrees), then ours against the float64 reference: wrong, named, and
+    nobody timed. (The fake lacks a few CuPy functions and events: NumPy's and the wall
+    clock stand in.)"""
+    from benchmarks import fake_cupy
+    from sepconv_gpu.backends import autotune
+
+    backend, cupy = fake_cupy.load_backend()
+    import sepconv_gpu.backends
+
+    monkeypatch.setitem(sys.modules, "cupy", cupy)  # the case's arrays, the reference's module
+    monkeypatch.setattr(sepconv_gpu.backends, "_cuda_ops", backend.CupyOps)  # backend="cuda"
+    for name in ("pad", "clip", "exp"):
+        monkeypatch.setattr(cupy, name, getattr(np, name), raising=False)
+    monkeypatch.setattr(cupy, "random", np.random, raising=False)
+    monkeypatch.setattr(backend, "_event_seconds", lambda body: (body(), 1e-5)[1])
+    monkeypatch.setattr(timing, "cupy_clock", timing.WallClock)  # the fake has no events
+    monkeypatch.setattr(backend, "_device_name", lambda device_id: "GPU fake")
+    monkeypatch.setenv("SEPCONV_GPU_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(autotune, "_tuner", autotune.Tuner())
+    autotune.set_autotune(True)
+    try:
+        device = runner.Device.__new__(runner.Device)
+        device.kind, device.gpu, device.xp, device.cache_bytes = "gpu", True, cupy, 1 << 20
+        device.ceilings = {"copy_bandwidth_Bps": 1e10, "gemm_flops": {"float32": 1e11}}
+        device.free = lambda: None
+        settings = dict(runner.DEFAULTS["gpu"], **runner.QUICK)
+        entry = runner.run_case(suites.SUITES["mobilenet_v2"][-1], 2, "float16", device,
+                                settings, [])
+    finally:
+        autotune.set_autotune(None)
+    ours = entry["impls"]["sepconv_gpu"]
+    assert not ours["correct"] and "against the float64 reference" in ours["wrong"]
+    assert "median_s" not in ours and ours["model"]["kernel"] == "tc"
+    [tuned] = json.loads((tmp_path / autotune.FILENAME).read_text())["entries"].values()
+    assert len(tuned["timed"]) > 2 and [t["agrees"] for t in tuned["timed"]] == (
+        [True] + [False] * (len(tuned["timed"]) - 1))
+    record = {"layers": [{"key": "k", "modes": {"float16": entry}}]}
+    assert runner.failures(record) == [f"float16 k sepconv_gpu: {ours['wrong']}"]
+
+
 def test_the_plan_that_ran_is_found_by_the_op_s_call(monkeypatch):
     """On a GPU our `model` is the plan autotuning chose for the call the op made: found
     by dtype, the op's geometry (the one the backend received) and TF32; its prediction
