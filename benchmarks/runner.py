@@ -210,8 +210,10 @@ class Device:
         shape = layer.input_shape(batch)
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize
         count = timing.buffer_count(nbytes, self.cache_bytes)
-        rng = self.xp.random.default_rng(seed)
-        xs = [rng.standard_normal(shape, dtype=self.xp.float32).astype(dtype) for _ in range(count)]
+        first = self.xp.random.default_rng(seed).standard_normal(shape, dtype=self.xp.float32).astype(dtype)
+        # copies: each buffer its own memory (what evicts the cache), drawn once (up to
+        # twice the last-level cache of random numbers would take seconds per layer)
+        xs = [first] + [first.copy() for _ in range(count - 1)]
         return xs, timing.rotation(nbytes, count, self.cache_bytes)
 
     def free(self):
