@@ -3,10 +3,14 @@
 A builder takes a `Case` (one layer's shared inputs) and a mode ("float32" exact, "tf32",
 "float16") and returns an `Impl`, or raises `Skip` (or ImportError) when it does not
 apply here. Every implementation computes the same function on the same inputs, each
-in its natural layout, converted once outside the timed region.
+in its natural layout, converted once outside the timed region, and set up as its users
+would run it at its best: weights prepared once (ours through a per-case weights cache,
+as a layer call), cuDNN autotuning on, torch.compile in two modes. One baseline computes
+another function on purpose (`OTHER_FUNCTION`): PyTorch's native symmetric padding.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import dataclass
@@ -70,6 +74,7 @@ class Impl:
     to_numpy: Callable[[Any], np.ndarray]  # an output in our (channels_last) shape, on the host
     clock: Callable
     note: str = ""
+    pads: tuple | None = None          # padding it computes when not the case's (reference)
 
 
 def host(a):
@@ -85,13 +90,14 @@ def compute_dtype(mode):
 # ---------------------------------------------------------------- ours
 
 
-def kernel_model(case, mode):
-    """What the CUDA dispatch runs for this case, and what the cost model predicts for it
+def kernel_model(case, mode, plan=None):
+    """What the CUDA dispatch runs for this case with `plan` (autotuning's choice; None:
+    the cost model's own), and what the cost model predicts for it
     (`sepconv_gpu.backends.cost_model`, H100 constants): {"kernel": "tc" | "simt",
-    "launches": kernel names, "predicted_us", "model_device"}. CuPy-free, so a CPU run
-    records it too; only a GPU run has a measured time to compare it with."""
+    "launches": kernel names, "predicted_us", "plan", "model_device"}. CuPy-free, so a
+    CPU run records it too; only a GPU run has a measured time to compare it with."""
     from sepconv_gpu import activations
-    from sepconv_gpu.backends import cost_model
+    from sepconv_gpu.backends import autotune, cost_model
     from sepconv_gpu.backends.launch import input_element_strides, launch_sequence, select_kernel
 
     geom, x = case.geom, case.xs[0]
@@ -102,10 +108,13 @@ def kernel_model(case, mode):
     # fresh CuPy / NumPy buffers are 16-byte aligned
     launches, _ = launch_sequence(
         case.dtype, geom, activations.get(case.layer.activation), strides,
-        case.weights[2] is not None, allow_tf32=allow_tf32, x_aligned=True)
-    return {"kernel": select_kernel(case.dtype, geom, allow_tf32, strides, True),
-            "launches": [launch.name for launch in launches],
+        case.weights[2] is not None, allow_tf32=allow_tf32, x_aligned=True, plan=plan)
+    kernel = select_kernel(case.dtype, geom, allow_tf32, strides, True)
+    if plan is not None:
+        kernel = autotune.describe(plan)["kernel"]
+    return {"kernel": kernel, "launches": [launch.name for launch in launches],
             "predicted_us": sum(launch.predicted_us for launch in launches),
+            "plan": "cost model's choice" if plan is None else autotune.describe(plan),
             "model_device": cost_model.DEFAULT_DEVICE.name}
 
 
@@ -118,12 +127,16 @@ def sepconv_gpu(case, mode):
         note = "TF32 opt-in" if case.gpu else "the NumPy backend is exact float32"
     xp = __import__("cupy") if case.gpu else np
     dk, pk, b = (None if w is None else xp.asarray(w, dtype=case.dtype) for w in case.weights)
-    layer, op = case.layer, getattr(ops, f"separable_conv{case.layer.rank}d")
+    layer = case.layer
     backend = "cuda" if case.gpu else "numpy"
+    # As a layer calls the op: the weights' device forms prepared once per case, not per
+    # call (and autotuning times the same calls a layer makes).
+    cache = {}
 
     def call(i):
-        return op(case.xs[i], dk, pk, b, strides=layer.stride, padding="same",
-                  activation=layer.activation, backend=backend, **extra)
+        return ops.separable_conv(layer.rank, case.xs[i], dk, pk, b, strides=layer.stride,
+                                  padding="same", activation=layer.activation, backend=backend,
+                                  weights_cache=cache, **extra)
 
     clock = timing.cupy_clock() if case.gpu else timing.WallClock()
     return Impl(call, host, clock, note)
@@ -159,14 +172,19 @@ def _torch_activation(name):
     return {None: lambda y: y, "relu6": F.relu6, "swish": F.silu}[name]
 
 
-def _torch_impl(case, mode, channels_last, compile_=False):
-    """PyTorch in 2D (1D as height 1): NCHW or channels_last memory format."""
+def _torch_impl(case, mode, channels_last, compile_mode=None, symmetric_pad=False,
+                cudnn=True):
+    """PyTorch in 2D (1D as height 1): NCHW or channels_last memory format; through
+    torch.compile in `compile_mode` ("default", "max-autotune-no-cudagraphs"); with
+    PyTorch's own symmetric padding instead of Keras' (another function: `Impl.pads`
+    says which); or with cuDNN off."""
     import torch
 
     if case.gpu:
         if not torch.cuda.is_available():
             raise Skip("PyTorch has no CUDA device")
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+        torch.backends.cudnn.benchmark = True  # cuDNN times its algorithms, as XLA and ours tune
     elif mode != "float32":
         raise Skip(f"{mode} is a GPU mode")
     device = "cuda" if case.gpu else "cpu"
@@ -175,6 +193,10 @@ def _torch_impl(case, mode, channels_last, compile_=False):
     dk, pk, b = case.weights_2d()
     c, f = pk.shape
     symmetric = all(lo == hi for lo, hi in pads)
+    if symmetric_pad:
+        if symmetric:
+            raise Skip("Keras' padding is symmetric here already")
+        pads, symmetric = tuple((hi, hi) for _, hi in pads), True  # padding=k//2: same output size
     depthwise = torch.nn.Conv2d(c, c, kernel, stride, groups=c, bias=False,
                                 padding=tuple(lo for lo, _ in pads) if symmetric else 0)
     pointwise = torch.nn.Conv2d(c, f, 1, bias=b is not None)
@@ -191,16 +213,40 @@ def _torch_impl(case, mode, channels_last, compile_=False):
     # Our NHWC buffers are channels_last tensors already; NCHW needs one copy each.
     xs = [torch.as_tensor(x, device=device).reshape(n, h, w, c).permute(0, 3, 1, 2)
           .contiguous(memory_format=memory_format) for x in case.xs]
-    if compile_:
+    notes = ["TF32 on" if mode == "tf32" else ("TF32 off" if case.gpu else "")]
+    if compile_mode:
         torch._dynamo.reset()  # one recompile per layer would soon hit dynamo's cache limit
-        module = torch.compile(module)
+        module = torch.compile(module, mode=compile_mode, dynamic=False, fullgraph=True)
+        notes.append(f"torch.compile {compile_mode}, inference mode")
+    if not cudnn:
+        notes.append("cuDNN off")
     clock = timing.torch_cuda_clock() if case.gpu else timing.WallClock()
+
+    cudnn_scope = contextlib.nullcontext if cudnn else _cudnn_off
+
+    def call(i):
+        with torch.inference_mode(), cudnn_scope():
+            return module(xs[i])
 
     def to_numpy(y):
         return y.permute(0, 2, 3, 1).float().cpu().numpy().reshape(case.out_shape)
 
-    note = "TF32 on" if mode == "tf32" else ("TF32 off" if case.gpu else "")
-    return Impl(lambda i: module(xs[i]), to_numpy, clock, note)
+    return Impl(call, to_numpy, clock, ", ".join(n for n in notes if n),
+                pads if symmetric_pad else None)
+
+
+@contextlib.contextmanager
+def _cudnn_off():
+    """cuDNN off for a call, every other cuDNN flag as it is (torch.backends.cudnn.flags
+    would reset benchmark and TF32 to its own defaults)."""
+    import torch
+
+    before = torch.backends.cudnn.enabled
+    torch.backends.cudnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.enabled = before
 
 
 def torch_eager_nchw(case, mode):
@@ -218,7 +264,34 @@ def torch_eager_nhwc(case, mode):
 def torch_compile(case, mode):
     if not case.gpu:
         raise Skip("GPU peer")
-    return _torch_impl(case, mode, channels_last=True, compile_=True)
+    return _torch_impl(case, mode, channels_last=True, compile_mode="default")
+
+
+def torch_compile_max(case, mode):
+    """max-autotune without CUDA graphs: Inductor may fuse the 1x1, bias and activation
+    into one Triton GEMM, which the default mode leaves to cuDNN plus a separate pass."""
+    if not case.gpu:
+        raise Skip("GPU peer")
+    return _torch_impl(case, mode, channels_last=True, compile_mode="max-autotune-no-cudagraphs")
+
+
+def torch_nhwc_sympad(case, mode):
+    """PyTorch's native symmetric `padding=k//2` (1 for 3x3) where Keras' is asymmetric
+    (stride 2 on even sizes): no F.pad pass, the same output size, but another function
+    (the window one pixel up and left)."""
+    if not case.gpu:
+        raise Skip("GPU peer")
+    return _torch_impl(case, mode, channels_last=True, symmetric_pad=True)
+
+
+def torch_nhwc_nocudnn(case, mode):
+    """The long 1D kernel with cuDNN off (PyTorch #170138: float16 depthwise k=31 slow on
+    H100 since 2.8; PyTorch's native kernel may be its best there)."""
+    if not case.gpu:
+        raise Skip("GPU peer")
+    if case.layer.kernel < 31:
+        raise Skip("only the k31 layer (PyTorch #170138)")
+    return _torch_impl(case, mode, channels_last=True, cudnn=False)
 
 
 def torch_cpu(case, mode):
@@ -293,7 +366,11 @@ def keras_tf_cpu(case, mode):
 
 PEERS = {
     "gpu": {"torch_eager_nchw": torch_eager_nchw, "torch_eager_nhwc": torch_eager_nhwc,
-            "torch_compile": torch_compile, "jax_jit": jax_jit},
+            "torch_compile": torch_compile, "torch_compile_max": torch_compile_max,
+            "jax_jit": jax_jit, "torch_nhwc_sympad": torch_nhwc_sympad,
+            "torch_nhwc_nocudnn": torch_nhwc_nocudnn},
     "cpu": {"keras_tf_cpu": keras_tf_cpu, "torch_cpu": torch_cpu},
 }
+COMPILE_PEERS = ("torch_compile", "torch_compile_max")  # minutes of compiling: opt-in (--compile)
+OTHER_FUNCTION = ("torch_nhwc_sympad",)  # beside the others, never the headline's peer
 OURS = "sepconv_gpu"

@@ -1,10 +1,13 @@
-"""Clocks, the sampling loop and the measured ceilings (copy bandwidth, GEMM rate).
+"""Clocks, the sampling loop, device time and the measured ceilings (copy bandwidth,
+GEMM rate).
 
 A sample times `inner` back-to-back calls and divides, so that per-call launch and
 event overheads are amortized the same way for every implementation; each call reads
-the next of several rotating input buffers, together larger than the last-level cache,
+the next of several rotating input buffers, together more than twice the last-level
+cache (at most MOST_BUFFERS: a layer too small for that is recorded as cache-resident),
 so no implementation is timed on warm-cache inputs. The runner takes the samples of all
-implementations of a layer in interleaved rounds.
+implementations of a layer in interleaved rounds. Device time (GPU) is the busy time the
+profiler records for the same calls, the same way for every framework.
 """
 from __future__ import annotations
 
@@ -54,9 +57,20 @@ def torch_cuda_clock():
     return EventClock(lambda: torch.cuda.Event(enable_timing=True), lambda s, e: s.elapsed_time(e))
 
 
-def buffer_count(input_bytes, cache_bytes, most=16):
-    """Enough rotating input buffers that together they exceed twice the cache."""
-    return int(min(most, max(2, math.ceil(2 * cache_bytes / max(input_bytes, 1)))))
+MOST_BUFFERS = 1024  # a tiny layer would need thousands: the record says it stayed cache-resident
+
+
+def buffer_count(input_bytes, cache_bytes, most=MOST_BUFFERS):
+    """Enough rotating input buffers that together they exceed twice the cache (the last
+    one read is then evicted before it comes round again), at most `most`."""
+    return int(min(most, max(2, 2 * cache_bytes // max(input_bytes, 1) + 1)))
+
+
+def rotation(input_bytes, count, cache_bytes):
+    """What a layer's rotation covers: its bytes, the cache's, and whether the inputs
+    stay cache-resident (the rotation does not exceed twice the cache)."""
+    return {"buffers": count, "bytes": input_bytes * count, "cache_bytes": cache_bytes,
+            "cache_resident": input_bytes * count <= 2 * cache_bytes}
 
 
 class Timer:
@@ -85,7 +99,21 @@ class Timer:
         return self.samples[-1]
 
     def result(self):
-        return stats(self.samples) | {"inner": self.inner, "buffers": self.buffers}
+        return stats(self.samples) | {"inner": self.inner}
+
+    def device_time(self, calls):
+        """Device time per call: `calls` calls on the rotating inputs under torch.profiler
+        (CUDA activities), the GPU's busy time over them divided by `calls`. One method for
+        ours, PyTorch and XLA alike; it leaves out what each framework's Python dispatch
+        costs the host, unless the GPU waited for it (idle gaps are not counted)."""
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            self._run(calls)
+            torch.cuda.synchronize()
+        return device_events_seconds(prof.events()) / calls
 
 
 def stats(samples):
@@ -123,3 +151,27 @@ def cpu_cache_bytes(default=32 << 20):
         scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
         sizes.append(int(text.rstrip("KM")) * scale)
     return max(sizes, default=default)
+
+
+# Device activities that occupy the GPU, as torch.profiler (Kineto) names them; API calls
+# and synchronizations are the host's time.
+DEVICE_ACTIVITIES = ("kernel", "gpu_memcpy", "gpu_memset")
+
+
+def busy_seconds(intervals):
+    """Seconds covered by the union of (start, end) intervals: kernels that overlap on
+    two streams count once."""
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def device_events_seconds(events):
+    """The GPU's busy seconds in a torch.profiler event list: every kernel, copy and
+    memset of the process, whichever framework launched it (CUPTI records them all)."""
+    return busy_seconds((e.time_range.start * 1e-6, e.time_range.end * 1e-6) for e in events
+                        if str(getattr(e, "device_type", "")).endswith("CUDA")
+                        and e.activity_type in DEVICE_ACTIVITIES)

@@ -36,14 +36,16 @@ def call(batch=2, size=8, channels=16, filters=32, dtype="float16", activation="
 
 
 class FakeDevice:
-    """`run(plan)` notes the plan; `clock(body)` runs body and returns the seconds given
-    for the last plan run (`seconds(plan)`)."""
+    """`run(plan)` notes the plan and returns its output (`output(plan)`, by default the
+    same for every plan); `clock(body)` runs body and returns the seconds given for the
+    last plan run (`seconds(plan)`)."""
 
-    def __init__(self, seconds):
-        self.seconds, self.runs, self.timed = seconds, [], 0
+    def __init__(self, seconds, output=lambda plan: np.ones(4)):
+        self.seconds, self.output, self.runs, self.timed = seconds, output, [], 0
 
     def run(self, plan):
         self.runs.append(plan)
+        return self.output(plan)
 
     def clock(self, body):
         body()
@@ -128,9 +130,10 @@ def test_picks_the_fastest_and_caches_it(tmp_path, fastest):
     tuner = autotune.Tuner(warmup=2, repeats=3)
     chosen = choose(tuner, device, args)
     assert chosen == found[fastest]
-    # every candidate ran its warm-up and its timed runs, nothing else
-    assert len(device.runs) == len(found) * 5 and device.timed == len(found) * 3
-    assert {p: device.runs.count(p) for p in found} == {p: 5 for p in found}
+    # every candidate ran its warm-up, its timed runs and the run its output is checked
+    # on, nothing else
+    assert len(device.runs) == len(found) * 6 and device.timed == len(found) * 3
+    assert {p: device.runs.count(p) for p in found} == {p: 6 for p in found}
     # remembered: no more timing in this process
     assert choose(tuner, FakeDevice(never), args) == chosen
     saved = json.loads((tmp_path / autotune.FILENAME).read_text())
@@ -216,7 +219,7 @@ def test_a_stale_entry_is_timed_again_and_other_entries_are_kept(tmp_path):
                              tc.TC_SMEM_LIMIT)
     entries = {key: {"plan": {"kernel": "tc", "bn": 12345}},   # no longer a candidate
                "another call": {"plan": {"kernel": "simt"}}}
-    (tmp_path / autotune.FILENAME).write_text(json.dumps({"format": 1, "entries": entries}))
+    (tmp_path / autotune.FILENAME).write_text(json.dumps({"format": autotune.FORMAT, "entries": entries}))
     device = FakeDevice(by_rank(found, [2, 0, 1, 3]))
     assert choose(autotune.Tuner(), device, args) == found[2] and device.timed
     saved = json.loads((tmp_path / autotune.FILENAME).read_text())["entries"]
@@ -243,9 +246,34 @@ def test_a_plan_that_fails_to_launch_is_not_chosen():
     def run(plan):
         if plan == found[1]:
             raise RuntimeError("too many resources requested for launch")
-        device.run(plan)
+        return device.run(plan)
 
     assert autotune.Tuner().choose("GPU A", *args, run=run, clock=device.clock) == found[0]
+
+
+@pytest.mark.parametrize("dtype, allow_tf32", [("float16", False), ("float32", True)])
+def test_a_fastest_plan_with_a_wrong_output_cannot_win(tmp_path, caplog, dtype, allow_tf32):
+    """Every candidate's output is compared with the reference plan's (the model's choice)
+    before it may win: the fastest, off by more than the mode's tolerance, is named in the
+    log and marked in the file; the next fastest that agrees wins. Within the tolerance (a
+    different summation order) a plan still wins."""
+    args = call(dtype=dtype)
+    found = candidates_of(args, allow_tf32)
+    limit = autotune.TOLERANCE["tf32" if allow_tf32 else dtype]
+    off = {found[1]: 3 * limit, found[2]: limit / 2}  # relative to max |output| = 2
+
+    def output(plan):
+        y = np.array([2.0, -1.0, 0.5, 0.0])
+        y[1] += 2 * off.get(plan, 0.0)
+        return y
+
+    device = FakeDevice(by_rank(found, [1, 2, 0]), output)
+    assert choose(autotune.Tuner(), device, args, allow_tf32=allow_tf32) == found[2]
+    assert str(found[1]) in caplog.text and "not a candidate" in caplog.text
+    [entry] = json.loads((tmp_path / autotune.FILENAME).read_text())["entries"].values()
+    assert entry["reference"] == autotune.describe(found[0])
+    assert [t["agrees"] for t in entry["timed"]] == [p != found[1] for p in found]
+    assert entry["timed"][1]["difference"] == pytest.approx(3 * limit)
 
 
 def test_off_by_default_times_nothing_and_reads_no_file(tmp_path):
@@ -371,3 +399,32 @@ def test_candidates_are_checked_for_the_activation_the_epilogue_runs(monkeypatch
     asked.clear()
     autotune.candidates("float16", geom, "linear", strides, False, True, tc.TC_SMEM_LIMIT)
     assert asked and all(asked)
+
+
+def test_an_op_call_is_tuned_with_its_weights_prepared_once(monkeypatch, tmp_path):
+    """Through the CUDA backend (the fake CuPy: launches recorded, the clock given): an op
+    call without a weights cache has its candidates timed on weights prepared once per
+    layout, as a layer's call runs them, not once per candidate run; the call itself
+    then prepares them as an op call does. One key, the same kernels timed."""
+    from benchmarks import fake_cupy
+
+    backend, cupy = fake_cupy.load_backend()
+    prepared = []
+    real = backend.prepare_weights
+    monkeypatch.setattr(backend, "prepare_weights",
+                        lambda xp, layout, *a: prepared.append(layout) or real(xp, layout, *a))
+    monkeypatch.setattr(backend, "_event_seconds", lambda body: (body(), 1e-5)[1])
+    monkeypatch.setattr(backend, "_device_name", lambda device_id: "GPU fake")
+    dtype, geom, act, strides, bias = args = call()
+    found = candidates_of(args)
+    layouts = {launch_sequence(*args, plan=p)[0][0].weights for p in found}
+    assert len(found) >= 3 and len(layouts) == 2  # tensor-core and SIMT weight layouts
+    rng = np.random.default_rng(0)
+    x = cupy.asarray(rng.standard_normal(geom.input_shape).astype(np.float16))
+    dk, pk = (rng.standard_normal(s).astype(np.float32) for s in ((3, 3, 16, 1), (1, 1, 16, 32)))
+    sg.set_autotune(True)
+    sg.ops.separable_conv2d(x, dk, pk, np.zeros(32, np.float32), padding="same",
+                            activation="relu", backend=backend.CupyOps())
+    runs = len(found) * (autotune.WARMUP + autotune.REPEATS + 1)
+    assert len([c for c in cupy.calls if c[0] == "launch"]) >= runs
+    assert sorted(prepared[:-1]) == sorted(layouts) and prepared[-1] in layouts

@@ -1,9 +1,11 @@
 """The benchmark suites, the runner's CPU path, the record's summary and the Dockerfile."""
+import dataclasses
 import hashlib
 import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +13,14 @@ import pytest
 
 from _ci import missing, require
 from benchmarks import __main__ as cli  # importable through pytest's pythonpath (pyproject)
-from benchmarks import peers, predict, report, runner, suites
+from benchmarks import host_overhead, peers, predict, reference, report, runner, suites, timing
 from sepconv_gpu.backends import cost_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SUMMARY_KEY = re.compile(r"^(float32|tf32|float16)/(sepconv_gpu|torch_eager_nhwc|torch_eager_nchw|"
-                         r"torch_compile|jax_jit|keras_tf_cpu|torch_cpu)$")
+SUMMARY_KEY = re.compile(r"^(float32|tf32|float16)/(sepconv_gpu|best_peer|torch_eager_nhwc|"
+                         r"torch_eager_nchw|torch_compile|torch_compile_max|torch_nhwc_sympad|"
+                         r"torch_nhwc_nocudnn|jax_jit|keras_tf_cpu|torch_cpu)$")
 
 
 def test_suites_match_the_design():
@@ -42,21 +45,37 @@ def test_flops_and_bytes_by_hand():
 
 
 def test_summary_keys_and_arithmetic():
-    def layer(repeat, ours, peer, agrees=True):
-        impls = {"sepconv_gpu": {"median_s": ours, "pct_of_floor": 200.0},
+    """Per peer over the layers where it ran correctly; network totals per suite, None
+    ("n/a") unless every layer of the suite has the peer; the headline against the
+    fastest correct peer of each layer (never the one computing another function)."""
+    def layer(suite, repeat, ours, peer, correct=True, keras=None):
+        impls = {"sepconv_gpu": {"median_s": ours, "pct_of_floor": 200.0, "correct": True},
                  "torch_cpu": {"median_s": peer, "speedup": peer / ours, "pct_of_floor": 1.0,
-                               "agrees": agrees},
-                 "keras_tf_cpu": {"skipped": "not installed (tensorflow)"}}
-        return {"repeat": repeat, "modes": {"float32": {"impls": impls}}}
+                               "correct": correct},
+                 "keras_tf_cpu": {"skipped": "not installed (tensorflow)"} if keras is None else
+                 {"median_s": keras, "speedup": keras / ours, "correct": True},
+                 "torch_nhwc_sympad": {"median_s": ours / 10, "speedup": 0.1, "correct": True}}
+        entry = {"impls": impls, "best_peer": runner.best_peer(impls)}
+        return {"suite": suite, "key": f"{suite}/{peer}", "repeat": repeat,
+                "modes": {"float32": entry}}
 
-    layers = [layer(1, 1.0, 2.0), layer(3, 1.0, 8.0), layer(1, 1.0, 100.0, agrees=False)]
+    layers = [layer("a", 1, 1.0, 2.0, keras=1.5), layer("a", 3, 1.0, 8.0),
+              layer("b", 1, 1.0, 100.0, correct=False), layer("c", 1, 1.0, 4.0)]
+    assert layers[0]["modes"]["float32"]["best_peer"] == {"name": "keras_tf_cpu", "speedup": 1.5}
     summary = runner.summarize(layers, ["float32"], ["keras_tf_cpu", "torch_cpu"])
-    assert set(summary) == {"float32/sepconv_gpu", "float32/torch_cpu"}
+    assert set(summary) == {"float32/sepconv_gpu", "float32/torch_cpu", "float32/keras_tf_cpu",
+                            "float32/best_peer"}
     assert all(SUMMARY_KEY.match(key) for key in summary)
     torch_cpu = summary["float32/torch_cpu"]
-    assert torch_cpu["geomean_speedup"] == pytest.approx(4.0)  # the disagreeing layer is out
-    assert torch_cpu["min_speedup"] == 2.0 and torch_cpu["layers"] == 2
-    assert torch_cpu["total_speedup"] == pytest.approx((2 + 3 * 8) / (1 + 3 * 1))
+    assert torch_cpu["geomean_speedup"] == pytest.approx(4.0)  # the wrong layer is out
+    assert torch_cpu["min_speedup"] == 2.0 and torch_cpu["layers"] == 3
+    assert torch_cpu["suite_total_speedup"] == {"a": pytest.approx((2 + 3 * 8) / (1 + 3 * 1)),
+                                                "b": None, "c": 4.0}
+    keras = summary["float32/keras_tf_cpu"]["suite_total_speedup"]
+    assert keras == {"a": None, "b": None, "c": None}  # one layer of "a" is not enough
+    best = summary["float32/best_peer"]
+    assert best["geomean_speedup"] == pytest.approx((1.5 * 8 * 4) ** (1 / 3))
+    assert best["suite_total_speedup"]["a"] == pytest.approx((1.5 + 3 * 8) / 4)
     assert summary["float32/sepconv_gpu"]["median_pct_of_floor"] == 200.0
 
 
@@ -109,7 +128,8 @@ def test_summary_and_table_carry_the_model():
         ours = {"median_s": 1e-3, "pct_of_floor": 150.0,
                 "model": {"kernel": "simt", "predicted_us": 1e3 / ratio, "measured_us": 1e3,
                           "ratio": ratio, "launches": ["sepconv_simt<...>"]}}
-        return {"key": f"s/{ratio}", "repeat": 1, "modes": {"float32": {"impls": {"sepconv_gpu": ours}}}}
+        return {"suite": "s", "key": f"s/{ratio}", "repeat": 1,
+                "modes": {"float32": {"impls": {"sepconv_gpu": ours}}}}
 
     layers = [layer(2.0), layer(8.0)]
     summary = runner.summarize(layers, ["float32"], [])
@@ -119,7 +139,7 @@ def test_summary_and_table_carry_the_model():
     text = report.table(record)
     assert "model ms" in text and "ours/mdl" in text
     row = next(line for line in text.splitlines() if line.startswith("s/2.0"))
-    assert row.split()[4:7] == ["simt", "0.500", "2.00"]
+    assert row.split()[5:8] == ["simt", "0.500", "2.00"]  # after ours ms, dev ms, %floor
     assert "measured / cost model (ours, geomean): 4.00" in text
 
 
@@ -133,29 +153,50 @@ def test_kernels_hash_is_find_sort_cat(tmp_path):
     assert runner.kernels_hash(tmp_path / "nowhere") is None
 
 
+# Every field of a record (issue 29 item 8); a CPU run has the GPU's as null, with why.
+RECORD_FIELDS = ("schema", "complete", "created", "device", "git", "kernels_sha256", "source_sha256",
+                 "versions", "gpu_state_before", "gpu_state_after", "framework_flags", "settings",
+                 "device_time", "gpu_fields_null", "ceilings", "peers", "layers",
+                 "summary", "failures", "wall_s", "plots")
+
+
 def test_cpu_quick_run_writes_a_record(tmp_path, capsys):
     record = cli.main(["--device", "cpu", "--suite", "tiny", "--quick", "--out", str(tmp_path)])
     table = capsys.readouterr().out
-    assert "geomean speedup" in table and "tiny/16x16x8->16 s2" in table
+    assert "network total tiny" in table and "tiny/16x16x8->16 s2" in table
+    assert "profile quick" in table
     [path] = tmp_path.glob("cpu-*.json")
     saved = json.loads(path.read_text())
     assert saved["summary"] == json.loads(json.dumps(record["summary"]))
-    for key in ("device", "git", "kernels_sha256", "versions", "ceilings", "settings", "peers"):
-        assert key in saved
+    assert [key for key in RECORD_FIELDS if key not in saved] == []
+    assert saved["complete"] and saved["failures"] == [] and saved["settings"]["profile"] == "quick"
+    assert saved["device"]["host_cpu"] and "a CPU run" in saved["gpu_fields_null"]
+    assert saved["device_time"] is saved["gpu_state_before"] is saved["gpu_state_after"] is None
+    assert all(saved["versions"][name] is None for name in runner.GPU_LIBRARIES)
+    assert set(saved["source_sha256"]) == {"kernels", "sepconv_gpu", "benchmarks"}
+    assert saved["source_sha256"]["kernels"] == saved["kernels_sha256"]
+    assert all(len(h) == 64 for h in saved["source_sha256"].values())
+    assert "env" in saved["framework_flags"]
     assert saved["ceilings"]["copy_bandwidth_Bps"] > 0 and saved["ceilings"]["gemm_flops"]["float32"] > 0
     assert saved["peers"] == ["keras_tf_cpu", "torch_cpu"]
     assert all(SUMMARY_KEY.match(key) for key in saved["summary"])
     assert "float32/sepconv_gpu" in saved["summary"]
     for layer in saved["layers"]:
-        impls = layer["modes"]["float32"]["impls"]
+        entry = layer["modes"]["float32"]
+        rotation = entry["rotation"]
+        assert rotation["bytes"] == rotation["buffers"] * np.prod(layer["input_shape"]) * 4
+        assert rotation["cache_resident"] == (rotation["bytes"] <= 2 * rotation["cache_bytes"])
+        impls = entry["impls"]
         ours = impls["sepconv_gpu"]
+        assert ours["correct"] and ours["rel_err"] <= ours["tolerance"] == 2e-5
         assert ours["p10_s"] <= ours["median_s"] <= ours["p90_s"]
+        assert len(ours["samples_s"]) == 3 and ours["aa"]["p10"] <= ours["aa"]["median"] <= ours["aa"]["p90"]
         assert ours["peak_extra_bytes"] > 0 and ours["io_bytes"] > 0
         # the CUDA kernel's cost model rides along; a CPU run has nothing to compare it with
         assert ours["model"]["kernel"] in ("simt", "tc") and ours["model"]["predicted_us"] > 0
         assert "ratio" not in ours["model"]
-        for peer in saved["peers"]:  # every peer either ran and agreed, or says why not
-            assert impls[peer].get("agrees") or "skipped" in impls[peer]
+        for peer in saved["peers"]:  # every peer either ran correctly, or says why not
+            assert impls[peer].get("correct") or "skipped" in impls[peer]
         if "skipped" in impls["torch_cpu"]:  # CI installs torch: there it must run
             missing(f"the torch_cpu peer: {impls['torch_cpu']['skipped']}; pip install '.[ci]'")
     try:
@@ -166,24 +207,387 @@ def test_cpu_quick_run_writes_a_record(tmp_path, capsys):
     assert matplotlib and len(saved["plots"]) == 2
     for name in saved["plots"]:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert cli.main(["--replot", str(path)])["summary"] == saved["summary"]
 
 
-@pytest.mark.parametrize("name", ["torch_nchw", "torch_nhwc", "jax_jit"])
-def test_gpu_peer_math_agrees_on_the_cpu(name):
-    """The GPU peers' modules (layouts, Keras' asymmetric padding, 1D as 2D) checked here,
-    where no GPU runs them."""
+def _fast_cpu(monkeypatch):
+    """The CPU run without its slow parts (ceilings measured, a quiet machine awaited)."""
+    def ceilings(self, *_):
+        self.ceilings = {"copy_bandwidth_Bps": 1e10, "gemm_flops": {"float32": 1e11},
+                         "gemm_flops_by_library": {}, "gemm_n": 0}
+    monkeypatch.setattr(runner.Device, "_measure_ceilings", ceilings)
+    monkeypatch.setattr(runner.timing, "cpu_cache_bytes", lambda: 1 << 16)
+
+
+def _off_by(builder, change):
+    """A builder whose implementation computes `change(output)` instead: a wrong kernel."""
+    def build(case, mode):
+        impl = builder(case, mode)
+        return peers.Impl(lambda i: change(impl.call(i)), impl.to_numpy, impl.clock, "wrong")
+    return build
+
+
+@pytest.mark.parametrize("wrong", ["peer", "ours"])
+def test_a_wrong_result_fails_the_run_and_is_named(tmp_path, monkeypatch, capsys, wrong):
+    """The float64 gate: a peer off by one position, or our kernel 0.1% off (50x the
+    float32 tolerance), is not timed; the run writes its record, names the culprit and
+    exits 1. When ours is wrong nobody is timed."""
+    _fast_cpu(monkeypatch)
+    monkeypatch.setitem(peers.PEERS["cpu"], "shifted", _off_by(peers.sepconv_gpu,
+                                                               lambda y: np.roll(y, 1, axis=1)))
+    if wrong == "ours":
+        monkeypatch.setattr(peers, "sepconv_gpu", _off_by(peers.sepconv_gpu, lambda y: y * 1.001))
+        monkeypatch.setitem(peers.PEERS["cpu"], "shifted", peers.PEERS["cpu"]["torch_cpu"])
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--device", "cpu", "--suite", "tiny", "--quick", "--peers", "shifted",
+                  "--out", str(tmp_path), "--no-plots"])
+    assert stop.value.code == 1
+    culprit = "sepconv_gpu" if wrong == "ours" else "shifted"
+    err = capsys.readouterr().err
+    assert "FAILED: wrong results" in err
+    [path] = tmp_path.glob("cpu-*.json")
+    saved = json.loads(path.read_text())
+    assert saved["complete"] and len(saved["failures"]) == 2
+    for layer, failure in zip(saved["layers"], saved["failures"]):
+        assert f"float32 {layer['key']} {culprit}: relative error" in failure and failure in err
+        impls = layer["modes"]["float32"]["impls"]
+        assert impls[culprit]["rel_err"] > impls[culprit]["tolerance"] and "median_s" not in impls[culprit]
+        assert ("median_s" in impls["sepconv_gpu"]) is (wrong == "peer")
+
+
+def test_the_record_is_rewritten_after_every_layer(tmp_path, monkeypatch):
+    """A run stopped from outside keeps what it measured: the JSON after each layer."""
+    _fast_cpu(monkeypatch)
+    seen = []
+    real = runner.run_case
+
+    def spy(layer, *args, **kwargs):
+        seen.append([json.loads(p.read_text())["layers"] for p in tmp_path.glob("cpu-*.json")])
+        return real(layer, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_case", spy)
+    cli.main(["--device", "cpu", "--suite", "tiny", "--quick", "--peers", "none",
+              "--out", str(tmp_path), "--no-plots"])
+    assert [[len(layers) for layers in files] for files in seen] == [[], [1]]
+    [path] = tmp_path.glob("cpu-*.json")
+    assert json.loads(path.read_text())["complete"]
+
+
+@pytest.mark.parametrize("name", ["torch_nchw", "torch_nhwc", "torch_sympad", "torch_nocudnn",
+                                  "jax_jit", "sepconv_gpu"])
+def test_gpu_peer_math_passes_the_float64_gate_on_the_cpu(name):
+    """The GPU peers' modules (layouts, Keras' asymmetric padding, 1D as 2D, PyTorch's
+    own symmetric padding, cuDNN off) checked against the float64 reference here, where
+    no GPU runs them; the symmetric-padding baseline fails Keras' reference (another
+    function: the gate must tell them apart)."""
     build = {"torch_nchw": lambda c, m: peers._torch_impl(c, m, channels_last=False),
              "torch_nhwc": lambda c, m: peers._torch_impl(c, m, channels_last=True),
-             "jax_jit": peers.jax_jit}[name]
-    require("torch" if name.startswith("torch") else "jax", "pip install '.[ci]'")
+             "torch_sympad": lambda c, m: peers._torch_impl(c, m, True, symmetric_pad=True),
+             "torch_nocudnn": lambda c, m: peers._torch_impl(c, m, True, cudnn=False),
+             "jax_jit": peers.jax_jit, "sepconv_gpu": peers.sepconv_gpu}[name]
+    if name != "sepconv_gpu":
+        require("torch" if name.startswith("torch") else "jax", "pip install '.[ci]'")
+    device = runner.Device.__new__(runner.Device)  # the array module only: no ceilings
+    device.xp = np
     for layer in suites.SUITES["tiny"]:
         rng = np.random.default_rng(1)
         xs = [rng.standard_normal(layer.input_shape(2), dtype=np.float32) for _ in range(2)]
         case = peers.Case(layer, 2, False, "float32", xs, layer.weights(1))
-        ours = peers.sepconv_gpu(case, "float32").call(1)
+        if name == "torch_sympad" and layer.rank == 1:
+            with pytest.raises(peers.Skip, match="symmetric here already"):
+                build(case, "float32")
+            continue
         impl = build(case, "float32")
-        np.testing.assert_allclose(impl.to_numpy(impl.call(1)), ours, rtol=1e-4, atol=1e-5)
+        if name.startswith("torch"):  # a call leaves the flags the peer set up as they are
+            import torch
+
+            flags = (torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark,
+                     torch.backends.cudnn.allow_tf32)
+            torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark = True, True
+            torch.backends.cudnn.allow_tf32 = False
+            spy = torch.nn.Module.__call__  # what the module sees during the call
+            seen = []
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(torch.nn.Module, "__call__", lambda self, *a, **k: seen.append(
+                    (torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark,
+                     torch.backends.cudnn.allow_tf32)) or spy(self, *a, **k))
+                impl.call(0)
+            assert seen[0] == (name != "torch_nocudnn", True, False)
+            assert (torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark,
+                    torch.backends.cudnn.allow_tf32) == (True, True, False)
+            (torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.allow_tf32) = flags
+        verdict = runner.check(impl, case, "float32", device, {})
+        assert verdict["correct"] and verdict["rel_err"] < 1e-6, verdict
+        if name == "torch_sympad":  # against Keras' padding it is wrong
+            keras = runner.check(peers.Impl(impl.call, impl.to_numpy, impl.clock), case,
+                                 "float32", device, {})
+            assert not keras["correct"] and keras["rel_err"] > 1e-2
+
+
+def _brute_force(x, dk, pk, b, kernel, strides, pads, activation):
+    """The convolution by definition, one output position at a time (rank 2; 1D as H=1)."""
+    x = x[:, None] if x.ndim == 3 else x
+    n, h, w, c = x.shape
+    (kh, kw), (sh, sw) = kernel, strides
+    oh = (h + sum(pads[0]) - kh) // sh + 1
+    ow = (w + sum(pads[1]) - kw) // sw + 1
+    y = np.zeros((n, oh, ow, pk.shape[1]))
+    for i in range(oh):
+        for j in range(ow):
+            dw = np.zeros((n, c))
+            for u in range(kh):
+                for v in range(kw):
+                    r, q = i * sh + u - pads[0][0], j * sw + v - pads[1][0]
+                    if 0 <= r < h and 0 <= q < w:
+                        dw += x[:, r, q, :].astype(np.float64) * dk[u, v]
+            y[:, i, j] = dw @ pk + (0 if b is None else b)
+    act = {None: lambda t: t, "relu6": lambda t: np.clip(t, 0, 6), "swish": lambda t: t / (1 + np.exp(-t))}
+    return act[activation](y).reshape(-1, pk.shape[1])
+
+
+@pytest.mark.parametrize("relu6", [False, True])
+def test_the_float64_reference_is_the_convolution_by_definition(relu6):
+    """Strided, asymmetrically padded 2D and a 1D k5 swish layer: the vectorized float64
+    reference equals the loop over output positions to rounding."""
+    for layer in suites.SUITES["tiny"]:
+        if relu6:
+            layer = dataclasses.replace(layer, activation="relu6", size=15)
+        case = _tiny_case(layer)
+        dk, pk, b = case.weights_2d()
+        args = (case.xs[0], dk, pk, b, *case.as_2d(), layer.activation)
+        expected = _brute_force(*args)
+        got = reference.separable_conv(np, *args[:4], case.as_2d(), layer.activation)
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+        assert reference.relative_error(got * (1 + 1e-3), expected) == pytest.approx(
+            1e-3 * np.abs(expected).max() / max(1, np.abs(expected).max()), rel=1e-6)
+    assert reference.relative_error(np.full(3, np.nan), np.zeros(3)) == np.inf
+    assert reference.relative_error(np.zeros(2), np.zeros(3)) == np.inf
+
+
+def test_rotation_exceeds_twice_the_cache_or_says_it_does_not():
+    for input_bytes, cache in ((3 << 20, 50 << 20), (1 << 20, 60 << 20), (100 << 20, 50 << 20)):
+        count = timing.buffer_count(input_bytes, cache)
+        rotation = timing.rotation(input_bytes, count, cache)
+        assert count * input_bytes > 2 * cache  # the last input read is evicted by the time it is due
+        assert count == 2 or (count - 1) * input_bytes <= 2 * cache  # and no more buffers than that
+        assert not rotation["cache_resident"]
+    tiny = timing.buffer_count(1 << 10, 50 << 20)
+    assert tiny == timing.MOST_BUFFERS and timing.rotation(1 << 10, tiny, 50 << 20)["cache_resident"]
+
+
+def test_device_time_is_the_union_of_the_gpu_s_activities():
+    """torch.profiler's events: kernels, copies and memsets count once where they
+    overlap (two streams); host API calls and CPU ops do not count."""
+    from types import SimpleNamespace as NS
+
+    def event(device, activity, start_us, end_us):
+        return NS(device_type=f"DeviceType.{device}", activity_type=activity,
+                  time_range=NS(start=start_us, end=end_us))
+
+    events = [event("CUDA", "kernel", 0, 10), event("CUDA", "kernel", 5, 20),  # overlap
+              event("CUDA", "gpu_memcpy", 30, 35), event("CUDA", "gpu_memset", 40, 41),
+              event("CPU", "cuda_runtime", 0, 100), event("CPU", "cpu_op", 0, 100),
+              event("CUDA", "cuda_sync", 50, 90)]
+    assert timing.device_events_seconds(events) == pytest.approx(26e-6)
+    assert timing.busy_seconds([]) == 0.0
+
+
+def test_the_gpu_steps_of_a_case_with_cpu_stand_ins(monkeypatch):
+    """run_case's GPU-only steps, with NumPy implementations standing in for the GPU ones:
+    each implementation's device time (here given), ours again (the A/A control), the
+    device-time speedup and best peer, the model's measured time from the device time."""
+    device = runner.Device.__new__(runner.Device)
+    device.kind, device.gpu, device.xp, device.cache_bytes = "cpu", True, np, 1 << 16
+    device.ceilings = {"copy_bandwidth_Bps": 1e10, "gemm_flops": {"float32": 1e11}}
+    device.free = lambda: None
+    real = peers.sepconv_gpu
+    on_host = lambda case, mode: real(dataclasses.replace(case, gpu=False), mode)
+    monkeypatch.setattr(peers, "sepconv_gpu", on_host)
+    monkeypatch.setitem(peers.PEERS["cpu"], "twin", on_host)
+    given = iter([2e-3, 6e-3, 3e-3])  # ours, the twin, ours again: in the timers' order
+    monkeypatch.setattr(timing.Timer, "device_time", lambda self, calls: next(given))
+    settings = dict(runner.DEFAULTS["cpu"], **runner.QUICK)
+    entry = runner.run_case(suites.SUITES["tiny"][0], 2, "float32", device, settings, ["twin"])
+    ours, twin = entry["impls"]["sepconv_gpu"], entry["impls"]["twin"]
+    assert (ours["device_s"], twin["device_s"]) == (2e-3, 6e-3) and "sepconv_gpu again" not in entry["impls"]
+    assert twin["device_speedup"] == pytest.approx(3.0) and ours["aa"]["device_ratio"] == pytest.approx(1.5)
+    assert entry["best_peer"] | {"speedup": None} == {"name": "twin", "speedup": None,
+                                                      "device_name": "twin", "device_speedup": 3.0}
+    model = ours["model"]
+    assert model["measured_by"] == "device time" and model["measured_us"] == pytest.approx(2000)
+    assert model["plan"] == "cost model's choice"  # nothing autotuned in this process
+    assert model["ratio"] == pytest.approx(2000 / model["predicted_us"])
+
+
+def test_on_the_gpu_path_a_kernel_that_computes_nothing_fails_the_gate(monkeypatch, tmp_path):
+    """run_case's GPU path through the CUDA backend on the fake CuPy, whose launches are
+    only recorded (the kernels compute nothing): the reference on the device's array
+    module, autotuning (every candidate's output compared with the model's choice's:
+    garbage never agrees), then ours against the float64 reference: wrong, named, and
+    nobody timed. (The fake lacks a few CuPy functions and events: NumPy's and the wall
+    clock stand in.)"""
+    from benchmarks import fake_cupy
+    from sepconv_gpu.backends import autotune
+
+    backend, cupy = fake_cupy.load_backend()
+    import sepconv_gpu.backends
+
+    monkeypatch.setitem(sys.modules, "cupy", cupy)  # the case's arrays, the reference's module
+    monkeypatch.setattr(sepconv_gpu.backends, "_cuda_ops", backend.CupyOps)  # backend="cuda"
+    for name in ("pad", "clip", "exp"):
+        monkeypatch.setattr(cupy, name, getattr(np, name), raising=False)
+    monkeypatch.setattr(cupy, "random", np.random, raising=False)
+    monkeypatch.setattr(backend, "_event_seconds", lambda body: (body(), 1e-5)[1])
+    monkeypatch.setattr(timing, "cupy_clock", timing.WallClock)  # the fake has no events
+    monkeypatch.setattr(backend, "_device_name", lambda device_id: "GPU fake")
+    monkeypatch.setenv("SEPCONV_GPU_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(autotune, "_tuner", autotune.Tuner())
+    autotune.set_autotune(True)
+    try:
+        device = runner.Device.__new__(runner.Device)
+        device.kind, device.gpu, device.xp, device.cache_bytes = "gpu", True, cupy, 1 << 20
+        device.ceilings = {"copy_bandwidth_Bps": 1e10, "gemm_flops": {"float32": 1e11}}
+        device.free = lambda: None
+        settings = dict(runner.DEFAULTS["gpu"], **runner.QUICK)
+        entry = runner.run_case(suites.SUITES["mobilenet_v2"][-1], 2, "float16", device,
+                                settings, [])
+    finally:
+        autotune.set_autotune(None)
+    ours = entry["impls"]["sepconv_gpu"]
+    assert not ours["correct"] and "against the float64 reference" in ours["wrong"]
+    assert "median_s" not in ours and ours["model"]["kernel"] == "tc"
+    [tuned] = json.loads((tmp_path / autotune.FILENAME).read_text())["entries"].values()
+    assert len(tuned["timed"]) > 2 and [t["agrees"] for t in tuned["timed"]] == (
+        [True] + [False] * (len(tuned["timed"]) - 1))
+    record = {"layers": [{"key": "k", "modes": {"float16": entry}}]}
+    assert runner.failures(record) == [f"float16 k sepconv_gpu: {ours['wrong']}"]
+
+
+def test_the_plan_that_ran_is_found_by_the_op_s_call(monkeypatch):
+    """On a GPU our `model` is the plan autotuning chose for the call the op made: found
+    by dtype, the op's geometry (the one the backend received) and TF32; its prediction
+    is that plan's own."""
+    from sepconv_gpu.backends import autotune, numpy_backend, tc
+
+    seen = []
+    real = numpy_backend.NumpyOps.separable_conv
+    monkeypatch.setattr(numpy_backend.NumpyOps, "separable_conv",
+                        lambda self, x, dk, pk, b, geom, *a, **k: seen.append(geom)
+                        or real(self, x, dk, pk, b, geom, *a, **k))
+    layer = suites.SUITES["mobilenet_v2"][-1]  # tensor-core candidates and the SIMT plan
+    case = _tiny_case(layer, "float16")
+    peers.sepconv_gpu(case, "float16").call(0)  # the op's own geometry, as the backend sees it
+    found = autotune.candidates("float16", seen[0], "linear", (0, 1, 0, 0), False, True,
+                                tc.TC_SMEM_LIMIT)
+    plan = found[-1]  # not the model's choice
+    assert len(found) > 2 and plan != found[0]
+    call = ("GPU", "float16", seen[0], "linear", (), True, False, True, tc.TC_SMEM_LIMIT)
+    monkeypatch.setattr(autotune, "chosen", lambda: [(call, plan)])
+    assert runner.tuned_plan(case, "float16") == plan and runner.tuned_plan(case, "tf32") is None
+    model = runner.model_entry(case, "float16", 1e-5, plan, "device time")
+    assert model["plan"] == autotune.describe(plan) and model["kernel"] == model["plan"]["kernel"]
+    assert model["predicted_us"] == pytest.approx(peers.kernel_model(case, "float16", plan)["predicted_us"])
+    assert model["ratio"] == pytest.approx(10.0 / model["predicted_us"])
+    assert model["predicted_us"] != runner.model_entry(case, "float16")["predicted_us"]
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--replot", "{tmp}/missing.json"], "no such file"),
+    (["--replot", "{tmp}/list.json"], "not a benchmark record"),
+    (["--replot", "{tmp}/text.json"], "not a benchmark record"),
+    (["--batch", "0"], "--batch: must be a whole number >= 1, received '0'"),
+    (["--batch", "-1"], "received '-1'"),
+    (["--repeats", "0"], "--repeats: must be a whole number >= 1"),
+    (["--repeats", "-1"], "--repeats: must be a whole number >= 1"),
+    (["--host-overhead", "--repeats", "0"], "--repeats: must be a whole number >= 1"),
+    (["--device", "cpu", "--suite", "tiny", "--out", "{tmp}/text.json"], "is a file, not a folder"),
+    (["--device", "cpu", "--suite", "tiny", "--out", "{tmp}/text.json/sub"], "cannot make the folder"),
+    (["--device", "cpu", "--suite", "nope"], "unknown suite"),
+    (["--device", "cpu", "--dtype", "float8"], "unknown --dtype"),
+    (["--device", "cpu", "--peers", "torch_compile"], "unknown --peers"),
+])
+def test_command_line_errors_are_one_line_and_exit_2_before_any_work(tmp_path, monkeypatch,
+                                                                     capsys, argv, says):
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "text.json").write_text("not json")
+
+    def work(*_a, **_k):
+        raise AssertionError("started work despite a bad argument")
+
+    for module, name in ((runner, "run"), (runner, "Device"), (host_overhead, "run")):
+        monkeypatch.setattr(module, name, work)
+    with pytest.raises(SystemExit) as stop:
+        cli.main([a.format(tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and says in err
+    assert err.count("\n") == 1 and err.startswith("python -m benchmarks: error: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["list.json", "text.json"]
+
+
+OLD_RECORD = ROOT / "benchmarks" / "results" / "cpu-20261121-173010.json"
+
+
+def test_replot_of_an_old_record_fills_its_model_and_writes_nothing_beside_it(capsys, tmp_path):
+    """The committed CPU record predates the model fields and the per-suite totals: both
+    are computed on replot; plots go to --out only, never over the committed ones."""
+    before = {p.name: p.stat().st_mtime_ns for p in OLD_RECORD.parent.iterdir()}
+    record = cli.main(["--replot", str(OLD_RECORD)])
+    text = capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in OLD_RECORD.parent.iterdir()} == before
+    rows = [line for line in text.splitlines() if line.startswith(("xception/", "mobilenet", "conformer"))]
+    assert len(rows) == 28 and all(re.search(r"% +simt +\d+\.\d{3} ", line) for line in rows)  # fp32: SIMT
+    ours = record["layers"][0]["modes"]["float32"]["impls"]["sepconv_gpu"]
+    assert "predates" in ours["model"]["filled_by"] and ours["model"]["predicted_us"] > 0
+    assert "network total xception" in text and "headline" in text
+    pytest.importorskip("matplotlib")
+    cli.main(["--replot", str(OLD_RECORD), "--out", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"{OLD_RECORD.stem}-replot-roofline.png", f"{OLD_RECORD.stem}-replot-speedup.png"]
+    with pytest.raises(SystemExit) as stop:  # never over a file that is there
+        cli.main(["--replot", str(OLD_RECORD), "--out", str(tmp_path)])
+    assert stop.value.code == 2 and "would overwrite" in capsys.readouterr().err
+
+
+def test_replot_without_matplotlib_prints_the_table_and_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+    record = cli.main(["--replot", str(OLD_RECORD), "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "network total xception" in out and "matplotlib is not installed" in out
+    assert record["plots"] == [] and list(tmp_path.iterdir()) == []
+
+
+def test_per_suite_records_merge_into_one_report(capsys, tmp_path):
+    """Two per-suite records of one device (the committed one split by suite) replot as
+    one: every layer, the summary anew, each source named; the merged record replots."""
+    record = json.loads(OLD_RECORD.read_text())
+    parts = []
+    for suites_of_part in (("xception", "conformer1d"), ("mobilenet_v1", "mobilenet_v2")):
+        part = dict(record, layers=[l for l in record["layers"] if l["suite"] in suites_of_part])
+        parts.append(tmp_path / f"{suites_of_part[0]}.json")
+        parts[-1].write_text(json.dumps(part))
+    out = tmp_path / "merged"
+    merged = cli.main(["--replot", *map(str, parts), "--out", str(out)])
+    text = capsys.readouterr().out
+    assert [l["key"] for l in merged["layers"]] == [
+        l["key"] for s in ("xception", "conformer1d", "mobilenet_v1", "mobilenet_v2")
+        for l in record["layers"] if l["suite"] == s]
+    assert [s["suites"] for s in merged["sources"]] == [["conformer1d", "xception"],
+                                                        ["mobilenet_v1", "mobilenet_v2"]]
+    assert merged["summary"]["float32/torch_cpu"]["layers"] == 28
+    for suite in ("xception", "mobilenet_v1", "mobilenet_v2", "conformer1d"):
+        assert f"network total {suite}" in text
+    [saved] = out.glob("merged-*.json")
+    again = cli.main(["--replot", str(saved)])
+    assert again["summary"] == json.loads(json.dumps(merged["summary"]))
+    with pytest.raises(SystemExit) as stop:  # a layer in two records: refused
+        cli.main(["--replot", str(parts[0]), str(parts[0])])
+    assert stop.value.code == 2 and "several records" in capsys.readouterr().err
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(dict(json.loads(parts[1].read_text()),
+                                     device={"kind": "gpu", "name": "another"})))
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--replot", str(parts[0]), str(other)])
+    assert stop.value.code == 2 and "differ in device" in capsys.readouterr().err
 
 
 DOCKERFILE = ROOT / "docker" / "Dockerfile"

@@ -7,11 +7,18 @@ call of a (device name, input shape and strides, dtype, configuration) times eac
 candidate of `candidates` (the tensor-core plans of `tc.tc_candidates`, and the
 SIMT kernel's plan, which may serve every call, so the kernel family is chosen too; a
 channel split is part of a plan) with the clock the backend gives (CUDA events): `WARMUP`
-untimed runs, then the median of `REPEATS` timed ones. The fastest is kept for the
+untimed runs, then the median of `REPEATS` timed ones. Every candidate that ran is run
+once more and its output compared with the reference plan's (the cost model's choice, or
+the first in its order that ran): one that differs by more than `TOLERANCE` (relative to
+the output's magnitude) is logged, named, and cannot win. The fastest that agrees is kept for the
 process and written to `autotune.json` in the kernel cache's directory
 (`kernel_cache.cache_dir()`), so a later process reads the choice instead of timing
 again. Calls the SIMT kernel alone may serve have one candidate and are never timed. Off
 (the default): the cost model's choice, nothing timed, the file never read.
+
+Candidates are timed with the call's weights prepared once (as a layer's call runs them,
+whether the caller passed a weights cache or not), so the choice of an op call and of a
+layer call of the same key time the same kernels.
 
 The file is JSON, {"format": FORMAT, "entries": {key: entry}}, a key naming the device,
 the geometry (shapes, strides of the convolution), the input's element strides, the dtype
@@ -33,6 +40,8 @@ import os
 import statistics
 import threading
 
+import numpy as np
+
 from .._env import flag
 from . import kernel_cache, simt, tc
 from .kernel_common import FUSED_ACTIVATIONS
@@ -40,10 +49,15 @@ from .launch import select_kernel
 
 ENV_VAR = "SEPCONV_GPU_AUTOTUNE"
 FILENAME = "autotune.json"
-FORMAT = 1     # bump when the key or the entry changes meaning
+FORMAT = 2     # bump when the key or the entry changes meaning (2: weights prepared
+               # once while timing, outputs checked; files of 1 are not trusted)
 WARMUP = 2     # untimed runs of a candidate (the first one also loads its kernel)
 REPEATS = 5    # timed runs; the median counts
 CANDIDATES = 4  # tensor-core plans timed (tc_candidates' count)
+# Largest relative difference from the reference plan's output: exact float32 plans differ
+# only in summation order; TF32 and float16 plans may round at other points than the
+# reference (SIMT against tensor cores); bfloat16 keeps 8 mantissa bits. A wrong plan is O(1).
+TOLERANCE = {"float32": 1e-5, "tf32": 1e-2, "float16": 1e-2, "bfloat16": 4e-2}
 
 logger = logging.getLogger("sepconv_gpu")
 _override = None   # set_autotune's choice; None: the environment variable decides
@@ -122,7 +136,8 @@ class Tuner:
                allow_tf32=False, x_aligned=True, smem_limit=None, *, run, clock):
         """The plan for this call (the arguments of `launch.launch_sequence`, after
         the device's name): remembered, read from the file, or timed now. `run(plan)`
-        launches the call with `plan`; `clock(body)` returns the seconds `body()` takes on
+        launches the call with `plan` and returns its output array (CuPy or NumPy, read
+        before the next run); `clock(body)` returns the seconds `body()` takes on
         the device (CUDA events around it)."""
         smem_limit = tc.TC_SMEM_LIMIT if smem_limit is None else int(smem_limit)
         call = (device_name, dtype, geom, activation.kernel_id, tuple(int(s) for s in x_strides),
@@ -150,14 +165,25 @@ class Tuner:
                 if describe(plan) == entry.get("plan"):
                     return plan
         times = [self._time(plan, run, clock) for plan in found]
-        best = min(range(len(found)), key=times.__getitem__)   # ties: the model's order
-        if math.isinf(times[best]):
+        ran = [i for i, t in enumerate(times) if not math.isinf(t)]
+        if not ran:
             raise RuntimeError(f"sepconv_gpu autotune: no candidate plan ran ({found})")
+        errors = _differences([found[i] for i in ran], run)
+        limit = TOLERANCE["tf32" if allow_tf32 and dtype == "float32" else dtype]
+        agree = [i for i, err in zip(ran, errors) if err <= limit]
+        for i, err in zip(ran, errors):
+            if err > limit:
+                logger.warning("sepconv_gpu autotune: plan %s differs from plan %s by %.3g "
+                               "(relative; at most %g): not a candidate", found[i],
+                               found[ran[0]], err, limit)
+        best = min(agree, key=times.__getitem__)   # ties: the model's order
+        error_of = dict(zip(ran, errors))
         self._store(key, {
             "plan": describe(found[best]), "measured_us": times[best] * 1e6,
-            "predicted_us": found[best].predicted_us,
-            "timed": [{"plan": describe(p), "measured_us": t * 1e6, "predicted_us": p.predicted_us}
-                      for p, t in zip(found, times)]})
+            "predicted_us": found[best].predicted_us, "reference": describe(found[ran[0]]),
+            "timed": [{"plan": describe(p), "measured_us": t * 1e6, "predicted_us": p.predicted_us,
+                       "difference": error_of.get(i), "agrees": i in agree}
+                      for i, (p, t) in enumerate(zip(found, times))]})
         return found[best]
 
     def _time(self, plan, run, clock):
@@ -174,6 +200,13 @@ class Tuner:
         except RuntimeError as exc:
             logger.warning("sepconv_gpu autotune: plan %s failed (%s); not a candidate", plan, exc)
             return math.inf
+
+    def chosen(self):
+        """This process's choices: [(call, plan)], a call being `choose`'s arguments
+        (device name, dtype, geometry, activation id, strides, bias, TF32, alignment,
+        shared-memory limit)."""
+        with self._lock:
+            return list(self._chosen.items())
 
     def entries(self):
         """Every choice in the file now, {key: entry} (each entry with its candidates'
@@ -212,6 +245,31 @@ class Tuner:
                 self._write_failure_said = True
                 logger.warning("sepconv_gpu: cannot write the autotune cache %s (%s); "
                                "choices are timed again in each process", self.path, exc)
+
+
+def chosen():
+    """This process's choices, [(call, plan)] (`Tuner.chosen`): what a benchmark records
+    as the plan that ran."""
+    return _tuner.chosen()
+
+
+def _host(a):
+    """A float64 NumPy copy of a CuPy or NumPy array."""
+    return np.asarray(a.get() if hasattr(a, "get") else a, dtype=np.float64)
+
+
+def _differences(plans, run):
+    """Each plan's output against the first's: max |difference| / max(1, max |first|)."""
+    reference = _host(run(plans[0]))
+    scale = max(1.0, float(np.max(np.abs(reference), initial=0.0)))
+    found = [0.0]
+    for plan in plans[1:]:
+        out = _host(run(plan))
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN, never agrees
+            err = (float(np.max(np.abs(out - reference), initial=0.0)) / scale
+                   if out.shape == reference.shape else math.inf)
+        found.append(err if math.isfinite(err) else math.inf)  # NaN never agrees
+    return found
 
 
 _tuner = Tuner()

@@ -249,9 +249,14 @@ def _tuned(signature, default, x, y, weights, weights_cache):
     call in this process (or read from the on-disk choices), a dict lookup after that."""
     device_id = signature[-1]
     call = default.call  # launch_sequence's arguments
-    chosen = _autotune.plan_for(
-        _device_name(device_id), *call, clock=_event_seconds,
-        run=lambda p: _run(_call_plan(*signature, plan=p), x, y, weights, weights_cache))
+    # candidates time kernels alone, weights prepared once, as a layer call runs them
+    cache = {} if weights_cache is None else weights_cache
+
+    def run(p):  # autotune compares each candidate's output with the reference plan's
+        _run(_call_plan(*signature, plan=p), x, y, weights, cache)
+        return y
+
+    chosen = _autotune.plan_for(_device_name(device_id), *call, clock=_event_seconds, run=run)
     return default if chosen is None else _call_plan(*signature, plan=chosen)
 
 
