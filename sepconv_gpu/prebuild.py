@@ -3,7 +3,7 @@
     python -m sepconv_gpu.prebuild --arch 90 [--arch 80 ...] [--jobs N] [--suites]
 
 Builds every kernel instantiation (`kernel_cache.all_name_expressions()`), or with
-`--suites` those the benchmark suites and the GPU check launch (benchmarks/gpu_cases.py,
+`--suites` those the benchmark suites and the GPU check launch (benchmarks/gpu_check/cases.py,
 from a source checkout), for each architecture, in parallel processes, into the kernel
 cache: SEPCONV_GPU_CACHE_DIR (default ~/.cache/sepconv_gpu). Each kernel is one entry,
 exactly what `cuda_backend.get_function` reads, and the key holds contents only
@@ -55,9 +55,9 @@ def _cpus():
 
 
 def suite_names():
-    """The kernels of the benchmark suites and the GPU check (benchmarks/gpu_cases.py)."""
+    """The kernels of the benchmark suites and the GPU check (benchmarks/gpu_check/cases.py)."""
     try:
-        from benchmarks import gpu_cases
+        from benchmarks.gpu_check import cases as gpu_cases
     except ImportError as exc:
         raise SystemExit("prebuild --suites needs the benchmarks/ folder of a source checkout "
                          f"on the path (run from the checkout's root): {exc}") from None

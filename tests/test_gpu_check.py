@@ -105,7 +105,9 @@ def test_the_correctness_check_fails_on_a_wrong_number_or_another_launch():
     fails."""
     import numpy as np
 
-    from benchmarks import gpu_cases, gpu_correctness  # through pytest's pythonpath (pyproject)
+    # through pytest's pythonpath (pyproject)
+    from benchmarks.gpu_check import cases as gpu_cases
+    from benchmarks.gpu_check import correctness as gpu_correctness
     from sepconv_gpu import ops
 
     case = gpu_cases.Case("stand-in", "float32", 2, 9, 8, 16, activation="relu")
@@ -128,7 +130,7 @@ def test_the_correctness_check_fails_on_a_wrong_number_or_another_launch():
 def test_the_dry_run_cases_reach_every_kernel_and_plan_shape_of_the_full_check():
     """The shrunk dry-run cases cover what check_cases() covers (every kernel, every warp
     tile MT, band / slab / resident depthwise / split flags per mode), on small grids."""
-    from benchmarks import gpu_cases
+    from benchmarks.gpu_check import cases as gpu_cases
 
     full, dry = gpu_cases.check_cases(), gpu_cases.dry_run_cases()
     assert len(dry) < len(full) / 2

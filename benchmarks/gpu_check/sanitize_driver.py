@@ -1,7 +1,7 @@
 """A small workload for compute-sanitizer (memcheck, racecheck, initcheck).
 
-    compute-sanitizer --tool racecheck python -m benchmarks.gpu_sanitize_driver
-    python -m benchmarks.gpu_sanitize_driver --dry-run   # VARIETY on the host emulator
+    compute-sanitizer --tool racecheck python -m benchmarks.gpu_check.sanitize_driver
+    python -m benchmarks.gpu_check.sanitize_driver --dry-run   # VARIETY on the host emulator
 
 Two sets, every result checked against the float64 reference (gpu_correctness.check),
 so the run also fails on wrong numbers or on launches other than the planner's:
@@ -30,7 +30,9 @@ import sys
 os.environ.setdefault("SEPCONV_GPU_LINEINFO", "1")
 os.environ.setdefault("SEPCONV_GPU_DEBUG_SYNC", "1")
 
-from . import gpu_cases, gpu_correctness, gpu_registers  # noqa: E402
+from . import cases as gpu_cases  # noqa: E402
+from . import correctness as gpu_correctness  # noqa: E402
+from . import registers as gpu_registers  # noqa: E402
 
 SAMPLE_TILES = 4
 
@@ -70,7 +72,7 @@ def cases(dry_run=False):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_sanitize_driver",
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check.sanitize_driver",
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true",

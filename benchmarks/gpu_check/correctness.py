@@ -2,8 +2,8 @@
 NumPy reference, within the tolerances of tests/_cases.py (TF32 gets the float16 bound:
 both round the pointwise operands to 10-bit mantissas).
 
-    python -m benchmarks.gpu_correctness            # on a GPU: every distinct suite plan
-    python -m benchmarks.gpu_correctness --dry-run  # no GPU: the host emulator, a sample
+    python -m benchmarks.gpu_check.correctness            # on a GPU: every distinct suite plan
+    python -m benchmarks.gpu_check.correctness --dry-run  # no GPU: the host emulator, a sample
 
 On the GPU each case runs whole and its first and last images are compared. A dry run
 (tests/_cuda_host_emulator.py runs the kernel source on the CPU) runs one shrunk case per
@@ -26,9 +26,9 @@ import numpy as np
 
 from sepconv_gpu import ops
 
-from . import gpu_cases
+from . import cases as gpu_cases
 
-TESTS = Path(__file__).resolve().parents[1] / "tests"
+TESTS = Path(__file__).resolve().parents[2] / "tests"
 if str(TESTS) not in sys.path:  # the shared tolerance table and the host emulator
     sys.path.insert(0, str(TESTS))
 
@@ -190,7 +190,7 @@ def run(cases, runner, sample_tiles=0, seed=0, out=sys.stdout):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_correctness", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check.correctness", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true", help="the host emulator instead of a GPU")
     p.add_argument("--sample", type=int, default=1, metavar="TILES",

@@ -1,6 +1,6 @@
 """The environment stage of the GPU check: what the run is made of, as JSON.
 
-    python -m benchmarks.gpu_env [--dry-run] [--commit SHA]
+    python -m benchmarks.gpu_check.environment [--dry-run] [--commit SHA]
 
 Device, driver, CuPy and CUDA runtime, the NVRTC that builds the kernels
 (`nvrtc.toolkit()`) and whether it is the pinned minor (`nvrtc.PINNED_VERSION`), PyTorch,
@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(*cmd, timeout=20):
@@ -83,7 +83,7 @@ def _version(module):
 
 
 def collect(dry_run, given_commit=None):
-    from .runner import kernels_hash
+    from ..runner import kernels_hash
 
     record, problems = {"dry_run": dry_run}, []
     for key, fn in (("device", lambda: device(dry_run)), ("nvrtc", nvrtc_info)):
@@ -103,7 +103,7 @@ def collect(dry_run, given_commit=None):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_env", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check.environment", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--commit", default=None)

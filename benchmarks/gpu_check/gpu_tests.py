@@ -2,7 +2,7 @@
 the Keras goldens, properties, layouts, interop; tests/test_cuda_backend.py,
 tests/test_tensor_core_gpu.py).
 
-    python -m benchmarks.gpu_pytest [--dry-run]
+    python -m benchmarks.gpu_check.gpu_tests [--dry-run]
 
 A dry run only collects them (every GPU test module imports and its tests are found);
 a device run needs at least one test passed and none failed: all skipped is a failure.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Count:
@@ -37,7 +37,7 @@ class _Count:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_pytest", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check.gpu_tests", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true", help="collect only")
     args = p.parse_args(argv)

@@ -27,7 +27,7 @@ from sepconv_gpu import activations, geometry
 from sepconv_gpu.backends import kernel_common, simt, tc
 from sepconv_gpu.backends.launch import input_element_strides, launch_sequence
 
-from . import suites
+from .. import suites
 
 BATCHES = (1, 8, 32)
 MODES = ("float32", "tf32", "float16")

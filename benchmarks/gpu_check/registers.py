@@ -1,6 +1,6 @@
 """The register / spill stage of the GPU check, on this machine's own NVRTC.
 
-    python -m benchmarks.gpu_registers [--arch SM] [--dry-run]
+    python -m benchmarks.gpu_check.registers [--arch SM] [--dry-run]
 
 tests/test_nvrtc.py's check, for the device's architecture: every kernel instantiation
 (a dry run: one of each kernel template, a check of the harness) built through the kernel cache
@@ -21,9 +21,9 @@ from pathlib import Path
 from sepconv_gpu import prebuild
 from sepconv_gpu.backends import kernel_cache, nvrtc
 
-from . import gpu_cases
+from . import cases as gpu_cases
 
-TESTS = Path(__file__).resolve().parents[1] / "tests"
+TESTS = Path(__file__).resolve().parents[2] / "tests"
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
@@ -59,7 +59,7 @@ def check(names, arch, jobs=None):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_registers", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check.registers", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", type=int, default=None, help="default: the device's (dry run: 90)")
     p.add_argument("--dry-run", action="store_true")

@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECORD, LOG, BENCH_DIR = "gpu_check.json", "gpu_check.log", "benchmark"
 MAX_FILES = 8
 SANITIZER_TOOLS = ("memcheck", "racecheck", "initcheck")
@@ -72,13 +72,13 @@ def _sanitizer():
 def stages(args, out):
     dry = ["--dry-run"] if args.dry_run else []
     env_stage = Stage("environment", 60, 10, [(
-        "environment", _python("-m", "benchmarks.gpu_env", *dry,
+        "environment", _python("-m", "benchmarks.gpu_check.environment", *dry,
                                *(["--commit", args.commit] if args.commit else [])), 60, {})])
     correctness = Stage("correctness", 300, 60, [(
-        "correctness", _python("-m", "benchmarks.gpu_correctness", *dry), 300, {})])
+        "correctness", _python("-m", "benchmarks.gpu_check.correctness", *dry), 300, {})])
     registers = Stage("registers", 240, 20, [(
-        "registers", _python("-m", "benchmarks.gpu_registers", *dry), 240, {})])
-    driver = _python("-m", "benchmarks.gpu_sanitize_driver")
+        "registers", _python("-m", "benchmarks.gpu_check.registers", *dry), 240, {})])
+    driver = _python("-m", "benchmarks.gpu_check.sanitize_driver")
     lineinfo = {"SEPCONV_GPU_LINEINFO": "1", "SEPCONV_GPU_DEBUG_SYNC": "1"}
     # first the -lineinfo builds of the driver's kernels, in parallel
     sanitize = [("prebuild -lineinfo", driver + ["--prebuild", *dry], 150, lineinfo)]
@@ -91,14 +91,14 @@ def stages(args, out):
     sanitizer = Stage("sanitizer", sum(c[2] for c in sanitize), 180, sanitize)
     bench = (["--device", "cpu", "--suite", "tiny", "--peers", "none"] if args.dry_run
              else ["--device", "gpu"])
-    from .gpu_env import commit  # the benchmark record's commit where there is no .git
+    from .environment import commit  # the benchmark record's commit where there is no .git
 
     known = {"SEPCONV_GPU_GIT_COMMIT": commit(args.commit)[0] or ""}
     benchmark = Stage("benchmark", 360, 110, [(
         "benchmark", _python("-m", "benchmarks", *bench, "--quick", "--out", str(out / BENCH_DIR)),
         360, known)])
     gpu_tests = Stage("gpu_tests", 240, 90, [(
-        "pytest -m gpu", _python("-m", "benchmarks.gpu_pytest", *dry), 240, {})])
+        "pytest -m gpu", _python("-m", "benchmarks.gpu_check.gpu_tests", *dry), 240, {})])
     record = Stage("record", 10, 1, [], after=_check_record)
     return [env_stage, correctness, registers, sanitizer, benchmark, gpu_tests, record]
 
