@@ -13,6 +13,10 @@ covers it. Launches take their arguments the way
 `cuLaunchKernel` does (an array of pointers to each argument), built from the very NumPy
 scalars the CUDA backend passes to CuPy, so a mistyped scalar shows up here too.
 
+`separable_conv` runs the CUDA backend itself (`cuda_backend`, bound to the fake CuPy of
+benchmarks/fake_cupy.py) with its launches executed here: the stand-in that the emulated
+tests and the GPU check's dry run share.
+
 This checks indexing, tiling, halo staging, masks, layouts, epilogues and argument
 marshalling. It says nothing about timing, memory-model races or the GPU's math library.
 """
@@ -25,6 +29,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import weakref
 
 try:
     import fcntl
@@ -34,8 +39,7 @@ except ImportError:  # not Unix: builds are not serialized between processes
 import numpy as np
 
 from sepconv_gpu.backends import kernel_cache
-from sepconv_gpu.backends.launch import (
-    input_element_strides, launch_sequence, prepare_weights, run_launches)
+from sepconv_gpu.backends.launch import run_launches
 
 RUNTIME = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cuda_emulator_runtime.h")
 SMEM_LIMIT = 227 * 1024  # EMU_SMEM_LIMIT in the runtime: the opt-in maximum of sm_90
@@ -152,23 +156,34 @@ class HostEmulator:
         self._entries[name](grid, block, int(shared_bytes), pointers)
 
 
+def stand_in(emulator):
+    """(a `cuda_backend` module bound to a fake CuPy whose launches run on `emulator`, that
+    fake): benchmarks/fake_cupy.py's stand-in, one per emulator (HostEmulator, or anything
+    with its `launch`)."""
+    found = _stand_ins.get(emulator)
+    if found is None:
+        from benchmarks import fake_cupy
+
+        found = _stand_ins[emulator] = fake_cupy.load_backend(emulator=emulator)
+    return found
+
+
+_stand_ins = weakref.WeakKeyDictionary()
+
+
 def separable_conv(emulator, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False,
                    plan=None):
-    """CupyOps.separable_conv with NumPy arrays and emulated launches (the same kernel
-    choice, weight preparation, launch sequence and launch loop); `plan`: launch_sequence's."""
-    dtype = x.dtype.name
-    y = np.empty(geom.output_shape, dtype=x.dtype)
-    # poison the output: every element must be written by the kernel
-    y.view(np.uint8).fill(0xFF)
-    strides = input_element_strides(x.shape, x.strides, x.itemsize, geom)
-    aligned = x.__array_interface__["data"][0] % 16 == 0
-    launches, apply_after = launch_sequence(dtype, geom, activation, strides, bias is not None,
-                                            allow_tf32, aligned, plan=plan)
-    run(emulator, launches, x, y,
-        lambda layout: prepare_weights(np, layout, depthwise, pointwise, bias))
-    if apply_after:
-        y = np.asarray(activation(y), dtype=x.dtype)
-    return y, launches
+    """(y, launches): `CupyOps.separable_conv` itself (kernel choice, input copy, weight
+    preparation, launch loop, post-activation) on the stand-in, its launches run on
+    `emulator`; x is used in place (host memory is the stand-in's device memory), y is
+    NumPy. `plan`: launch_sequence's, forced (autotune's candidates)."""
+    from benchmarks.gpu_check.correctness import Backend
+
+    backend, cupy = stand_in(emulator)
+    del cupy.calls[:]  # the fake's record of this call only (it holds the arrays)
+    return Backend(backend, cupy).separable_conv(
+        x.view(cupy.ndarray), depthwise, pointwise, bias, geom, activation, allow_tf32,
+        plan=plan)
 
 
 def run(emulator, launches, x, y, prepare):

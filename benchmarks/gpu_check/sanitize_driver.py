@@ -92,12 +92,12 @@ def main(argv=None):
         names = [a for name in names for a in ("--names", name)]
         return prebuild.main(["--arch", str(arch), *names])
     if args.dry_run:
-        runner = gpu_correctness.Emulated(gpu_cases.kernel_names(chosen))
+        runner = gpu_correctness.Backend.stand_in(gpu_cases.kernel_names(chosen))
     else:
         import cupy
 
         cupy.cuda.set_allocator(None)  # every array its own cudaMalloc: see the docstring
-        runner = gpu_correctness.OnGpu()
+        runner = gpu_correctness.Backend.on_gpu()
     summary = gpu_correctness.run(chosen, runner, SAMPLE_TILES)
     print(f"{len(summary['failed'])} wrong results")
     print("RESULT " + json.dumps(summary))
