@@ -127,6 +127,86 @@ def test_the_correctness_check_fails_on_a_wrong_number_or_another_launch():
     assert not gpu_correctness.check(case, runner(launched=planned + planned), rng)["ok"]
 
 
+@pytest.fixture
+def gpu_is_the_stand_in(monkeypatch, emulator_for):
+    """`import cupy` and `sepconv_gpu.backends.cuda_backend` give the stand-in (the fake
+    CuPy whose launches run on the host emulator, and the backend bound to it): the device
+    run's own code (`Backend.on_gpu`, the sanitizer driver's GPU path) runs on the CPU."""
+    import _cuda_host_emulator as host
+
+    import sepconv_gpu.backends as package
+
+    backend, fake = host.stand_in(emulator_for([]))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setitem(sys.modules, "sepconv_gpu.backends.cuda_backend", backend)
+    monkeypatch.setattr(package, "cuda_backend", backend, raising=False)
+    monkeypatch.setattr(fake.cuda, "set_allocator", lambda allocator=None: None, raising=False)
+    # the sanitizer driver's settings, set on its import: kept to this test
+    monkeypatch.setenv("SEPCONV_GPU_LINEINFO", "1")
+    monkeypatch.setenv("SEPCONV_GPU_DEBUG_SYNC", "1")
+    return backend, fake
+
+
+def _cheapest(cases, n):
+    """The n cheapest cases to run whole (a device run samples nothing)."""
+    from benchmarks.gpu_check import cases as gpu_cases
+
+    return tuple(sorted(cases, key=gpu_cases._work)[:n])
+
+
+def test_the_device_runs_runners_go_through_the_backend_on_the_stand_in(
+        gpu_is_the_stand_in, monkeypatch, capsys):
+    """correctness and sanitize_driver as on a GPU (no --dry-run: `Backend.on_gpu`, the
+    sanitizer driver's allocator and settings), with CuPy and the backend being the
+    stand-in: every case passes, launched through `cuda_backend._launch` (the fake recorded
+    each launch) as the planner planned."""
+    from benchmarks.gpu_check import cases as gpu_cases
+    from benchmarks.gpu_check import correctness, sanitize_driver
+
+    backend, fake = gpu_is_the_stand_in
+    few = _cheapest(sanitize_driver.VARIETY, 3)
+    monkeypatch.setattr(gpu_cases, "check_cases", lambda smem_limit=None: few)
+    monkeypatch.setattr(sanitize_driver, "cases", lambda dry_run=False: few)
+    for main in (correctness.main, sanitize_driver.main):
+        del fake.calls[:]
+        assert main([]) == 0, capsys.readouterr().out
+        result = json.loads(capsys.readouterr().out.split("RESULT ")[-1])
+        assert result["passed"] and result["ran"] == 3
+        launched = [c[1] for c in fake.calls if c[0] == "launch"]
+        assert launched == [one.name for case in few for one in case.launches()]
+
+
+def test_a_fault_planted_in_the_backends_launch_fails_the_dry_run_correctness(
+        monkeypatch, capsys):
+    """`raise RuntimeError(...)` as the first statement of `cuda_backend._launch` (in the
+    stand-in's backend, as the dry run loads it): the dry run's correctness stage fails on
+    every case, naming the fault; without it the same cases pass."""
+    from benchmarks import fake_cupy
+    from benchmarks.gpu_check import cases as gpu_cases
+    from benchmarks.gpu_check import correctness, sanitize_driver
+
+    few = _cheapest(sanitize_driver.VARIETY, 3)
+    monkeypatch.setattr(gpu_cases, "dry_run_cases", lambda smem_limit=None: few)
+    assert correctness.main(["--dry-run"]) == 0, capsys.readouterr().out
+    capsys.readouterr()
+    load_backend = fake_cupy.load_backend
+
+    def planted(*args, **kwargs):
+        backend, fake = load_backend(*args, **kwargs)
+
+        def _launch(launch, arrays, fn=None):
+            raise RuntimeError("planted in cuda_backend._launch")
+
+        backend._launch = _launch
+        return backend, fake
+
+    monkeypatch.setattr(fake_cupy, "load_backend", planted)
+    assert correctness.main(["--dry-run"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("RuntimeError: planted in cuda_backend._launch") == len(few), out
+    assert json.loads(out.split("RESULT ")[-1])["passed"] is False
+
+
 def test_the_dry_run_cases_reach_every_kernel_and_plan_shape_of_the_full_check():
     """The shrunk dry-run cases cover what check_cases() covers (every kernel, every warp
     tile MT, band / slab / resident depthwise / split flags per mode), on small grids."""
