@@ -152,6 +152,7 @@ def make(compute_capability="90", arena_bytes=0, emulator=None):
 
     def _alloc(shape, dtype):
         dtype = np.dtype(dtype)
+        shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)  # as CuPy
         nbytes = math.prod(shape) * dtype.itemsize
         note("alloc", nbytes, get_current_stream().ptr)
         if arena is not None and nbytes <= arena.nbytes:

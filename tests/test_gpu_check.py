@@ -17,8 +17,9 @@ from sepconv_gpu.backends import cuda_available, kernel_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
-STAGES = ["environment", "correctness", "registers", "sanitizer", "benchmark", "gpu_tests",
-          "record"]
+# by evidence value: the GPU tests right after correctness, the sanitizer last
+STAGES = ["environment", "correctness", "gpu_tests", "registers", "benchmark", "record",
+          "sanitizer"]
 
 # slow: collected first, so that under pytest-xdist it starts at once (tests/conftest.py)
 pytestmark = [pytest.mark.slow,
@@ -52,6 +53,10 @@ def test_every_stage_ran_and_passed(dry_run):
         assert stage["seconds"] <= stage["timeout_s"] and stage["estimate_s"] > 0
         assert all(c["verdict"] == "pass" and c["argv"] for c in stage["commands"]), name
     assert record["estimate_s"] <= 8 * 60  # the whole device run, as estimated
+    assert all(stage["dry_run"] for stage in record["stages"].values())  # what stood in
+    # the GPU tests ran (a sample, on the stand-in), not only collected
+    tests = record["stages"]["gpu_tests"]["commands"][0]["result"]
+    assert tests["stand_in"] and tests["tests_passed"] > 0 and not tests["tests_failed"]
 
 
 def test_the_record_says_what_ran(dry_run):
@@ -65,11 +70,13 @@ def test_the_record_says_what_ran(dry_run):
     coverage = correctness["coverage"]
     # both kernel families, every warp tile MT, a channel split with its reduce, every dtype
     assert coverage["tc_m_tiles"] == [1, 2, 4] and max(coverage["tc_k_splits"]) > 1
-    assert coverage["modes"] == ["float16", "float32", "float64", "tf32"]
+    assert coverage["modes"] == ["bfloat16", "float16", "float32", "float64", "tf32"]
+    assert any(name.startswith("sepconv_tc<__nv_bfloat16") for name in coverage["kernels"])
     templates = {name.split("<")[0] for name in kernel_cache.all_name_expressions()}
     assert {name.split("<")[0] for name in coverage["kernels"]} == templates
     registers = record["stages"]["registers"]["commands"][0]["result"]
     assert registers["checked"] == registers["kernels"] > 0 and not registers["framed"]
+    assert registers["backend_compiler"]["path"] == env["compiler"]["path"] == "nvrtc"
     predicted = record["stages"]["record"]["detail"]["predicted_vs_measured"]
     assert predicted and all(p["predicted_us"] > 0 for p in predicted)
 
@@ -83,12 +90,36 @@ def test_everything_lands_in_out_within_eight_files_one_level_deep(dry_run):
 
 
 @pytest.mark.skipif(cuda_available(), reason="a GPU answers here")
-def test_without_a_gpu_and_without_dry_run_it_refuses_in_one_line(tmp_path):
+def test_without_a_gpu_and_without_dry_run_it_records_the_environment_then_refuses(tmp_path):
     run = _check("--out", str(tmp_path / "out"), cwd=tmp_path)
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "no GPU" in lines[0] and "--dry-run" in lines[0]
-    assert not (tmp_path / "out").exists()
+    record = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert record["passed"] is False and "no GPU" in record["refused"]
+    assert list(record["stages"]) == ["environment"]
+    env = record["environment"]
+    assert env["dry_run"] is False and "device" in env["failed"]
+    assert env["nvrtc"]["version"] and len(env["kernels_sha256"]) == 64
+    if "cupy" in env["device"]:  # no CuPy here: the record names its wheel
+        assert any("cupy-cuda13x" in line for line in env["missing"])
+
+
+def test_argument_errors_touch_nothing(tmp_path):
+    """A bad --stages leaves the previous run's benchmark record and makes no new DIR; a
+    --out that is a file or cannot be made is one line on stderr; all exit 2."""
+    old = tmp_path / "old"
+    (old / "benchmark").mkdir(parents=True)
+    (old / "benchmark" / "previous.json").write_text("{}")
+    for out in (old, tmp_path / "new"):
+        run = _check("--dry-run", "--out", str(out), "--stages", "bogus", cwd=tmp_path)
+        assert run.returncode == 2 and "unknown --stages ['bogus']" in run.stderr
+    assert (old / "benchmark" / "previous.json").exists() and not (tmp_path / "new").exists()
+    (tmp_path / "file").write_text("")
+    for out, said in ((tmp_path / "file", "is a file"), (tmp_path / "file" / "sub", "cannot be made")):
+        run = _check("--dry-run", "--out", str(out), cwd=tmp_path)
+        lines = run.stderr.strip().splitlines()
+        assert run.returncode == 2 and len(lines) == 1 and said in lines[0], run.stderr
 
 
 def test_a_stage_that_runs_nothing_fails(tmp_path):

@@ -1,33 +1,43 @@
 """The GPU check: one command for the minutes a GPU is at hand (benchmarks/gpu_check.sh).
 
     bash benchmarks/gpu_check.sh --out DIR [--dry-run] [--commit SHA] [--stages a,b]
-                                 [--budget SECONDS]
+                                 [--budget SECONDS] [--bench-suite S] [--bench-dtype D]
+                                 [--bench-compile]
 
-Stages, in order of value, each a subprocess with its own timeout (a hang costs that
-stage only), its output in DIR/gpu_check.log, its verdict, duration and command in
-DIR/gpu_check.json (rewritten after every stage, so a run cut short keeps what it did).
-Estimates on one H200, 16 cores, a warm kernel cache (`python -m sepconv_gpu.prebuild`);
-modelled, not yet measured:
+Stages, each a subprocess with its own timeout (a hang costs that stage only), its
+output streamed to DIR/gpu_check.log as it comes (a run killed from outside keeps what
+was said), its verdict, duration and command in DIR/gpu_check.json (rewritten after every
+stage, so a run cut short keeps what it did). In order of the evidence a minute of GPU
+buys, so that a run cut short (`--budget`, or the machine taken back) loses the least:
 
-  environment   ~10 s   device, driver, CuPy, NVRTC (pinned minor?), torch, commit, kernels/ hash
-  correctness   ~60 s   every distinct suite plan at batch 1/8/32 + float64 + softmax vs float64
-  registers     ~20 s   no spills / stack frames with this machine's NVRTC (cold cache: ~60 s)
-  sanitizer    ~180 s   compute-sanitizer memcheck, racecheck, initcheck over the driver
-  benchmark    ~110 s   python -m benchmarks --device gpu --quick: vs PyTorch, torch.compile, JAX
-  gpu_tests     ~90 s   pytest -m gpu (goldens, properties, layouts, interop)
-  record         ~1 s   the record JSON and the benchmark's PNGs, checked
+  stage         device    what
+  environment    ~10 s   imports, device, driver, CuPy (or its error), NVRTC (pinned minor?),
+                         which compiler the backend takes, torch, commit, kernels/ hash
+  correctness    ~60 s   every distinct suite plan at batch 1/8/32, float64, bfloat16,
+                         softmax: real numbers against the float64 reference
+  gpu_tests      ~90 s   pytest -m gpu: goldens, properties, layouts, interop, serving
+  registers      ~20 s   no spills / stack frames with this machine's NVRTC, and the
+                         backend loads what was checked (cold cache: ~60 s)
+  benchmark      ~60 s   one suite in one mode (--bench-suite, --bench-dtype) vs PyTorch and
+                         JAX, --quick, no torch.compile unless --bench-compile
+  record          ~1 s   the benchmark's JSON and PNGs, checked
+  sanitizer     ~180 s   compute-sanitizer memcheck, racecheck, initcheck over the driver:
+                         last, as the slowest; memory errors that leave the numbers right
+                         are what it adds to correctness
                 ------
-               ~7.9 min
+               ~7 min    device times are estimates (modelled, not yet measured on a GPU)
 
-`--dry-run` runs every stage without a GPU: the host emulator stands in for the device
-(correctness: one shrunk case per code path, the first tiles of big grids; the
-sanitizer driver's cases without compute-sanitizer), the benchmark times the `tiny`
-suite on the CPU, the GPU tests are only collected. A stage that ran nothing fails.
-Without --dry-run on a machine with no GPU the check refuses at once (exit status 2).
+`--dry-run` runs the same stages without a GPU, through the same code with only the
+bottom swapped: CuPy is the stand-in (benchmarks/fake_cupy.py, its launches executed by
+the host emulator of tests/_cuda_host_emulator.py), so correctness, the GPU tests and the
+sanitizer driver run `cuda_backend` itself (its call plan, `_run`, `_launch`) on the CPU.
+What each stage's dry run replaces is in its record entry (`dry_run`). Without --dry-run
+on a machine with no GPU the environment stage still runs and is recorded, then the check
+refuses (exit status 2). A stage that ran nothing fails.
 
 DIR receives at most 8 files, none deeper than DIR/benchmark/: gpu_check.json,
 gpu_check.log and the benchmark's JSON and two PNGs. Exit status 0 only when every
-stage passed. A new stage is one more `Stage` in `stages()` (e.g. the CPU sanitizers).
+stage passed; 2 for a bad argument or no GPU. A new stage is one more `Stage` in `stages()`.
 """
 from __future__ import annotations
 
@@ -39,6 +49,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,13 +58,16 @@ ROOT = Path(__file__).resolve().parents[2]
 RECORD, LOG, BENCH_DIR = "gpu_check.json", "gpu_check.log", "benchmark"
 MAX_FILES = 8
 SANITIZER_TOOLS = ("memcheck", "racecheck", "initcheck")
+STAGES = ("environment", "correctness", "gpu_tests", "registers", "benchmark", "record",
+          "sanitizer")
 
 
 @dataclass
 class Stage:
     name: str
     timeout_s: int
-    estimate_s: int
+    estimate_s: int  # on a GPU: modelled, see the docstring
+    dry_run: str     # what a dry run runs instead of the GPU's
     commands: list = field(default_factory=list)  # [(label, argv, timeout_s, env)]
     after: object = None  # fn(stage result) -> extra checks once the commands ran
 
@@ -62,70 +76,85 @@ def _python(*args):
     return [sys.executable, *args]
 
 
-def _sanitizer():
-    found = shutil.which("compute-sanitizer")
-    if not found and os.access("/usr/local/cuda/bin/compute-sanitizer", os.X_OK):
-        found = "/usr/local/cuda/bin/compute-sanitizer"
-    return found
-
-
 def stages(args, out):
+    """The stages, in the order of STAGES."""
     dry = ["--dry-run"] if args.dry_run else []
-    env_stage = Stage("environment", 60, 10, [(
+    stand_in = "the stand-in (fake CuPy, launches on the host emulator) for CuPy and the GPU"
+    env_stage = Stage("environment", 60, 10, "the stand-in's device (sm_90, CUDA 13.0 driver)", [(
         "environment", _python("-m", "benchmarks.gpu_check.environment", *dry,
                                *(["--commit", args.commit] if args.commit else [])), 60, {})])
-    correctness = Stage("correctness", 300, 60, [(
-        "correctness", _python("-m", "benchmarks.gpu_check.correctness", *dry), 300, {})])
-    registers = Stage("registers", 240, 20, [(
-        "registers", _python("-m", "benchmarks.gpu_check.registers", *dry), 240, {})])
+    correctness = Stage("correctness", 240, 60, f"{stand_in}; one shrunk case per code path, "
+                        "a big grid's first output tile", [(
+                            "correctness", _python("-m", "benchmarks.gpu_check.correctness", *dry),
+                            240, {})])
+    gpu_tests = Stage("gpu_tests", 240, 90, f"gpu_tests.DRY_RUN_SAMPLE on {stand_in}", [(
+        "pytest -m gpu", _python("-m", "benchmarks.gpu_check.gpu_tests", *dry), 240, {})])
+    registers = Stage("registers", 180, 20, "one kernel per template for sm_90; the compiler "
+                      "path asked of the stand-in's backend", [(
+                          "registers", _python("-m", "benchmarks.gpu_check.registers", *dry),
+                          180, {})])
+    from .environment import commit, find_sanitizer  # commit: the benchmark record's
+
+    bench = (["--device", "cpu", "--suite", "tiny", "--peers", "none"] if args.dry_run
+             else ["--device", "gpu", "--suite", args.bench_suite, "--dtype", args.bench_dtype,
+                   *(["--compile"] if args.bench_compile else [])])
+    known = {"SEPCONV_GPU_GIT_COMMIT": commit(args.commit)[0] or ""}
+    benchmark = Stage("benchmark", 240, 60, "the tiny suite on the CPU, no peers", [(
+        "benchmark", _python("-m", "benchmarks", *bench, "--quick", "--out", str(out / BENCH_DIR)),
+        240, known)])
+    record = Stage("record", 10, 1, "the CPU benchmark's record", [], after=_check_record)
     driver = _python("-m", "benchmarks.gpu_check.sanitize_driver")
     lineinfo = {"SEPCONV_GPU_LINEINFO": "1", "SEPCONV_GPU_DEBUG_SYNC": "1"}
     # first the -lineinfo builds of the driver's kernels, in parallel
     sanitize = [("prebuild -lineinfo", driver + ["--prebuild", *dry], 150, lineinfo)]
-    if args.dry_run:  # the driver's harness on the host emulator, without compute-sanitizer
+    if args.dry_run:  # the driver's harness on the stand-in, without compute-sanitizer
         sanitize += [("sanitizer driver (dry run)", driver + ["--dry-run"], 240, lineinfo)]
     else:
-        tool = _sanitizer() or "compute-sanitizer"
+        tool = find_sanitizer() or "compute-sanitizer"
         sanitize += [(t, [tool, "--tool", t, "--error-exitcode", "99", *driver], 200, lineinfo)
                      for t in SANITIZER_TOOLS]
-    sanitizer = Stage("sanitizer", sum(c[2] for c in sanitize), 180, sanitize)
-    bench = (["--device", "cpu", "--suite", "tiny", "--peers", "none"] if args.dry_run
-             else ["--device", "gpu"])
-    from .environment import commit  # the benchmark record's commit where there is no .git
-
-    known = {"SEPCONV_GPU_GIT_COMMIT": commit(args.commit)[0] or ""}
-    benchmark = Stage("benchmark", 360, 110, [(
-        "benchmark", _python("-m", "benchmarks", *bench, "--quick", "--out", str(out / BENCH_DIR)),
-        360, known)])
-    gpu_tests = Stage("gpu_tests", 240, 90, [(
-        "pytest -m gpu", _python("-m", "benchmarks.gpu_check.gpu_tests", *dry), 240, {})])
-    record = Stage("record", 10, 1, [], after=_check_record)
-    return [env_stage, correctness, registers, sanitizer, benchmark, gpu_tests, record]
+    sanitizer = Stage("sanitizer", sum(c[2] for c in sanitize), 180,
+                      f"the driver's VARIETY cases on {stand_in}, without compute-sanitizer; "
+                      "-lineinfo builds of one kernel per template", sanitize)
+    chosen = [env_stage, correctness, gpu_tests, registers, benchmark, record, sanitizer]
+    assert tuple(s.name for s in chosen) == STAGES
+    return chosen
 
 
 def _run(argv, timeout_s, env, log):
     """(exit status or "timeout", output) of one command in its own process group, so a
-    timeout ends its children too (compute-sanitizer's target, prebuild's workers)."""
+    timeout ends its children too (compute-sanitizer's target, prebuild's workers). Its
+    output goes to `log` line by line as it comes."""
     start = time.monotonic()
     log.write(f"\n===== {' '.join(argv)} (timeout {timeout_s} s)\n")
     log.flush()
     try:
-        proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace", start_new_session=True)
     except OSError as exc:  # e.g. compute-sanitizer not installed
         log.write(f"cannot start: {exc}\n")
         return f"cannot start: {exc}", ""
+    lines = []
+
+    def pump():
+        for line in proc.stdout:
+            lines.append(line)
+            log.write(line)
+            log.flush()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     try:
-        output, _ = proc.communicate(timeout=timeout_s)
-        status = proc.returncode
+        status = proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
+        proc.wait()
         status = "timeout"
-    log.write(output or "")
+    reader.join(10)  # a grandchild holding the pipe cannot keep us
     log.write(f"===== exit {status} after {time.monotonic() - start:.1f} s\n")
     log.flush()
-    return status, output or ""
+    return status, "".join(lines)
 
 
 def _result_line(output):
@@ -151,6 +180,8 @@ def run_stage(stage, out, log, record, deadline=None):
     start = time.monotonic()
     result = {"verdict": "fail", "commands": [], "estimate_s": stage.estimate_s,
               "timeout_s": stage.timeout_s}
+    if record.get("dry_run"):
+        result["dry_run"] = stage.dry_run
     passed, ran = True, 0
     for label, argv, timeout_s, env in stage.commands:
         left = timeout_s if deadline is None else min(timeout_s, int(deadline - time.monotonic()))
@@ -225,38 +256,64 @@ def _write(out, record):
     os.replace(tmp, out / RECORD)
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The arguments, every one checked before anything is touched: a bad one ends here
+    (exit status 2) with DIR and its previous contents as they were."""
     p = argparse.ArgumentParser(prog="bash benchmarks/gpu_check.sh", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="folder for everything the run writes")
-    p.add_argument("--dry-run", action="store_true", help="no GPU: host emulator and CPU stand in")
+    p.add_argument("--dry-run", action="store_true",
+                   help="no GPU: the stand-in (fake CuPy + host emulator) and the CPU")
     p.add_argument("--commit", default=None, help="the commit tested (else COMMIT file, else git)")
     p.add_argument("--stages", default=None,
-                   help="comma-separated subset, in the usual order (default: all)")
+                   help=f"comma-separated subset of {', '.join(STAGES)}, run in that order "
+                        "(default: all); environment always runs first")
     p.add_argument("--budget", type=int, default=None, metavar="SECONDS",
                    help="end by then: each command's timeout is cut to the time left, and "
                         "what no longer fits is recorded as not run (default: no limit)")
+    p.add_argument("--bench-suite", default="mobilenet_v2",
+                   help="the benchmark stage's suites (comma-separated; default mobilenet_v2)")
+    p.add_argument("--bench-dtype", default="float16",
+                   help="the benchmark stage's modes (comma-separated; default float16)")
+    p.add_argument("--bench-compile", action="store_true",
+                   help="the benchmark times torch.compile too (minutes of compiling)")
     args = p.parse_args(argv)
     if args.budget is not None and args.budget < 1:
         p.error(f"--budget must be a positive number of seconds, got {args.budget}")
-    if not args.dry_run:
-        from sepconv_gpu.backends import cuda_status
+    wanted = STAGES if args.stages is None else [s.strip() for s in args.stages.split(",")]
+    unknown = sorted(set(wanted) - set(STAGES))
+    if unknown:
+        p.error(f"unknown --stages {unknown}; choose from {list(STAGES)}")
+    args.stages = [s for s in STAGES if s in wanted or s == "environment"]
+    from .. import suites
 
-        ok, why = cuda_status()
-        if not ok:
-            print(f"gpu_check: no GPU here ({why}); --dry-run checks the harness without one",
-                  file=sys.stderr)
-            return 2
-    out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out / BENCH_DIR, ignore_errors=True)  # one benchmark record per run
-    chosen = stages(args, out)
-    if args.stages:
-        wanted = [s.strip() for s in args.stages.split(",")]
-        unknown = sorted(set(wanted) - {s.name for s in chosen})
-        if unknown:
-            p.error(f"unknown --stages {unknown}; choose from {[s.name for s in chosen]}")
-        chosen = [s for s in chosen if s.name in wanted]
+    unknown = sorted({s.strip() for s in args.bench_suite.split(",")} - set(suites.SUITES))
+    if unknown:
+        p.error(f"unknown --bench-suite {unknown}; choose from {list(suites.SUITES)}")
+    return args
+
+
+def _make_out(out):
+    """DIR, made if need be; None and one line on stderr when it cannot be."""
+    try:
+        out = out.resolve()
+        out.mkdir(parents=True, exist_ok=True)
+    except (OSError, RuntimeError) as exc:
+        what = "is a file, not a folder" if out.exists() and not out.is_dir() else \
+            f"cannot be made ({exc.strerror or exc})" if isinstance(exc, OSError) else str(exc)
+        print(f"gpu_check: --out {out} {what}", file=sys.stderr)
+        return None
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = _make_out(args.out)
+    if out is None:
+        return 2
+    chosen = [s for s in stages(args, out) if s.name in args.stages]
+    if "benchmark" in args.stages:
+        shutil.rmtree(out / BENCH_DIR, ignore_errors=True)  # one benchmark record per run
     record = {"kind": "gpu_check", "dry_run": args.dry_run,
               "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "estimate_s": sum(s.estimate_s for s in chosen), "stages": {}}
@@ -274,6 +331,16 @@ def main(argv=None):
             _write(out, record)
             print(f"gpu_check: {stage.name}: {result['verdict']} in {result['seconds']} s "
                   f"({result['ran']} ran)", flush=True)
+            if stage.name == "environment" and not args.dry_run:
+                from sepconv_gpu.backends import cuda_status
+
+                ok, why = cuda_status()
+                if not ok:  # recorded what is here; nothing else can run
+                    record["passed"], record["refused"] = False, f"no GPU here: {why}"
+                    _write(out, record)
+                    print(f"gpu_check: no GPU here ({why}); --dry-run checks the harness "
+                          f"without one; the environment is in {out / RECORD}", file=sys.stderr)
+                    return 2
     record["passed"] = all(s["verdict"] == "pass" for s in record["stages"].values())
     _write(out, record)
     print(f"gpu_check: {'PASS' if record['passed'] else 'FAIL'} in {record['seconds']} s; "

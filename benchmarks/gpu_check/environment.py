@@ -2,17 +2,25 @@
 
     python -m benchmarks.gpu_check.environment [--dry-run] [--commit SHA]
 
-Device, driver, CuPy and CUDA runtime, the NVRTC that builds the kernels
-(`nvrtc.toolkit()`) and whether it is the pinned minor (`nvrtc.PINNED_VERSION`), PyTorch,
-JAX, compute-sanitizer, the commit (--commit, else the file COMMIT at the tree root,
-else git, else SEPCONV_GPU_GIT_COMMIT) and the sha256 of kernels/ (as
-`find kernels -type f | sort | xargs cat | sha256sum`). A dry run describes a fake
-device. Prints `RESULT {json}`; exit status 1 when a GPU run finds no device or no NVRTC.
+First the imports the run needs (`REQUIRED`), each missing one a line naming its wheel;
+then device, driver (nvidia-smi, and CuPy's view of it), CuPy and CUDA runtime, or the
+error CuPy raised starting; the NVRTC that builds the kernels (`nvrtc.toolkit()`) and
+whether it is the pinned minor (`nvrtc.PINNED_VERSION`); which compiler the backend will
+take on this device (`compiler`: our NVRTC, or CuPy's where ours cannot serve it, and
+why: `cuda_backend._nvrtc_arch`); PyTorch, JAX, compute-sanitizer (on PATH, in
+/usr/local/cuda, or in the NVIDIA wheels), the commit (--commit, else the file COMMIT at
+the tree root, else git, else SEPCONV_GPU_GIT_COMMIT) and the sha256 of kernels/ (as
+`find kernels -type f | sort | xargs cat | sha256sum`). A dry run describes the stand-in
+device (benchmarks/fake_cupy.py: sm_90, CUDA 13.0 driver). Prints `RESULT {json}`; exit
+status 1 when a module is missing, or a GPU run finds no device or no NVRTC.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -47,9 +55,85 @@ def commit(given=None):
     return None, "unknown: pass --commit or write the file COMMIT"
 
 
+# module -> the wheel (or extra) that provides it; "device": needed by a GPU run only
+REQUIRED = (
+    ("numpy", "numpy", False),
+    ("pytest", "pytest (the test extra: pip install '.[test]')", False),
+    ("hypothesis", "hypothesis (the test extra)", False),
+    ("cupy", "cupy-cuda13x or cupy-cuda12x (the cuda13 / cuda12 extra)", True),
+)
+
+
+def missing_modules(dry_run):
+    """One line per module the run needs that does not import, naming its wheel."""
+    lines = []
+    for module, wheel, device_only in REQUIRED:
+        if device_only and dry_run:
+            continue
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # absent, or broken (a CUDA 13 CuPy on a CUDA 12 driver)
+            lines.append(f"{module} does not import ({type(exc).__name__}: {exc}): install {wheel}")
+    return lines
+
+
+def find_sanitizer():
+    """compute-sanitizer: on PATH, in /usr/local/cuda/bin, or in an NVIDIA wheel
+    (nvidia/cu13/bin, nvidia/cuda_sanitizer_api/...); None when there is none."""
+    found = shutil.which("compute-sanitizer")
+    if found:
+        return found
+    roots = ["/usr/local/cuda/bin"]
+    try:
+        import nvidia
+
+        roots += list(nvidia.__path__)
+    except ImportError:
+        pass
+    for root in roots:
+        for folder, dirs, files in os.walk(root):
+            if "compute-sanitizer" in files:
+                path = os.path.join(folder, "compute-sanitizer")
+                if os.access(path, os.X_OK) and os.path.isfile(path):
+                    return path
+            if folder.count(os.sep) - root.count(os.sep) >= 3:
+                dirs[:] = []  # deep enough: the wheels keep it within three levels
+    return None
+
+
+def compiler(dry_run):
+    """Which compiler the backend takes on this device: {"path": "nvrtc"} (our NVRTC, the
+    kernel cache, what the registers stage checks) or {"path": "cupy", "why": ...}
+    (CuPy's RawModule); a dry run asks the stand-in's backend (sm_90, CUDA 13.0 driver)."""
+    if dry_run:
+        from .. import fake_cupy
+
+        backend, fake = fake_cupy.load_backend()
+    else:
+        import cupy
+
+        from sepconv_gpu.backends import cuda_backend as backend
+
+        fake = cupy
+    said = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logger = logging.getLogger("sepconv_gpu")
+    logger.addHandler(handler)
+    try:
+        capability = fake.cuda.Device(0).compute_capability
+        arch = backend._nvrtc_arch(capability)
+    finally:
+        logger.removeHandler(handler)
+    if arch is None:
+        return {"path": "cupy", "compute_capability": capability, "why": " ".join(said)}
+    return {"path": "nvrtc", "compute_capability": capability, "arch": arch}
+
+
 def device(dry_run):
     if dry_run:
-        return {"name": "none (dry run: the host emulator stands in)", "compute_capability": "90"}
+        return {"name": "none (dry run: the stand-in: fake CuPy + host emulator)",
+                "compute_capability": "90", "cuda_driver_api": 13000}
     import cupy
 
     dev = cupy.cuda.Device()
@@ -60,9 +144,7 @@ def device(dry_run):
             "memory_bytes": int(props["totalGlobalMem"]),
             "cuda_driver_api": cupy.cuda.runtime.driverGetVersion(),
             "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
-            "cupy": cupy.__version__,
-            "nvidia_smi": _run("nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                               "--format=csv,noheader")}
+            "cupy": cupy.__version__}
 
 
 def nvrtc_info():
@@ -86,7 +168,12 @@ def collect(dry_run, given_commit=None):
     from ..runner import kernels_hash
 
     record, problems = {"dry_run": dry_run}, []
-    for key, fn in (("device", lambda: device(dry_run)), ("nvrtc", nvrtc_info)):
+    record["missing"] = missing_modules(dry_run)
+    problems += ["imports"] * bool(record["missing"])
+    record["nvidia_smi"] = _run("nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                                "--format=csv,noheader")
+    for key, fn in (("device", lambda: device(dry_run)), ("nvrtc", nvrtc_info),
+                    ("compiler", lambda: compiler(dry_run))):
         try:
             record[key] = fn()
         except Exception as exc:
@@ -95,7 +182,7 @@ def collect(dry_run, given_commit=None):
     record["commit"], record["commit_from"] = commit(given_commit)
     record["kernels_sha256"] = kernels_hash(ROOT)
     record["torch"], record["jax"] = _version("torch"), _version("jax")
-    record["compute_sanitizer"] = shutil.which("compute-sanitizer") or None
+    record["compute_sanitizer"] = find_sanitizer()
     record["python"] = sys.version.split()[0]
     if record["kernels_sha256"] is None:
         problems.append("kernels")
@@ -109,6 +196,8 @@ def main(argv=None):
     p.add_argument("--commit", default=None)
     args = p.parse_args(argv)
     record, problems = collect(args.dry_run, args.commit)
+    for line in record["missing"]:
+        print(f"MISSING {line}")
     print(json.dumps(record, indent=1))
     if isinstance(record["nvrtc"], dict) and not record["nvrtc"]["is_pinned_minor"]:
         print(f"note: NVRTC {record['nvrtc']['version']} is not the pinned "
