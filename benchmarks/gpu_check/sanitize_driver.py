@@ -79,13 +79,16 @@ def main(argv=None):
                    help="run the cases on the host emulator (no GPU, no compute-sanitizer)")
     p.add_argument("--prebuild", action="store_true",
                    help="only build the kernels the run launches into the kernel cache, in "
-                        "parallel (for the device's architecture; a dry run: sm_90)")
+                        "parallel, with -lineinfo (for the device's architecture; a dry run: "
+                        "sm_90, one kernel per template)")
+    p.add_argument("--arch", type=int, default=None,
+                   help="--prebuild for this SM version, no GPU needed (e.g. 90 in an image build)")
     args = p.parse_args(argv)
     chosen = cases(args.dry_run)
     if args.prebuild:
         from sepconv_gpu import prebuild
 
-        arch = 90 if args.dry_run else gpu_registers.device_arch()
+        arch = args.arch or (90 if args.dry_run else gpu_registers.device_arch())
         names = gpu_cases.kernel_names(chosen)
         if args.dry_run:
             names = gpu_cases.one_per_template(names)
