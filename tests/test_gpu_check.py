@@ -238,6 +238,50 @@ def test_a_fault_planted_in_the_backends_launch_fails_the_dry_run_correctness(
     assert json.loads(out.split("RESULT ")[-1])["passed"] is False
 
 
+def test_registers_fail_where_the_backend_would_compile_through_cupy(monkeypatch, capsys):
+    """A CUDA 12.4 driver under the NVRTC 13 wheel: the backend compiles through CuPy
+    (environment.compiler says so, and why), so the registers stage fails even with
+    every kernel it checked clean: the backend would not load them."""
+    from benchmarks import fake_cupy
+    from benchmarks.gpu_check import environment, registers
+
+    backend, fake = fake_cupy.load_backend()
+    fake.cuda.runtime.driverGetVersion = lambda: 12040
+    monkeypatch.setattr(fake_cupy, "load_backend", lambda *args, **kwargs: (backend, fake))
+    answer = environment.compiler(dry_run=True)
+    assert answer["path"] == "cupy" and "newer than the driver's CUDA 12.4" in answer["why"]
+    clean = {"arch": 90, "kernels": 1, "compiled": 0, "from_cache": 1, "checked": 1,
+             "framed": {}, "logs": {}, "ptx_only": [], "registers_max": 40}
+    monkeypatch.setattr(registers, "check", lambda names, arch, jobs=None: dict(clean))
+    monkeypatch.setattr(registers.gpu_cases, "dry_run_cases", lambda smem_limit=None: ())
+    assert registers.main(["--dry-run"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL the backend does not load these binaries: it compiles with cupy" in out
+    monkeypatch.setattr(registers, "compiler", lambda dry_run: {"path": "nvrtc", "arch": 90})
+    assert registers.main(["--dry-run"]) == 0
+
+
+def test_a_commands_output_reaches_the_log_while_it_runs(tmp_path):
+    """A stage killed from outside keeps what it said: each line is in the log as soon as
+    the command prints it, not when it ends (here: ended by its 2 s timeout)."""
+    import threading
+    import time
+
+    from benchmarks.gpu_check import __main__ as check
+
+    path = tmp_path / "gpu_check.log"
+    command = [sys.executable, "-c", "print('early', flush=True); import time; time.sleep(30)"]
+    with open(path, "w") as log:
+        worker = threading.Thread(target=check._run, args=(command, 2, {}, log))
+        worker.start()
+        deadline = time.monotonic() + 10
+        while "early" not in path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "early" in path.read_text() and worker.is_alive()
+        worker.join()
+    assert "===== exit timeout after" in path.read_text().splitlines()[-1]
+
+
 def test_the_dry_run_cases_reach_every_kernel_and_plan_shape_of_the_full_check():
     """The shrunk dry-run cases cover what check_cases() covers (every kernel, every warp
     tile MT, band / slab / resident depthwise / split flags per mode), on small grids."""
