@@ -1,9 +1,10 @@
 """The CUDA kernels' logic, checked on the CPU against the float64 reference.
 
 The kernel source is compiled for the host with a shim of the CUDA execution model
-(tests/_cuda_host_emulator.py) and run through the same launch sequence and argument
-marshalling as the CUDA backend (`launch_sequence`). No GPU, no CuPy: needs a
-C++20 compiler and the CUDA headers (cuda_fp16.h). Timing, races and GPU math-library
+(tests/_cuda_host_emulator.py) and launched by the CUDA backend itself (`emu.separable_conv`:
+`cuda_backend` on the stand-in, benchmarks/fake_cupy.py's fake CuPy whose launches the
+emulator executes). No GPU, no CuPy: needs a C++20 compiler and the CUDA headers
+(cuda_fp16.h). Timing, races and GPU math-library
 accuracy are left to the GPU tests (tests/test_cuda_backend.py).
 """
 from __future__ import annotations

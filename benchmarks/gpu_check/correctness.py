@@ -1,15 +1,17 @@
-"""GPU correctness: the cases of `gpu_cases` on the CUDA backend against the float64
+"""GPU correctness: the cases of `cases` on the CUDA backend against the float64
 NumPy reference, within the tolerances of tests/_cases.py (TF32 gets the float16 bound:
 both round the pointwise operands to 10-bit mantissas).
 
     python -m benchmarks.gpu_check.correctness            # on a GPU: every distinct suite plan
-    python -m benchmarks.gpu_check.correctness --dry-run  # no GPU: the host emulator, a sample
+    python -m benchmarks.gpu_check.correctness --dry-run  # no GPU: the stand-in, a sample
 
+Both run `cuda_backend` through one runner (`Backend`), only the CuPy under it differs.
 On the GPU each case runs whole and its first and last images are compared. A dry run
-(tests/_cuda_host_emulator.py runs the kernel source on the CPU) runs one shrunk case per
-code path (`gpu_cases.dry_run_cases`), and of a big single-launch grid only the blocks of
-the first `--sample` output tiles; exactly those tiles are compared. Either way the launches must be the ones
-the planner picked. One line per case, then `RESULT {json}`; exit status 1 on any
+(the stand-in: benchmarks/fake_cupy.py, its launches executed by
+tests/_cuda_host_emulator.py on the CPU) runs one shrunk case per code path
+(`cases.dry_run_cases`), and of a big single-launch grid only the blocks of the first
+`--sample` output tiles; exactly those tiles are compared. Either way the launches must be
+the ones the planner picked. One line per case, then `RESULT {json}`; exit status 1 on any
 failure or when nothing ran.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A small workload for compute-sanitizer (memcheck, racecheck, initcheck).
 
     compute-sanitizer --tool racecheck python -m benchmarks.gpu_check.sanitize_driver
-    python -m benchmarks.gpu_check.sanitize_driver --dry-run   # VARIETY on the host emulator
+    python -m benchmarks.gpu_check.sanitize_driver --dry-run   # VARIETY on the stand-in
 
 Two sets, every result checked against the float64 reference (gpu_correctness.check),
 so the run also fails on wrong numbers or on launches other than the planner's:
