@@ -23,6 +23,7 @@ leaving `sys.modules` as it found it.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import sys
@@ -281,15 +282,28 @@ def load_backend(compute_capability="90", arena_bytes=0, emulator=None):
     """(a fresh cuda_backend module bound to a new fake CuPy, the fake). Kernels "compile"
     through `fake.load_kernel`; `sys.modules` is restored, so nothing else sees the fake.
     emulator: the stand-in, whose launches run on it (see the module docstring)."""
+    fake = make(compute_capability, arena_bytes, emulator)
+    with installed(fake):
+        backend = importlib.import_module(_MODULE)
+    backend._load_kernel = fake.load_kernel
+    return backend, fake
+
+
+@contextlib.contextmanager
+def installed(fake, backend=None):
+    """Within the block `import cupy` gives `fake`, and `sepconv_gpu.backends.cuda_backend`
+    gives `backend` (None: nothing, so that an import binds a fresh one to the fake);
+    `sys.modules` and the package's attribute are restored after it."""
     import sepconv_gpu.backends as package
 
-    fake = make(compute_capability, arena_bytes, emulator)
     saved = {name: sys.modules.get(name) for name in ("cupy", _MODULE)}
     saved_attribute = package.__dict__.get("cuda_backend")
     sys.modules["cupy"] = fake
     sys.modules.pop(_MODULE, None)
+    if backend is not None:
+        sys.modules[_MODULE] = package.cuda_backend = backend
     try:
-        backend = importlib.import_module(_MODULE)
+        yield
     finally:
         for name, module in saved.items():
             if module is None:
@@ -300,5 +314,3 @@ def load_backend(compute_capability="90", arena_bytes=0, emulator=None):
             package.__dict__.pop("cuda_backend", None)
         else:
             package.cuda_backend = saved_attribute
-    backend._load_kernel = fake.load_kernel
-    return backend, fake

@@ -28,7 +28,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import weakref
 
@@ -179,29 +178,17 @@ def installed(emulator):
     and `cuda_available()` is True, so code written for a GPU (the `gpu` tests, the device
     run's stages) runs on `emulator`. Yields (backend, fake)."""
     import sepconv_gpu.backends as package
+    from benchmarks import fake_cupy
 
     backend, fake = stand_in(emulator)
-    names = ("cupy", backend.__name__)
-    saved = {name: sys.modules.get(name) for name in names}
-    saved_attribute = package.__dict__.get("cuda_backend")
-    sys.modules.update(zip(names, (fake, backend)))
-    package.cuda_backend = backend
-    package.cuda_status.cache_clear()
-    package._cuda_ops.cache_clear()
-    try:
-        yield backend, fake
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
-        if saved_attribute is None:
-            package.__dict__.pop("cuda_backend", None)
-        else:
-            package.cuda_backend = saved_attribute
-        package.cuda_status.cache_clear()
+    with fake_cupy.installed(fake, backend):
+        package.cuda_status.cache_clear()  # answered anew: the stand-in's device
         package._cuda_ops.cache_clear()
+        try:
+            yield backend, fake
+        finally:
+            package.cuda_status.cache_clear()
+            package._cuda_ops.cache_clear()
 
 
 def separable_conv(emulator, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False,

@@ -165,17 +165,12 @@ def gpu_is_the_stand_in(monkeypatch, emulator_for):
     run's own code (`Backend.on_gpu`, the sanitizer driver's GPU path) runs on the CPU."""
     import _cuda_host_emulator as host
 
-    import sepconv_gpu.backends as package
-
-    backend, fake = host.stand_in(emulator_for([]))
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setitem(sys.modules, "sepconv_gpu.backends.cuda_backend", backend)
-    monkeypatch.setattr(package, "cuda_backend", backend, raising=False)
-    monkeypatch.setattr(fake.cuda, "set_allocator", lambda allocator=None: None, raising=False)
     # the sanitizer driver's settings, set on its import: kept to this test
     monkeypatch.setenv("SEPCONV_GPU_LINEINFO", "1")
     monkeypatch.setenv("SEPCONV_GPU_DEBUG_SYNC", "1")
-    return backend, fake
+    with host.installed(emulator_for([])) as (backend, fake):
+        monkeypatch.setattr(fake.cuda, "set_allocator", lambda allocator=None: None, raising=False)
+        yield backend, fake
 
 
 def _cheapest(cases, n):
