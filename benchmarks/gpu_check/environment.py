@@ -64,8 +64,10 @@ REQUIRED = (
 )
 
 
-def missing_modules(dry_run):
-    """One line per module the run needs that does not import, naming its wheel."""
+def missing(dry_run):
+    """One line per thing the run needs that is not here, naming what to install: the
+    modules of REQUIRED, NVRTC with the CUDA headers (the kernels compile with them), and
+    for a dry run the host emulator's C++ compiler."""
     lines = []
     for module, wheel, device_only in REQUIRED:
         if device_only and dry_run:
@@ -74,6 +76,15 @@ def missing_modules(dry_run):
             importlib.import_module(module)
         except Exception as exc:  # absent, or broken (a CUDA 13 CuPy on a CUDA 12 driver)
             lines.append(f"{module} does not import ({type(exc).__name__}: {exc}): install {wheel}")
+    from sepconv_gpu.backends import nvrtc
+
+    try:
+        nvrtc.toolkit()
+    except nvrtc.NvrtcNotFoundError as exc:
+        lines.append(f"no NVRTC with CUDA headers ({exc}): install "
+                     "'cuda-toolkit[nvrtc,cudart]==13.0.*' (the cuda13 extra; cuda12: 12.9.*)")
+    if dry_run and not (shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")):
+        lines.append("no host C++ compiler for the emulator: install g++ (C++20)")
     return lines
 
 
@@ -168,7 +179,7 @@ def collect(dry_run, given_commit=None):
     from ..runner import kernels_hash
 
     record, problems = {"dry_run": dry_run}, []
-    record["missing"] = missing_modules(dry_run)
+    record["missing"] = missing(dry_run)
     problems += ["imports"] * bool(record["missing"])
     record["nvidia_smi"] = _run("nvidia-smi", "--query-gpu=name,driver_version,memory.total",
                                 "--format=csv,noheader")
