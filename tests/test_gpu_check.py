@@ -159,29 +159,40 @@ def test_the_correctness_check_fails_on_a_wrong_number_or_another_launch():
 
 
 @pytest.fixture
-def gpu_is_the_stand_in(monkeypatch, emulator_for):
+def gpu_is_the_stand_in(monkeypatch, emulator_for, few):
     """`import cupy` and `sepconv_gpu.backends.cuda_backend` give the stand-in (the fake
     CuPy whose launches run on the host emulator, and the backend bound to it): the device
     run's own code (`Backend.on_gpu`, the sanitizer driver's GPU path) runs on the CPU."""
     import _cuda_host_emulator as host
 
-    # the sanitizer driver's settings, set on its import: kept to this test
-    monkeypatch.setenv("SEPCONV_GPU_LINEINFO", "1")
-    monkeypatch.setenv("SEPCONV_GPU_DEBUG_SYNC", "1")
-    with host.installed(emulator_for([])) as (backend, fake):
+    from benchmarks.gpu_check import cases as gpu_cases
+
+    with host.installed(emulator_for(gpu_cases.kernel_names(few))) as (backend, fake):
         monkeypatch.setattr(fake.cuda, "set_allocator", lambda allocator=None: None, raising=False)
         yield backend, fake
 
 
-def _cheapest(cases, n):
-    """The n cheapest cases to run whole (a device run samples nothing)."""
+@pytest.fixture
+def few(monkeypatch):
+    """Three of the sanitizer driver's cases, the cheapest to emulate whole (a device run
+    samples nothing) of each kind: a SIMT launch, a tensor-core launch, and a launch
+    sequence (a SIMT convolution, then the softmax kernel). The tests that use them share
+    one host build of their kernels. The driver's settings, which its import sets, are
+    kept to the test."""
+    monkeypatch.setenv("SEPCONV_GPU_LINEINFO", "1")
+    monkeypatch.setenv("SEPCONV_GPU_DEBUG_SYNC", "1")
     from benchmarks.gpu_check import cases as gpu_cases
+    from benchmarks.gpu_check import sanitize_driver
 
-    return tuple(sorted(cases, key=gpu_cases._work)[:n])
+    by_cost = sorted(sanitize_driver.VARIETY, key=gpu_cases._work)
+    kinds = (lambda c: [one.kind for one in c.launches()] == ["simt"],
+             lambda c: [one.kind for one in c.launches()] == ["tc"],
+             lambda c: len(c.launches()) > 1)
+    return tuple(next(case for case in by_cost if kind(case)) for kind in kinds)
 
 
 def test_the_device_runs_runners_go_through_the_backend_on_the_stand_in(
-        gpu_is_the_stand_in, monkeypatch, capsys):
+        gpu_is_the_stand_in, few, monkeypatch, capsys):
     """correctness and sanitize_driver as on a GPU (no --dry-run: `Backend.on_gpu`, the
     sanitizer driver's allocator and settings), with CuPy and the backend being the
     stand-in: every case passes, launched through `cuda_backend._launch` (the fake recorded
@@ -190,7 +201,6 @@ def test_the_device_runs_runners_go_through_the_backend_on_the_stand_in(
     from benchmarks.gpu_check import correctness, sanitize_driver
 
     backend, fake = gpu_is_the_stand_in
-    few = _cheapest(sanitize_driver.VARIETY, 3)
     monkeypatch.setattr(gpu_cases, "check_cases", lambda smem_limit=None: few)
     monkeypatch.setattr(sanitize_driver, "cases", lambda dry_run=False: few)
     for main in (correctness.main, sanitize_driver.main):
@@ -203,15 +213,14 @@ def test_the_device_runs_runners_go_through_the_backend_on_the_stand_in(
 
 
 def test_a_fault_planted_in_the_backends_launch_fails_the_dry_run_correctness(
-        monkeypatch, capsys):
+        few, monkeypatch, capsys):
     """`raise RuntimeError(...)` as the first statement of `cuda_backend._launch` (in the
     stand-in's backend, as the dry run loads it): the dry run's correctness stage fails on
     every case, naming the fault; without it the same cases pass."""
     from benchmarks import fake_cupy
     from benchmarks.gpu_check import cases as gpu_cases
-    from benchmarks.gpu_check import correctness, sanitize_driver
+    from benchmarks.gpu_check import correctness
 
-    few = _cheapest(sanitize_driver.VARIETY, 3)
     monkeypatch.setattr(gpu_cases, "dry_run_cases", lambda smem_limit=None: few)
     assert correctness.main(["--dry-run"]) == 0, capsys.readouterr().out
     capsys.readouterr()
