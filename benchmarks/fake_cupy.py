@@ -45,7 +45,6 @@ def make(compute_capability="90", arena_bytes=0, emulator=None):
     (their values are garbage; for timing the launch path without the cost of a host
     allocation per call). emulator: the stand-in (see the module docstring)."""
     fake = types.ModuleType("cupy")
-    fake.emulator = emulator
     fake.calls = []          # (what, ...) in order; see the module docstring
     fake.record = True       # False: keep only the launch timestamp (timing loops)
     fake.last_launch_ns = 0

@@ -29,7 +29,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import weakref
 
 try:
     import fcntl
@@ -168,7 +167,7 @@ def stand_in(emulator):
     return found
 
 
-_stand_ins = weakref.WeakKeyDictionary()
+_stand_ins = {}  # emulator -> (backend, fake), for the process (the fake holds its emulator)
 
 
 @contextlib.contextmanager
