@@ -36,6 +36,7 @@ if str(TESTS) not in sys.path:  # the shared tolerance table and the host emulat
 
 import _cases  # noqa: E402
 
+
 def tolerance(mode):
     if mode == "bfloat16":
         # _cases.TOLERANCE's float16 bound is eight output half-ulps (2^-11 each) with the
