@@ -2,7 +2,7 @@
 run's own code on the stand-in (the fake CuPy whose launches the host emulator executes)
 and records it, so a harness bug fails here, not in the few minutes a GPU is at hand;
 without --dry-run it records the environment, then refuses. The dry run runs once (a
-module fixture): 19 s on two cores with warm caches, 46 s cold (2026-12-05)."""
+module fixture): 23 s on two cores with warm caches, 32 s cold (2026-12-05)."""
 from __future__ import annotations
 
 import json

@@ -32,7 +32,7 @@ bottom swapped: CuPy is the stand-in (benchmarks/fake_cupy.py, its launches exec
 the host emulator of tests/_cuda_host_emulator.py), so correctness, the GPU tests and the
 sanitizer driver run `cuda_backend` itself (its call plan, `_run`, `_launch`) on the CPU.
 What each stage's dry run replaces is in its record entry (`dry_run`); the whole dry run
-took 19 s with warm caches and 46 s cold on a 2-core machine (2026-12-05), measured by its
+took 23 s with warm caches and 32 s cold on a 2-core machine (2026-12-05), measured by its
 record's `seconds` (benchmarks/README.md has them per stage). Without --dry-run
 on a machine with no GPU the environment stage still runs and is recorded, then the check
 refuses (exit status 2). A stage that ran nothing fails.

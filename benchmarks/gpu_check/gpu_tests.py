@@ -54,12 +54,15 @@ class _Count:
 
 
 def _stand_in():
-    """The stand-in installed for the block (the dry run's device)."""
+    """The stand-in installed for the block (the dry run's device), its emulator the
+    correctness stage's build (the same names: one content-keyed library, built once)."""
     if str(TESTS) not in sys.path:
         sys.path.insert(0, str(TESTS))
     import _cuda_host_emulator as host
 
-    return host.installed(host.HostEmulator([]))
+    from . import cases
+
+    return host.installed(host.HostEmulator(cases.kernel_names(cases.dry_run_cases())))
 
 
 def main(argv=None):
