@@ -7,15 +7,24 @@ synchronize, host<->device copy and kernel load as what it is, every event recor
 and waited for with its stream, and every launch with its grid, block, arguments and
 stream. Streams keep CuPy's current-stream stack (`with
 stream:`) and its capture API (`begin_capture` / `end_capture`); while a stream captures,
-a synchronize or a kernel load fails as CUDA's would. Kernels never run: a launch is only
-recorded (and timestamped: `last_launch_ns`), which is what the host-overhead benchmark
-(benchmarks/host_overhead.py) and the CPU tests of graph capture and streams read.
+a synchronize or a kernel load fails as CUDA's would. By default kernels never run: a
+launch is only recorded (and timestamped: `last_launch_ns`), which is what the
+host-overhead benchmark (benchmarks/host_overhead.py) and the CPU tests of graph capture
+and streams read.
+
+The stand-in (`make(emulator=...)`, `load_backend(emulator=...)`): every launch, still
+recorded, also runs on a host emulator of the kernels (tests/_cuda_host_emulator.py's
+`HostEmulator`, or anything with its `launch`), and every new array starts as 0xFF bytes
+(NaN in every float type), so `cuda_backend` computes real numbers on the CPU and an
+element no kernel wrote shows. This is how the emulated tests and the GPU check's dry run
+run the backend's own call path with only the bottom swapped.
 
 `load_backend()` imports a fresh `sepconv_gpu.backends.cuda_backend` bound to a fake,
 leaving `sys.modules` as it found it.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import sys
@@ -32,10 +41,10 @@ class CaptureError(RuntimeError):
     """What CUDA answers a synchronizing or loading call made while a stream captures."""
 
 
-def make(compute_capability="90", arena_bytes=0):
+def make(compute_capability="90", arena_bytes=0, emulator=None):
     """A fake `cupy` module. arena_bytes > 0: new arrays share one preallocated buffer
     (their values are garbage; for timing the launch path without the cost of a host
-    allocation per call)."""
+    allocation per call). emulator: the stand-in (see the module docstring)."""
     fake = types.ModuleType("cupy")
     fake.calls = []          # (what, ...) in order; see the module docstring
     fake.record = True       # False: keep only the launch timestamp (timing loops)
@@ -169,11 +178,15 @@ def make(compute_capability="90", arena_bytes=0):
 
     def _alloc(shape, dtype):
         dtype = np.dtype(dtype)
+        shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)  # as CuPy
         nbytes = math.prod(shape) * dtype.itemsize
         note("alloc", nbytes, get_current_stream().ptr)
         if arena is not None and nbytes <= arena.nbytes:
             return np.ndarray(shape, dtype, buffer=arena).view(ndarray)
-        return np.empty(shape, dtype).view(ndarray)
+        out = np.empty(shape, dtype).view(ndarray)
+        if emulator is not None:
+            _poison(out)
+        return out
 
     def empty(shape, dtype=np.float64):
         return _alloc(shape, dtype)
@@ -231,6 +244,8 @@ def make(compute_capability="90", arena_bytes=0):
             fake.last_launch_ns = time.perf_counter_ns()
             stream = get_current_stream() if stream is None else stream
             note("launch", self.name, grid, block, tuple(args), shared_mem, stream.ptr)
+            if emulator is not None:
+                _emulate(emulator, self.name, grid, block, args, shared_mem)
 
     def load_kernel(name, device):
         """Stands in for cuda_backend._load_kernel (NVRTC or CuPy compiling)."""
@@ -253,7 +268,7 @@ def make(compute_capability="90", arena_bytes=0):
     runtime = types.SimpleNamespace(
         CUDARuntimeError=type("CUDARuntimeError", (CudaError,), {}),
         getDevice=lambda: 0, getDeviceCount=lambda: 1, driverGetVersion=lambda: 13000,
-        deviceGetAttribute=lambda attribute, device: 232448,
+        deviceGetAttribute=lambda attribute, device: _ATTRIBUTES.get(attribute, 232448),
         getDeviceProperties=lambda device: {"name": b"Fake GPU"},
         deviceSynchronize=device_synchronize)
     driver = types.SimpleNamespace(
@@ -273,21 +288,57 @@ def make(compute_capability="90", arena_bytes=0):
         setattr(fake, name, getattr(np, name))
     fake.where = lambda *a: _new(np.where(*a))
     fake.isfinite = lambda a: _new(np.isfinite(a))
+    if emulator is not None:  # the rest of CuPy's array API is NumPy's, on host memory
+        fake.__getattr__ = lambda name: getattr(np, name)
     return fake
 
 
-def load_backend(compute_capability="90", arena_bytes=0):
+# --- the stand-in: launches executed by a host emulator ----------------------------------
+
+# deviceGetAttribute's answers, an H100 SXM's; any other attribute answers 232448
+_ATTRIBUTES = {97: 232448,   # cudaDevAttrMaxSharedMemoryPerBlockOptin: 227 KB (sm_90)
+               16: 132}      # cudaDevAttrMultiProcessorCount
+
+
+def _poison(a):
+    """Fills a new array with 0xFF bytes: NaN in every float type, as the emulator's
+    shared memory starts, so an output no kernel writes is seen."""
+    a.view(np.uint8).fill(0xFF)
+
+
+def _emulate(emulator, name, grid, block, args, shared_mem):
+    """One launch on the host emulator: cuda_backend launches 1-D grids and blocks, its
+    arrays are this fake's (host memory), its scalars NumPy's."""
+    (blocks,), (threads,) = grid, block
+    emulator.launch(name, blocks, threads, list(args), shared_mem)
+
+
+def load_backend(compute_capability="90", arena_bytes=0, emulator=None):
     """(a fresh cuda_backend module bound to a new fake CuPy, the fake). Kernels "compile"
-    through `fake.load_kernel`; `sys.modules` is restored, so nothing else sees the fake."""
+    through `fake.load_kernel`; `sys.modules` is restored, so nothing else sees the fake.
+    emulator: the stand-in, whose launches run on it (see the module docstring)."""
+    fake = make(compute_capability, arena_bytes, emulator)
+    with installed(fake):
+        backend = importlib.import_module(_MODULE)
+    backend._load_kernel = fake.load_kernel
+    return backend, fake
+
+
+@contextlib.contextmanager
+def installed(fake, backend=None):
+    """Within the block `import cupy` gives `fake`, and `sepconv_gpu.backends.cuda_backend`
+    gives `backend` (None: nothing, so that an import binds a fresh one to the fake);
+    `sys.modules` and the package's attribute are restored after it."""
     import sepconv_gpu.backends as package
 
-    fake = make(compute_capability, arena_bytes)
     saved = {name: sys.modules.get(name) for name in ("cupy", _MODULE)}
     saved_attribute = package.__dict__.get("cuda_backend")
     sys.modules["cupy"] = fake
     sys.modules.pop(_MODULE, None)
+    if backend is not None:
+        sys.modules[_MODULE] = package.cuda_backend = backend
     try:
-        backend = importlib.import_module(_MODULE)
+        yield
     finally:
         for name, module in saved.items():
             if module is None:
@@ -298,5 +349,3 @@ def load_backend(compute_capability="90", arena_bytes=0):
             package.__dict__.pop("cuda_backend", None)
         else:
             package.cuda_backend = saved_attribute
-    backend._load_kernel = fake.load_kernel
-    return backend, fake

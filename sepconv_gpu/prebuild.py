@@ -1,10 +1,10 @@
 """Compile the CUDA kernels into the kernel cache ahead of time, without a GPU.
 
-    python -m sepconv_gpu.prebuild --arch 90 [--arch 80 ...] [--jobs N] [--suites]
+    python -m sepconv_gpu.prebuild --arch 90 [--arch 80 ...] [--jobs N] [--names NAME ...]
 
-Builds every kernel instantiation (`kernel_cache.all_name_expressions()`), or with
-`--suites` those the benchmark suites and the GPU check launch (benchmarks/gpu_cases.py,
-from a source checkout), for each architecture, in parallel processes, into the kernel
+Builds every kernel instantiation (`kernel_cache.all_name_expressions()`), or only the
+`--names` given (the GPU check hands its own: `python -m
+benchmarks.gpu_check.sanitize_driver --prebuild`), for each architecture, in parallel processes, into the kernel
 cache: SEPCONV_GPU_CACHE_DIR (default ~/.cache/sepconv_gpu). Each kernel is one entry,
 exactly what `cuda_backend.get_function` reads, and the key holds contents only
 (`kernel_cache.entry_key`), so the directory can be copied to a GPU machine with the same
@@ -67,24 +67,12 @@ def _cpus():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def suite_names():
-    """The kernels of the benchmark suites and the GPU check (benchmarks/gpu_cases.py)."""
-    try:
-        from benchmarks import gpu_cases
-    except ImportError as exc:
-        raise SystemExit("prebuild --suites needs the benchmarks/ folder of a source checkout "
-                         f"on the path (run from the checkout's root): {exc}") from None
-    return gpu_cases.kernel_names(gpu_cases.check_cases())
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m sepconv_gpu.prebuild", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", type=int, action="append", required=True, metavar="SM",
                    help="SM version to build for, e.g. 90 (H100/H200) or 80 (A100); repeatable")
     p.add_argument("--jobs", type=int, default=None, help="processes (default: the usable CPUs)")
-    p.add_argument("--suites", action="store_true",
-                   help="only the kernels the benchmark suites and the GPU check launch")
     p.add_argument("--names", action="append", metavar="NAME",
                    help="only this name expression (repeatable), e.g. 'sepconv_tc_reduce<float>'")
     p.add_argument("--lineinfo", action="store_true",
@@ -108,7 +96,7 @@ def main(argv=None):
             raise SystemExit(f"prebuild: unknown --names {unknown}; e.g. {known[0]!r}")
         names = list(dict.fromkeys(args.names))
     else:
-        names = suite_names() if args.suites else known
+        names = known
     try:  # everything that can fail, checked before any compiling: one line each
         toolkit = nvrtc.toolkit()
         for arch in args.arch:

@@ -13,6 +13,10 @@ covers it. Launches take their arguments the way
 `cuLaunchKernel` does (an array of pointers to each argument), built from the very NumPy
 scalars the CUDA backend passes to CuPy, so a mistyped scalar shows up here too.
 
+`separable_conv` runs the CUDA backend itself (`cuda_backend`, bound to the fake CuPy of
+benchmarks/fake_cupy.py) with its launches executed here: the stand-in that the emulated
+tests and the GPU check's dry run share.
+
 This checks indexing, tiling, halo staging, masks, layouts, epilogues and argument
 marshalling. It says nothing about timing, memory-model races or the GPU's math library.
 """
@@ -34,8 +38,7 @@ except ImportError:  # not Unix: builds are not serialized between processes
 import numpy as np
 
 from sepconv_gpu.backends import kernel_cache
-from sepconv_gpu.backends.launch import (
-    input_element_strides, launch_sequence, prepare_weights, run_launches)
+from sepconv_gpu.backends.launch import run_launches
 
 RUNTIME = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cuda_emulator_runtime.h")
 # Every access checked for its type's alignment (a GPU faults on a misaligned vector
@@ -157,23 +160,54 @@ class HostEmulator:
         self._entries[name](grid, block, int(shared_bytes), pointers)
 
 
+def stand_in(emulator):
+    """(a `cuda_backend` module bound to a fake CuPy whose launches run on `emulator`, that
+    fake): benchmarks/fake_cupy.py's stand-in, one per emulator (HostEmulator, or anything
+    with its `launch`)."""
+    found = _stand_ins.get(emulator)
+    if found is None:
+        from benchmarks import fake_cupy
+
+        found = _stand_ins[emulator] = fake_cupy.load_backend(emulator=emulator)
+    return found
+
+
+_stand_ins = {}  # emulator -> (backend, fake), for the process (the fake holds its emulator)
+
+
+@contextlib.contextmanager
+def installed(emulator):
+    """Within the block the stand-in is this process's CuPy and CUDA backend: `import
+    cupy`, `sepconv_gpu.backends.cuda_backend` and the backend registry's "cuda" give it,
+    and `cuda_available()` is True, so code written for a GPU (the `gpu` tests, the device
+    run's stages) runs on `emulator`. Yields (backend, fake)."""
+    import sepconv_gpu.backends as package
+    from benchmarks import fake_cupy
+
+    backend, fake = stand_in(emulator)
+    with fake_cupy.installed(fake, backend):
+        package.cuda_status.cache_clear()  # answered anew: the stand-in's device
+        package._cuda_ops.cache_clear()
+        try:
+            yield backend, fake
+        finally:
+            package.cuda_status.cache_clear()
+            package._cuda_ops.cache_clear()
+
+
 def separable_conv(emulator, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False,
                    plan=None):
-    """CupyOps.separable_conv with NumPy arrays and emulated launches (the same kernel
-    choice, weight preparation, launch sequence and launch loop); `plan`: launch_sequence's."""
-    dtype = x.dtype.name
-    y = np.empty(geom.output_shape, dtype=x.dtype)
-    # poison the output: every element must be written by the kernel
-    y.view(np.uint8).fill(0xFF)
-    strides = input_element_strides(x.shape, x.strides, x.itemsize, geom)
-    aligned = x.__array_interface__["data"][0] % 16 == 0
-    launches, apply_after = launch_sequence(dtype, geom, activation, strides, bias is not None,
-                                            allow_tf32, aligned, plan=plan)
-    run(emulator, launches, x, y,
-        lambda layout: prepare_weights(np, layout, depthwise, pointwise, bias))
-    if apply_after:
-        y = np.asarray(activation(y), dtype=x.dtype)
-    return y, launches
+    """(y, launches): `CupyOps.separable_conv` itself (kernel choice, input copy, weight
+    preparation, launch loop, post-activation) on the stand-in, its launches run on
+    `emulator`; x is used in place (host memory is the stand-in's device memory), y is
+    NumPy. `plan`: launch_sequence's, forced (autotune's candidates)."""
+    from benchmarks.gpu_check.correctness import Backend
+
+    backend, cupy = stand_in(emulator)
+    del cupy.calls[:]  # the fake's record of this call only (it holds the arrays)
+    return Backend(backend, cupy).separable_conv(
+        x.view(cupy.ndarray), depthwise, pointwise, bias, geom, activation, allow_tf32,
+        plan=plan)
 
 
 def run(emulator, launches, x, y, prepare):

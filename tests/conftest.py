@@ -45,6 +45,19 @@ def pytest_collection_modifyitems(config, items):
 
 
 # --- the host emulator (tests/_cuda_host_emulator.py) -----------------------------------------
+# A test takes `emulator` (or builds its own with `emulator_for(names)`) and runs the CUDA
+# backend on it:
+#
+#     y, launches = emu.separable_conv(emulator, x, depthwise, pointwise, bias, geom, activation,
+#                                      allow_tf32=False, plan=None)
+#
+# which is `cuda_backend.CupyOps.separable_conv` itself (call plan, input copy, weights,
+# `_run`, `_launch`, post-activation) on the stand-in: benchmarks/fake_cupy.py's fake CuPy
+# whose launches run on `emulator` (`emu.stand_in(emulator)` gives that backend module and
+# its fake). y is NumPy, poisoned (NaN) wherever no kernel wrote; `launches` are the
+# launch.Launch objects launched, in order. `emulator.launch(name, grid, block, args,
+# shared_bytes)` runs one kernel by hand; `emu.run(emulator, launches, x, y, prepare)` a
+# launch sequence of your own (a forced plan with weights given).
 
 @pytest.fixture(scope="session")
 def emulator_for():

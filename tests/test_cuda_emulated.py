@@ -1,9 +1,10 @@
 """The CUDA kernels' logic, checked on the CPU against the float64 reference.
 
 The kernel source is compiled for the host with a shim of the CUDA execution model
-(tests/_cuda_host_emulator.py) and run through the same launch sequence and argument
-marshalling as the CUDA backend (`launch_sequence`). No GPU, no CuPy: needs a
-C++20 compiler and the CUDA headers (cuda_fp16.h). Timing, races and GPU math-library
+(tests/_cuda_host_emulator.py) and launched by the CUDA backend itself (`emu.separable_conv`:
+`cuda_backend` on the stand-in, benchmarks/fake_cupy.py's fake CuPy whose launches the
+emulator executes). No GPU, no CuPy: needs a C++20 compiler and the CUDA headers
+(cuda_fp16.h). Timing, races and GPU math-library
 accuracy are left to the GPU tests (tests/test_cuda_backend.py).
 """
 from __future__ import annotations
@@ -142,11 +143,21 @@ def test_many_blocks_and_filter_blocks(emulator):
     assert launches[0].grid >= 4 * 9 * 3
 
 
-@pytest.mark.parametrize("view", ["negative", "every_other_channel", "transposed"])
+@pytest.mark.parametrize("view", ["negative", "every_other_channel", "transposed", "odd_byte_strides"])
 def test_strided_inputs(emulator, view):
+    """Views the kernel reads through their strides, and one whose rows are not a whole
+    number of elements apart, which the backend copies first (`_CallPlan.copy_input`)."""
     rng = np.random.default_rng(8)
     x, dk, pk, b, geom, act = make_case(rng, 2, (2, 8, 9, 6), 3, 2, 5, 1, "same", "channels_last")
-    if view == "negative":
+    if view == "odd_byte_strides":  # rows 2 bytes longer than their 9 x 6 elements
+        n, h, w, c = x.shape
+        row = w * c * x.itemsize + 2
+        odd = np.ndarray(x.shape, x.dtype, np.zeros(n * h * row, np.uint8), 0,
+                         (h * row, row, c * x.itemsize, x.itemsize))
+        odd[...] = x
+        assert input_element_strides(odd.shape, odd.strides, odd.itemsize, geom) is None
+        x = odd
+    elif view == "negative":
         x = np.ascontiguousarray(x[:, ::-1, ::-1])[:, ::-1, ::-1]
     elif view == "every_other_channel":
         wide = np.zeros(x.shape[:-1] + (12,), x.dtype)

@@ -2,7 +2,9 @@
 the caller's stream, run by cuda_backend against the fake CuPy of benchmarks/fake_cupy.py
 (which records every allocation, synchronize, host copy, kernel load and launch, and fails
 a synchronize or a load while a stream captures, as CUDA does). No GPU: what is checked is
-what the host asks the device to do. The GPU halves are in tests/test_serving_gpu.py.
+what the host asks the device to do, and, with the fake's launches run on the host emulator
+(the stand-in), that a layer's calls compute the reference. The GPU halves are in
+tests/test_serving_gpu.py.
 """
 from __future__ import annotations
 
@@ -116,6 +118,38 @@ def test_fast_path_plans_once_per_signature_and_replans_a_new_one(fake):
     layer(cupy.asarray(np.zeros((2, 9, 9, 16), np.float32)))  # a new batch: a new plan
     assert backend._call_plan.cache_info().misses == 2
     assert _kinds(cupy.calls).count("compile") == 1  # the same kernel serves both
+
+
+@pytest.mark.parametrize("dtype, kind", [("float32", "simt"), ("float16", "tc")])
+def test_layer_calls_on_the_stand_in_compute_the_reference_with_cached_weights(
+        emulator_for, monkeypatch, dtype, kind):
+    """The serving path's numbers: a layer on cuda_backend whose launches the host emulator
+    runs (the stand-in, tests/_cuda_host_emulator.stand_in). Its first call prepares the
+    weights into the layer's cache, the second only reads them, a call after set_weights
+    prepares the new ones; every output matches the float64 reference."""
+    import _cuda_host_emulator as host
+
+    from _cases import assert_matches
+
+    backend, cupy = host.stand_in(emulator_for([]))
+    prepared = []
+    real = backend.prepare_weights
+    monkeypatch.setattr(backend, "prepare_weights",
+                        lambda *args: prepared.append(args[1]) or real(*args))
+    layer, x = _layer(cupy, backend.CupyOps(), (2, 7, 9, 16), 24, dtype)
+    rng = np.random.default_rng(1)
+    for step in ("first", "cached", "new weights"):
+        if step == "new weights":
+            layer.set_weights([rng.uniform(-0.3, 0.3, w.shape).astype(dtype)
+                               for w in layer.get_weights()])
+        del cupy.calls[:]
+        y = cupy.asnumpy(layer(x))
+        launched = [c[1] for c in cupy.calls if c[0] == "launch"]
+        assert launched and launched[0].startswith(f"sepconv_{kind}<"), launched
+        assert len(prepared) == {"first": 1, "cached": 1, "new weights": 2}[step]
+        reference = ops.reference_separable_conv(2, cupy.asnumpy(x), *layer.get_weights(),
+                                                 padding="same", activation="relu")
+        assert_matches(y, reference)
 
 
 def test_fast_path_keeps_validation_errors_for_a_seen_signature(fake):

@@ -39,7 +39,8 @@ from sepconv_gpu.backends.launch import (
 from sepconv_gpu.backends.numpy_backend import reference_separable_conv
 
 from _cases import (
-    random_case, recorded_kernel_parameters, stable_seed, tensor_core_emulator_names)
+    assert_matches, random_case, recorded_kernel_parameters, stable_seed,
+    tensor_core_emulator_names)
 
 try:
     import _cuda_host_emulator as emu  # tests/ on sys.path (pytest's default rootdir import)
@@ -407,6 +408,35 @@ def test_tensor_core_strided_input_view(emulator):
                                   "channels_last", (1, 1))
     assert not view.flags.c_contiguous
     check(emulator, view, dk, pk, b, geom, act)
+
+
+def test_tensor_core_misaligned_input_runs_the_simt_kernel(emulator):
+    """An input 2 bytes past a 16-byte boundary cannot feed the tensor-core kernel's
+    16-byte cp.async: the backend reads the address (its alignment flag) and launches the
+    SIMT kernel, which computes the same convolution."""
+    rng = np.random.default_rng(15)
+    x, dk, pk, b, geom, act = make_case(rng, 2, (1, 6, 7, 16), 3, 12)
+    buffer = np.empty(x.size + 16, x.dtype)
+    start = (-buffer.ctypes.data % 16) // x.itemsize  # the first 16-byte boundary
+
+    def placed(offset):  # x copied `offset` elements past that boundary
+        placed = buffer[start + offset:start + offset + x.size].reshape(x.shape)
+        placed[...] = x
+        return placed
+
+    # what the backend launches, asked of the fake CuPy that only records (an emulated
+    # tensor-core launch on this input aborts the process: cp.async's alignment check)
+    from benchmarks import fake_cupy
+
+    backend, recording = fake_cupy.load_backend()
+    backend.CupyOps().separable_conv(placed(1).view(recording.ndarray), dk, pk, b, geom, act)
+    launched = [c[1] for c in recording.calls if c[0] == "launch"]
+    assert [name.split("<")[0] for name in launched] == ["sepconv_simt"], launched
+    y, launches = emu.separable_conv(emulator, placed(1), dk, pk, b, geom, act)
+    assert [launch.kind for launch in launches] == ["simt"], launches[0].name
+    assert_matches(y, reference_separable_conv(x, dk, pk, b, geom, act))
+    # the same input aligned takes the tensor-core kernel
+    assert emu.separable_conv(emulator, placed(0), dk, pk, b, geom, act)[1][0].kind == "tc"
 
 
 def test_tensor_core_float32_without_tf32_stays_exact_on_simt(emulator):

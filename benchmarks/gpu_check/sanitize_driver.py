@@ -1,7 +1,7 @@
 """A small workload for compute-sanitizer (memcheck, racecheck, initcheck).
 
-    compute-sanitizer --tool racecheck python -m benchmarks.gpu_sanitize_driver
-    python -m benchmarks.gpu_sanitize_driver --dry-run   # VARIETY on the host emulator
+    compute-sanitizer --tool racecheck python -m benchmarks.gpu_check.sanitize_driver
+    python -m benchmarks.gpu_check.sanitize_driver --dry-run   # VARIETY on the stand-in
 
 Two sets, every result checked against the float64 reference (gpu_correctness.check),
 so the run also fails on wrong numbers or on launches other than the planner's:
@@ -30,7 +30,9 @@ import sys
 os.environ.setdefault("SEPCONV_GPU_LINEINFO", "1")
 os.environ.setdefault("SEPCONV_GPU_DEBUG_SYNC", "1")
 
-from . import gpu_cases, gpu_correctness, gpu_registers  # noqa: E402
+from . import cases as gpu_cases  # noqa: E402
+from . import correctness as gpu_correctness  # noqa: E402
+from . import registers as gpu_registers  # noqa: E402
 
 SAMPLE_TILES = 4
 
@@ -70,32 +72,35 @@ def cases(dry_run=False):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_sanitize_driver",
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check.sanitize_driver",
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true",
                    help="run the cases on the host emulator (no GPU, no compute-sanitizer)")
     p.add_argument("--prebuild", action="store_true",
                    help="only build the kernels the run launches into the kernel cache, in "
-                        "parallel (for the device's architecture; a dry run: sm_90)")
+                        "parallel, with -lineinfo (for the device's architecture; a dry run: "
+                        "sm_90, one kernel per template)")
+    p.add_argument("--arch", type=int, default=None,
+                   help="--prebuild for this SM version, no GPU needed (e.g. 90 in an image build)")
     args = p.parse_args(argv)
     chosen = cases(args.dry_run)
     if args.prebuild:
         from sepconv_gpu import prebuild
 
-        arch = 90 if args.dry_run else gpu_registers.device_arch()
+        arch = args.arch or (90 if args.dry_run else gpu_registers.device_arch())
         names = gpu_cases.kernel_names(chosen)
         if args.dry_run:
             names = gpu_cases.one_per_template(names)
         names = [a for name in names for a in ("--names", name)]
         return prebuild.main(["--arch", str(arch), *names])
     if args.dry_run:
-        runner = gpu_correctness.Emulated(gpu_cases.kernel_names(chosen))
+        runner = gpu_correctness.Backend.stand_in(gpu_cases.kernel_names(chosen))
     else:
         import cupy
 
         cupy.cuda.set_allocator(None)  # every array its own cudaMalloc: see the docstring
-        runner = gpu_correctness.OnGpu()
+        runner = gpu_correctness.Backend.on_gpu()
     summary = gpu_correctness.run(chosen, runner, SAMPLE_TILES)
     print(f"{len(summary['failed'])} wrong results")
     print("RESULT " + json.dumps(summary))

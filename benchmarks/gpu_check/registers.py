@@ -1,6 +1,6 @@
 """The register / spill stage of the GPU check, on this machine's own NVRTC.
 
-    python -m benchmarks.gpu_registers [--arch SM] [--dry-run]
+    python -m benchmarks.gpu_check.registers [--arch SM] [--dry-run]
 
 tests/test_nvrtc.py's check, for the device's architecture: every kernel instantiation
 (a dry run: one of each kernel template, a check of the harness) built through the kernel cache
@@ -8,7 +8,10 @@ tests/test_nvrtc.py's check, for the device's architecture: every kernel instant
 NVRTC log line or a stack frame (spills or local memory; tests/_cubin.py reads the
 CUBIN's resource records as `ptxas -v` reports them). The NVRTC that built them, and
 whether it is the pinned minor, go in the result: the same source spills under another
-minor. Prints `RESULT {json}`; exit status 1 on any finding or when nothing was checked.
+minor. The stage fails, too, when the backend would not load what it checked: where it
+compiles through CuPy instead (e.g. NVRTC newer than the driver: `environment.compiler`)
+or for another architecture. Prints `RESULT {json}`; exit status 1 on any finding or when
+nothing was checked.
 """
 from __future__ import annotations
 
@@ -21,9 +24,10 @@ from pathlib import Path
 from sepconv_gpu import prebuild
 from sepconv_gpu.backends import kernel_cache, nvrtc
 
-from . import gpu_cases
+from . import cases as gpu_cases
+from .environment import compiler
 
-TESTS = Path(__file__).resolve().parents[1] / "tests"
+TESTS = Path(__file__).resolve().parents[2] / "tests"
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
@@ -59,7 +63,7 @@ def check(names, arch, jobs=None):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_registers", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check.registers", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", type=int, default=None, help="default: the device's (dry run: 90)")
     p.add_argument("--dry-run", action="store_true")
@@ -74,7 +78,13 @@ def main(argv=None):
     tk = nvrtc.toolkit()
     result["nvrtc"] = ".".join(map(str, tk.version))
     result["is_pinned_minor"] = tuple(tk.version) == nvrtc.PINNED_VERSION
+    result["backend_compiler"] = path = compiler(args.dry_run)
     problems = sorted(set(result["framed"]) | set(result["logs"]) | set(result["ptx_only"]))
+    if path["path"] != "nvrtc" or path["arch"] != arch:
+        print(f"FAIL the backend does not load these binaries: it compiles with {path['path']}"
+              f"{' for sm_' + str(path.get('arch')) if path['path'] == 'nvrtc' else ''}"
+              f" ({path.get('why', 'another architecture')})")
+        problems.append("backend compiler")
     print(f"NVRTC {result['nvrtc']} ({'pinned' if result['is_pinned_minor'] else 'NOT the pinned '}"
           f"{'' if result['is_pinned_minor'] else '.'.join(map(str, nvrtc.PINNED_VERSION))}), "
           f"sm_{arch}: {result['checked']} of {len(names)} kernels checked ({result['compiled']} "

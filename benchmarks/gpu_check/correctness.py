@@ -1,15 +1,17 @@
-"""GPU correctness: the cases of `gpu_cases` on the CUDA backend against the float64
+"""GPU correctness: the cases of `cases` on the CUDA backend against the float64
 NumPy reference, within the tolerances of tests/_cases.py (TF32 gets the float16 bound:
 both round the pointwise operands to 10-bit mantissas).
 
-    python -m benchmarks.gpu_correctness            # on a GPU: every distinct suite plan
-    python -m benchmarks.gpu_correctness --dry-run  # no GPU: the host emulator, a sample
+    python -m benchmarks.gpu_check.correctness            # on a GPU: every distinct suite plan
+    python -m benchmarks.gpu_check.correctness --dry-run  # no GPU: the stand-in, a sample
 
+Both run `cuda_backend` through one runner (`Backend`), only the CuPy under it differs.
 On the GPU each case runs whole and its first and last images are compared. A dry run
-(tests/_cuda_host_emulator.py runs the kernel source on the CPU) runs one shrunk case per
-code path (`gpu_cases.dry_run_cases`), and of a big single-launch grid only the blocks of
-the first `--sample` output tiles; exactly those tiles are compared. Either way the launches must be the ones
-the planner picked. One line per case, then `RESULT {json}`; exit status 1 on any
+(the stand-in: benchmarks/fake_cupy.py, its launches executed by
+tests/_cuda_host_emulator.py on the CPU) runs one shrunk case per code path
+(`cases.dry_run_cases`), and of a big single-launch grid only the blocks of the first
+`--sample` output tiles; exactly those tiles are compared. Either way the launches must be
+the ones the planner picked. One line per case, then `RESULT {json}`; exit status 1 on any
 failure or when nothing ran.
 """
 from __future__ import annotations
@@ -24,17 +26,22 @@ from pathlib import Path
 
 import numpy as np
 
-from sepconv_gpu import ops
+from sepconv_gpu import _dtypes, activations, ops
 
-from . import gpu_cases
+from . import cases as gpu_cases
 
-TESTS = Path(__file__).resolve().parents[1] / "tests"
+TESTS = Path(__file__).resolve().parents[2] / "tests"
 if str(TESTS) not in sys.path:  # the shared tolerance table and the host emulator
     sys.path.insert(0, str(TESTS))
 
 import _cases  # noqa: E402
 
+
 def tolerance(mode):
+    if mode == "bfloat16":
+        # _cases.TOLERANCE's float16 bound is eight output half-ulps (2^-11 each) with the
+        # operands rounded to float16; bfloat16 keeps 3 fewer mantissa bits: 8 x 2^-9
+        return 8 * 2.0 ** -9
     return _cases.TOLERANCE["float16" if mode == "tf32" else mode]
 
 
@@ -77,7 +84,8 @@ def sampled_region(case, sample_tiles, smem_limit=None):
 
 def inputs(case, rng):
     return _cases.random_case(rng, case.rank, case.input_shape(), case.kernel, case.multiplier,
-                              case.filters, case.dtype, case.use_bias, case.channels_first)
+                              case.filters, _dtypes.numpy_dtype(case.dtype), case.use_bias,
+                              case.channels_first)
 
 
 def check(case, runner, rng, sample_tiles=0):
@@ -110,66 +118,84 @@ def check(case, runner, rng, sample_tiles=0):
             "seconds": round(time.monotonic() - start, 3)}
 
 
-class Emulated:
-    """Launches on the host emulator (tests/_cuda_host_emulator.py), grids cut to `limits`."""
+class Backend:
+    """The one runner of the device run and the dry run: `cuda_backend` itself
+    (`CupyOps.separable_conv`: the call plan, the input copy, the weights, `_run`,
+    `_launch`, the post-activation) bound to a CuPy. Only the bottom differs: on a GPU
+    the real CuPy (`on_gpu`), in a dry run the stand-in (`stand_in`: benchmarks/fake_cupy.py,
+    its launches executed by the host emulator). Every launch goes through the backend's
+    `_launch`, wrapped (same arguments) to record it and, for a sampled run, to cut its
+    grid to `limits`."""
 
-    smem_limit = None  # the planner's default, sm_90's opt-in maximum, as the emulator's
+    def __init__(self, backend, cupy):
+        self.backend, self.cupy = backend, cupy
+        self.smem_limit = backend._shared_memory_limit(cupy.cuda.Device().id)
 
-    def __init__(self, names):
-        import _cuda_host_emulator as host
-
-        self.host, self.emulator = host, host.HostEmulator(names)
-
-    def __call__(self, case, x, dk, pk, b, limits):
-        emulator = self.emulator
-
-        class Cut:
-            def launch(self, name, grid, block, args, shared_bytes):
-                emulator.launch(name, min(grid, limits.get(name, grid)), block, args, shared_bytes)
-
-        from sepconv_gpu import activations
-
-        y, launches = self.host.separable_conv(Cut(), x, dk, pk, b, case.geometry(),
-                                               activations.get(case.activation), case.allow_tf32)
-        return y, [launch.name for launch in launches]
-
-
-class OnGpu:
-    """Launches on the current CUDA device through the backend, grids cut to `limits`."""
-
-    def __init__(self):
+    @classmethod
+    def on_gpu(cls):
         import cupy
 
         from sepconv_gpu.backends import cuda_backend
 
-        self.cupy, self.backend = cupy, cuda_backend
-        self.smem_limit = cuda_backend._shared_memory_limit(cupy.cuda.Device().id)
+        return cls(cuda_backend, cupy)
+
+    @classmethod
+    def stand_in(cls, names=()):
+        """The stand-in, with the host emulator's build of `names` made up front."""
+        import _cuda_host_emulator as host
+
+        return cls(*host.stand_in(host.HostEmulator(names)))
 
     @contextlib.contextmanager
-    def _recording(self, limits):
-        launched, real = [], self.backend._launch
+    def _patched(self, limits, plan):
+        backend = self.backend
+        launched, real_launch, real_plan = [], backend._launch, backend._call_plan
 
-        def launch(one, arrays):
-            launched.append(one.name)
-            cut = dataclasses.replace(one, grid=min(one.grid, limits.get(one.name, one.grid)))
-            return real(cut, arrays)
+        def launch(one, arrays, fn=None):
+            launched.append(one)
+            cut = min(one.grid, limits.get(one.name, one.grid))
+            return real_launch(one if cut == one.grid else dataclasses.replace(one, grid=cut),
+                               arrays, fn)
 
-        self.backend._launch = launch
+        backend._launch = launch
+        # what `import cupy` finds during the call (an activation applied after the
+        # kernels looks its array module up): the stand-in's fake; on a GPU, no change
+        saved_cupy, sys.modules["cupy"] = sys.modules.get("cupy"), self.cupy
+        if plan is not None:  # every call plan of this call is `plan`'s
+            backend._call_plan = lambda *signature, **_: real_plan(*signature, plan=plan)
         try:
             yield launched
         finally:
-            self.backend._launch = real
+            backend._launch, backend._call_plan = real_launch, real_plan
+            if saved_cupy is None:
+                del sys.modules["cupy"]
+            else:
+                sys.modules["cupy"] = saved_cupy
+
+    def separable_conv(self, x, depthwise, pointwise, bias, geom, activation, allow_tf32=False,
+                       limits=None, plan=None, weights_cache=None):
+        """(y as NumPy, the launches, a tuple of launch.Launch): x (NumPy, or this CuPy's array) through
+        `CupyOps.separable_conv`; `plan` forces launch_sequence's plan (autotune's
+        candidates)."""
+        if not isinstance(x, self.cupy.ndarray):
+            x = self.cupy.asarray(x)
+        with self._patched(limits or {}, plan) as launched:
+            y = self.backend.CupyOps().separable_conv(x, depthwise, pointwise, bias, geom,
+                                                      activation, allow_tf32, weights_cache)
+        return self.cupy.asnumpy(y), tuple(launched)
 
     def __call__(self, case, x, dk, pk, b, limits):
-        with self._recording(limits) as launched:
-            y = ops.separable_conv(case.rank, self.cupy.asarray(x), dk, pk, b, backend="cuda",
-                                   allow_tf32=case.allow_tf32, **case.call_args())
-        return self.cupy.asnumpy(y), launched
+        """`check`'s runner: (y, the names launched)."""
+        y, launched = self.separable_conv(x, dk, pk, b, case.geometry(),
+                                          activations.get(case.activation), case.allow_tf32,
+                                          limits, weights_cache={})
+        return y, [one.name for one in launched]
 
 
-def run(cases, runner, sample_tiles=0, seed=0, out=sys.stdout):
+def run(cases, runner, sample_tiles=0, seed=0, out=None):
     """Check every case; a summary dict (`passed` is False when nothing ran)."""
     rng = np.random.default_rng(seed)
+    out = out or sys.stdout
     results = []
     for case in cases:
         try:
@@ -190,7 +216,7 @@ def run(cases, runner, sample_tiles=0, seed=0, out=sys.stdout):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_correctness", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check.correctness", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true", help="the host emulator instead of a GPU")
     p.add_argument("--sample", type=int, default=1, metavar="TILES",
@@ -198,9 +224,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.dry_run:
         cases = gpu_cases.dry_run_cases()
-        runner, sample = Emulated(gpu_cases.kernel_names(cases)), args.sample
+        runner, sample = Backend.stand_in(gpu_cases.kernel_names(cases)), args.sample
     else:
-        runner = OnGpu()
+        runner = Backend.on_gpu()
         cases, sample = gpu_cases.check_cases(runner.smem_limit), 0
     summary = run(cases, runner, sample)
     print("RESULT " + json.dumps(summary))

@@ -6,7 +6,8 @@ benchmark suites, plus the dtypes, layouts and activations the suites do not rea
 planner (`launch_sequence`, `plan`, `tc_plan`) what it launches, and keeps
 the first case of each distinct plan: the kernel names (sepconv_tc_reduce after a channel
 split) and the tile shape. Then float64 versions of the SIMT plans, channels_first
-(SIMT, float16 too) and softmax / log_softmax in every mode. Kernel names are never
+(SIMT, float16 too), bfloat16 (the tiny suite: the tensor-core kernel, specialized and
+generic extents; channels_first: SIMT) and softmax / log_softmax in every mode. Kernel names are never
 written here: they come from the planner, so the check follows the catalogue as it
 changes.
 
@@ -27,7 +28,7 @@ from sepconv_gpu import activations, geometry
 from sepconv_gpu.backends import kernel_common, simt, tc
 from sepconv_gpu.backends.launch import input_element_strides, launch_sequence
 
-from . import suites
+from .. import suites
 
 BATCHES = (1, 8, 32)
 MODES = ("float32", "tf32", "float16")
@@ -39,7 +40,7 @@ class Case:
     padding, depth multiplier 1, square inputs and kernels)."""
 
     label: str        # where it came from: "suite/layer batch mode"
-    mode: str         # float32 | tf32 | float16 | float64
+    mode: str         # float32 | tf32 | float16 | float64 | bfloat16
     batch: int
     size: int | tuple  # spatial extent: an int (height = width for 2D, steps for 1D) or a tuple
     channels: int
@@ -164,8 +165,15 @@ def check_cases(smem_limit=None, batches=BATCHES):
         case = _from_layer(tiny, 2, mode, channels_first=True)
         chosen.setdefault(plan_key(case, smem_limit), dataclasses.replace(
             case, label=f"{case.label} channels_first"))
+    # bfloat16: routed like float16 (the tensor-core kernel where it applies, else SIMT)
+    for layer in suites.SUITES["tiny"]:
+        case = _from_layer(layer, 2, "bfloat16")
+        chosen.setdefault(plan_key(case, smem_limit), case)
+    case = _from_layer(tiny, 2, "bfloat16", channels_first=True)
+    chosen.setdefault(plan_key(case, smem_limit), dataclasses.replace(
+        case, label=f"{case.label} channels_first"))
     # the normalizing activations (a linear convolution, then sepconv_softmax_lastaxis)
-    for mode in MODES + ("float64",):
+    for mode in MODES + ("float64", "bfloat16"):
         for activation in ("softmax", "log_softmax"):
             case = _from_layer(tiny, 2, mode, activation=activation)
             chosen.setdefault(plan_key(case, smem_limit), dataclasses.replace(
