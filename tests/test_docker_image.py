@@ -2,7 +2,7 @@
 docker/Dockerfile.dockerignore (Docker's rules: `**` any number of directories, `*` within
 one, a matched directory takes its contents, `!` re-includes, the last match wins) and
 narrowed to the Dockerfile's COPY sources. Its GPU tests stage (`python -m
-benchmarks.gpu_pytest`) must find tests in exactly that tree."""
+benchmarks.gpu_check.gpu_tests`) must find tests in exactly that tree."""
 import fnmatch
 import os
 import shutil
@@ -86,7 +86,7 @@ def test_image_gets_what_its_gpu_tests_read(tmp_path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ROOT / rel, tmp_path / rel)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-m", "benchmarks.gpu_pytest", "--dry-run"],
+    result = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check.gpu_tests", "--dry-run"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert '"passed": true' in result.stdout and '"collected": 0' not in result.stdout

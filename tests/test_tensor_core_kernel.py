@@ -70,14 +70,18 @@ def make_case(rng, rank, x_shape, kernel, filters, strides=1, padding="same", di
 def rounding_model(x, dk, pk, b, geom, act):
     """float64 result of the kernel's arithmetic with its roundings: the depthwise output
     and the pointwise weights rounded to the mma operand type (fp16, or TF32 for float32),
-    everything else exact."""
+    everything else exact. A float16 call whose activation no kernel applies runs the
+    float32 (TF32) kernel on a float32 copy of x, the activation in float32 on its result,
+    then rounds once (README, "Dtypes")."""
     f64 = np.float64
+    in_kernel = act.kernel_id in kernel_common.FUSED_ACTIVATIONS or \
+        act.kernel_id in kernel_common.LAST_AXIS_ACTIVATIONS
     channels = geom.channels
     identity = np.eye(channels).reshape((1,) * geom.rank + (channels, channels))
     depthwise_only = dataclasses.replace(geom, filters=channels, use_bias=False)
     d = reference_separable_conv(x.astype(f64), dk.astype(f64), identity, None, depthwise_only,
                                  LINEAR)
-    if x.dtype == np.float16:
+    if x.dtype == np.float16 and in_kernel:
         d, p = d.astype(np.float16).astype(f64), pk.astype(np.float16).astype(f64)
     else:
         d = round_to_tf32(np, d.astype(np.float32)).astype(f64)
@@ -88,13 +92,12 @@ def rounding_model(x, dk, pk, b, geom, act):
     if act.kernel_id in kernel_common.FUSED_ACTIVATIONS:  # applied in fp32 in the epilogue
         return reference_separable_conv(d, one_tap, p, None if b is None else b.astype(f64),
                                         pointwise_only, act)
-    # applied afterwards to the output rounded to x's dtype: by the softmax kernel (in
-    # fp32: modelled in float64), or by the activation itself in x's dtype
     y = reference_separable_conv(d, one_tap, p, None if b is None else b.astype(f64),
-                                 pointwise_only, LINEAR).astype(x.dtype)
-    if act.kernel_id in kernel_common.LAST_AXIS_ACTIVATIONS:
-        return np.asarray(act(y.astype(f64)), dtype=f64)
-    return np.asarray(act(y), dtype=x.dtype).astype(f64)
+                                 pointwise_only, LINEAR)
+    if act.kernel_id in kernel_common.LAST_AXIS_ACTIVATIONS:  # the softmax kernel, in fp32
+        return np.asarray(act(y.astype(x.dtype).astype(f64)), dtype=f64)
+    # any other activation: on the float32 result, then one rounding to x's dtype
+    return np.asarray(act(y.astype(np.float32)), dtype=np.float32).astype(x.dtype).astype(f64)
 
 
 def check(emulator, x, dk, pk, b, geom, act, allow_tf32=False):
