@@ -207,7 +207,7 @@ def main(argv=None):
     out = _out_folder(args.out or RESULTS)
     batch = args.batch or defaults["batch"]
     if settings["autotune"]:  # the device picks among the planner's candidates (README)
-        from sepconv_gpu.backends import autotune
+        from sepconv_gpu.backends.cuda import autotune
 
         autotune.set_autotune(True)
 

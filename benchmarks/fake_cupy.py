@@ -19,7 +19,7 @@ recorded, also runs on a host emulator of the kernels (tests/_cuda_host_emulator
 element no kernel wrote shows. This is how the emulated tests and the GPU check's dry run
 run the backend's own call path with only the bottom swapped.
 
-`load_backend()` imports a fresh `sepconv_gpu.backends.cuda_backend` bound to a fake,
+`load_backend()` imports a fresh `sepconv_gpu.backends.cuda.cuda_backend` bound to a fake,
 leaving `sys.modules` as it found it.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ import types
 
 import numpy as np
 
-_MODULE = "sepconv_gpu.backends.cuda_backend"
+_MODULE = "sepconv_gpu.backends.cuda.cuda_backend"
 
 
 class CaptureError(RuntimeError):
@@ -326,7 +326,7 @@ def load_backend(compute_capability="90", arena_bytes=0, emulator=None):
 
 @contextlib.contextmanager
 def installed(fake, backend=None):
-    """Within the block `import cupy` gives `fake`, and `sepconv_gpu.backends.cuda_backend`
+    """Within the block `import cupy` gives `fake`, and `sepconv_gpu.backends.cuda.cuda_backend`
     gives `backend` (None: nothing, so that an import binds a fresh one to the fake);
     `sys.modules` and the package's attribute are restored after it."""
     import sepconv_gpu.backends as package

@@ -93,12 +93,12 @@ def compute_dtype(mode):
 def kernel_model(case, mode, plan=None):
     """What the CUDA dispatch runs for this case with `plan` (autotuning's choice; None:
     the cost model's own), and what the cost model predicts for it
-    (`sepconv_gpu.backends.cost_model`, H100 constants): {"kernel": "tc" | "simt",
+    (`sepconv_gpu.backends.cuda.cost_model`, H100 constants): {"kernel": "tc" | "simt",
     "launches": kernel names, "predicted_us", "plan", "model_device"}. CuPy-free, so a
     CPU run records it too; only a GPU run has a measured time to compare it with."""
     from sepconv_gpu import activations
-    from sepconv_gpu.backends import autotune, cost_model
-    from sepconv_gpu.backends.launch import input_element_strides, launch_sequence, select_kernel
+    from sepconv_gpu.backends.cuda import autotune, cost_model
+    from sepconv_gpu.backends.cuda.launch import input_element_strides, launch_sequence, select_kernel
 
     geom, x = case.geom, case.xs[0]
     allow_tf32 = mode == "tf32"

@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 
 from sepconv_gpu import activations
-from sepconv_gpu.backends import autotune, cost_model, tc
-from sepconv_gpu.backends.launch import launch_sequence
+from sepconv_gpu.backends.cuda import autotune, cost_model, tc
+from sepconv_gpu.backends.cuda.launch import launch_sequence
 
 from .torch_eager_estimates import BATCH, TORCH_EAGER_F16_US
 

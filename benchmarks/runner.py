@@ -102,7 +102,7 @@ def gpu_versions():
         return cupy.cuda.cublas.getVersion(cupy.cuda.device.get_cublas_handle())
 
     def nvrtc():
-        from sepconv_gpu.backends import nvrtc as ours
+        from sepconv_gpu.backends.cuda import nvrtc as ours
         return ".".join(map(str, ours.toolkit().version))
 
     def cupy_nvrtc():
@@ -337,7 +337,7 @@ def _attempt(fn):
 def tuned_plan(case, mode):
     """The plan autotuning chose in this process for the case's call, or None (untuned:
     the cost model's choice ran)."""
-    from sepconv_gpu.backends import autotune
+    from sepconv_gpu.backends.cuda import autotune
 
     for call, plan in autotune.chosen():
         if call[1] == case.dtype and call[2] == case.geom and call[6] == (mode == "tf32"):
@@ -668,7 +668,7 @@ def run(device_kind, layers, modes, batch, peer_names, settings, progress=None, 
     disturbed = [l["other_processes_cpu_s"] for l in record["layers"]]
     record["other_processes_cpu_s"] = None if None in disturbed else sum(disturbed)
     if settings.get("autotune"):  # what the device chose, every candidate's times
-        from sepconv_gpu.backends import autotune
+        from sepconv_gpu.backends.cuda import autotune
 
         record["autotune"] = autotune.Tuner().entries()
     record["failures"] = failures(record)

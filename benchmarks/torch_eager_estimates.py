@@ -4,7 +4,7 @@ What these numbers are: the "torch f16" column of the project's round-1 kernel r
 (its "Torch-eager estimates per suite layer" table), copied as data. They come from an
 analytic model, not from running PyTorch:
 - device: H100 SXM (3.35 TB/s peak DRAM, 989 TFLOP/s dense fp16), the same device as the
-  cost model's constants (sepconv_gpu/backends/cost_model.py, H100);
+  cost model's constants (sepconv_gpu/backends/cuda/cost_model.py, H100);
 - dtype float16, batch 32, channels_last, the layers of benchmarks/suites.py;
 - PyTorch eager = cuDNN depthwise convolution + a 1x1 convolution (cuBLAS-class GEMM) +
   bias/activation: three passes over memory where a fused kernel makes one.

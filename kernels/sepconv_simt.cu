@@ -39,7 +39,7 @@
 // Offsets into x and y are 64-bit.
 //
 // Every parameter below that the host planner computes is mirrored in
-// sepconv_gpu/backends/simt.py (KernelPlan); keep the two in step.
+// sepconv_gpu/backends/cuda/simt.py (KernelPlan); keep the two in step.
 #include "sepconv_common.cuh"
 
 #define SC_THREADS 256

@@ -84,7 +84,7 @@
 // Requirements (checked by launch.select_kernel): NHWC with channels contiguous,
 // C a multiple of 16 bytes' worth of elements, every other stride too, a 16-byte aligned
 // base, N x OH x OW < 2^31. Offsets into x and y are 64-bit. Every constant below is
-// mirrored in sepconv_gpu/backends/tc.py (tests/test_kernel_constants.py).
+// mirrored in sepconv_gpu/backends/cuda/tc.py (tests/test_kernel_constants.py).
 #include "sepconv_common.cuh"
 #include "sepconv_ptx.cuh"
 

@@ -7,7 +7,7 @@
 from . import activations, backends, constraints, initializers, ops, regularizers
 from .backends import (BackendUnavailableError, NumpyFallbackWarning, cuda_available,
                        get_backend, set_backend, use_backend)
-from .backends.autotune import get_autotune, set_autotune
+from .backends.cuda.autotune import get_autotune, set_autotune
 from .layers import (BaseSeparableConv, SeparableConv1D, SeparableConv2D,
                      SeparableConvolution1D, SeparableConvolution2D)
 from . import compat  # noqa: E402  (needs the layers above)

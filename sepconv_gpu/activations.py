@@ -5,7 +5,7 @@
 or any other callable into an `Activation`: what the backends use.
 
 Every Keras 3 activation is here with Keras's formula. The CUDA backend computes them in
-three ways (`sepconv_gpu/backends/kernel_common.py` holds the lists):
+three ways (`sepconv_gpu/backends/cuda/kernel_common.py` holds the lists):
 
 - fused into the kernel's epilogue: the elementwise ones with at most one parameter,
   i.e. everything below except what the next two items name;

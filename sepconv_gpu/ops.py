@@ -260,7 +260,7 @@ def reference_separable_conv(rank, x, depthwise_kernel, pointwise_kernel, bias=N
                              padding="valid", data_format="channels_last", dilation_rate=1,
                              activation=None):
     """The float64 NumPy oracle with the same argument handling; returns float64 NumPy."""
-    from .backends.numpy_backend import reference_separable_conv as oracle
+    from .backends.cpu.numpy_backend import reference_separable_conv as oracle
 
     strides, padding, data_format, dilation_rate = _geometry.normalize_call_args(
         rank, strides, padding, data_format, dilation_rate)

@@ -25,7 +25,7 @@ import tempfile
 import time
 
 from ._progress import Progress
-from .backends import kernel_cache, nvrtc
+from .backends.cuda import kernel_cache, nvrtc
 
 
 def _build_one(name, arch, source):

@@ -12,7 +12,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from sepconv_gpu import activations
-from sepconv_gpu.backends import kernel_common, simt, tc
+from sepconv_gpu.backends.cuda import kernel_common, simt, tc
 
 # Activation names whose result has the shape of their input (all but glu, which halves
 # the last axis and so needs an even one): what random cases draw from.

@@ -37,8 +37,8 @@ except ImportError:  # not Unix: builds are not serialized between processes
 
 import numpy as np
 
-from sepconv_gpu.backends import kernel_cache
-from sepconv_gpu.backends.launch import run_launches
+from sepconv_gpu.backends.cuda import kernel_cache
+from sepconv_gpu.backends.cuda.launch import run_launches
 
 RUNTIME = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cuda_emulator_runtime.h")
 # Every access checked for its type's alignment (a GPU faults on a misaligned vector
@@ -178,7 +178,7 @@ _stand_ins = {}  # emulator -> (backend, fake), for the process (the fake holds 
 @contextlib.contextmanager
 def installed(emulator):
     """Within the block the stand-in is this process's CuPy and CUDA backend: `import
-    cupy`, `sepconv_gpu.backends.cuda_backend` and the backend registry's "cuda" give it,
+    cupy`, `sepconv_gpu.backends.cuda.cuda_backend` and the backend registry's "cuda" give it,
     and `cuda_available()` is True, so code written for a GPU (the `gpu` tests, the device
     run's stages) runs on `emulator`. Yields (backend, fake)."""
     import sepconv_gpu.backends as package

@@ -40,9 +40,9 @@ import tempfile
 
 import numpy as np
 
-from sepconv_gpu.backends import kernel_cache
-from sepconv_gpu.backends.simt import TILE_ELEMS
-from sepconv_gpu.backends.tc import TC_TILE_ELEMS
+from sepconv_gpu.backends.cuda import kernel_cache
+from sepconv_gpu.backends.cuda.simt import TILE_ELEMS
+from sepconv_gpu.backends.cuda.tc import TC_TILE_ELEMS
 
 try:
     import _cuda_host_emulator as emu  # tests/ on sys.path (pytest's default rootdir import)

@@ -1,4 +1,4 @@
-"""Autotuning (sepconv_gpu/backends/autotune.py) on the CPU: a fake device clock stands in
+"""Autotuning (sepconv_gpu/backends/cuda/autotune.py) on the CPU: a fake device clock stands in
 for the CUDA events, so these tests check the choosing, the cache file and the switch,
 never a GPU's times. The plans chosen are run under the host emulator at the end."""
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pytest
 
 import sepconv_gpu as sg
 from sepconv_gpu import activations, geometry
-from sepconv_gpu.backends import autotune, simt, tc
-from sepconv_gpu.backends.launch import launch_sequence
-from sepconv_gpu.backends.numpy_backend import reference_separable_conv
+from sepconv_gpu.backends.cuda import autotune, simt, tc
+from sepconv_gpu.backends.cuda.launch import launch_sequence
+from sepconv_gpu.backends.cpu.numpy_backend import reference_separable_conv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -169,7 +169,7 @@ def test_reads_back_in_a_new_process(tmp_path):
         "import json, sys\n"
         "sys.path.insert(0, 'tests')\n"
         "from test_autotune import call, never\n"
-        "from sepconv_gpu.backends import autotune\n"
+        "from sepconv_gpu.backends.cuda import autotune\n"
         "plan = autotune.plan_for('GPU A', *call(), run=never, clock=never)\n"
         "print(json.dumps(autotune.describe(plan)))\n")
     env = {**os.environ, "SEPCONV_GPU_CACHE_DIR": str(tmp_path), autotune.ENV_VAR: "1",

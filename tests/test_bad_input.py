@@ -201,7 +201,7 @@ def test_past_2_to_31_elements_the_cuda_plan_keeps_64_bit_offsets():
     """A 2^32-element call is planned for the GPU (CuPy-free planner): element strides go
     to the kernel as int64, nothing is refused; a single axis past 2^31 is refused."""
     from sepconv_gpu import activations
-    from sepconv_gpu.backends.launch import launch_sequence
+    from sepconv_gpu.backends.cuda.launch import launch_sequence
     from sepconv_gpu.geometry import make_geometry
 
     g = make_geometry(2, (64, 1024, 1024, 64), (3, 3, 64, 1), (1, 1, 64, 64), None,

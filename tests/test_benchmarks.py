@@ -14,7 +14,7 @@ import pytest
 from _ci import missing, require
 from benchmarks import __main__ as cli  # importable through pytest's pythonpath (pyproject)
 from benchmarks import host_overhead, peers, predict, reference, report, runner, suites, timing
-from sepconv_gpu.backends import cost_model
+from sepconv_gpu.backends.cuda import cost_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,8 +90,8 @@ def test_model_entry_is_the_dispatch_and_its_cost_model(mode):
     """Our entry's `model`: the kernel the CUDA dispatch picks and the cost model's time
     for exactly the launches it makes; with a measured time, the ratio to it."""
     from sepconv_gpu import activations
-    from sepconv_gpu.backends import cost_model
-    from sepconv_gpu.backends.launch import input_element_strides, launch_sequence, select_kernel
+    from sepconv_gpu.backends.cuda import cost_model
+    from sepconv_gpu.backends.cuda.launch import input_element_strides, launch_sequence, select_kernel
 
     for layer in suites.SUITES["tiny"]:
         case = _tiny_case(layer, peers.compute_dtype(mode))
@@ -427,7 +427,7 @@ def test_on_the_gpu_path_a_kernel_that_computes_nothing_fails_the_gate(monkeypat
     nobody timed. (The fake lacks a few CuPy functions and events: NumPy's and the wall
     clock stand in.)"""
     from benchmarks import fake_cupy
-    from sepconv_gpu.backends import autotune
+    from sepconv_gpu.backends.cuda import autotune
 
     backend, cupy = fake_cupy.load_backend()
     import sepconv_gpu.backends
@@ -467,7 +467,8 @@ def test_the_plan_that_ran_is_found_by_the_op_s_call(monkeypatch):
     """On a GPU our `model` is the plan autotuning chose for the call the op made: found
     by dtype, the op's geometry (the one the backend received) and TF32; its prediction
     is that plan's own."""
-    from sepconv_gpu.backends import autotune, numpy_backend, tc
+    from sepconv_gpu.backends.cpu import numpy_backend
+    from sepconv_gpu.backends.cuda import autotune, tc
 
     seen = []
     real = numpy_backend.NumpyOps.separable_conv
@@ -669,7 +670,7 @@ def test_plumbing_predict_rows_are_the_untuned_dispatch_and_the_model_s_floor():
     the model itself): each row's plan is what a call without autotuning launches (launch_sequence with no
     plan), its time the cost model's for those launches; the floor by hand."""
     from sepconv_gpu import activations
-    from sepconv_gpu.backends.launch import launch_sequence
+    from sepconv_gpu.backends.cuda.launch import launch_sequence
 
     device = cost_model.DEFAULT_DEVICE
     for layer in suites.select("all"):
@@ -708,7 +709,7 @@ def test_predict_torch_estimates_cover_the_suites_and_tf32_is_derived():
 
 
 def test_predict_contiguous_strides_are_the_backend_s():
-    from sepconv_gpu.backends.launch import input_element_strides
+    from sepconv_gpu.backends.cuda.launch import input_element_strides
 
     for layer in suites.SUITES["tiny"] + suites.SUITES["conformer1d"]:
         x = np.zeros(layer.input_shape(2), dtype=np.float16)

@@ -148,7 +148,7 @@ def test_bfloat16_cuda_dispatch_follows_the_kernel_catalogue(monkeypatch, in_cat
     kernels; otherwise it refuses, before allocating or launching, saying so."""
     from benchmarks import fake_cupy
 
-    from sepconv_gpu.backends import kernel_common, simt
+    from sepconv_gpu.backends.cuda import kernel_common, simt
 
     backend, cupy = fake_cupy.load_backend()
     catalogue = {k: v for k, v in kernel_common.DTYPES.items() if k != "bfloat16"}
@@ -205,7 +205,7 @@ def test_bfloat16_emulated_kernels_through_the_backend_launch_path(emulator, cha
     import _cuda_host_emulator as emu
 
     from sepconv_gpu import activations, geometry
-    from sepconv_gpu.backends.numpy_backend import reference_separable_conv
+    from sepconv_gpu.backends.cpu.numpy_backend import reference_separable_conv
 
     x, dk, pk, b = _bf16_case(7, 2, (2, 9, 11, channels), 3, 1, 24)
     strides, padding, data_format, dilation = geometry.normalize_call_args(

@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sepconv_gpu import activations, ops
-from sepconv_gpu.backends import cuda_available, simt
+from sepconv_gpu.backends import cuda_available
+from sepconv_gpu.backends.cuda import simt
 
 from _cases import (KERAS_TOLERANCE, SHAPE_PRESERVING_ACTIVATIONS, assert_matches, conv_configs,
                     examples, input_shape, random_case)
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.gpu  # conftest.py skips it where no CUDA device answer
 if GPU:
     import cupy
 
-    from sepconv_gpu.backends import cuda_backend
+    from sepconv_gpu.backends.cuda import cuda_backend
 
 GOLDEN = pathlib.Path(__file__).parent / "data" / "keras_golden"
 

@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sepconv_gpu import activations, geometry
-from sepconv_gpu.backends import kernel_common, simt
-from sepconv_gpu.backends.launch import (
+from sepconv_gpu.backends.cuda import kernel_common, simt
+from sepconv_gpu.backends.cuda.launch import (
     input_element_strides, launch_sequence, prepare_weights)
-from sepconv_gpu.backends.numpy_backend import reference_separable_conv
+from sepconv_gpu.backends.cpu.numpy_backend import reference_separable_conv
 
 from _cases import (
     assert_matches, conv_configs, examples, input_shape, random_case, recorded_kernel_parameters,
@@ -365,7 +365,7 @@ def test_plumbing_plan_carries_the_cost_model_s_price(dtype, shape):
     predicted time (what launches and the benchmark record carry) is the cost model's,
     recomputed with its own functions, for the chosen plan: layout, specialization and
     bank conflicts."""
-    from sepconv_gpu.backends import cost_model
+    from sepconv_gpu.backends.cuda import cost_model
 
     batch, c, m, f, size_in, size_out, kernel, strides, dilation, cf = shape
     p = simt.plan(dtype, batch, c, m, f, size_in, size_out, kernel, strides, dilation, cf)

@@ -32,10 +32,10 @@ import numpy as np
 import pytest
 
 from sepconv_gpu import activations, geometry
-from sepconv_gpu.backends import kernel_cache, kernel_common, simt, tc
-from sepconv_gpu.backends.launch import (
+from sepconv_gpu.backends.cuda import kernel_cache, kernel_common, simt, tc
+from sepconv_gpu.backends.cuda.launch import (
     input_element_strides, launch_sequence, prepare_weights, round_to_bfloat16_bits)
-from sepconv_gpu.backends.numpy_backend import reference_separable_conv
+from sepconv_gpu.backends.cpu.numpy_backend import reference_separable_conv
 
 from _cases import assert_matches, random_case
 

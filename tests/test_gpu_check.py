@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sepconv_gpu.backends import cuda_available, kernel_cache
+from sepconv_gpu.backends import cuda_available
+from sepconv_gpu.backends.cuda import kernel_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
@@ -160,7 +161,7 @@ def test_the_correctness_check_fails_on_a_wrong_number_or_another_launch():
 
 @pytest.fixture
 def gpu_is_the_stand_in(monkeypatch, emulator_for, few):
-    """`import cupy` and `sepconv_gpu.backends.cuda_backend` give the stand-in (the fake
+    """`import cupy` and `sepconv_gpu.backends.cuda.cuda_backend` give the stand-in (the fake
     CuPy whose launches run on the host emulator, and the backend bound to it): the device
     run's own code (`Backend.on_gpu`, the sanitizer driver's GPU path) runs on the CPU."""
     import _cuda_host_emulator as host

@@ -21,7 +21,7 @@ import time
 import pytest
 from test_launch_arguments import _launch, fake_backend, fake_nvrtc  # noqa: F401 (a fixture)
 
-from sepconv_gpu.backends import kernel_cache, nvrtc
+from sepconv_gpu.backends.cuda import kernel_cache, nvrtc
 
 # includes a CUDA header, as the kernels do (the key hashes the headers a source includes)
 SOURCE = ("#include <cuda_fp16.h>\n"

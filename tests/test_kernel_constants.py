@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from sepconv_gpu import activations, geometry
-from sepconv_gpu.backends import kernel_cache, kernel_common, simt, tc
-from sepconv_gpu.backends.launch import input_element_strides, launch_sequence
+from sepconv_gpu.backends.cuda import kernel_cache, kernel_common, simt, tc
+from sepconv_gpu.backends.cuda.launch import input_element_strides, launch_sequence
 
 try:
     import _cuda_host_emulator as emu  # tests/ on sys.path (pytest's default rootdir import)

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from sepconv_gpu import activations, geometry
-from sepconv_gpu.backends import kernel_cache, simt, tc
-from sepconv_gpu.backends.launch import (
+from sepconv_gpu.backends.cuda import kernel_cache, simt, tc
+from sepconv_gpu.backends.cuda.launch import (
     input_element_strides, Launch, launch_arrays, launch_sequence, prepare_weights)
 
 try:
@@ -196,7 +196,7 @@ def fake_backend(monkeypatch):
 
     import sepconv_gpu.backends as package
 
-    name = "sepconv_gpu.backends.cuda_backend"
+    name = "sepconv_gpu.backends.cuda.cuda_backend"
     saved_module, saved_attribute = sys.modules.pop(name, None), package.__dict__.get("cuda_backend")
 
     def load(compute_capability="90", driver_version=13000):
@@ -236,7 +236,7 @@ def fake_nvrtc(backend, monkeypatch, compiled=None):
     """Our NVRTC 13.0 (sm_75/80/90) on the fake backend. `compiled(names)`: what the kernel
     cache's library_kernels returns (None: it must not be called); the list it returns
     records each (names, arch) built."""
-    from sepconv_gpu.backends import nvrtc
+    from sepconv_gpu.backends.cuda import nvrtc
 
     toolkit = nvrtc.Toolkit(library="libnvrtc.so.13", include_dir="/include", version=(13, 0),
                             archs=(75, 80, 90), from_wheel=True)
@@ -248,7 +248,7 @@ def fake_nvrtc(backend, monkeypatch, compiled=None):
 
 
 def test_launch_loads_the_cubin_and_opts_in_above_48_kb_once(fake_backend, monkeypatch):
-    from sepconv_gpu.backends import nvrtc
+    from sepconv_gpu.backends.cuda import nvrtc
 
     backend, cupy = fake_backend("90")
     built = fake_nvrtc(backend, monkeypatch, lambda names: nvrtc.Compiled(
@@ -277,7 +277,7 @@ def test_launch_loads_the_cubin_and_opts_in_above_48_kb_once(fake_backend, monke
 
 
 def test_cupy_compiles_when_nvrtc_is_newer_than_the_driver(fake_backend, monkeypatch):
-    from sepconv_gpu.backends import nvrtc
+    from sepconv_gpu.backends.cuda import nvrtc
 
     backend, cupy = fake_backend("90", driver_version=12040)
     fake_nvrtc(backend, monkeypatch)  # library_kernels must not be used

@@ -113,7 +113,7 @@ def test_build_needs_channels():
 def test_callable_activation_sees_the_whole_output(monkeypatch):
     """A non-elementwise callable gets the layer's whole output, as in Keras, however the
     NumPy backend tiles the work."""
-    from sepconv_gpu.backends import numpy_backend
+    from sepconv_gpu.backends.cpu import numpy_backend
 
     monkeypatch.setattr(numpy_backend, "TILE_BYTES", 64)  # one output row per tile
     layer = sg.SeparableConv2D(4, 3, padding="same", backend="numpy", activation=lambda t: t - t.mean(),

@@ -31,7 +31,7 @@ import pytest
 from _ci import missing
 from _cubin import find_nvdisasm, kernel_resources, sass_opcodes
 
-from sepconv_gpu.backends import kernel_cache, kernel_common, nvrtc, simt, tc
+from sepconv_gpu.backends.cuda import kernel_cache, kernel_common, nvrtc, simt, tc
 
 ARCHS = (80, 90)
 SIMT_ONLY_ARCHS = (75,)  # below sm_80 the backend plans no tensor-core kernel (cp.async)

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sepconv_gpu import activations, ops
-from sepconv_gpu.backends import numpy_backend
+from sepconv_gpu.backends.cpu import numpy_backend
 
 from _cases import assert_matches, conv_configs, examples, input_shape
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sepconv_gpu.backends import kernel_cache, simt, tc
+from sepconv_gpu.backends.cuda import kernel_cache, simt, tc
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = (simt.softmax_name("float32", False), tc.tc_reduce_name("float16"))

@@ -17,7 +17,7 @@ import pytest
 
 import sepconv_gpu as sg
 from sepconv_gpu import activations, geometry, ops
-from sepconv_gpu.backends.launch import input_element_strides, launch_sequence
+from sepconv_gpu.backends.cuda.launch import input_element_strides, launch_sequence
 from benchmarks import fake_cupy
 
 
@@ -407,7 +407,7 @@ def test_shared_memory_opt_in_is_set_once_to_the_device_maximum(fake):
     to the device's limit, so that none can lower it under another's launch."""
     import threading
 
-    from sepconv_gpu.backends.launch import Launch
+    from sepconv_gpu.backends.cuda.launch import Launch
 
     backend, cupy, ops_ = fake
     fn = cupy.cuda.function.Function("sepconv_tc<__half, 3, 3, 4>")
@@ -435,7 +435,7 @@ def test_autotune_raises_a_context_killing_fault_naming_the_plan(fake, monkeypat
     """A candidate whose launch faults with a sticky error (700: illegal address) stops
     autotuning with an error naming the plan: the context is dead, every later candidate
     would fail too. One that cannot launch (701: too many resources) is skipped."""
-    from sepconv_gpu.backends import autotune
+    from sepconv_gpu.backends.cuda import autotune
 
     backend, cupy, ops_ = fake
     monkeypatch.setattr(backend._autotune, "_tuner", autotune.Tuner(str(tmp_path)))

@@ -121,7 +121,7 @@ def test_bfloat16_cuda_matches_the_reference_or_refuses_clearly():
     (u per term of the pointwise sum, whose magnitudes random_case keeps under ~3 times
     the output's scale): 4u = 2**-6, plus the float32 budget."""
     torch = pytest.importorskip("torch")
-    from sepconv_gpu.backends import kernel_common
+    from sepconv_gpu.backends.cuda import kernel_common
 
     x, dk, pk, b = random_case(np.random.default_rng(5), 2, (2, 9, 9, 32), 3, 1, 40)
     as_bf16 = lambda a: torch.from_numpy(a).to(torch.bfloat16).cuda()

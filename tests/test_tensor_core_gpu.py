@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from sepconv_gpu import activations, geometry, ops
-from sepconv_gpu.backends import cuda_available, tc
-from sepconv_gpu.backends.launch import (
+from sepconv_gpu.backends import cuda_available
+from sepconv_gpu.backends.cuda import tc
+from sepconv_gpu.backends.cuda.launch import (
     input_element_strides, Launch, launch_arrays, launch_sequence, select_kernel, weights_layout)
-from sepconv_gpu.backends.numpy_backend import reference_separable_conv
+from sepconv_gpu.backends.cpu.numpy_backend import reference_separable_conv
 
 from _cases import random_case
 
@@ -28,7 +29,7 @@ pytestmark = [pytest.mark.gpu,
 if GPU:
     import cupy
 
-    from sepconv_gpu.backends import cuda_backend
+    from sepconv_gpu.backends.cuda import cuda_backend
 
     if int(cupy.cuda.Device().compute_capability) < cuda_backend.TENSOR_CORE_MIN_ARCH:
         pytestmark.append(pytest.mark.skip(reason="the tensor-core kernel needs sm_80 or newer"))

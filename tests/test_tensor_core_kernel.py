@@ -32,11 +32,11 @@ import numpy as np
 import pytest
 
 from sepconv_gpu import activations, geometry
-from sepconv_gpu.backends import cost_model, kernel_common, simt, tc
-from sepconv_gpu.backends.launch import (
+from sepconv_gpu.backends.cuda import cost_model, kernel_common, simt, tc
+from sepconv_gpu.backends.cuda.launch import (
     _launch_sequence, input_element_strides, launch_sequence, prepare_weights,
     round_to_bfloat16_bits, round_to_tf32, select_kernel, weights_layout)
-from sepconv_gpu.backends.numpy_backend import reference_separable_conv
+from sepconv_gpu.backends.cpu.numpy_backend import reference_separable_conv
 
 from _cases import (
     assert_matches, random_case, recorded_kernel_parameters, stable_seed,

@@ -136,7 +136,7 @@ def test_use_backend_does_not_reach_pool_threads():
 
 def test_calls_share_one_snapshot_until_a_weight_is_replaced(monkeypatch):
     """The backend's weights_cache is the snapshot's: kept across calls, new after any write."""
-    from sepconv_gpu.backends.numpy_backend import NumpyOps
+    from sepconv_gpu.backends.cpu.numpy_backend import NumpyOps
 
     caches = []
     real = NumpyOps.separable_conv

@@ -25,8 +25,8 @@ import math
 from dataclasses import dataclass
 
 from sepconv_gpu import activations, geometry
-from sepconv_gpu.backends import kernel_common, simt, tc
-from sepconv_gpu.backends.launch import input_element_strides, launch_sequence
+from sepconv_gpu.backends.cuda import kernel_common, simt, tc
+from sepconv_gpu.backends.cuda.launch import input_element_strides, launch_sequence
 
 from .. import suites
 

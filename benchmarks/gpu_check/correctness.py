@@ -135,7 +135,7 @@ class Backend:
     def on_gpu(cls):
         import cupy
 
-        from sepconv_gpu.backends import cuda_backend
+        from sepconv_gpu.backends.cuda import cuda_backend
 
         return cls(cuda_backend, cupy)
 

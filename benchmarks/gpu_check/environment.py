@@ -76,7 +76,7 @@ def missing(dry_run):
             importlib.import_module(module)
         except Exception as exc:  # absent, or broken (a CUDA 13 CuPy on a CUDA 12 driver)
             lines.append(f"{module} does not import ({type(exc).__name__}: {exc}): install {wheel}")
-    from sepconv_gpu.backends import nvrtc
+    from sepconv_gpu.backends.cuda import nvrtc
 
     try:
         nvrtc.toolkit()
@@ -123,7 +123,7 @@ def compiler(dry_run):
     else:
         import cupy
 
-        from sepconv_gpu.backends import cuda_backend as backend
+        from sepconv_gpu.backends.cuda import cuda_backend as backend
 
         fake = cupy
     said = []
@@ -159,7 +159,7 @@ def device(dry_run):
 
 
 def nvrtc_info():
-    from sepconv_gpu.backends import nvrtc
+    from sepconv_gpu.backends.cuda import nvrtc
 
     tk = nvrtc.toolkit()
     return {"version": ".".join(map(str, tk.version)), "library": tk.library,

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from sepconv_gpu import prebuild
-from sepconv_gpu.backends import kernel_cache, nvrtc
+from sepconv_gpu.backends.cuda import kernel_cache, nvrtc
 
 from . import cases as gpu_cases
 from .environment import compiler

@@ -111,7 +111,7 @@ def cuda_available():
 
 @functools.lru_cache(maxsize=None)
 def _numpy_ops():
-    from .numpy_backend import NumpyOps
+    from .cpu.numpy_backend import NumpyOps
 
     return NumpyOps()
 
@@ -121,7 +121,7 @@ def _cuda_ops():
     ok, reason = cuda_status()
     if not ok:
         raise BackendUnavailableError(f"The 'cuda' backend was requested but cannot run here: {reason}.")
-    from .cuda_backend import CupyOps
+    from .cuda.cuda_backend import CupyOps
 
     return CupyOps()
 

@@ -12,7 +12,7 @@ import dataclasses
 import functools
 from dataclasses import dataclass
 
-from ..geometry import INT32_MAX, ConvGeometry
+from ...geometry import INT32_MAX, ConvGeometry
 from .kernel_common import DTYPES, GENERIC_EXTENT, activation_index
 
 SOURCE = "sepconv_simt.cu"

@@ -38,7 +38,7 @@ import re
 import secrets
 import struct
 
-from .._env import flag
+from ..._env import flag
 from . import nvrtc, simt, tc
 
 ENV_VAR = "SEPCONV_GPU_CACHE_DIR"
@@ -69,7 +69,8 @@ def all_name_expressions():
 
 def kernels_dir():
     """kernels/ in an installed wheel (sepconv_gpu/kernels) or in a source checkout."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    here = os.path.dirname(os.path.abspath(__file__))  # sepconv_gpu/backends/cuda
+    package = os.path.dirname(os.path.dirname(here))
     for candidate in (os.path.join(package, "kernels"),
                       os.path.join(os.path.dirname(package), "kernels")):
         if os.path.isfile(os.path.join(candidate, simt.SOURCE)):

@@ -14,7 +14,7 @@ import functools
 import itertools
 from dataclasses import dataclass
 
-from ..geometry import INT32_MAX
+from ...geometry import INT32_MAX
 from .kernel_common import GENERIC_EXTENT, activation_index
 
 # Constants mirrored from kernels/sepconv_tc.cu (tests/test_kernel_constants.py).

@@ -10,8 +10,8 @@ import math
 
 import numpy as np
 
-from .. import geometry as _geometry
-from . import Ops, identity, lives_on_device
+from ... import geometry as _geometry
+from .. import Ops, identity, lives_on_device
 
 # Bytes of depthwise intermediate per tile: large enough for an efficient BLAS call,
 # small enough to stay in a typical L2/L3 slice.
@@ -125,7 +125,7 @@ def _host_array(a):
     if type(a).__module__.split(".")[0] == "torch" and str(getattr(a, "dtype", "")) == "torch.bfloat16":
         import torch
 
-        from .._dtypes import bfloat16
+        from ..._dtypes import bfloat16
 
         return a.detach().view(torch.int16).numpy().view(bfloat16())
     return np.asarray(a)

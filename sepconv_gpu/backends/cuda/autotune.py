@@ -42,7 +42,7 @@ import threading
 
 import numpy as np
 
-from .._env import flag
+from ..._env import flag
 from . import kernel_cache, simt, tc
 from .kernel_common import FUSED_ACTIVATIONS
 from .launch import select_kernel
