@@ -26,7 +26,11 @@ bfloat16.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import functools
+import itertools
 import math
+import threading
 
 import numba
 import numpy as np
@@ -43,6 +47,8 @@ BLOCK = 64
 # which a call runs fused: at most a few hundred microseconds of work, where the chunked
 # plan's three passes and BLAS's thread start-up cost more than the loop nest loses.
 FUSED_MAX_PRODUCTS = 1 << 20
+# Multiply-adds per depthwise inner loop (neighbouring outputs share one: _depthwise_rows).
+RUN_ELEMENTS = 256
 # Bytes of depthwise intermediate plus matmul result per chunk: within the L2 caches.
 CHUNK_BYTES = 1 << 20
 
@@ -68,128 +74,153 @@ def _geometry_vector(geom):
 
 
 @numba.njit(inline="always", **_JIT)
-def _depthwise_position(x, xs, g, dk, p, row):
-    """row[:C·M] = the depthwise sums at flat output position p (batch, row, column), tap
-    by tap in the reference's order. A tap in the padding adds 0 · weight (IEEE: an
-    infinite weight makes NaN there, as in the reference)."""
-    ow, oh, c, m = g[_OW], g[_OH], g[_C], g[_M]
-    col = p % ow
-    r = (p // ow) % oh
-    n = p // (ow * oh)
-    for k in range(c * m):
-        row[k] = 0.0
-    for i in range(g[_KH]):
-        ih = r * g[_SH] - g[_PT] + i * g[_DH]
-        for j in range(g[_KW]):
-            iw = col * g[_SW] - g[_PL] + j * g[_DW]
-            inside = 0 <= ih < g[_H] and 0 <= iw < g[_W]
-            base = n * xs[0] + ih * xs[1] + iw * xs[2] if inside else 0
-            if m == 1:
-                if inside:
-                    for ch in range(c):
-                        row[ch] += x[base + ch * xs[3]] * dk[i, j, ch, 0]
-                else:
-                    for ch in range(c):
-                        row[ch] += 0.0 * dk[i, j, ch, 0]
-            else:
-                for ch in range(c):
-                    v = x[base + ch * xs[3]] if inside else x.dtype.type(0.0)
-                    for q in range(m):
-                        row[ch * m + q] += v * dk[i, j, ch, q]
+def _depthwise_rows(x, xs, g, wt, p0, d, q0, n):
+    """d[(q0 + q)·K : (q0 + q + 1)·K] = the K = C·M depthwise sums at flat output position
+    p0 + q (batch, row, column), q < n, tap by tap in the reference's order.
+
+    wt[t] is tap t's weights repeated `run` = wt.shape[1] // K times: with stride 1 along
+    columns and M = 1, the inputs of `run` neighbouring outputs are contiguous, so one
+    loop of run·C multiply-adds serves them all (a loop of C alone, for small C, is
+    mostly its own start-up). A tap in the padding adds 0 · weight (IEEE: an infinite
+    weight makes NaN there, as in the reference)."""
+    h, w, c, m, kh, kw = g[_H], g[_W], g[_C], g[_M], g[_KH], g[_KW]
+    sh, sw, dh, dw, pt, pl, oh, ow = g[_SH], g[_SW], g[_DH], g[_DW], g[_PT], g[_PL], g[_OH], g[_OW]
+    xs0, xs1, xs2 = xs[0], xs[1], xs[2]  # channels are contiguous (xs[3] == 1)
+    k = c * m
+    run = wt.shape[1] // k if sw == 1 and m == 1 else 1
+    q = q0
+    while q < q0 + n:
+        p = p0 + q - q0
+        col = p % ow
+        r = (p // ow) % oh
+        b = p // (ow * oh)
+        cols = min(run, ow - col, q0 + n - q)
+        at = max(q * k, 0)  # max(): see `base` below
+        for e in range(cols * k):
+            d[at + e] = 0.0
+        for i in range(kh):
+            ih = r * sh - pt + i * dh
+            for j in range(kw):
+                t = i * kw + j
+                # outputs col + [lo, hi) read inside the input on this tap
+                lo, hi = 0, 0
+                if 0 <= ih < h:
+                    first = col * sw - pl + j * dw  # input column of output col
+                    if cols == 1:
+                        lo, hi = 0, 1 if 0 <= first < w else 0
+                    else:
+                        lo, hi = max(0, -first), min(cols, w - first)
+                for o in range(cols):
+                    if o < lo or o >= hi:
+                        for e in range(k):
+                            d[at + o * k + e] += 0.0 * wt[t, e]
+                if hi > lo:
+                    # max(): tells LLVM that these offsets are >= 0, so that the indexing
+                    # below needs no negative-index wraparound, which would keep the loops
+                    # from vectorizing (array views would too: their reference counting
+                    # costs more than a short loop)
+                    base = max(b * xs0 + ih * xs1 + ((col + lo) * sw - pl + j * dw) * xs2, 0)
+                    out = max(at + lo * k, 0)
+                    if m == 1:  # (hi - lo) neighbours, contiguous when cols > 1
+                        for e in range((hi - lo) * c):
+                            d[out + e] += x[base + e] * wt[t, e]
+                    else:
+                        for ch in range(c):
+                            v = x[base + ch]
+                            for e in range(m):
+                                d[out + ch * m + e] += v * wt[t, ch * m + e]
+        q += cols
 
 
 @numba.njit(inline="always", **_JIT)
-def _activate_row(row, act, param):
-    """The fused activations (codes in `_FUSED`) in place, as activations.py computes them."""
-    one = row.dtype.type(1.0)
+def _finish_rows(z, q0, q1, bias, has_bias, act, param, y, ys, g, p0, store):
+    """Rows q0..q1-1 of z (output positions p0, p0 + 1, ...): += bias, then the fused
+    activation (codes in `_FUSED`, computed as activations.py does), in place; with
+    `store`, then written to y (a flat array with strides ys). One branch per block of
+    rows, not per element, so that each loop vectorizes."""
+    f = z.shape[1]
+    if has_bias:
+        for q in range(q0, q1):
+            for ff in range(f):
+                z[q, ff] += bias[ff]
     if act == 1:  # relu (NaN stays NaN, as NumPy's maximum)
-        for f in range(row.size):
-            if row[f] < 0:
-                row[f] = 0.0
-    elif act == 2:  # relu6: clip to [0, 6]
-        for f in range(row.size):
-            v = row[f]
-            row[f] = 0.0 if v < 0 else (6.0 if v > 6 else v)
+        for q in range(q0, q1):
+            for ff in range(f):
+                if z[q, ff] < 0:
+                    z[q, ff] = 0.0
+    elif act == 2:  # relu6: clip to [0, 6], NaN stays
+        for q in range(q0, q1):
+            for ff in range(f):
+                if z[q, ff] < 0:
+                    z[q, ff] = 0.0
+                elif z[q, ff] > 6:
+                    z[q, ff] = 6.0
     elif act == 3:  # leaky_relu
-        slope = row.dtype.type(param)
-        for f in range(row.size):
-            v = row[f]
-            if not v >= 0:
-                row[f] = v * slope
+        for q in range(q0, q1):
+            for ff in range(f):
+                if not z[q, ff] >= 0:
+                    z[q, ff] *= param
     elif act == 4 or act == 5:  # silu, sigmoid: exp of a non-positive number only
-        for f in range(row.size):
-            v = row[f]
-            e = np.exp(-abs(v))
-            s = one / (one + e) if v >= 0 else e / (one + e)
-            row[f] = v * s if act == 4 else s
+        for q in range(q0, q1):
+            for ff in range(f):
+                v = z[q, ff]
+                e = np.exp(-abs(v))
+                s = 1.0 / (1.0 + e) if v >= 0 else e / (1.0 + e)
+                z[q, ff] = v * s if act == 4 else s
     elif act == 6:  # gelu = x/2 · erfc(-x/√2), which does not cancel for x << 0
-        for f in range(row.size):
-            v = row[f]
-            row[f] = 0.5 * v * math.erfc(-v * 0.7071067811865476)
+        for q in range(q0, q1):
+            for ff in range(f):
+                v = z[q, ff]
+                z[q, ff] = 0.5 * v * math.erfc(-v * 0.7071067811865476)
     elif act == 7:
-        for f in range(row.size):
-            row[f] = np.tanh(row[f])
+        for q in range(q0, q1):
+            for ff in range(f):
+                z[q, ff] = np.tanh(z[q, ff])
+    if store:
+        ow, oh, ys0, ys1, ys2, ys3 = g[_OW], g[_OH], ys[0], ys[1], ys[2], ys[3]
+        for q in range(q0, q1):
+            p = p0 + q - q0
+            base = (p // (ow * oh)) * ys0 + ((p // ow) % oh) * ys1 + (p % ow) * ys2
+            for ff in range(f):
+                y[base + ff * ys3] = z[q, ff]
 
 
-@numba.njit(inline="always", **_JIT)
-def _store_row(row, y, ys, g, p):
-    """row (F values of flat output position p) into y, a flat array with strides ys."""
-    ow, oh = g[_OW], g[_OH]
-    base = (p // (ow * oh)) * ys[0] + ((p // ow) % oh) * ys[1] + (p % ow) * ys[2]
-    for f in range(row.size):
-        y[base + f * ys[3]] = row[f]
-
-
-@numba.njit(parallel=True, **_JIT)
-def _fused(x, xs, g, dk, pk, bias, act, param, y, ys, count):
-    """y = activation(bias + pointwise(depthwise(x))) for output positions [0, count)."""
+@numba.njit(**_JIT)
+def _fused(x, xs, g, wt, pk, bias, act, param, y, ys, p0, p1, d, z):
+    """y = activation(bias + pointwise(depthwise(x))) at output positions [p0, p1), one
+    at a time through d (C·M) and z (1, F)."""
     k, f = pk.shape
-    for block in prange((count + BLOCK - 1) // BLOCK):
-        d = np.empty(k, dtype=pk.dtype)
-        out = np.empty(f, dtype=pk.dtype)
-        for p in range(block * BLOCK, min(count, (block + 1) * BLOCK)):
-            _depthwise_position(x, xs, g, dk, p, d)
-            out[:] = bias
-            for kk in range(k):
-                a = d[kk]
-                for ff in range(f):
-                    out[ff] += a * pk[kk, ff]
-            _activate_row(out, act, param)
-            _store_row(out, y, ys, g, p)
+    for p in range(p0, p1):
+        _depthwise_rows(x, xs, g, wt, p, d, 0, 1)
+        for ff in range(f):
+            z[0, ff] = 0.0
+        for kk in range(k):
+            a = d[kk]
+            for ff in range(f):
+                z[0, ff] += a * pk[kk, ff]
+        _finish_rows(z, 0, 1, bias, True, act, param, y, ys, g, p, True)
 
 
-@numba.njit(parallel=True, **_JIT)
-def _depthwise(x, xs, g, dk, p0, d):
-    """d[q] = the depthwise sums at output position p0 + q, for every row of d."""
-    count = d.shape[0]
-    for block in prange((count + BLOCK - 1) // BLOCK):
-        for q in range(block * BLOCK, min(count, (block + 1) * BLOCK)):
-            _depthwise_position(x, xs, g, dk, p0 + q, d[q])
+@numba.njit(**_JIT)
+def _depthwise(x, xs, g, wt, p0, d):
+    """d (positions, C·M): row q = the depthwise sums at output position p0 + q."""
+    _depthwise_rows(x, xs, g, wt, p0, d.reshape(d.size), 0, d.shape[0])
 
 
-@numba.njit(parallel=True, **_JIT)
+@numba.njit(**_JIT)
 def _epilogue(z, bias, has_bias, act, param, y, ys, g, p0, scatter):
-    """z (positions p0 + q, filters) += bias, then the activation, in place; with
-    `scatter`, each row is then stored into y (channels_first: z is not y's memory)."""
-    count, f = z.shape
-    for block in prange((count + BLOCK - 1) // BLOCK):
-        for q in range(block * BLOCK, min(count, (block + 1) * BLOCK)):
-            row = z[q]
-            if has_bias:
-                for ff in range(f):
-                    row[ff] += bias[ff]
-            _activate_row(row, act, param)
-            if scatter:
-                _store_row(row, y, ys, g, p0 + q)
+    """Every row q of z (output position p0 + q): bias and activation in place; with
+    `scatter`, then stored into y (channels_first: z is not y's memory)."""
+    _finish_rows(z, 0, z.shape[0], bias, has_bias, act, param, y, ys, g, p0, scatter)
 
 
-def _element_strides(a, geom):
-    """Element strides of contiguous array `a` (user layout) in (batch, row, column,
-    channel) order; 1D is one row."""
+def _element_strides(a, rank, channels_first):
+    """Element strides of contiguous array `a` in (batch, row, column, channel) order;
+    1D is one row."""
     s = [st // a.itemsize for st in a.strides]
-    if geom.channels_first:
+    if channels_first:
         s = [s[0]] + s[2:] + [s[1]]
-    if geom.rank == 1:
+    if rank == 1:
         s = [s[0], 0] + s[1:]
     return np.array(s, dtype=np.int64)
 
@@ -197,10 +228,13 @@ def _element_strides(a, geom):
 def separable_conv(x, depthwise, pointwise, bias, geom, activation, compute):
     """y = activation(bias + pointwise(depthwise(x))) in `compute` (float32 or float64),
     returned in that dtype; the caller rounds it to x's dtype."""
-    x = np.ascontiguousarray(x, dtype=compute)
+    # channels-last input, so that channels are contiguous (the kernels assume it): a
+    # copy only for channels_first, or a non-contiguous or other-dtype x
+    x = np.ascontiguousarray(np.moveaxis(x, 1, -1) if geom.channels_first else x, dtype=compute)
     kh, kw = geom.kernel
-    dk = np.ascontiguousarray(np.reshape(depthwise, (kh, kw, geom.channels, geom.depth_multiplier)),
-                              dtype=compute)
+    k = geom.intermediate_channels
+    dk = np.reshape(np.asarray(depthwise, dtype=compute), (kh * kw, k))
+    wt = np.tile(dk, (1, max(1, RUN_ELEMENTS // k)))  # see _depthwise_rows
     pk = np.ascontiguousarray(np.reshape(pointwise, (geom.intermediate_channels, geom.filters)),
                               dtype=compute)
     b = np.zeros(geom.filters, compute) if bias is None else np.ascontiguousarray(bias, dtype=compute)
@@ -208,29 +242,85 @@ def separable_conv(x, depthwise, pointwise, bias, geom, activation, compute):
     act, param = (code, float(activation.kernel_param)) if code is not None else (0, 0.0)
     y = np.empty(geom.output_shape, dtype=compute)
     g, count = _geometry_vector(geom), geom.output_positions
-    xs, ys = _element_strides(x, geom), _element_strides(y, geom)
+    xs, ys = _element_strides(x, geom.rank, False), _element_strides(y, geom.rank, geom.channels_first)
     xf, yf = x.reshape(-1), y.reshape(-1)
-    k, f = pk.shape
-    taps = kh * kw
-    if count * (taps * k + k * f) <= FUSED_MAX_PRODUCTS:
-        _fused(xf, xs, g, dk, pk, b, act, param, yf, ys, count)
+    f = pk.shape[1]
+    if count * (kh * kw * k + k * f) <= FUSED_MAX_PRODUCTS:
+        _fused(xf, xs, g, wt, pk, b, act, param, yf, ys, 0, count, np.empty(k, compute),
+               np.empty((1, f), compute))
     else:
-        _chunked(xf, xs, g, dk, pk, b, bias is not None, act, param, yf, ys, count, geom.channels_first)
+        _chunked(xf, xs, g, wt, pk, b, bias is not None, act, param, yf, ys, count, geom.channels_first)
     if code is None and not activation.is_linear:
         y = activation(y)
     return y
 
 
-def _chunked(xf, xs, g, dk, pk, b, has_bias, act, param, yf, ys, count, channels_first):
+def threads():
+    """How many threads the chunked plan runs on: Numba's setting (all usable cores
+    unless `numba.set_num_threads` or NUMBA_NUM_THREADS says fewer)."""
+    return numba.get_num_threads()
+
+
+_pool = None
+_pool_lock = threading.Lock()
+_local = threading.local()
+
+
+def _workers(n):
+    """A pool of n - 1 threads (the caller is the n-th), made once, grown when n grows."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < n - 1:
+            _pool = concurrent.futures.ThreadPoolExecutor(max(1, n - 1), thread_name_prefix="sepconv_cpu")
+        return _pool
+
+
+@functools.lru_cache(maxsize=None)
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _buffer(name, shape, dtype):
+    """This thread's scratch array of at least `shape`, reused across calls."""
+    buf = getattr(_local, name, None)
+    if buf is None or buf.dtype != dtype or buf.shape[1] != shape[1] or buf.shape[0] < shape[0]:
+        buf = np.empty(shape, dtype)
+        setattr(_local, name, buf)
+    return buf[:shape[0]]
+
+
+def _chunked(xf, xs, g, wt, pk, b, has_bias, act, param, yf, ys, count, channels_first):
+    """Chunks of output positions, each through depthwise -> BLAS matmul -> epilogue on one
+    thread, so that its intermediate stays in that core's cache; the threads take chunks
+    in turn from one counter (a loaded core takes fewer). BLAS runs one thread per call
+    meanwhile: the parallelism is ours."""
     k, f = pk.shape
-    chunk = max(BLOCK, CHUNK_BYTES // (pk.itemsize * (k + f)) // BLOCK * BLOCK)
-    chunk = min(chunk, count)
-    d = np.empty((chunk, k), dtype=pk.dtype)
-    z = np.empty((chunk, f), dtype=pk.dtype) if channels_first else None
+    chunk = max(16, CHUNK_BYTES // (pk.itemsize * (k + f)))
+    n_chunks = -(-count // chunk)
+    n_threads = max(1, min(threads(), n_chunks))
     rows = yf.reshape(-1, f)  # channels_last: output positions are y's rows
-    for p0 in range(0, count, chunk):
-        n = min(chunk, count - p0)
-        _depthwise(xf, xs, g, dk, p0, d[:n])
-        out = z[:n] if channels_first else rows[p0:p0 + n]
-        np.matmul(d[:n], pk, out=out)
-        _epilogue(out, b, has_bias, act, param, yf, ys, g, p0, channels_first)
+    next_chunk = itertools.count()
+
+    def work():
+        d = _buffer("d", (chunk, k), pk.dtype)
+        z = _buffer("z", (chunk, f), pk.dtype) if channels_first else None
+        for i in iter(lambda: next(next_chunk), None):
+            if i >= n_chunks:
+                return
+            p0 = i * chunk
+            n = min(chunk, count - p0)
+            _depthwise(xf, xs, g, wt, p0, d[:n])
+            out = z[:n] if channels_first else rows[p0:p0 + n]
+            np.matmul(d[:n], pk, out=out)
+            _epilogue(out, b, has_bias, act, param, yf, ys, g, p0, channels_first)
+
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        if n_threads == 1:
+            return work()
+        pool = _workers(n_threads)
+        futures = [pool.submit(work) for _ in range(n_threads - 1)]
+        work()
+        for fut in futures:
+            fut.result()
