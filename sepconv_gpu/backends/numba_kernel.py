@@ -19,10 +19,13 @@ padding, stride and dilation: one compile per kernel and dtype (float32, float64
 cached on disk by Numba (beside this file, or NUMBA_CACHE_DIR / a user cache directory
 where that is read-only). float16 and bfloat16 compute in float32 and are rounded once.
 
-Activations: the elementwise ones in `_FUSED` run in the kernels, in the compute dtype
-(gelu in its erfc form, which does not cancel for large negative inputs); any other is
-applied by NumPy to the whole compute-dtype result, before the one rounding to float16 or
-bfloat16.
+Activations, all in the compute dtype, before the one rounding to float16 or bfloat16:
+those in `_FUSED` run in the kernels (gelu in its erfc form, which does not cancel for
+large negative inputs); other elementwise ones (silu, sigmoid, tanh, ...: Numba's scalar
+exp is several times slower than NumPy's vectorized one) are applied by NumPy to each
+chunk while it is in cache, silu and sigmoid in this module's branch-free forms
+(`_CHUNK_FORMS`); the rest (softmax and other functions of several outputs, a
+non-default parameter) by NumPy to the whole result.
 """
 from __future__ import annotations
 
@@ -52,14 +55,31 @@ RUN_ELEMENTS = 256
 # Bytes of depthwise intermediate plus matmul result per chunk: within the L2 caches.
 CHUNK_BYTES = 1 << 20
 
-# Activation kernel_id -> code for `_activate_row` (0 is linear).
-_FUSED = {"linear": 0, "relu": 1, "relu6": 2, "leaky_relu": 3, "silu": 4, "sigmoid": 5,
-          "gelu": 6, "tanh": 7}
+# Activation kernel_id -> code for `_finish_rows` (0 is linear).
+_FUSED = {"linear": 0, "relu": 1, "relu6": 2, "leaky_relu": 3, "gelu": 4}
+# Known activations that are not elementwise: applied to the whole result.
+_NOT_ELEMENTWISE = frozenset({"softmax", "log_softmax", "sparsemax", "glu"})
 
 
-def fused_code(activation):
-    """The in-kernel code of `activation`, or None when NumPy must apply it."""
-    return _FUSED.get(activation.kernel_id)
+def _sigmoid(z):
+    """1 / (1 + e^-z) in place: exp's overflow to inf gives the limit 0 exactly."""
+    np.negative(z, out=z)
+    np.exp(z, out=z)
+    z += 1
+    np.reciprocal(z, out=z)
+    return z
+
+
+def _silu(z):
+    """z / (1 + e^-z): activations.silu's x · sigmoid(x) picks each element's branch with
+    np.where, several times slower on mixed signs (measured: 22 against 1.7 ms per 2M)."""
+    t = np.exp(np.negative(z))
+    t += 1
+    return np.divide(z, t, out=z)
+
+
+# Chunk-wise NumPy forms of elementwise activations, by kernel_id (in place on a chunk).
+_CHUNK_FORMS = {"sigmoid": _sigmoid, "silu": _silu}
 
 
 # Geometry vector `g` (int64), the kernels' one description of the convolution.
@@ -160,22 +180,11 @@ def _finish_rows(z, q0, q1, bias, has_bias, act, param, y, ys, g, p0, store):
             for ff in range(f):
                 if not z[q, ff] >= 0:
                     z[q, ff] *= param
-    elif act == 4 or act == 5:  # silu, sigmoid: exp of a non-positive number only
-        for q in range(q0, q1):
-            for ff in range(f):
-                v = z[q, ff]
-                e = np.exp(-abs(v))
-                s = 1.0 / (1.0 + e) if v >= 0 else e / (1.0 + e)
-                z[q, ff] = v * s if act == 4 else s
-    elif act == 6:  # gelu = x/2 · erfc(-x/√2), which does not cancel for x << 0
+    elif act == 4:  # gelu = x/2 · erfc(-x/√2), which does not cancel for x << 0
         for q in range(q0, q1):
             for ff in range(f):
                 v = z[q, ff]
                 z[q, ff] = 0.5 * v * math.erfc(-v * 0.7071067811865476)
-    elif act == 7:
-        for q in range(q0, q1):
-            for ff in range(f):
-                z[q, ff] = np.tanh(z[q, ff])
     if store:
         ow, oh, ys0, ys1, ys2, ys3 = g[_OW], g[_OH], ys[0], ys[1], ys[2], ys[3]
         for q in range(q0, q1):
@@ -238,8 +247,10 @@ def separable_conv(x, depthwise, pointwise, bias, geom, activation, compute):
     pk = np.ascontiguousarray(np.reshape(pointwise, (geom.intermediate_channels, geom.filters)),
                               dtype=compute)
     b = np.zeros(geom.filters, compute) if bias is None else np.ascontiguousarray(bias, dtype=compute)
-    code = fused_code(activation)
+    code = _FUSED.get(activation.kernel_id)
     act, param = (code, float(activation.kernel_param)) if code is not None else (0, 0.0)
+    elementwise = code is None and activation.kernel_id not in _NOT_ELEMENTWISE | {None}
+    per_chunk = _CHUNK_FORMS.get(activation.kernel_id, activation) if elementwise else None
     y = np.empty(geom.output_shape, dtype=compute)
     g, count = _geometry_vector(geom), geom.output_positions
     xs, ys = _element_strides(x, geom.rank, False), _element_strides(y, geom.rank, geom.channels_first)
@@ -249,10 +260,11 @@ def separable_conv(x, depthwise, pointwise, bias, geom, activation, compute):
         _fused(xf, xs, g, wt, pk, b, act, param, yf, ys, 0, count, np.empty(k, compute),
                np.empty((1, f), compute))
     else:
-        _chunked(xf, xs, g, wt, pk, b, bias is not None, act, param, yf, ys, count, geom.channels_first)
-    if code is None and not activation.is_linear:
-        y = activation(y)
-    return y
+        _chunked(xf, xs, g, wt, pk, b, bias is not None, act, param, per_chunk, yf, ys, count,
+                 geom.channels_first)
+        if elementwise:
+            return y
+    return y if code is not None else activation(y)
 
 
 def threads():
@@ -291,11 +303,12 @@ def _buffer(name, shape, dtype):
     return buf[:shape[0]]
 
 
-def _chunked(xf, xs, g, wt, pk, b, has_bias, act, param, yf, ys, count, channels_first):
-    """Chunks of output positions, each through depthwise -> BLAS matmul -> epilogue on one
-    thread, so that its intermediate stays in that core's cache; the threads take chunks
-    in turn from one counter (a loaded core takes fewer). BLAS runs one thread per call
-    meanwhile: the parallelism is ours."""
+def _chunked(xf, xs, g, wt, pk, b, has_bias, act, param, activation, yf, ys, count, channels_first):
+    """Chunks of output positions, each through depthwise -> BLAS matmul -> epilogue (and
+    `activation`, an elementwise NumPy one, or None) on one thread, so that its
+    intermediate stays in that core's cache; the threads take chunks in turn from one
+    counter (a loaded core takes fewer). BLAS runs one thread per call meanwhile: the
+    parallelism is ours."""
     k, f = pk.shape
     chunk = max(16, CHUNK_BYTES // (pk.itemsize * (k + f)))
     n_chunks = -(-count // chunk)
@@ -314,7 +327,13 @@ def _chunked(xf, xs, g, wt, pk, b, has_bias, act, param, yf, ys, count, channels
             _depthwise(xf, xs, g, wt, p0, d[:n])
             out = z[:n] if channels_first else rows[p0:p0 + n]
             np.matmul(d[:n], pk, out=out)
-            _epilogue(out, b, has_bias, act, param, yf, ys, g, p0, channels_first)
+            if activation is None:
+                _epilogue(out, b, has_bias, act, param, yf, ys, g, p0, channels_first)
+                continue
+            _epilogue(out, b, has_bias, act, param, yf, ys, g, p0, False)
+            out[...] = activation(out)
+            if channels_first:
+                _epilogue(out, b, False, 0, 0.0, yf, ys, g, p0, True)
 
     with _blas_controller().limit(limits=1, user_api="blas"):
         if n_threads == 1:
