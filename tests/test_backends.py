@@ -66,6 +66,48 @@ def test_bad_names_are_refused(monkeypatch):
         backends.requested_backend()
 
 
+@pytest.fixture
+def cpu_rule(monkeypatch):
+    monkeypatch.delenv(backends.CPU_KERNEL_ENV_VAR, raising=False)
+    monkeypatch.setattr(backends, "_cpu_kernel_choice", None)
+    monkeypatch.setattr(backends, "_numba_fallback_said", False)
+
+
+def test_cpu_kernel_rule(cpu_rule, monkeypatch):
+    """Numba where it imports; the NumPy code by name (set_cpu_kernel beats the env var)
+    or where Numba is missing, said once; bad names and a missing Numba asked for by name
+    are clear errors."""
+    from sepconv_gpu.backends import numba_kernel
+
+    assert backends.cpu_kernel() == "numba"
+    monkeypatch.setenv(backends.CPU_KERNEL_ENV_VAR, "numpy")
+    assert backends.cpu_kernel() == "numpy"
+    backends.set_cpu_kernel("numba")
+    assert backends.cpu_kernel() == "numba"
+    x, dk, pk = np.ones((1, 5, 5, 2), "f4"), np.ones((3, 3, 2, 1), "f4"), np.ones((1, 1, 2, 3), "f4")
+    calls = []
+    monkeypatch.setattr(numba_kernel, "separable_conv", lambda *a: calls.append(a) or np.zeros((1, 5, 5, 3), "f4"))
+    sg.ops.separable_conv2d(x, dk, pk, padding="same", backend="numpy")
+    backends.set_cpu_kernel("numpy")
+    y = sg.ops.separable_conv2d(x, dk, pk, padding="same", backend="numpy")
+    assert len(calls) == 1 and y[0, 2, 2, 0] == 18  # the NumPy code ran the second call
+    with pytest.raises(ValueError, match="cpu_kernel must be one of"):
+        backends.set_cpu_kernel("llvm")
+    backends.set_cpu_kernel(None)
+    monkeypatch.setenv(backends.CPU_KERNEL_ENV_VAR, "cython")
+    with pytest.raises(ValueError, match="SEPCONV_GPU_CPU_KERNEL"):
+        backends.cpu_kernel()
+    monkeypatch.delenv(backends.CPU_KERNEL_ENV_VAR)
+    monkeypatch.setattr(backends, "numba_status", lambda: (False, "test: no numba"))
+    with pytest.warns(backends.NumbaFallbackWarning, match="test: no numba"):
+        assert backends.cpu_kernel() == "numpy"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backends.cpu_kernel() == "numpy"  # said once only
+    with pytest.raises(sg.BackendUnavailableError, match="test: no numba"):
+        backends.set_cpu_kernel("numba")
+
+
 def test_a_backend_object_is_an_ops():
     """`backend=` takes an `Ops` object as is; an object that only looks like one (it has
     a `separable_conv`) is refused as a bad name, not called."""

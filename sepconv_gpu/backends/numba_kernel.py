@@ -3,15 +3,17 @@
 The NumPy backend (numpy_backend.py) calls `separable_conv` here when Numba imports (the
 "numba" CPU kernel, `backends.cpu_kernel`). Two plans, chosen per call by its size:
 
-- fused (small calls): one parallel loop over blocks of output positions; per position the
-  depthwise sums for all channels go into a thread-local row that stays in L1, the
-  pointwise product, bias and activation follow from it, and the result is written once.
-- chunked (the rest): per chunk of output positions (sized to stay in cache), a parallel
-  depthwise pass into one buffer, one BLAS matmul from it (NumPy's, on all of BLAS's
-  threads), then a parallel epilogue (bias, activation) over the matmul's still-cached
-  result. Numba's and BLAS's threads take turns, never run at once: no oversubscription.
-  BLAS's GEMM beats a loop nest compiled by Numba several times over (measured: 140-180
-  against 25-45 GFLOP/s per core at K = 32-728), which is why it does the pointwise here.
+- fused (small calls, one thread: no hand-over to pay for): per output position, the
+  depthwise sums for all channels into a row that stays in L1, the pointwise product,
+  bias and activation from it, the result written once.
+- chunked (the rest): chunks of output positions (sized to stay in L2) shared out to
+  `threads()` threads; each chunk runs on one thread through a depthwise pass into its
+  buffer, one BLAS matmul from it (BLAS held to one thread meanwhile: no
+  oversubscription) and an epilogue (bias, activation) over the still-cached result.
+  BLAS's GEMM beats a loop nest compiled by Numba several times over (measured here:
+  90-190 against 25-45 GFLOP/s per core at K = 32-728), hence BLAS for the pointwise.
+  The threads are ours, not Numba's OpenMP pool: that pool's spinning workers starved
+  BLAS's threads when the two took turns (measured: a matmul 7x slower).
 
 Every array reaches the kernels flat, with its element strides in (batch, row, column,
 channel) order, so one compiled specialization serves both layouts, 1D and 2D, every
@@ -37,15 +39,15 @@ import threading
 
 import numba
 import numpy as np
-from numba import prange
+
+from .. import geometry as _geometry
+from .numpy_backend import _channels_last_4d
 
 # No reassociation (the tolerance table assumes sums in the reference's order, tap by
 # tap); "contract" lets a multiply and its add become one FMA, which only rounds less.
 _FASTMATH = {"contract"}
 _JIT = dict(cache=True, fastmath=_FASTMATH, nogil=True)
 
-# Output positions per parallel task: enough work per task to hide the scheduling.
-BLOCK = 64
 # Depthwise products (positions · taps · C·M) plus pointwise ones (positions · K · F) up to
 # which a call runs fused: at most a few hundred microseconds of work, where the chunked
 # plan's three passes and BLAS's thread start-up cost more than the loop nest loses.
@@ -237,9 +239,7 @@ def _element_strides(a, rank, channels_first):
 def separable_conv(x, depthwise, pointwise, bias, geom, activation, compute):
     """y = activation(bias + pointwise(depthwise(x))) in `compute` (float32 or float64),
     returned in that dtype; the caller rounds it to x's dtype."""
-    # channels-last input, so that channels are contiguous (the kernels assume it): a
-    # copy only for channels_first, or a non-contiguous or other-dtype x
-    x = np.ascontiguousarray(np.moveaxis(x, 1, -1) if geom.channels_first else x, dtype=compute)
+    xf, xs = _flat_input(_channels_last_4d(x, geom), compute)
     kh, kw = geom.kernel
     k = geom.intermediate_channels
     dk = np.reshape(np.asarray(depthwise, dtype=compute), (kh * kw, k))
@@ -251,12 +251,17 @@ def separable_conv(x, depthwise, pointwise, bias, geom, activation, compute):
     act, param = (code, float(activation.kernel_param)) if code is not None else (0, 0.0)
     elementwise = code is None and activation.kernel_id not in _NOT_ELEMENTWISE | {None}
     per_chunk = _CHUNK_FORMS.get(activation.kernel_id, activation) if elementwise else None
-    y = np.empty(geom.output_shape, dtype=compute)
     g, count = _geometry_vector(geom), geom.output_positions
-    xs, ys = _element_strides(x, geom.rank, False), _element_strides(y, geom.rank, geom.channels_first)
-    xf, yf = x.reshape(-1), y.reshape(-1)
     f = pk.shape[1]
-    if count * (kh * kw * k + k * f) <= FUSED_MAX_PRODUCTS:
+    fused = count * (kh * kw * k + k * f) <= FUSED_MAX_PRODUCTS
+    scratch = 0 if fused else threads() * _chunk_positions(k, f) * (k + f)
+    _geometry.check_host_memory(
+        (math.prod(geom.output_shape) + scratch) * np.dtype(compute).itemsize,
+        f"A separable convolution with output shape {geom.output_shape} (Numba CPU kernel, {compute.__name__})")
+    y = np.empty(geom.output_shape, dtype=compute)
+    ys = _element_strides(y, geom.rank, geom.channels_first)
+    yf = y.reshape(-1)
+    if fused:
         _fused(xf, xs, g, wt, pk, b, act, param, yf, ys, 0, count, np.empty(k, compute),
                np.empty((1, f), compute))
     else:
@@ -265,6 +270,31 @@ def separable_conv(x, depthwise, pointwise, bias, geom, activation, compute):
         if elementwise:
             return y
     return y if code is not None else activation(y)
+
+
+def _flat_input(x4, compute):
+    """(a flat `compute` array, element strides in (batch, row, column, channel) order)
+    for x4, the input viewed (N, H, W, C). Where channels are contiguous (or one), the
+    input is read in place, with its strides, whatever they are (a broadcast input stays a
+    few values: converting to `compute` copies only the memory it spans); otherwise (say,
+    channels_first) it is copied channels-last, as the kernels need contiguous channels."""
+    item = x4.itemsize
+    strides = [st // item for st in x4.strides]
+    if (x4.size == 0 or any(st < 0 or st % item for st in x4.strides)
+            or (x4.shape[3] > 1 and strides[3] != 1)):
+        x4 = np.ascontiguousarray(x4, dtype=compute)
+        flat, strides = x4.reshape(-1), [st // x4.itemsize for st in x4.strides]
+    else:
+        span = 1 + sum((n - 1) * st for n, st in zip(x4.shape, strides))
+        flat = np.asarray(np.lib.stride_tricks.as_strided(x4, shape=(span,), strides=(item,)), dtype=compute)
+    flat = flat.view()
+    flat.flags.writeable = False  # always read-only: Numba compiles one kernel for both
+    return flat, np.array(strides[:3] + [1], dtype=np.int64)
+
+
+def _chunk_positions(k, f):
+    """Output positions per chunk: CHUNK_BYTES of intermediate and result (float32)."""
+    return max(16, CHUNK_BYTES // (4 * (k + f)))
 
 
 def threads():
@@ -310,7 +340,7 @@ def _chunked(xf, xs, g, wt, pk, b, has_bias, act, param, activation, yf, ys, cou
     counter (a loaded core takes fewer). BLAS runs one thread per call meanwhile: the
     parallelism is ours."""
     k, f = pk.shape
-    chunk = max(16, CHUNK_BYTES // (pk.itemsize * (k + f)))
+    chunk = _chunk_positions(k, f)
     n_chunks = -(-count // chunk)
     n_threads = max(1, min(threads(), n_chunks))
     rows = yf.reshape(-1, f)  # channels_last: output positions are y's rows
