@@ -17,18 +17,27 @@ def _model(ours):
     return f" {model['kernel']:>6} {_ms(model['predicted_us'] * 1e-6)} {ratio:>8}"
 
 
+def _cpu_kernel(ours):
+    """The CPU kernel that ran our call and its threads."""
+    run = ours.get("cpu_kernel", {})
+    return f" {run.get('kernel', '-'):>13} {run.get('threads') or '-':>7}"
+
+
 def table(record):
-    """Per mode: each layer's time, % of the roofline floor, the CUDA kernel the dispatch
-    picks with the cost model's predicted time (and on a GPU measured / predicted), on the
-    CPU our peak extra memory over input + output size, and the speedup vs each peer (peer
-    time / ours; '!' marks a peer whose output disagreed, '-' one that did not run)."""
+    """Per mode: each layer's time, % of the roofline floor, on a GPU the CUDA kernel the
+    dispatch picks with the cost model's predicted time and measured / predicted, on the
+    CPU the CPU kernel that ran, its threads and our peak extra memory over input + output
+    size, and the speedup vs each peer (peer time / ours; '!' marks a peer whose output
+    disagreed, '-' one that did not run)."""
     peers, lines = record["peers"], []
     device = record["device"]
     memory = device["kind"] == "cpu"
+    facts = _cpu_kernel if memory else _model
     for mode in record["settings"]["modes"]:
         lines.append(f"\n{mode} | batch {record['settings']['batch']} | {device['kind']}: {device['name']}")
-        head = (f"{'layer':38} {'x':>3} {'ours ms':>9} {'%floor':>7} {'kernel':>6} "
-                f"{'model ms':>9} {'ours/mdl':>8}" + f" {'mem/io':>6}" * memory)
+        head = f"{'layer':38} {'x':>3} {'ours ms':>9} {'%floor':>7} " + (
+            f"{'cpu kernel':>13} {'threads':>7} {'mem/io':>6}" if memory
+            else f"{'kernel':>6} {'model ms':>9} {'ours/mdl':>8}")
         head += "".join(f" {peer + ' ms':>18} {'speedup':>8}" for peer in peers)
         lines += [head, "-" * len(head)]
         for layer in record["layers"]:
@@ -36,7 +45,7 @@ def table(record):
             ours = impls.get(OURS, {})
             row = f"{layer['key']:38.38} {layer['repeat']:>3} "
             row += f"{_ms(ours['median_s'])} {ours['pct_of_floor']:6.0f}%" if "median_s" in ours else f"{'-':>9} {'-':>7}"
-            row += _model(ours)
+            row += facts(ours)
             if memory:
                 row += f" {ours['peak_extra_bytes'] / ours['io_bytes']:6.2f}" if "io_bytes" in ours else f" {'-':>6}"
             for peer in peers:
@@ -49,7 +58,7 @@ def table(record):
             lines.append(row)
         for label, key in (("geomean speedup", "geomean_speedup"), ("min speedup", "min_speedup"),
                            ("network total (x repeat)", "total_speedup")):
-            row = f"{label:38} {'':>3} {'':>9} {'':>7} {'':>6} {'':>9} {'':>8}" + f" {'':>6}" * memory
+            row = f"{label:38} {'':>3} {'':>9} {'':>7} " + " " * (len(facts({})) - 1) + f" {'':>6}" * memory
             for peer in peers:
                 s = record["summary"].get(f"{mode}/{peer}", {})
                 row += f" {'':>18} {(f'{s[key]:.2f}x' if key in s else '-'):>8}"
@@ -59,6 +68,8 @@ def table(record):
             lines.append(f"median time / roofline floor (ours): {ours['median_pct_of_floor']:.0f}%")
         if ours and "model_ratio_geomean" in ours:
             lines.append(f"measured / cost model (ours, geomean): {ours['model_ratio_geomean']:.2f}")
+        if record.get("threads"):
+            lines.append("peers' threads: " + ", ".join(f"{k} {v}" for k, v in record["threads"].items()))
     return "\n".join(lines)
 
 

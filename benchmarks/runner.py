@@ -258,6 +258,36 @@ def model_entry(case, mode, measured_s=None):
     return model
 
 
+def cpu_kernel_entry(case):
+    """Which CPU kernel ran our call ("numba fused", "numba chunked" or "numpy") and on how
+    many threads (the NumPy code's parallel part is BLAS's)."""
+    from sepconv_gpu import backends
+
+    if backends.cpu_kernel() == "numpy":
+        return {"kernel": "numpy", "threads": blas_threads()}
+    from sepconv_gpu.backends import numba_kernel
+
+    plan = numba_kernel.plan(case.layer.geometry(case.batch))
+    return {"kernel": f"numba {plan}", "threads": numba_kernel.threads() if plan == "chunked" else 1}
+
+
+def blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=None)
+
+
+def peer_threads(peer_names):
+    """The threads each peer computes on (TensorFlow's intra-op pool: 0 means one per core)."""
+    threads = {}
+    if "torch_cpu" in peer_names and "torch" in sys.modules:
+        threads["torch_cpu"] = sys.modules["torch"].get_num_threads()
+    if "keras_tf_cpu" in peer_names and "tensorflow" in sys.modules:
+        n = sys.modules["tensorflow"].config.threading.get_intra_op_parallelism_threads()
+        threads["keras_tf_cpu"] = n or os.cpu_count()
+    return threads
+
+
 def run_case(layer, batch, mode, device, settings, peer_names, seed=0, progress=None):
     """Ours and every peer on one layer in one mode: the layer's entry for that mode.
 
@@ -301,7 +331,10 @@ def run_case(layer, batch, mode, device, settings, peer_names, seed=0, progress=
         result |= {"note": impl.note, "pct_of_floor": 100 * result["median_s"] / floor}
         if name == peers.OURS:
             reference, ours = out, timers[name].samples
-            result["model"] = model_entry(case, mode, result["median_s"] if device.gpu else None)
+            if device.gpu:
+                result["model"] = model_entry(case, mode, result["median_s"])
+            else:
+                result["cpu_kernel"] = cpu_kernel_entry(case)
             if not device.gpu:
                 result["peak_extra_bytes"] = peak_extra_bytes(lambda: impl.call(0))
                 result["io_bytes"] = case.xs[0].nbytes + out.size * np.dtype(dtype).itemsize
@@ -394,6 +427,8 @@ def run(device_kind, layers, modes, batch, peer_names, settings, progress=None):
             "undisturbed": undisturbed,
         })
     record["load_average_after"] = list(os.getloadavg())
+    if not device.gpu:  # ours per layer: its entry's "cpu_kernel"
+        record["threads"] = peer_threads(peer_names)
     record["wall_s"] = time.perf_counter() - start
     disturbed = [l["other_processes_cpu_s"] for l in record["layers"]]
     record["other_processes_cpu_s"] = None if None in disturbed else sum(disturbed)

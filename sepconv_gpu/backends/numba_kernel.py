@@ -253,7 +253,7 @@ def separable_conv(x, depthwise, pointwise, bias, geom, activation, compute):
     per_chunk = _CHUNK_FORMS.get(activation.kernel_id, activation) if elementwise else None
     g, count = _geometry_vector(geom), geom.output_positions
     f = pk.shape[1]
-    fused = count * (kh * kw * k + k * f) <= FUSED_MAX_PRODUCTS
+    fused = plan(geom) == "fused"
     scratch = 0 if fused else threads() * _chunk_positions(k, f) * (k + f)
     _geometry.check_host_memory(
         (math.prod(geom.output_shape) + scratch) * np.dtype(compute).itemsize,
@@ -270,6 +270,13 @@ def separable_conv(x, depthwise, pointwise, bias, geom, activation, compute):
         if elementwise:
             return y
     return y if code is not None else activation(y)
+
+
+def plan(geom):
+    """"fused" (one thread) or "chunked" (`threads()` threads): how a call runs."""
+    k, f = geom.intermediate_channels, geom.filters
+    products = geom.output_positions * (geom.kernel[0] * geom.kernel[1] * k + k * f)
+    return "fused" if products <= FUSED_MAX_PRODUCTS else "chunked"
 
 
 def _flat_input(x4, compute):
