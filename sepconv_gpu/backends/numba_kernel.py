@@ -242,10 +242,8 @@ def separable_conv(x, depthwise, pointwise, bias, geom, activation, compute):
     xf, xs = _flat_input(_channels_last_4d(x, geom), compute)
     kh, kw = geom.kernel
     k = geom.intermediate_channels
-    dk = np.reshape(np.asarray(depthwise, dtype=compute), (kh * kw, k))
-    wt = np.tile(dk, (1, max(1, RUN_ELEMENTS // k)))  # see _depthwise_rows
-    pk = np.ascontiguousarray(np.reshape(pointwise, (geom.intermediate_channels, geom.filters)),
-                              dtype=compute)
+    dk = np.ascontiguousarray(np.reshape(depthwise, (kh * kw, k)), dtype=compute)
+    pk = np.ascontiguousarray(np.reshape(pointwise, (k, geom.filters)), dtype=compute)
     b = np.zeros(geom.filters, compute) if bias is None else np.ascontiguousarray(bias, dtype=compute)
     code = _FUSED.get(activation.kernel_id)
     act, param = (code, float(activation.kernel_param)) if code is not None else (0, 0.0)
@@ -261,10 +259,11 @@ def separable_conv(x, depthwise, pointwise, bias, geom, activation, compute):
     y = np.empty(geom.output_shape, dtype=compute)
     ys = _element_strides(y, geom.rank, geom.channels_first)
     yf = y.reshape(-1)
-    if fused:
-        _fused(xf, xs, g, wt, pk, b, act, param, yf, ys, 0, count, np.empty(k, compute),
+    if fused:  # one output at a time: dk as it is (see _depthwise_rows)
+        _fused(xf, xs, g, dk, pk, b, act, param, yf, ys, 0, count, np.empty(k, compute),
                np.empty((1, f), compute))
     else:
+        wt = np.tile(dk, (1, max(1, RUN_ELEMENTS // k)))  # see _depthwise_rows
         _chunked(xf, xs, g, wt, pk, b, bias is not None, act, param, per_chunk, yf, ys, count,
                  geom.channels_first)
         if elementwise:
@@ -287,7 +286,9 @@ def _flat_input(x4, compute):
     channels_first) it is copied channels-last, as the kernels need contiguous channels."""
     item = x4.itemsize
     strides = [st // item for st in x4.strides]
-    if (x4.size == 0 or any(st < 0 or st % item for st in x4.strides)
+    if x4.flags.c_contiguous and x4.dtype == compute:  # the usual case, quickly
+        flat = x4.reshape(-1)
+    elif (x4.size == 0 or any(st < 0 or st % item for st in x4.strides)
             or (x4.shape[3] > 1 and strides[3] != 1)):
         x4 = np.ascontiguousarray(x4, dtype=compute)
         flat, strides = x4.reshape(-1), [st // x4.itemsize for st in x4.strides]
