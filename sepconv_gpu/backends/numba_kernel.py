@@ -366,7 +366,8 @@ def _chunked(xf, xs, g, wt, pk, b, has_bias, act, param, activation, yf, ys, cou
             out = z[:n] if channels_first else rows[p0:p0 + n]
             np.matmul(d[:n], pk, out=out)
             if activation is None:
-                _epilogue(out, b, has_bias, act, param, yf, ys, g, p0, channels_first)
+                if has_bias or act or channels_first:  # else nothing is left to do
+                    _epilogue(out, b, has_bias, act, param, yf, ys, g, p0, channels_first)
                 continue
             _epilogue(out, b, has_bias, act, param, yf, ys, g, p0, False)
             out[...] = activation(out)
