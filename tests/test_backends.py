@@ -199,3 +199,34 @@ def test_failed_set_backend_changes_nothing(no_cuda):
     with pytest.raises(sg.BackendUnavailableError):
         sg.set_backend("cuda")
     assert backends._global_choice is None
+
+
+def test_numba_kernel_concurrent_calls_agree_and_give_blas_its_threads_back():
+    """Calls from several threads at once (each chunked over the kernel's threads, BLAS
+    held to one thread meanwhile) compute what the reference does, and afterwards BLAS
+    has its own thread count again (the limit is process-wide: the last call out restores it)."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 32, 32, 16)).astype("f4")  # 1.3M multiply-adds: chunked
+    dk = rng.standard_normal((3, 3, 16, 1)).astype("f4")
+    pk = rng.standard_normal((1, 1, 16, 32)).astype("f4")
+    ref = sg.ops.reference_separable_conv(2, x, dk, pk, None, padding="same", activation="relu6")
+    results, start = [None] * 4, threading.Barrier(4)
+
+    def call(i):
+        start.wait()
+        results[i] = sg.ops.separable_conv2d(x, dk, pk, padding="same", activation="relu6", backend="numpy")
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for y in results:
+        np.testing.assert_allclose(y, ref, rtol=0, atol=2e-5 * max(1, np.abs(ref).max()))
+    assert blas_threads() == before

@@ -32,6 +32,7 @@ non-default parameter) by NumPy to the whole result.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import itertools
 import math
@@ -332,6 +333,28 @@ def _blas_controller():
     return ThreadpoolController()
 
 
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limit = None
+
+
+@contextlib.contextmanager
+def _blas_on_one_thread():
+    """BLAS on one thread while any call of ours runs (the setting is process-wide:
+    concurrent calls count themselves in and out, the last one out restores it)."""
+    global _blas_users, _blas_limit
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limit = _blas_controller().limit(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limit.restore_original_limits()
+
 def _buffer(name, shape, dtype):
     """This thread's scratch array of at least `shape`, reused across calls."""
     buf = getattr(_local, name, None)
@@ -374,7 +397,7 @@ def _chunked(xf, xs, g, wt, pk, b, has_bias, act, param, activation, yf, ys, cou
             if channels_first:
                 _epilogue(out, b, False, 0, 0.0, yf, ys, g, p0, True)
 
-    with _blas_controller().limit(limits=1, user_api="blas"):
+    with _blas_on_one_thread():
         if n_threads == 1:
             return work()
         pool = _workers(n_threads)
