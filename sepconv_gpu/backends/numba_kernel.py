@@ -123,12 +123,26 @@ def _depthwise_rows(x, xs, g, wt, p0, d, q0, n):
             d[at + e] = 0.0
         for i in range(kh):
             ih = r * sh - pt + i * dh
-            for j in range(kw):
+            j = 0
+            while j < kw:
                 t = i * kw + j
+                first = col * sw - pl + j * dw  # input column of output col on tap j
+                if (m == 1 and j + 2 < kw and 0 <= ih < h and first >= 0
+                        and first + (cols - 1) * sw + 2 * dw < w):
+                    # taps j, j + 1, j + 2 all inside the input for every output here: one
+                    # pass adds the three, in the same order (a third of the loads and
+                    # stores of d)
+                    base = max(b * xs0 + ih * xs1 + first * xs2, 0)
+                    base1, base2 = max(base + dw * xs2, 0), max(base + 2 * dw * xs2, 0)
+                    for e in range(cols * c):
+                        d[at + e] = ((d[at + e] + x[base + e] * wt[t, e]) + x[base1 + e] * wt[t + 1, e]
+                                     ) + x[base2 + e] * wt[t + 2, e]
+                    j += 3
+                    continue
+                j += 1
                 # outputs col + [lo, hi) read inside the input on this tap
                 lo, hi = 0, 0
                 if 0 <= ih < h:
-                    first = col * sw - pl + j * dw  # input column of output col
                     if cols == 1:
                         lo, hi = 0, 1 if 0 <= first < w else 0
                     else:
@@ -142,7 +156,7 @@ def _depthwise_rows(x, xs, g, wt, p0, d, q0, n):
                     # below needs no negative-index wraparound, which would keep the loops
                     # from vectorizing (array views would too: their reference counting
                     # costs more than a short loop)
-                    base = max(b * xs0 + ih * xs1 + ((col + lo) * sw - pl + j * dw) * xs2, 0)
+                    base = max(b * xs0 + ih * xs1 + (first + lo * sw) * xs2, 0)
                     out = max(at + lo * k, 0)
                     if m == 1:  # (hi - lo) neighbours, contiguous when cols > 1
                         for e in range((hi - lo) * c):
