@@ -26,6 +26,7 @@ DISTRIBUTIONS = {
     "numpy": ["numpy"], "sepconv_gpu": ["sepconv_gpu"], "cupy": ["cupy-cuda13x", "cupy-cuda12x", "cupy"],
     "torch": ["torch"], "tensorflow": ["tensorflow", "tensorflow-cpu"], "keras": ["keras"],
     "jax": ["jax"], "jaxlib": ["jaxlib"], "nvtx": ["nvtx"], "matplotlib": ["matplotlib"],
+    "numba": ["numba"], "threadpoolctl": ["threadpoolctl"],
 }
 # Per device: samples per timing, warm-up calls, least sample length, pause between
 # implementations, (CPU) retries of a layer other processes disturbed, with the
