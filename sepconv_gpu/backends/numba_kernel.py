@@ -8,10 +8,11 @@ The NumPy backend (numpy_backend.py) calls `separable_conv` here when Numba impo
   bias and activation from it, the result written once.
 - chunked (the rest): chunks of output positions (sized to stay in L2) shared out to
   `threads()` threads; each chunk runs on one thread through a depthwise pass into its
-  buffer, one BLAS matmul from it (BLAS held to one thread meanwhile: no
-  oversubscription) and an epilogue (bias, activation) over the still-cached result.
+  buffer, one BLAS matmul from it into a second one (BLAS held to one thread meanwhile:
+  no oversubscription) and an epilogue (bias, activation) over that still-cached result,
+  which writes it to the output once.
   BLAS's GEMM beats a loop nest compiled by Numba several times over (measured here:
-  90-190 against 25-45 GFLOP/s per core at K = 32-728), hence BLAS for the pointwise.
+  90-190 against 15-45 GFLOP/s per core at K = 32-728), hence BLAS for the pointwise.
   The threads are ours, not Numba's OpenMP pool: that pool's spinning workers starved
   BLAS's threads when the two took turns (measured: a matmul 7x slower).
 
@@ -239,10 +240,10 @@ def _depthwise(x, xs, g, wt, p0, d):
 
 
 @numba.njit(**_JIT)
-def _epilogue(z, bias, has_bias, act, param, y, ys, g, p0, scatter):
+def _epilogue(z, bias, has_bias, act, param, y, ys, g, p0, store):
     """Every row q of z (output position p0 + q): bias and activation in place; with
-    `scatter`, then stored into y."""
-    _finish_rows(z, 0, z.shape[0], bias, has_bias, act, param, y, ys, g, p0, scatter)
+    `store`, then written into y."""
+    _finish_rows(z, 0, z.shape[0], bias, has_bias, act, param, y, ys, g, p0, store)
 
 
 def _element_strides(a, rank, channels_first):
