@@ -20,15 +20,20 @@ def profile_of(record):
 def our_columns(record):
     """Our columns: (header, width, cell(our result)); a cell whose field is absent
     shows '-'. Add a column here to show another fact of ours."""
-    columns = [("ours ms", 9, lambda o: f"{o['median_s'] * 1e3:.3f}"),      # per call
-               ("dev ms", 9, lambda o: f"{o['device_s'] * 1e3:.3f}"),       # device time
-               ("%floor", 7, lambda o: f"{o['pct_of_floor']:.0f}%"),
-               ("kernel", 6, lambda o: o["model"]["kernel"]),               # the CUDA kernel
-               ("model ms", 9, lambda o: f"{o['model']['predicted_us'] / 1e3:.3f}"),
-               ("ours/mdl", 8, lambda o: f"{o['model']['ratio']:.2f}")]
-    if record["device"]["kind"] == "cpu":  # our peak extra memory over input + output
-        columns.append(("mem/io", 6, lambda o: f"{o['peak_extra_bytes'] / o['io_bytes']:.2f}"))
-    return columns
+    columns = [("ours ms", 9, lambda o: f"{o['median_s'] * 1e3:.3f}")]      # per call
+    if record["device"]["kind"] == "cpu":  # CPU facts: the CPU kernel that ran, its
+        # threads, our peak extra memory over input + output
+        return columns + [
+            ("%floor", 7, lambda o: f"{o['pct_of_floor']:.0f}%"),
+            ("cpu kernel", 13, lambda o: o["cpu_kernel"]["kernel"]),
+            ("threads", 7, lambda o: str(o["cpu_kernel"]["threads"])),
+            ("mem/io", 6, lambda o: f"{o['peak_extra_bytes'] / o['io_bytes']:.2f}")]
+    return columns + [
+        ("dev ms", 9, lambda o: f"{o['device_s'] * 1e3:.3f}"),       # device time
+        ("%floor", 7, lambda o: f"{o['pct_of_floor']:.0f}%"),
+        ("kernel", 6, lambda o: o["model"]["kernel"]),               # the CUDA kernel
+        ("model ms", 9, lambda o: f"{o['model']['predicted_us'] / 1e3:.3f}"),
+        ("ours/mdl", 8, lambda o: f"{o['model']['ratio']:.2f}")]
 
 
 def peer_columns(record, peer):
@@ -57,6 +62,12 @@ def _cells(columns, result):
 
 def _heads(columns):
     return "".join(f" {head:>{width}}" for head, width, _ in columns)
+
+
+def _cpu_kernel(ours):
+    """The CPU kernel that ran our call and its threads."""
+    run = ours.get("cpu_kernel", {})
+    return f" {run.get('kernel', '-'):>13} {run.get('threads') or '-':>7}"
 
 
 def table(record):
@@ -122,6 +133,8 @@ def table(record):
             lines.append(f"inputs cache-resident (rotation within 2x the cache): {', '.join(resident)}")
     for failure in record.get("failures", []):
         lines.append(f"WRONG: {failure}")
+        if record.get("threads"):
+            lines.append("peers' threads: " + ", ".join(f"{k} {v}" for k, v in record["threads"].items()))
     return "\n".join(lines)
 
 

@@ -27,6 +27,7 @@ DISTRIBUTIONS = {
     "jax": ["jax"], "jaxlib": ["jaxlib"], "jax_cuda_plugin": ["jax-cuda13-plugin", "jax-cuda12-plugin"],
     "nvidia_nvrtc": ["nvidia-cuda-nvrtc", "nvidia-cuda-nvrtc-cu12"], "nvtx": ["nvtx"],
     "matplotlib": ["matplotlib"],
+    "numba": ["numba"], "threadpoolctl": ["threadpoolctl"],
 }
 # Per device: samples (rounds) per timing, warm-up calls, least sample length, pause
 # between implementations, (CPU) retries of a layer other processes disturbed, with the
@@ -426,6 +427,36 @@ def _checked_timers(builders, case, mode, device, settings, progress):
     return impls, timers, entries
 
 
+def cpu_kernel_entry(case):
+    """Which CPU kernel ran our call ("numba fused", "numba chunked" or "numpy") and on how
+    many threads (the NumPy code's parallel part is BLAS's)."""
+    from sepconv_gpu import backends
+
+    if backends.cpu_kernel() == "numpy":
+        return {"kernel": "numpy", "threads": blas_threads()}
+    from sepconv_gpu.backends import numba_kernel
+
+    plan = numba_kernel.plan(case.layer.geometry(case.batch))
+    return {"kernel": f"numba {plan}", "threads": numba_kernel.threads() if plan == "chunked" else 1}
+
+
+def blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=None)
+
+
+def peer_threads(peer_names):
+    """The threads each peer computes on (TensorFlow's intra-op pool: 0 means one per core)."""
+    threads = {}
+    if "torch_cpu" in peer_names and "torch" in sys.modules:
+        threads["torch_cpu"] = sys.modules["torch"].get_num_threads()
+    if "keras_tf_cpu" in peer_names and "tensorflow" in sys.modules:
+        n = sys.modules["tensorflow"].config.threading.get_intra_op_parallelism_threads()
+        threads["keras_tf_cpu"] = n or os.cpu_count()
+    return threads
+
+
 def run_case(layer, batch, mode, device, settings, peer_names, seed=0, progress=None):
     """Ours and every peer on one layer in one mode: the layer's entry for that mode.
 
@@ -476,11 +507,13 @@ def run_case(layer, batch, mode, device, settings, peer_names, seed=0, progress=
                 r["device_speedup"] = _ratio(r.get("device_s"), ours.get("device_s"))
         measured, by = ((ours["device_s"], "device time") if ours.get("device_s")
                         else (ours["median_s"], "per-call time") if device.gpu else (None, None))
-        ours["model"] = model_entry(case, mode, measured, plan, by)
-        if not device.gpu:
+        if device.gpu:
+            ours["model"] = model_entry(case, mode, measured, plan, by)
+        else:  # CPU facts, not the GPU model's
+            ours["cpu_kernel"] = cpu_kernel_entry(case)
             ours["peak_extra_bytes"] = peak_extra_bytes(lambda: impls[peers.OURS].call(0))
             ours["io_bytes"] = xs[0].nbytes + math.prod(case.out_shape) * np.dtype(dtype).itemsize
-    else:
+    elif device.gpu:
         ours["model"] = model_entry(case, mode, plan=plan)
     entries.pop(AGAIN, None)  # kept in ours' "aa"
     entry = {"floor_s": floor, "rotation": rotation, "impls": entries,
@@ -665,6 +698,8 @@ def run(device_kind, layers, modes, batch, peer_names, settings, progress=None, 
             save(record)
     record["load_average_after"] = list(os.getloadavg())
     record["gpu_state_after"] = gpu_state() if device.gpu else None
+    if not device.gpu:  # ours per layer: its entry's "cpu_kernel"
+        record["threads"] = peer_threads(peer_names)
     disturbed = [l["other_processes_cpu_s"] for l in record["layers"]]
     record["other_processes_cpu_s"] = None if None in disturbed else sum(disturbed)
     if settings.get("autotune"):  # what the device chose, every candidate's times

@@ -44,16 +44,20 @@ def _sync(backend):
 
 
 def _time_call(layer, x, repeats, backend=None):
+    """(y, median seconds of `repeats` calls, seconds of the first call: building, and
+    compiling kernels or loading them from the disk cache, GPU or CPU)."""
     backend = backend or layer.backend
-    layer(x)  # build, and compile kernels on the GPU
+    t0 = time.perf_counter()
+    layer(x)
     _sync(backend)
+    first = time.perf_counter() - t0
     samples = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         y = layer(x)
         _sync(backend)
         samples.append(time.perf_counter() - t0)
-    return y, statistics.median(samples)
+    return y, statistics.median(samples), first
 
 
 def _rel_error(y, reference):
@@ -82,8 +86,9 @@ def folded_block_rows(args, x, rng):
 
     rows = []
     for name, call in (("block_bn_3_passes", three_passes), ("block_bn_folded", folded)):
-        y, seconds = _time_call(call, x, args.repeats, backend=conv.backend)
-        rows.append((name, tuple(x.shape), tuple(y.shape), seconds, _rel_error(y, reference), conv.backend))
+        y, seconds, first = _time_call(call, x, args.repeats, backend=conv.backend)
+        rows.append((name, tuple(x.shape), tuple(y.shape), seconds, first, _rel_error(y, reference),
+                     conv.backend))
     return rows
 
 
@@ -144,32 +149,40 @@ def main(argv=None):
     x = rng.standard_normal((args.batch, args.size, args.size, args.channels)).astype(args.dtype)
     x = sg.backends.get_ops(backend).asarray(x)  # time the layers, not host transfers
     rows = folded_block_rows(args, x, rng)
-    worst = max(row[4] for row in rows)
+    worst = max(row[5] for row in rows)
     with Progress(len(layers) + 1, label="layers") as bar:
         for layer, _ in layers:
             in_shape = tuple(x.shape)
-            y, seconds = _time_call(layer, x, args.repeats)
+            y, seconds, first = _time_call(layer, x, args.repeats)
             ref = sg.ops.reference_separable_conv(
                 2, x, *layer.get_weights()[:2], layer.get_weights()[2] if layer.use_bias else None,
                 layer.strides, layer.padding, layer.data_format, layer.dilation_rate, layer.activation)
             err = _rel_error(y, ref)
-            rows.append((layer.name, in_shape, tuple(y.shape), seconds, err, layer.backend))
+            rows.append((layer.name, in_shape, tuple(y.shape), seconds, first, err, layer.backend))
             worst = max(worst, err)
             x = y
             bar.update(note=layer.name)
         seq = x.reshape(x.shape[0], -1, x.shape[-1])  # flatten space into a 1D sequence
-        y, seconds = _time_call(conformer, seq, args.repeats)
+        y, seconds, first = _time_call(conformer, seq, args.repeats)
         w = conformer.get_weights()
         err = _rel_error(y, sg.ops.reference_separable_conv(1, seq, *w, padding="same", activation="swish"))
-        rows.append((conformer.name, tuple(seq.shape), tuple(y.shape), seconds, err, conformer.backend))
+        rows.append((conformer.name, tuple(seq.shape), tuple(y.shape), seconds, first, err, conformer.backend))
         worst = max(worst, err)
         bar.update(note=conformer.name)
 
-    header = f"{'layer':<22}{'input':<22}{'output':<22}{'time ms':>10}{'max rel err':>14}  backend"
+    header = (f"{'layer':<22}{'input':<22}{'output':<22}{'time ms':>10}{'first ms':>10}"
+              f"{'max rel err':>14}  backend")
     print(header)
     print("-" * len(header))
-    for name, shp_in, shp_out, seconds, err, be in rows:
-        print(f"{name:<22}{str(shp_in):<22}{str(shp_out):<22}{seconds * 1e3:>10.2f}{err:>14.2e}  {be}")
+    for name, shp_in, shp_out, seconds, first, err, be in rows:
+        print(f"{name:<22}{str(shp_in):<22}{str(shp_out):<22}{seconds * 1e3:>10.2f}{first * 1e3:>10.1f}"
+              f"{err:>14.2e}  {be}")
+    if backend == "numpy":
+        kernel = sg.backends.cpu_kernel()
+        threads = f", {__import__('numba').get_num_threads()} threads" if kernel == "numba" else ""
+        print(f"\nCPU kernel: {kernel}{threads}; the first call in this process took "
+              f"{rows[0][4]:.2f} s (for numba: loading the compiled kernels from the disk cache, "
+              f"or compiling them once after an install)")
     tol = TOLERANCE[args.dtype]
     verdict = "OK" if worst <= tol else "FAILED"
     print(f"\n{verdict}: worst error {worst:.2e} vs the float64 reference (tolerance {tol:g}), "

@@ -66,6 +66,48 @@ def test_bad_names_are_refused(monkeypatch):
         backends.requested_backend()
 
 
+@pytest.fixture
+def cpu_rule(monkeypatch):
+    monkeypatch.delenv(backends.CPU_KERNEL_ENV_VAR, raising=False)
+    monkeypatch.setattr(backends, "_cpu_kernel_choice", None)
+    monkeypatch.setattr(backends, "_numba_fallback_said", False)
+
+
+def test_cpu_kernel_rule(cpu_rule, monkeypatch):
+    """Numba where it imports; the NumPy code by name (set_cpu_kernel beats the env var)
+    or where Numba is missing, said once; bad names and a missing Numba asked for by name
+    are clear errors."""
+    from sepconv_gpu.backends import numba_kernel
+
+    assert backends.cpu_kernel() == "numba"
+    monkeypatch.setenv(backends.CPU_KERNEL_ENV_VAR, "numpy")
+    assert backends.cpu_kernel() == "numpy"
+    backends.set_cpu_kernel("numba")
+    assert backends.cpu_kernel() == "numba"
+    x, dk, pk = np.ones((1, 5, 5, 2), "f4"), np.ones((3, 3, 2, 1), "f4"), np.ones((1, 1, 2, 3), "f4")
+    calls = []
+    monkeypatch.setattr(numba_kernel, "separable_conv", lambda *a: calls.append(a) or np.zeros((1, 5, 5, 3), "f4"))
+    sg.ops.separable_conv2d(x, dk, pk, padding="same", backend="numpy")
+    backends.set_cpu_kernel("numpy")
+    y = sg.ops.separable_conv2d(x, dk, pk, padding="same", backend="numpy")
+    assert len(calls) == 1 and y[0, 2, 2, 0] == 18  # the NumPy code ran the second call
+    with pytest.raises(ValueError, match="cpu_kernel must be one of"):
+        backends.set_cpu_kernel("llvm")
+    backends.set_cpu_kernel(None)
+    monkeypatch.setenv(backends.CPU_KERNEL_ENV_VAR, "cython")
+    with pytest.raises(ValueError, match="SEPCONV_GPU_CPU_KERNEL"):
+        backends.cpu_kernel()
+    monkeypatch.delenv(backends.CPU_KERNEL_ENV_VAR)
+    monkeypatch.setattr(backends, "numba_status", lambda: (False, "test: no numba"))
+    with pytest.warns(backends.NumbaFallbackWarning, match="test: no numba"):
+        assert backends.cpu_kernel() == "numpy"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backends.cpu_kernel() == "numpy"  # said once only
+    with pytest.raises(sg.BackendUnavailableError, match="test: no numba"):
+        backends.set_cpu_kernel("numba")
+
+
 def test_a_backend_object_is_an_ops():
     """`backend=` takes an `Ops` object as is; an object that only looks like one (it has
     a `separable_conv`) is refused as a bad name, not called."""
@@ -157,3 +199,34 @@ def test_failed_set_backend_changes_nothing(no_cuda):
     with pytest.raises(sg.BackendUnavailableError):
         sg.set_backend("cuda")
     assert backends._global_choice is None
+
+
+def test_numba_kernel_concurrent_calls_agree_and_give_blas_its_threads_back():
+    """Calls from several threads at once (each chunked over the kernel's threads, BLAS
+    held to one thread meanwhile) compute what the reference does, and afterwards BLAS
+    has its own thread count again (the limit is process-wide: the last call out restores it)."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 32, 32, 16)).astype("f4")  # 1.3M multiply-adds: chunked
+    dk = rng.standard_normal((3, 3, 16, 1)).astype("f4")
+    pk = rng.standard_normal((1, 1, 16, 32)).astype("f4")
+    ref = sg.ops.reference_separable_conv(2, x, dk, pk, None, padding="same", activation="relu6")
+    results, start = [None] * 4, threading.Barrier(4)
+
+    def call(i):
+        start.wait()
+        results[i] = sg.ops.separable_conv2d(x, dk, pk, padding="same", activation="relu6", backend="numpy")
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for y in results:
+        np.testing.assert_allclose(y, ref, rtol=0, atol=2e-5 * max(1, np.abs(ref).max()))
+    assert blas_threads() == before

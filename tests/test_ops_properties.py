@@ -1,5 +1,7 @@
-"""Property tests: the tiled fast path against the float64 reference, any geometry, tiles
-of any size (from one output row to the default) and any activation, callables included."""
+"""Property tests: both CPU kernels against the float64 reference, any geometry and any
+activation, callables included: the NumPy code with tiles of any size (from one output row
+to the default), the Numba kernel in both its plans (fused; chunked, with chunks of any
+size, down to a few positions across threads)."""
 from unittest import mock
 
 import numpy as np
@@ -7,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sepconv_gpu import activations, ops
+from sepconv_gpu import activations, backends, ops
 from sepconv_gpu.backends.cpu import numpy_backend
 
 from _cases import assert_matches, conv_configs, examples, input_shape
@@ -26,17 +28,43 @@ CALLABLES = [centered, scaled_by_max]
 ACTIVATIONS = list(activations.NAMES) + CALLABLES
 # Bytes per tile: one output row of one image, a few rows, several whole images, the default.
 TILE_SIZES = [1, 256, 4096, numpy_backend.TILE_BYTES]
+# The CPU kernels: the NumPy code (with a tile size), the Numba kernel fused (as small calls
+# run) or chunked (as large calls run) with CHUNK_BYTES 1 (16-position chunks, split
+# mid-row, over both threads) or its default.
+KERNELS = ([("numpy", t) for t in TILE_SIZES]
+           + [("numba", "fused"), ("numba", 1), ("numba", "default")] * 2)
 
 
 def conv_case(activation):
     """Configurations with `activation`, in every dtype that holds it (exponential can
     overflow float16 on its own), any geometry with a non-empty output (inputs smaller than
-    the dilated kernel included, under `same` and `causal`), and a tile size for the fast
-    path."""
+    the dilated kernel included, under `same` and `causal`), and a CPU kernel with its tile
+    or chunk size."""
     dtypes = ("float32", "float64") if activation == "exponential" else ("float32", "float16", "float64")
     return st.tuples(conv_configs(slack=(8, 8), dtypes=dtypes,
                                   activation_choices=lambda dtype: [activation]),
-                     st.sampled_from(TILE_SIZES)).map(lambda c: {**c[0], "tile_bytes": c[1]})
+                     st.sampled_from(KERNELS)).map(lambda c: {**c[0], "kernel_plan": c[1]})
+
+
+def cpu_kernel(plan):
+    """A context running the NumPy backend on `plan`, a (kernel, tile or chunk size)."""
+    import contextlib
+
+    name, size = plan
+    stack = contextlib.ExitStack()
+    previous = backends._cpu_kernel_choice
+    backends.set_cpu_kernel(name)
+    stack.callback(backends.set_cpu_kernel, previous)
+    if name == "numpy":
+        stack.enter_context(mock.patch.object(numpy_backend, "TILE_BYTES", size))
+    elif size != "default":
+        from sepconv_gpu.backends import numba_kernel
+
+        fused = size == "fused"
+        stack.enter_context(mock.patch.object(numba_kernel, "FUSED_MAX_PRODUCTS", 2**62 if fused else 0))
+        if not fused:
+            stack.enter_context(mock.patch.object(numba_kernel, "CHUNK_BYTES", size))
+    return stack
 
 
 def make_inputs(c):
@@ -56,7 +84,7 @@ def run_both(c, x, dk, pk, b):
         ref = ops.reference_separable_conv(c["rank"], x, dk, pk, b, *args)
     except ValueError:
         ref = None
-    with mock.patch.object(numpy_backend, "TILE_BYTES", c.get("tile_bytes", numpy_backend.TILE_BYTES)):
+    with cpu_kernel(c.get("kernel_plan", ("numpy", numpy_backend.TILE_BYTES))):
         if ref is None:
             with pytest.raises(ValueError):
                 ops.separable_conv(c["rank"], x, dk, pk, b, *args, backend="numpy")
@@ -86,7 +114,7 @@ def test_small_tiles_split_rows_and_images(tile_bytes, activation):
     for data_format in ("channels_last", "channels_first"):
         c = dict(rank=2, padding="same", kernel=(3, 3), strides=(2, 1), dilation=(1, 1), spatial=(9, 7),
                  batch=5, channels=3, multiplier=2, filters=4, data_format=data_format, use_bias=True,
-                 dtype="float32", activation=activation, tile_bytes=tile_bytes, seed=1)
+                 dtype="float32", activation=activation, kernel_plan=("numpy", tile_bytes), seed=1)
         y, ref = run_both(c, *make_inputs(c))
         assert_matches(y, ref)
 
@@ -131,7 +159,8 @@ def test_fast_path_extra_memory_is_per_tile_not_im2col():
     pk = rng.standard_normal((1, 1, 16, 16)).astype(np.float32)
     tracemalloc.start()
     try:
-        y = ops.separable_conv2d(x, dk, pk, padding="same", activation="relu", backend="numpy")
+        with cpu_kernel(("numpy", numpy_backend.TILE_BYTES)):
+            y = ops.separable_conv2d(x, dk, pk, padding="same", activation="relu", backend="numpy")
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

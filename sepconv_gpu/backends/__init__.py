@@ -3,6 +3,12 @@
 Selection, strongest first: an explicit `backend=` argument, `use_backend(...)`,
 `set_backend(...)`, the `SEPCONV_GPU_BACKEND` environment variable, then "auto"
 (CUDA when CuPy imports and a device answers, else NumPy, said once).
+
+On the NumPy backend, the CPU kernel: "numba" (compiled, fused, multi-core:
+numba_kernel.py) where Numba imports, else "numpy" (numpy_backend.py's tiled NumPy code,
+said once); either by name with `set_cpu_kernel` or `SEPCONV_GPU_CPU_KERNEL`. The compiled
+kernel runs on Numba's threads (all cores unless `numba.set_num_threads` or
+NUMBA_NUM_THREADS says fewer).
 """
 from __future__ import annotations
 
@@ -16,6 +22,8 @@ import warnings
 
 BACKEND_NAMES = ("auto", "numpy", "cuda")
 ENV_VAR = "SEPCONV_GPU_BACKEND"
+CPU_KERNEL_NAMES = ("auto", "numba", "numpy")
+CPU_KERNEL_ENV_VAR = "SEPCONV_GPU_CPU_KERNEL"
 
 logger = logging.getLogger("sepconv_gpu")
 
@@ -76,16 +84,65 @@ class NumpyFallbackWarning(UserWarning):
     """Backend "auto" found no usable CUDA device and runs on NumPy."""
 
 
+class NumbaFallbackWarning(UserWarning):
+    """CPU kernel "auto" found no Numba and runs the NumPy code."""
+
+
 _global_choice = None
 _context_choice = contextvars.ContextVar("sepconv_gpu_backend", default=None)
 _lock = threading.Lock()
 _fallback_said = False
+_cpu_kernel_choice = None
+_numba_fallback_said = False
 
 
-def _check_name(name, where):
-    if not isinstance(name, str) or name.lower() not in BACKEND_NAMES:
-        raise ValueError(f"{where} must be one of {BACKEND_NAMES}; received {name!r}")
+def _check_name(name, where, names=BACKEND_NAMES):
+    if not isinstance(name, str) or name.lower() not in names:
+        raise ValueError(f"{where} must be one of {names}; received {name!r}")
     return name.lower()
+
+
+@functools.lru_cache(maxsize=None)
+def numba_status():
+    """(available, reason): Numba imports."""
+    try:
+        import numba  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install (llvmlite) raising anything
+        return False, f"Numba is not importable ({type(exc).__name__}: {exc})"
+    return True, ""
+
+
+def set_cpu_kernel(name):
+    """The NumPy backend's kernel: "auto" (Numba where it imports), "numba" or "numpy";
+    None clears the choice (then SEPCONV_GPU_CPU_KERNEL, then "auto")."""
+    global _cpu_kernel_choice
+    choice = None if name is None else _check_name(name, "cpu_kernel", CPU_KERNEL_NAMES)
+    if choice == "numba" and not numba_status()[0]:
+        raise BackendUnavailableError(f"The 'numba' CPU kernel was requested: {numba_status()[1]}.")
+    _cpu_kernel_choice = choice
+
+
+def cpu_kernel():
+    """The CPU kernel the NumPy backend runs now: "numba" or "numpy"."""
+    choice = _cpu_kernel_choice
+    if choice is None:
+        env = os.environ.get(CPU_KERNEL_ENV_VAR)
+        choice = _check_name(env, f"environment variable {CPU_KERNEL_ENV_VAR}", CPU_KERNEL_NAMES) if env else "auto"
+    ok, reason = numba_status()
+    if choice == "numba" and not ok:
+        raise BackendUnavailableError(f"{CPU_KERNEL_ENV_VAR}=numba, but {reason}.")
+    if choice != "auto":
+        return choice
+    if ok:
+        return "numba"
+    global _numba_fallback_said
+    with _lock:
+        said, _numba_fallback_said = _numba_fallback_said, True
+    if not said:
+        message = f"sepconv_gpu: the CPU kernel runs on NumPy alone: {reason}."
+        logger.info(message)
+        warnings.warn(message, NumbaFallbackWarning, stacklevel=3)
+    return "numpy"
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,4 +1,6 @@
-"""NumPy backend: a float64 reference written for obviousness, and a cache-tiled fast path.
+"""NumPy backend: a float64 reference written for obviousness, and a cache-tiled fast path
+(the "numpy" CPU kernel; the compiled "numba" one, numba_kernel.py, runs instead where
+Numba imports: `backends.cpu_kernel`).
 
 Both read the same `ConvGeometry`; neither re-derives padding. Internally everything is
 viewed channels-last and 2D (1D is height 1); channels_first is a transposed *view*, so
@@ -11,7 +13,7 @@ import math
 import numpy as np
 
 from ... import geometry as _geometry
-from .. import Ops, identity, lives_on_device
+from .. import Ops, cpu_kernel, identity, lives_on_device
 
 # Bytes of depthwise intermediate per tile: large enough for an efficient BLAS call,
 # small enough to stay in a typical L2/L3 slice.
@@ -107,6 +109,12 @@ class NumpyOps(Ops):
         The weights are cast to the compute dtype (float16 and bfloat16 compute in float32,
         rounded once at the end unless `unrounded`)."""
         compute = np.float64 if x.dtype == np.float64 else np.float32
+        if cpu_kernel() == "numba":  # the compiled kernel (numba_kernel.py)
+            from . import numba_kernel
+
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+                y = numba_kernel.separable_conv(x, depthwise, pointwise, bias, geom, activation, compute)
+            return y if y.dtype == x.dtype else y.astype(x.dtype)
         products = (geom.output_positions * geom.kernel[0] * geom.kernel[1]
                     * geom.intermediate_channels)
         # untiled only where the tiled path would make a single tile anyway, and where the
