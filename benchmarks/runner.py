@@ -434,7 +434,7 @@ def cpu_kernel_entry(case):
 
     if backends.cpu_kernel() == "numpy":
         return {"kernel": "numpy", "threads": blas_threads()}
-    from sepconv_gpu.backends import numba_kernel
+    from sepconv_gpu.backends.cpu import numba_kernel
 
     plan = numba_kernel.plan(case.layer.geometry(case.batch))
     return {"kernel": f"numba {plan}", "threads": numba_kernel.threads() if plan == "chunked" else 1}

@@ -77,7 +77,7 @@ def test_cpu_kernel_rule(cpu_rule, monkeypatch):
     """Numba where it imports; the NumPy code by name (set_cpu_kernel beats the env var)
     or where Numba is missing, said once; bad names and a missing Numba asked for by name
     are clear errors."""
-    from sepconv_gpu.backends import numba_kernel
+    from sepconv_gpu.backends.cpu import numba_kernel
 
     assert backends.cpu_kernel() == "numba"
     monkeypatch.setenv(backends.CPU_KERNEL_ENV_VAR, "numpy")

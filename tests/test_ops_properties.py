@@ -58,7 +58,7 @@ def cpu_kernel(plan):
     if name == "numpy":
         stack.enter_context(mock.patch.object(numpy_backend, "TILE_BYTES", size))
     elif size != "default":
-        from sepconv_gpu.backends import numba_kernel
+        from sepconv_gpu.backends.cpu import numba_kernel
 
         fused = size == "fused"
         stack.enter_context(mock.patch.object(numba_kernel, "FUSED_MAX_PRODUCTS", 2**62 if fused else 0))

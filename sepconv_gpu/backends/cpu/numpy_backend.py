@@ -109,22 +109,25 @@ class NumpyOps(Ops):
         The weights are cast to the compute dtype (float16 and bfloat16 compute in float32,
         rounded once at the end unless `unrounded`)."""
         compute = np.float64 if x.dtype == np.float64 else np.float32
-        if cpu_kernel() == "numba":  # the compiled kernel (numba_kernel.py)
-            from . import numba_kernel
-
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-                y = numba_kernel.separable_conv(x, depthwise, pointwise, bias, geom, activation, compute)
-            return y if y.dtype == x.dtype else y.astype(x.dtype)
-        products = (geom.output_positions * geom.kernel[0] * geom.kernel[1]
-                    * geom.intermediate_channels)
-        # untiled only where the tiled path would make a single tile anyway, and where the
-        # padded input it copies is small too (huge strides read few of many positions)
-        limit = min(SMALL_WINDOW_ELEMENTS, TILE_BYTES // np.dtype(compute).itemsize)
-        small = products <= limit and geom.batch * math.prod(_padded_size(geom)) * geom.channels <= limit
-        conv = _small_separable_conv if small else _fast_separable_conv
+        if cpu_kernel() == "numba":  # the compiled kernel, same arguments
+            from .numba_kernel import separable_conv as kernel
+        else:
+            kernel = _numpy_kernel
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-            y = conv(x, depthwise, pointwise, bias, geom, activation, compute)
+            y = kernel(x, depthwise, pointwise, bias, geom, activation, compute)
         return y if unrounded or y.dtype == x.dtype else y.astype(x.dtype)
+
+
+def _numpy_kernel(x, depthwise, pointwise, bias, geom, activation, compute):
+    """The pure-NumPy CPU kernel, in `compute`: untiled for small calls, else tiled."""
+    products = (geom.output_positions * geom.kernel[0] * geom.kernel[1]
+                * geom.intermediate_channels)
+    # untiled only where the tiled path would make a single tile anyway, and where the
+    # padded input it copies is small too (huge strides read few of many positions)
+    limit = min(SMALL_WINDOW_ELEMENTS, TILE_BYTES // np.dtype(compute).itemsize)
+    small = products <= limit and geom.batch * math.prod(_padded_size(geom)) * geom.channels <= limit
+    conv = _small_separable_conv if small else _fast_separable_conv
+    return conv(x, depthwise, pointwise, bias, geom, activation, compute)
 
 
 def _host_array(a):

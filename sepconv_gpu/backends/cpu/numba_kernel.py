@@ -42,7 +42,7 @@ import threading
 import numba
 import numpy as np
 
-from .. import geometry as _geometry
+from ... import geometry as _geometry
 from .numpy_backend import _channels_last_4d
 
 # No reassociation (the tolerance table assumes sums in the reference's order, tap by
