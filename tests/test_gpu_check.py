@@ -159,6 +159,24 @@ def test_the_correctness_check_fails_on_a_wrong_number_or_another_launch():
     assert not gpu_correctness.check(case, runner(launched=planned + planned), rng)["ok"]
 
 
+def test_an_installed_backend_is_the_one_the_device_run_imports():
+    """`fake_cupy.installed(fake, backend)` makes `backend` the one `Backend.on_gpu` gets
+    (`from sepconv_gpu.backends.cuda import cuda_backend`), even after another backend
+    was loaded since (each load leaves itself as backends.cuda's attribute), and puts the
+    attribute back after the block."""
+    import sepconv_gpu.backends.cuda as package
+    from benchmarks import fake_cupy
+
+    before = package.__dict__.get("cuda_backend")
+    first, first_fake = fake_cupy.load_backend()
+    second, _ = fake_cupy.load_backend()
+    assert package.__dict__.get("cuda_backend") is before
+    with fake_cupy.installed(first_fake, first):
+        from sepconv_gpu.backends.cuda import cuda_backend
+    assert cuda_backend is first and cuda_backend is not second
+    assert package.__dict__.get("cuda_backend") is before
+
+
 @pytest.fixture
 def gpu_is_the_stand_in(monkeypatch, emulator_for, few):
     """`import cupy` and `sepconv_gpu.backends.cuda.cuda_backend` give the stand-in (the fake
