@@ -107,14 +107,16 @@ def test_without_a_gpu_and_without_dry_run_it_records_the_environment_then_refus
 
 
 def test_argument_errors_touch_nothing(tmp_path):
-    """A bad --stages leaves the previous run's benchmark record and makes no new DIR; a
-    --out that is a file or cannot be made is one line on stderr; all exit 2."""
+    """A bad --stages, --bench-suite or --bench-dtype (the benchmark stage's, which comes
+    minutes later on a GPU) leaves the previous run's benchmark record and makes no new
+    DIR; a --out that is a file or cannot be made is one line on stderr; all exit 2."""
     old = tmp_path / "old"
     (old / "benchmark").mkdir(parents=True)
     (old / "benchmark" / "previous.json").write_text("{}")
     for out in (old, tmp_path / "new"):
-        run = _check("--dry-run", "--out", str(out), "--stages", "bogus", cwd=tmp_path)
-        assert run.returncode == 2 and "unknown --stages ['bogus']" in run.stderr
+        for bad in ("--stages", "--bench-suite", "--bench-dtype"):
+            run = _check("--dry-run", "--out", str(out), bad, "bogus", cwd=tmp_path)
+            assert run.returncode == 2 and f"unknown {bad} ['bogus']" in run.stderr, run.stderr
     assert (old / "benchmark" / "previous.json").exists() and not (tmp_path / "new").exists()
     (tmp_path / "file").write_text("")
     for out, said in ((tmp_path / "file", "is a file"), (tmp_path / "file" / "sub", "cannot be made")):
