@@ -328,8 +328,10 @@ def load_backend(compute_capability="90", arena_bytes=0, emulator=None):
 def installed(fake, backend=None):
     """Within the block `import cupy` gives `fake`, and `sepconv_gpu.backends.cuda.cuda_backend`
     gives `backend` (None: nothing, so that an import binds a fresh one to the fake);
-    `sys.modules` and the package's attribute are restored after it."""
-    import sepconv_gpu.backends as package
+    `sys.modules` and the package's attribute are restored after it. The attribute is
+    set on the module's own package, backends.cuda, where `from sepconv_gpu.backends.cuda
+    import cuda_backend` looks first (an import leaves the last module loaded there)."""
+    import sepconv_gpu.backends.cuda as package
 
     saved = {name: sys.modules.get(name) for name in ("cupy", _MODULE)}
     saved_attribute = package.__dict__.get("cuda_backend")

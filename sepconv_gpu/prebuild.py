@@ -4,8 +4,9 @@
 
 Builds every kernel instantiation (`kernel_cache.all_name_expressions()`), or only the
 `--names` given (the GPU check hands its own: `python -m
-benchmarks.gpu_check.sanitize_driver --prebuild`), for each architecture, in parallel processes, into the kernel
-cache: SEPCONV_GPU_CACHE_DIR (default ~/.cache/sepconv_gpu). Each kernel is one entry,
+benchmarks.gpu_check.sanitize_driver --prebuild`), for each architecture, in parallel
+processes, into the kernel cache (`kernel_cache.cache_dir()`: SEPCONV_GPU_CACHE_DIR, else
+$XDG_CACHE_HOME/sepconv_gpu, else ~/.cache/sepconv_gpu). Each kernel is one entry,
 exactly what `cuda_backend.get_function` reads, and the key holds contents only
 (`kernel_cache.entry_key`), so the directory can be copied to a GPU machine with the same
 NVRTC version and the kernels load there instead of compiling. With SEPCONV_GPU_LINEINFO=1

@@ -107,14 +107,16 @@ def test_without_a_gpu_and_without_dry_run_it_records_the_environment_then_refus
 
 
 def test_argument_errors_touch_nothing(tmp_path):
-    """A bad --stages leaves the previous run's benchmark record and makes no new DIR; a
-    --out that is a file or cannot be made is one line on stderr; all exit 2."""
+    """A bad --stages, --bench-suite or --bench-dtype (the benchmark stage's, which comes
+    minutes later on a GPU) leaves the previous run's benchmark record and makes no new
+    DIR; a --out that is a file or cannot be made is one line on stderr; all exit 2."""
     old = tmp_path / "old"
     (old / "benchmark").mkdir(parents=True)
     (old / "benchmark" / "previous.json").write_text("{}")
     for out in (old, tmp_path / "new"):
-        run = _check("--dry-run", "--out", str(out), "--stages", "bogus", cwd=tmp_path)
-        assert run.returncode == 2 and "unknown --stages ['bogus']" in run.stderr
+        for bad in ("--stages", "--bench-suite", "--bench-dtype"):
+            run = _check("--dry-run", "--out", str(out), bad, "bogus", cwd=tmp_path)
+            assert run.returncode == 2 and f"unknown {bad} ['bogus']" in run.stderr, run.stderr
     assert (old / "benchmark" / "previous.json").exists() and not (tmp_path / "new").exists()
     (tmp_path / "file").write_text("")
     for out, said in ((tmp_path / "file", "is a file"), (tmp_path / "file" / "sub", "cannot be made")):
@@ -157,6 +159,24 @@ def test_the_correctness_check_fails_on_a_wrong_number_or_another_launch():
     assert gpu_correctness.check(case, runner(), rng)["ok"]
     assert not gpu_correctness.check(case, runner(error=1e-3), rng)["ok"]
     assert not gpu_correctness.check(case, runner(launched=planned + planned), rng)["ok"]
+
+
+def test_an_installed_backend_is_the_one_the_device_run_imports():
+    """`fake_cupy.installed(fake, backend)` makes `backend` the one `Backend.on_gpu` gets
+    (`from sepconv_gpu.backends.cuda import cuda_backend`), even after another backend
+    was loaded since (each load leaves itself as backends.cuda's attribute), and puts the
+    attribute back after the block."""
+    import sepconv_gpu.backends.cuda as package
+    from benchmarks import fake_cupy
+
+    before = package.__dict__.get("cuda_backend")
+    first, first_fake = fake_cupy.load_backend()
+    second, _ = fake_cupy.load_backend()
+    assert package.__dict__.get("cuda_backend") is before
+    with fake_cupy.installed(first_fake, first):
+        from sepconv_gpu.backends.cuda import cuda_backend
+    assert cuda_backend is first and cuda_backend is not second
+    assert package.__dict__.get("cuda_backend") is before
 
 
 @pytest.fixture

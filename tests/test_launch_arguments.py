@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import types
 
 import numpy as np
@@ -189,30 +188,22 @@ def _fake_cupy(compute_capability, driver_version=13000):
 
 
 @pytest.fixture
-def fake_backend(monkeypatch):
-    """cuda_backend imported against a fake CuPy: (module, fake). The real module (if one
-    was imported) is put back afterwards, so no later test sees the fake."""
+def fake_backend():
+    """cuda_backend imported against a fake CuPy: (module, fake). `sys.modules` and the
+    package's attribute are put back afterwards (`fake_cupy.installed`), so no later test
+    sees the fake."""
+    import contextlib
     import importlib
 
-    import sepconv_gpu.backends as package
+    from benchmarks import fake_cupy
 
-    name = "sepconv_gpu.backends.cuda.cuda_backend"
-    saved_module, saved_attribute = sys.modules.pop(name, None), package.__dict__.get("cuda_backend")
+    with contextlib.ExitStack() as stack:
+        def load(compute_capability="90", driver_version=13000):
+            fake = _fake_cupy(compute_capability, driver_version)
+            stack.enter_context(fake_cupy.installed(fake))
+            return importlib.import_module(fake_cupy._MODULE), fake
 
-    def load(compute_capability="90", driver_version=13000):
-        monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(compute_capability, driver_version))
-        sys.modules.pop(name, None)
-        return importlib.import_module(name), sys.modules["cupy"]
-
-    try:
         yield load
-    finally:
-        sys.modules.pop(name, None)
-        package.__dict__.pop("cuda_backend", None)
-        if saved_module is not None:
-            sys.modules[name] = saved_module
-        if saved_attribute is not None:
-            package.cuda_backend = saved_attribute
 
 
 def test_tensor_core_kernel_is_not_planned_below_sm80(fake_backend):

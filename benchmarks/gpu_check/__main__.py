@@ -287,11 +287,13 @@ def parse_args(argv=None):
     if unknown:
         p.error(f"unknown --stages {unknown}; choose from {list(STAGES)}")
     args.stages = [s for s in STAGES if s in wanted or s == "environment"]
-    from .. import suites
+    from .. import peers, suites
 
-    unknown = sorted({s.strip() for s in args.bench_suite.split(",")} - set(suites.SUITES))
-    if unknown:
-        p.error(f"unknown --bench-suite {unknown}; choose from {list(suites.SUITES)}")
+    for flag, given, known in (("--bench-suite", args.bench_suite, suites.SUITES),
+                               ("--bench-dtype", args.bench_dtype, peers.MODES)):
+        unknown = sorted({s.strip() for s in given.split(",")} - set(known))
+        if unknown:
+            p.error(f"unknown {flag} {unknown}; choose from {list(known)}")
     return args
 
 

@@ -5,10 +5,10 @@ Selection, strongest first: an explicit `backend=` argument, `use_backend(...)`,
 (CUDA when CuPy imports and a device answers, else NumPy, said once).
 
 On the NumPy backend, the CPU kernel: "numba" (compiled, fused, multi-core:
-numba_kernel.py) where Numba imports, else "numpy" (numpy_backend.py's tiled NumPy code,
-said once); either by name with `set_cpu_kernel` or `SEPCONV_GPU_CPU_KERNEL`. The compiled
-kernel runs on Numba's threads (all cores unless `numba.set_num_threads` or
-NUMBA_NUM_THREADS says fewer).
+cpu/numba_kernel.py) where Numba imports, else "numpy" (cpu/numpy_backend.py's tiled NumPy
+code, said once); either by name with `set_cpu_kernel` or `SEPCONV_GPU_CPU_KERNEL`. The
+compiled kernel runs on as many threads as Numba's setting says (all cores unless
+`numba.set_num_threads` or NUMBA_NUM_THREADS says fewer), threads of its own.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ _NO_SCOPE = contextlib.nullcontext()  # reusable
 
 class Ops:
     """What every backend has (Thinc's `Ops` / `CupyOps` pattern): `NumpyOps` in
-    numpy_backend.py, `CupyOps` in cuda_backend.py. `ops.py` checks a call once and takes
+    cpu/numpy_backend.py, `CupyOps` in cuda/cuda_backend.py. `ops.py` checks a call once and takes
     its arrays onto the backend with `take`; `separable_conv` receives arrays the backend
     owns and does not take them again."""
 

@@ -194,7 +194,6 @@ class _Axis:
         return pairs
 
 
-
 def _small_separable_conv(x, depthwise, pointwise, bias, geom, activation, dtype):
     """Small calls (serving batch 1, 7x7 layers): no tiling, a few NumPy calls in all. The
     padded input is read through a strided view of every output's k·k window, the

@@ -50,4 +50,3 @@ def activation_enum(kernel_id):
 def activation_index(kernel_id):
     """The kernels' runtime `act` argument: the enum SepconvActivation value."""
     return FUSED_ACTIVATIONS.index(kernel_id)
-
