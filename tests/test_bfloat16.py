@@ -267,8 +267,10 @@ def test_narrow_dtypes_on_the_cuda_path_round_after_the_activation(monkeypatch, 
                                                                    name):
     """The CUDA host path against the fake CuPy, whose kernels here write the float64
     reference of the linear convolution, rounded to the dtype of the output they are given
-    (what a kernel's epilogue does; TODO(lead): re-point to the fake CuPy's emulator once
-    it executes launches). glu and softmax(axis=1) are applied by ops to the whole output,
+    (what a kernel's epilogue does): this checks the backend's routing and rounding, the
+    real kernels on that route run under the emulator in
+    test_tensor_core_kernel.py::test_tensor_core_every_activation (float16 glu and sparsemax
+    through the TF32 kernel, against a rounding model of it). glu and softmax(axis=1) are applied by ops to the whole output,
     sparsemax (no kernel variant) by the backend after its kernels: both must see the
     kernels' float32 output, which is rounded once, after them."""
     from benchmarks import fake_cupy
