@@ -16,6 +16,9 @@ The NumPy backend (numpy_backend.py) calls `separable_conv` here when Numba impo
   The threads are ours, not Numba's OpenMP pool: that pool's spinning workers starved
   BLAS's threads when the two took turns (measured: a matmul 7x slower).
 
+Outputs come from `output_pool.empty`: large ones in memory recycled from freed outputs,
+which spares the page zeroing of a fresh array's first touch.
+
 Every array reaches the kernels flat, with its element strides in (batch, row, column,
 channel) order, so one compiled specialization serves both layouts, 1D and 2D, every
 padding, stride and dilation: one compile per kernel and dtype (float32, float64),
@@ -43,6 +46,7 @@ import numba
 import numpy as np
 
 from ... import geometry as _geometry
+from . import output_pool
 from .numpy_backend import _channels_last_4d
 
 # No reassociation (the tolerance table assumes sums in the reference's order, tap by
@@ -277,7 +281,7 @@ def separable_conv(x, depthwise, pointwise, bias, geom, activation, compute):
     _geometry.check_host_memory(
         (math.prod(geom.output_shape) + scratch) * np.dtype(compute).itemsize,
         f"A separable convolution with output shape {geom.output_shape} (Numba CPU kernel, {compute.__name__})")
-    y = np.empty(geom.output_shape, dtype=compute)
+    y = output_pool.empty(geom.output_shape, compute)
     ys = _element_strides(y, geom.rank, geom.channels_first)
     yf = y.reshape(-1)
     if fused:  # one output at a time: dk as it is (see _depthwise_rows)
