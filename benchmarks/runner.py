@@ -312,12 +312,15 @@ def wait_until_quiet(max_s, window_s=2.0):
 
 
 def peak_extra_bytes(fn):
-    """Peak memory a call allocates beyond its output (NumPy reports to tracemalloc)."""
+    """Peak memory a call allocates beyond its output (NumPy reports to tracemalloc). An
+    output whose memory was recycled (our CPU kernel's pool: less than its size is still
+    allocated after the call) was not allocated by the call."""
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
         y = fn()
-        return tracemalloc.get_traced_memory()[1] - base - y.nbytes
+        now, peak = tracemalloc.get_traced_memory()
+        return peak - base - (y.nbytes if now - base >= y.nbytes else 0)
     finally:
         tracemalloc.stop()
 

@@ -233,3 +233,36 @@ def test_numba_kernel_concurrent_calls_agree_and_give_blas_its_threads_back():
         np.testing.assert_allclose(y, ref, rtol=0, atol=2e-5 * max(1, np.abs(ref).max()))
     after = blas_threads()
     assert {path: after.get(path) for path in before} == before
+
+
+def test_numba_kernel_outputs_reuse_memory_only_once_every_view_is_freed(cpu_rule, monkeypatch):
+    """Large outputs come from a pool (every size here: MIN_BYTES lowered): a view of an
+    earlier result keeps that result's memory and values through later calls; once it is
+    freed, the next call of that size reuses the memory and overwrites all of it."""
+    pytest.importorskip("numba")
+    from sepconv_gpu.backends.cpu import output_pool
+
+    monkeypatch.setattr(output_pool, "MIN_BYTES", 0)
+    backends.set_cpu_kernel("numba")
+    rng = np.random.default_rng(3)
+    dk = rng.standard_normal((3, 3, 16, 1)).astype("f4")
+    pk = rng.standard_normal((1, 1, 16, 32)).astype("f4")
+    xs = [rng.standard_normal((2, 32, 32, 16)).astype("f4") for _ in range(3)]
+    refs = [sg.ops.reference_separable_conv(2, x, dk, pk, None, padding="same") for x in xs]
+
+    def call(i):
+        return sg.ops.separable_conv2d(xs[i], dk, pk, padding="same", backend="numpy")
+
+    def check(y, ref):
+        np.testing.assert_allclose(y, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+
+    view = call(0)[1:]  # the result itself is dropped at once, its view lives on
+    address = view.base.ctypes.data
+    kept = call(1)
+    assert not np.shares_memory(kept, view)
+    check(view, refs[0][1:])  # its values survived call(1)
+    del view
+    y = call(2)
+    assert y.ctypes.data == address  # recycled ...
+    check(y, refs[2])  # ... and overwritten
+    check(kept, refs[1])
