@@ -266,3 +266,22 @@ def test_numba_kernel_outputs_reuse_memory_only_once_every_view_is_freed(cpu_rul
     assert y.ctypes.data == address  # recycled ...
     check(y, refs[2])  # ... and overwritten
     check(kept, refs[1])
+
+
+@pytest.mark.parametrize("activation", ["exponential", "sigmoid", "silu"])
+def test_numba_kernel_worker_threads_keep_the_callers_floating_point_errstate(cpu_rule, monkeypatch,
+                                                                             activation):
+    """The chunked plan computes on worker threads, which do not inherit np.errstate:
+    overflow in exp (large inputs) must warn there no more than on the caller's thread."""
+    pytest.importorskip("numba")
+    from sepconv_gpu.backends.cpu import numba_kernel
+
+    monkeypatch.setattr(numba_kernel, "FUSED_MAX_PRODUCTS", 0)   # always chunked
+    monkeypatch.setattr(numba_kernel, "CHUNK_BYTES", 1)          # many chunks, both threads
+    backends.set_cpu_kernel("numba")
+    x = (100 * np.random.default_rng(5).standard_normal((2, 16, 16, 8))).astype("float32")
+    dk, pk = np.ones((3, 3, 8, 1), "f4"), np.ones((1, 1, 8, 8), "f4")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y = sg.ops.separable_conv2d(x, dk, pk, activation=activation, backend="numpy")
+    assert [str(w.message) for w in caught] == [] and y.shape == (2, 14, 14, 8)

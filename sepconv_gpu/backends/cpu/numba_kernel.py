@@ -407,7 +407,13 @@ def _chunked(xf, xs, g, wt, pk, b, has_bias, act, param, activation, yf, ys, cou
     # position is a row of y, so a chunk's outputs are rows p0..p0+n-1 of this view
     rows = yf.reshape(count, f) if ys[3] == 1 else None
 
+    errors = np.geterr()  # the caller's np.errstate, which other threads do not inherit
+
     def work():
+        with np.errstate(**errors):
+            chunks()
+
+    def chunks():
         d = _buffer("d", (chunk, k), pk.dtype)
         z = _buffer("z", (chunk, f), pk.dtype) if rows is None else None
         for i in iter(lambda: next(next_chunk), None):
