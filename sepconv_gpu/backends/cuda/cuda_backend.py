@@ -38,8 +38,8 @@ import numpy as np
 from ... import _dtypes
 from ..._env import flag
 from ..._nvtx import annotate
-from . import autotune as _autotune
 from .. import Ops, dlpack_on_cuda, identity
+from . import autotune as _autotune
 from . import kernel_cache as _kernel_cache
 from . import kernel_common as _kernel_common
 from . import nvrtc as _nvrtc
